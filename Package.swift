@@ -1,0 +1,86 @@
+// swift-tools-version:6.2
+// sds-agent: an Envoy SDS provider sidecar. Each C library (nghttp2, OpenSSL, protobuf-c) sits behind one
+// small Swift module; the protocol logic (gRPC, xDS, rotation) is pure Swift values with no I/O.
+import PackageDescription
+
+let package = Package(
+    name: "sds-agent",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "sds-agent", targets: ["sds-agent"]),
+        .executable(name: "sds-dump", targets: ["sds-dump"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // C libraries, found with pkg-config. Each module map's header also holds `static inline`
+        // shims for the macros and variadic functions Swift cannot import.
+        .systemLibrary(
+            name: "CNGHTTP2", pkgConfig: "libnghttp2",
+            providers: [.apt(["libnghttp2-dev"])]),
+        .systemLibrary(
+            name: "COpenSSL", pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(
+            name: "CProtobufC", pkgConfig: "libprotobuf-c",
+            providers: [.apt(["libprotobuf-c-dev"])]),
+        // protoc-c output for Protos/ (committed; `make protos` regenerates it).
+        .target(
+            name: "CSDSProtos", dependencies: ["CProtobufC"],
+            linkerSettings: [.linkedLibrary("protobuf-c")]),
+
+        // Engines wrapped in Swift: no C type crosses these modules' public API.
+        .target(name: "H2", dependencies: ["CNGHTTP2"]),
+        .target(name: "PKI", dependencies: ["COpenSSL"]),
+        .target(name: "Wire", dependencies: ["CSDSProtos"]),
+
+        // Domain concepts.
+        .target(name: "SPIFFE", dependencies: ["PKI"]),
+        .target(name: "XDS", dependencies: ["Wire"]),
+        .target(name: "GRPC", dependencies: ["H2"]),
+        .target(name: "Issuance", dependencies: ["SPIFFE", "PKI"]),
+        .target(name: "Transport", dependencies: ["H2"]),
+        .target(
+            name: "SDSAgent",
+            dependencies: [
+                "Wire", "XDS", "GRPC", "H2", "Transport", "Issuance", "SPIFFE", "PKI",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+
+        // Executables: parse arguments, call a library.
+        .executableTarget(
+            name: "sds-agent",
+            dependencies: [
+                "SDSAgent",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .executableTarget(
+            name: "sds-dump",
+            dependencies: [
+                "Wire", "GRPC", "H2", "Transport", "PKI", "SPIFFE",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+
+        // Shared test fixtures: a test CA, a fake issuer, an in-memory connection pair, a fake clock.
+        .target(
+            name: "TestSupport",
+            dependencies: ["PKI", "SPIFFE", "Issuance", "H2"],
+            path: "Tests/TestSupport"),
+
+        .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"]),
+        .testTarget(name: "PKITests", dependencies: ["PKI", "TestSupport"]),
+        .testTarget(name: "SPIFFETests", dependencies: ["SPIFFE", "PKI", "TestSupport"]),
+        .testTarget(name: "IssuanceTests", dependencies: ["Issuance", "SPIFFE", "PKI", "TestSupport"]),
+        .testTarget(name: "H2Tests", dependencies: ["H2", "TestSupport"]),
+        .testTarget(name: "GRPCTests", dependencies: ["GRPC", "H2", "TestSupport"]),
+        .testTarget(name: "XDSTests", dependencies: ["XDS", "Wire", "TestSupport"]),
+        .testTarget(name: "SDSAgentTests", dependencies: ["SDSAgent", "TestSupport"]),
+    ]
+)
+
+// Warnings are errors in every target of ours (dependencies keep their own settings).
+for target in package.targets where target.type != .system {
+    target.swiftSettings = (target.swiftSettings ?? []) + [.treatAllWarnings(as: .error)]
+}

@@ -1,0 +1,1 @@
+// GRPC module: see README's architecture section.

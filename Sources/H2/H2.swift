@@ -1,0 +1,1 @@
+// H2 module: see README's architecture section.

@@ -1,0 +1,1 @@
+// Issuance module: see README's architecture section.

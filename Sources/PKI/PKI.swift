@@ -1,0 +1,1 @@
+// PKI module: see README's architecture section.

@@ -1,0 +1,1 @@
+// SDSAgent module: see README's architecture section.

@@ -1,0 +1,1 @@
+// SPIFFE module: see README's architecture section.

@@ -1,0 +1,1 @@
+// Transport module: see README's architecture section.

@@ -1,0 +1,308 @@
+// Swift value types for the protobuf messages sds-agent speaks. They mirror the wire-compatible subsets in
+// Protos/ (same packages, names and field numbers as upstream). Encoding and decoding go through protobuf-c
+// (see Codec.swift); no C type appears here.
+
+/// A message that can be packed to and unpacked from protobuf bytes.
+public protocol WireMessage: Sendable, Equatable {
+    /// The fully-qualified protobuf name, e.g. `envoy.extensions.transport_sockets.tls.v3.Secret`.
+    static var protoName: String { get }
+    /// Parses protobuf bytes. Throws `WireError` for truncated or malformed input; never traps.
+    init(wireBytes: [UInt8]) throws(WireError)
+    /// Serializes to protobuf bytes.
+    func wireBytes() -> [UInt8]
+}
+
+extension WireMessage {
+    /// `type.googleapis.com/<protoName>`, the type URL used in `Any` and xDS `type_url`.
+    public static var typeURL: String { "type.googleapis.com/" + protoName }
+}
+
+/// Why bytes could not be decoded.
+public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// protobuf-c rejected the bytes (truncated, wrong wire type, bad length, invalid UTF-8 in a string ...).
+    case malformed(message: String)
+    /// The input is larger than the decoder accepts.
+    case oversize(bytes: Int, limit: Int)
+    /// An `Any` held a different type than expected.
+    case unexpectedType(expected: String, actual: String)
+
+    public var description: String {
+        switch self {
+        case .malformed(let message): return "malformed \(message)"
+        case .oversize(let bytes, let limit): return "message of \(bytes) bytes exceeds the \(limit)-byte limit"
+        case .unexpectedType(let expected, let actual): return "expected Any of \(expected), got \(actual)"
+        }
+    }
+}
+
+// MARK: - google.protobuf / google.rpc
+
+/// `google.protobuf.Any`.
+public struct AnyMessage: Sendable, Equatable, Hashable {
+    public var typeURL: String
+    public var value: [UInt8]
+    public init(typeURL: String, value: [UInt8]) {
+        self.typeURL = typeURL
+        self.value = value
+    }
+}
+
+/// `google.rpc.Status` (as carried in xDS `error_detail`).
+public struct RPCStatus: Sendable, Equatable {
+    public var code: Int32
+    public var message: String
+    public init(code: Int32, message: String) {
+        self.code = code
+        self.message = message
+    }
+}
+
+// MARK: - envoy.config.core.v3
+
+/// `envoy.config.core.v3.Node`. Envoy sends ~500 extensions and a metadata Struct; we decode the few fields
+/// we use and keep the node's original bytes in `rawBytes` so re-encoding loses nothing.
+public struct Node: Sendable, Equatable {
+    public var id: String
+    public var cluster: String
+    public var userAgentName: String
+    /// `user_agent_build_version.version` rendered as `major.minor.patch`, when present.
+    public var userAgentVersion: String
+    /// The node exactly as received (empty for a node built in Swift). When non-empty it is what gets encoded.
+    public var rawBytes: [UInt8]
+    public init(
+        id: String = "", cluster: String = "", userAgentName: String = "", userAgentVersion: String = "",
+        rawBytes: [UInt8] = []
+    ) {
+        self.id = id
+        self.cluster = cluster
+        self.userAgentName = userAgentName
+        self.userAgentVersion = userAgentVersion
+        self.rawBytes = rawBytes
+    }
+}
+
+/// `envoy.config.core.v3.DataSource`.
+public enum DataSource: Sendable, Equatable {
+    case filename(String)
+    case inlineBytes([UInt8])
+    case inlineString(String)
+    case environmentVariable(String)
+
+    /// The inline content as bytes (nil for file and environment sources).
+    public var inlineContent: [UInt8]? {
+        switch self {
+        case .inlineBytes(let b): return b
+        case .inlineString(let s): return Array(s.utf8)
+        case .filename, .environmentVariable: return nil
+        }
+    }
+}
+
+/// `envoy.config.core.v3.TypedExtensionConfig`.
+public struct TypedExtensionConfig: Sendable, Equatable {
+    public var name: String
+    public var typedConfig: AnyMessage
+    public init(name: String, typedConfig: AnyMessage) {
+        self.name = name
+        self.typedConfig = typedConfig
+    }
+}
+
+// MARK: - envoy.service.discovery.v3
+
+/// `envoy.service.discovery.v3.DiscoveryRequest` (SotW).
+public struct DiscoveryRequest: Sendable, Equatable {
+    public var versionInfo: String
+    public var node: Node?
+    public var resourceNames: [String]
+    public var typeURL: String
+    public var responseNonce: String
+    public var errorDetail: RPCStatus?
+    public init(
+        versionInfo: String = "", node: Node? = nil, resourceNames: [String] = [], typeURL: String = "",
+        responseNonce: String = "", errorDetail: RPCStatus? = nil
+    ) {
+        self.versionInfo = versionInfo
+        self.node = node
+        self.resourceNames = resourceNames
+        self.typeURL = typeURL
+        self.responseNonce = responseNonce
+        self.errorDetail = errorDetail
+    }
+}
+
+/// `envoy.service.discovery.v3.DiscoveryResponse` (SotW).
+public struct DiscoveryResponse: Sendable, Equatable {
+    public var versionInfo: String
+    public var resources: [AnyMessage]
+    public var typeURL: String
+    public var nonce: String
+    public init(versionInfo: String = "", resources: [AnyMessage] = [], typeURL: String = "", nonce: String = "") {
+        self.versionInfo = versionInfo
+        self.resources = resources
+        self.typeURL = typeURL
+        self.nonce = nonce
+    }
+}
+
+/// `envoy.service.discovery.v3.DeltaDiscoveryRequest`.
+public struct DeltaDiscoveryRequest: Sendable, Equatable {
+    public var node: Node?
+    public var typeURL: String
+    public var resourceNamesSubscribe: [String]
+    public var resourceNamesUnsubscribe: [String]
+    /// Per-resource versions the client already holds (sent on reconnect).
+    public var initialResourceVersions: [String: String]
+    public var responseNonce: String
+    public var errorDetail: RPCStatus?
+    public init(
+        node: Node? = nil, typeURL: String = "", resourceNamesSubscribe: [String] = [],
+        resourceNamesUnsubscribe: [String] = [], initialResourceVersions: [String: String] = [:],
+        responseNonce: String = "", errorDetail: RPCStatus? = nil
+    ) {
+        self.node = node
+        self.typeURL = typeURL
+        self.resourceNamesSubscribe = resourceNamesSubscribe
+        self.resourceNamesUnsubscribe = resourceNamesUnsubscribe
+        self.initialResourceVersions = initialResourceVersions
+        self.responseNonce = responseNonce
+        self.errorDetail = errorDetail
+    }
+}
+
+/// `envoy.service.discovery.v3.Resource`.
+public struct Resource: Sendable, Equatable {
+    public var name: String
+    public var version: String
+    public var resource: AnyMessage?
+    public init(name: String, version: String, resource: AnyMessage?) {
+        self.name = name
+        self.version = version
+        self.resource = resource
+    }
+}
+
+/// `envoy.service.discovery.v3.DeltaDiscoveryResponse`.
+public struct DeltaDiscoveryResponse: Sendable, Equatable {
+    public var systemVersionInfo: String
+    public var resources: [Resource]
+    public var typeURL: String
+    public var removedResources: [String]
+    public var nonce: String
+    public init(
+        systemVersionInfo: String = "", resources: [Resource] = [], typeURL: String = "",
+        removedResources: [String] = [], nonce: String = ""
+    ) {
+        self.systemVersionInfo = systemVersionInfo
+        self.resources = resources
+        self.typeURL = typeURL
+        self.removedResources = removedResources
+        self.nonce = nonce
+    }
+}
+
+// MARK: - envoy.extensions.transport_sockets.tls.v3
+
+/// `envoy.extensions.transport_sockets.tls.v3.TlsCertificate`.
+public struct TLSCertificate: Sendable, Equatable {
+    public var certificateChain: DataSource
+    public var privateKey: DataSource
+    public init(certificateChain: DataSource, privateKey: DataSource) {
+        self.certificateChain = certificateChain
+        self.privateKey = privateKey
+    }
+}
+
+/// `envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext`.
+public struct CertificateValidationContext: Sendable, Equatable {
+    public var trustedCA: DataSource?
+    /// `custom_validator_config`, e.g. `envoy.tls.cert_validator.spiffe` with a `SPIFFECertValidatorConfig`.
+    public var customValidatorConfig: TypedExtensionConfig?
+    public init(trustedCA: DataSource? = nil, customValidatorConfig: TypedExtensionConfig? = nil) {
+        self.trustedCA = trustedCA
+        self.customValidatorConfig = customValidatorConfig
+    }
+}
+
+/// `envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig`.
+public struct SPIFFECertValidatorConfig: Sendable, Equatable {
+    public struct TrustDomain: Sendable, Equatable {
+        public var name: String
+        public var trustBundle: DataSource
+        public init(name: String, trustBundle: DataSource) {
+            self.name = name
+            self.trustBundle = trustBundle
+        }
+    }
+    public var trustDomains: [TrustDomain]
+    public init(trustDomains: [TrustDomain]) { self.trustDomains = trustDomains }
+}
+
+/// `envoy.extensions.transport_sockets.tls.v3.Secret`.
+public struct Secret: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable {
+        case tlsCertificate(TLSCertificate)
+        case validationContext(CertificateValidationContext)
+    }
+    public var name: String
+    public var kind: Kind?
+    public init(name: String, kind: Kind?) {
+        self.name = name
+        self.kind = kind
+    }
+}
+
+// MARK: - SPIFFE Workload API (no proto package)
+
+/// `X509SVIDRequest` (empty).
+public struct X509SVIDRequest: Sendable, Equatable {
+    public init() {}
+}
+
+/// `X509SVID`.
+public struct X509SVIDMessage: Sendable, Equatable {
+    public var spiffeID: String
+    /// ASN.1 DER certificates concatenated, leaf first.
+    public var x509SVID: [UInt8]
+    /// PKCS#8 DER private key.
+    public var x509SVIDKey: [UInt8]
+    /// ASN.1 DER certificates concatenated: the trust domain's bundle.
+    public var bundle: [UInt8]
+    public var hint: String
+    public init(spiffeID: String, x509SVID: [UInt8], x509SVIDKey: [UInt8], bundle: [UInt8], hint: String = "") {
+        self.spiffeID = spiffeID
+        self.x509SVID = x509SVID
+        self.x509SVIDKey = x509SVIDKey
+        self.bundle = bundle
+        self.hint = hint
+    }
+}
+
+/// `X509SVIDResponse`.
+public struct X509SVIDResponse: Sendable, Equatable {
+    public var svids: [X509SVIDMessage]
+    public var crl: [[UInt8]]
+    /// Trust domain name (e.g. `spiffe://other.org`) → DER certificates concatenated.
+    public var federatedBundles: [String: [UInt8]]
+    public init(svids: [X509SVIDMessage] = [], crl: [[UInt8]] = [], federatedBundles: [String: [UInt8]] = [:]) {
+        self.svids = svids
+        self.crl = crl
+        self.federatedBundles = federatedBundles
+    }
+}
+
+/// `X509BundlesRequest` (empty).
+public struct X509BundlesRequest: Sendable, Equatable {
+    public init() {}
+}
+
+/// `X509BundlesResponse`.
+public struct X509BundlesResponse: Sendable, Equatable {
+    public var crl: [[UInt8]]
+    /// Trust domain name → DER certificates concatenated.
+    public var bundles: [String: [UInt8]]
+    public init(crl: [[UInt8]] = [], bundles: [String: [UInt8]] = [:]) {
+        self.crl = crl
+        self.bundles = bundles
+    }
+}

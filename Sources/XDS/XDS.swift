@@ -1,0 +1,1 @@
+// XDS module: see README's architecture section.

@@ -1,0 +1,1 @@
+print("sds-agent: not built yet")

@@ -1,0 +1,1 @@
+print("sds-dump: not built yet")
