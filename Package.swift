@@ -23,6 +23,8 @@ let package = Package(
         .systemLibrary(
             name: "COpenSSL", pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]),
+        // Linux interfaces Glibc does not import (epoll, signalfd); Transport's event loop uses them.
+        .systemLibrary(name: "CLinux"),
         .systemLibrary(
             name: "CProtobufC", pkgConfig: "libprotobuf-c",
             providers: [.apt(["libprotobuf-c-dev"])]),
@@ -41,7 +43,7 @@ let package = Package(
         .target(name: "XDS", dependencies: ["Wire"]),
         .target(name: "GRPC", dependencies: ["H2"]),
         .target(name: "Issuance", dependencies: ["SPIFFE", "PKI"]),
-        .target(name: "Transport", dependencies: ["H2"]),
+        .target(name: "Transport", dependencies: ["CLinux"]),
         .target(
             name: "SDSAgent",
             dependencies: [
@@ -76,6 +78,7 @@ let package = Package(
         .testTarget(name: "H2Tests", dependencies: ["H2", "TestSupport"]),
         .testTarget(name: "GRPCTests", dependencies: ["GRPC", "H2", "TestSupport"]),
         .testTarget(name: "XDSTests", dependencies: ["XDS", "Wire", "TestSupport"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "SDSAgentTests", dependencies: ["SDSAgent", "TestSupport"]),
     ]
 )

@@ -1,0 +1,16 @@
+#ifndef SDS_CLINUX_SHIM_H
+#define SDS_CLINUX_SHIM_H
+// Linux-only interfaces the Glibc module does not bring in: epoll, signalfd.
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <signal.h>
+
+// accept4 is a GNU extension hidden without _GNU_SOURCE; declare it so Swift sees it.
+extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
+
+static inline int sds_accept_nonblocking(int fd) {
+    return accept4(fd, 0, 0, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+#endif

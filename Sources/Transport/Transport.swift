@@ -1,1 +1,0 @@
-// Transport module: see README's architecture section.

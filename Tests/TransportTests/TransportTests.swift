@@ -1,0 +1,152 @@
+import Foundation
+import Glibc
+import Testing
+
+@testable import Transport
+
+private func temporaryDirectory() -> String {
+    var template = Array("/tmp/sds-transport-XXXXXX".utf8CString)
+    let path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+    return path
+}
+
+private final class Recorder: ConnectionDelegate {
+    var received: [UInt8] = []
+    var closed = false
+    var closeError: SystemError?
+    var echo = false
+    func connection(_ connection: Connection, received bytes: UnsafeRawBufferPointer) {
+        received.append(contentsOf: bytes)
+        if echo { connection.write(Array(bytes)) }
+    }
+    func connectionDrained(_ connection: Connection) {}
+    func connectionClosed(_ connection: Connection, error: SystemError?) {
+        closed = true
+        closeError = error
+    }
+}
+
+@Suite struct UnixSocketAddressTests {
+    @Test func acceptsPathAndUnixURI() throws {
+        #expect(try UnixSocketAddress("/run/a.sock").path == "/run/a.sock")
+        #expect(try UnixSocketAddress("unix:///run/a.sock").path == "/run/a.sock")
+        #expect(try UnixSocketAddress("unix:rel.sock").path == "rel.sock")
+    }
+
+    @Test func rejectsOtherSchemesAndLongPaths() {
+        #expect(throws: UnixSocketAddress.ParseError.unsupportedScheme("tcp://1.2.3.4:80")) {
+            try UnixSocketAddress("tcp://1.2.3.4:80")
+        }
+        #expect(throws: UnixSocketAddress.ParseError.notAbsolute("unix://relative")) {
+            try UnixSocketAddress("unix://relative")
+        }
+        #expect(throws: UnixSocketAddress.ParseError.self) {
+            try UnixSocketAddress("/" + String(repeating: "x", count: 200))
+        }
+        #expect(throws: UnixSocketAddress.ParseError.empty) { try UnixSocketAddress("") }
+    }
+}
+
+@Suite struct ListenerTests {
+    @Test func socketFileIsCreated0600AndRemovedOnClose() throws {
+        let dir = temporaryDirectory()
+        let loop = try EventLoop()
+        let address = try UnixSocketAddress(dir + "/s.sock")
+        let listener = try UnixListener(address: address, loop: loop) { Glibc.close($0) }
+        var info = stat()
+        #expect(stat(address.path, &info) == 0)
+        #expect(info.st_mode & 0o777 == 0o600)
+        listener.close()
+        #expect(access(address.path, F_OK) != 0)
+    }
+
+    @Test func configuredModeIsApplied() throws {
+        let dir = temporaryDirectory()
+        let loop = try EventLoop()
+        let address = try UnixSocketAddress(dir + "/s.sock")
+        let listener = try UnixListener(address: address, mode: 0o660, loop: loop) { Glibc.close($0) }
+        var info = stat()
+        #expect(stat(address.path, &info) == 0)
+        #expect(info.st_mode & 0o777 == 0o660)
+        listener.close()
+    }
+
+    @Test func staleSocketIsReplacedLiveOneIsNot() throws {
+        let dir = temporaryDirectory()
+        let address = try UnixSocketAddress(dir + "/s.sock")
+        // A stale socket: bound, then its process "died" (fd closed without unlink).
+        let stale = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        #expect(address.withSockaddr { bind(stale, $0, $1) } == 0)
+        Glibc.close(stale)
+        let loop = try EventLoop()
+        let live = try UnixListener(address: address, loop: loop) { Glibc.close($0) }
+        // A second listener on a live socket must refuse, naming the path.
+        #expect(throws: SystemError.self) {
+            _ = try UnixListener(address: address, loop: loop) { Glibc.close($0) }
+        }
+        #expect(access(address.path, F_OK) == 0)
+        live.close()
+    }
+
+    @Test func regularFileIsNotReplaced() throws {
+        let dir = temporaryDirectory()
+        let path = dir + "/not-a-socket"
+        #expect(FileManager.default.createFile(atPath: path, contents: Data("keep".utf8)))
+        let loop = try EventLoop()
+        #expect(throws: SystemError.self) {
+            _ = try UnixListener(address: UnixSocketAddress(path), loop: loop) { Glibc.close($0) }
+        }
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == "keep")
+    }
+}
+
+@Suite struct ConnectionTests {
+    @Test func echoRoundTripAndPeerClose() throws {
+        let dir = temporaryDirectory()
+        let loop = try EventLoop()
+        let address = try UnixSocketAddress(dir + "/s.sock")
+        let serverSide = Recorder()
+        serverSide.echo = true
+        var accepted: [Connection] = []
+        let listener = try UnixListener(address: address, loop: loop) { fd in
+            accepted.append(try! Connection(fd: fd, loop: loop, delegate: serverSide))
+        }
+        let clientSide = Recorder()
+        let client = try Connection(fd: try connectUnixSocket(address), loop: loop, delegate: clientSide)
+        let payload = (0..<300_000).map { UInt8($0 % 251) }
+        client.write(payload)
+        #expect(loop.run(until: { clientSide.received.count == payload.count }, timeout: 10))
+        #expect(clientSide.received == payload)
+        client.close()
+        #expect(loop.run(until: { serverSide.closed }, timeout: 10))
+        #expect(serverSide.closeError == nil)
+        listener.close()
+    }
+
+    @Test func connectToMissingSocketFailsWithPath() throws {
+        #expect(throws: SystemError.self) { _ = try connectUnixSocket(UnixSocketAddress("/nonexistent/dir/s.sock")) }
+    }
+}
+
+@Suite struct EventLoopTests {
+    @Test func timersFireInDeadlineOrderAndCancelledOnesDoNot() throws {
+        let loop = try EventLoop()
+        var fired: [String] = []
+        loop.schedule(after: 0.02) { fired.append("b") }
+        loop.schedule(after: 0.01) { fired.append("a") }
+        let cancelled = loop.schedule(after: 0.005) { fired.append("never") }
+        cancelled.cancel()
+        loop.schedule(after: 0.03) { fired.append("c") }
+        #expect(loop.run(until: { fired.count == 3 }, timeout: 5))
+        #expect(fired == ["a", "b", "c"])
+    }
+
+    @Test func signalsAreDeliveredOnTheLoop() throws {
+        let loop = try EventLoop()
+        var got = false
+        try loop.onSignal(SIGUSR2) { got = true }
+        // Directed at this thread: other test threads do not block SIGUSR2, a process-wide kill could hit them.
+        pthread_kill(pthread_self(), SIGUSR2)
+        #expect(loop.run(until: { got }, timeout: 5))
+    }
+}
