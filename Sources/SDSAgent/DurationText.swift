@@ -1,0 +1,48 @@
+/// Parses durations the way istio-agent's users write them (Go's `time.ParseDuration`: `1h`, `90m`, `1h30m`,
+/// `3600s`, `500ms`), plus a bare number meaning seconds.
+public enum DurationText {
+    public struct ParseError: Error, Equatable, Sendable, CustomStringConvertible {
+        public let text: String
+        public var description: String { "'\(text)' is not a duration (examples: 1h, 30m, 1h30m, 90s, 500ms)" }
+    }
+
+    /// Seconds in `text`.
+    public static func seconds(_ text: String) throws(ParseError) -> Double {
+        let trimmed = text.trimmingSpaces()
+        guard !trimmed.isEmpty else { throw ParseError(text: text) }
+        if let plain = Double(trimmed) { return plain }
+        let units: [(String, Double)] = [("ms", 0.001), ("h", 3600), ("m", 60), ("s", 1)]
+        var total = 0.0
+        var rest = Substring(trimmed)
+        while !rest.isEmpty {
+            let number = rest.prefix { $0.isNumber || $0 == "." }
+            guard !number.isEmpty, let value = Double(number) else { throw ParseError(text: text) }
+            rest = rest.dropFirst(number.count)
+            guard let (unit, scale) = units.first(where: { rest.hasPrefix($0.0) }) else { throw ParseError(text: text) }
+            rest = rest.dropFirst(unit.count)
+            total += value * scale
+        }
+        return total
+    }
+
+    /// `3600` → `1h`, `5400` → `1h30m`, `90` → `1m30s`: for logs and `--help` defaults.
+    public static func format(seconds: Double) -> String {
+        var remaining = Int(seconds.rounded())
+        if remaining == 0 { return "0s" }
+        var text = ""
+        for (unit, size) in [("h", 3600), ("m", 60), ("s", 1)] where remaining >= size {
+            text += "\(remaining / size)\(unit)"
+            remaining %= size
+        }
+        return text
+    }
+}
+
+extension String {
+    func trimmingSpaces() -> String {
+        let scalars = unicodeScalars
+        guard let first = scalars.firstIndex(where: { $0 != " " && $0 != "\t" && $0 != "\n" }) else { return "" }
+        let last = scalars.lastIndex(where: { $0 != " " && $0 != "\t" && $0 != "\n" })!
+        return String(scalars[first...last])
+    }
+}

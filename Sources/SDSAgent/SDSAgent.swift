@@ -1,1 +1,0 @@
-// SDSAgent module: see README's architecture section.
