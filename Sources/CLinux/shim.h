@@ -5,6 +5,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/inotify.h>
 #include <signal.h>
 
 // accept4 is a GNU extension hidden without _GNU_SOURCE; declare it so Swift sees it.

@@ -150,3 +150,19 @@ private final class Recorder: ConnectionDelegate {
         #expect(loop.run(until: { got }, timeout: 5))
     }
 }
+
+@Suite struct FileWatcherTests {
+    @Test func reportsAtomicReplaceOfAWatchedFile() throws {
+        let dir = temporaryDirectory()
+        let target = dir + "/cert.pem"
+        #expect(FileManager.default.createFile(atPath: target, contents: Data("one".utf8)))
+        let loop = try EventLoop()
+        var seen: Set<String> = []
+        let watcher = try FileWatcher(loop: loop) { seen.formUnion($0) }
+        try watcher.watch(file: target)
+        // Replace by rename, as Kubernetes and editors do.
+        #expect(FileManager.default.createFile(atPath: dir + "/.tmp", contents: Data("two".utf8)))
+        #expect(rename(dir + "/.tmp", target) == 0)
+        #expect(loop.run(until: { seen.contains(target) }, timeout: 5))
+    }
+}
