@@ -1,0 +1,240 @@
+"""A SPIFFE Workload API server we did not write the client of: grpcio + the servicer py-spiffe ships.
+
+It stands in for a SPIRE agent in tests of `sds-agent --issuer workload-api`. It issues X.509-SVIDs from its own test
+CA (cryptography), streams every state change to FetchX509SVID / FetchX509Bundles callers, rejects calls without the
+`workload.spiffe.io: true` header (and counts them), and answers PermissionDenied while it has no identity to give.
+
+Usable in-process (pytest fixtures drive `rotate()`, `set_federated()`, `stop()`/`start()`) or as a script:
+    python workload_api_server.py unix:///tmp/agent.sock spiffe://example.org/ns/default/sa/default
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import threading
+from concurrent import futures
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from spiffe._proto import workload_pb2, workload_pb2_grpc
+
+
+class TestCA:
+    """A root CA for one trust domain, issuing SPIFFE leaf certificates."""
+
+    def __init__(self, trust_domain: str, lifetime: datetime.timedelta = datetime.timedelta(days=30)):
+        self.trust_domain = trust_domain
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "test-ca " + trust_domain)])
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + lifetime)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                    encipher_only=False, decipher_only=False),
+                critical=True)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://" + trust_domain)]),
+                critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+
+    @property
+    def bundle_der(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.DER)
+
+    def issue(self, spiffe_id: str, ttl: datetime.timedelta = datetime.timedelta(hours=1)):
+        """Returns (leaf certificate, PKCS#8 DER key)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SPIRE-like test")]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + ttl)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                    encipher_only=False, decipher_only=False),
+                critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        key_der = key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        return cert, key_der
+
+
+class WorkloadAPIState:
+    """What the server streams: one SVID (or none), the own bundle and federated bundles. Thread-safe."""
+
+    def __init__(self, spiffe_id: str, ca: TestCA, svid_ttl: datetime.timedelta):
+        self.spiffe_id = spiffe_id
+        self.ca = ca
+        self.svid_ttl = svid_ttl
+        self.federated: dict[str, bytes] = {}
+        self.has_identity = True
+        self.generation = 0
+        self.cond = threading.Condition()
+        self.leaf = None
+        self.key_der = b""
+        self.calls_without_header = 0
+        self.calls = 0
+        self.rotate()
+
+    def rotate(self):
+        with self.cond:
+            self.leaf, self.key_der = self.ca.issue(self.spiffe_id, self.svid_ttl)
+            self.generation += 1
+            self.cond.notify_all()
+        return self.leaf
+
+    def set_federated(self, trust_domain: str, der: bytes | None):
+        with self.cond:
+            if der is None:
+                self.federated.pop(trust_domain, None)
+            else:
+                self.federated[trust_domain] = der
+            self.generation += 1
+            self.cond.notify_all()
+
+    def set_has_identity(self, value: bool):
+        with self.cond:
+            self.has_identity = value
+            self.generation += 1
+            self.cond.notify_all()
+
+    def svid_response(self) -> workload_pb2.X509SVIDResponse | None:
+        if not self.has_identity:
+            return None
+        svid = workload_pb2.X509SVID(
+            spiffe_id=self.spiffe_id,
+            x509_svid=self.leaf.public_bytes(serialization.Encoding.DER),
+            x509_svid_key=self.key_der,
+            bundle=self.ca.bundle_der,
+        )
+        return workload_pb2.X509SVIDResponse(svids=[svid], federated_bundles=dict(self.federated))
+
+    def bundles_response(self) -> workload_pb2.X509BundlesResponse:
+        bundles = {"spiffe://" + self.ca.trust_domain: self.ca.bundle_der}
+        bundles.update(self.federated)
+        return workload_pb2.X509BundlesResponse(bundles=bundles)
+
+
+class WorkloadAPIServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
+    def __init__(self, state: WorkloadAPIState, stopping: threading.Event):
+        self.state = state
+        self.stopping = stopping
+
+    def _check_header(self, context):
+        with self.state.cond:
+            self.state.calls += 1
+        metadata = dict(context.invocation_metadata())
+        if metadata.get("workload.spiffe.io") != "true":
+            with self.state.cond:
+                self.state.calls_without_header += 1
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "security header missing from request")
+
+    def _stream(self, context, build):
+        self._check_header(context)
+        seen = -1
+        while context.is_active() and not self.stopping.is_set():
+            with self.state.cond:
+                if self.state.generation == seen:
+                    self.state.cond.wait(timeout=0.2)
+                    continue
+                seen = self.state.generation
+                response = build()
+            if response is None:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, "no identity issued")
+            yield response
+
+    def FetchX509SVID(self, request, context):
+        yield from self._stream(context, self.state.svid_response)
+
+    def FetchX509Bundles(self, request, context):
+        yield from self._stream(context, self.state.bundles_response)
+
+
+class WorkloadAPIServer:
+    """A grpcio Workload API server on a Unix socket that can be stopped and started again with the same CA."""
+
+    def __init__(self, socket_path: str, spiffe_id: str, trust_domain: str | None = None,
+                 svid_ttl: datetime.timedelta = datetime.timedelta(hours=1)):
+        self.socket_path = socket_path
+        trust_domain = trust_domain or spiffe_id.split("/")[2]
+        self.ca = TestCA(trust_domain)
+        self.state = WorkloadAPIState(spiffe_id, self.ca, svid_ttl)
+        self.server = None
+        self.stopping = threading.Event()
+
+    def start(self):
+        self.stopping = threading.Event()
+        if os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(
+            WorkloadAPIServicer(self.state, self.stopping), self.server)
+        self.server.add_insecure_port("unix:" + self.socket_path)
+        self.server.start()
+        return self
+
+    def stop(self):
+        if self.server is not None:
+            self.stopping.set()
+            self.server.stop(grace=None).wait()
+            self.server = None
+        if os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
+
+    # Conveniences for tests.
+    def rotate(self):
+        return self.state.rotate()
+
+    def set_federated(self, trust_domain: str, der: bytes | None):
+        self.state.set_federated(trust_domain, der)
+
+    def set_has_identity(self, value: bool):
+        self.state.set_has_identity(value)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    path = argv[1].removeprefix("unix://")
+    server = WorkloadAPIServer(path, argv[2]).start()
+    print(f"workload API serving {argv[2]} on {path}", flush=True)
+    try:
+        server.server.wait_for_termination()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
