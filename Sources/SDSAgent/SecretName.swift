@@ -1,0 +1,58 @@
+/// What a requested secret name means. Envoy asks by name; Istio and SPIRE name the same things differently, and
+/// istio-proxy also asks for file-backed names — all are answered by one agent.
+public enum SecretName: Equatable, Hashable, Sendable {
+    /// `default` (Istio) or the workload's own SPIFFE ID (SPIRE): the workload's certificate and key.
+    case workloadCertificate
+    /// `ROOTCA` (Istio) or `spiffe://<own trust domain>` (SPIRE): the own trust domain's bundle.
+    case ownBundle
+    /// `spiffe://<other trust domain>`: a federated bundle, when the issuer has one.
+    case federatedBundle(trustDomain: String)
+    /// `ALL`: every bundle, as Envoy's SPIFFE certificate validator config.
+    case allBundles
+    /// `file-cert:<cert>~<key>` (Istio): a certificate and key read from files.
+    case fileCertificate(certificatePath: String, keyPath: String)
+    /// `file-root:<ca>` (Istio): a CA bundle read from a file; `file-root:system` is the OS trust store.
+    case fileRoot(path: String)
+    /// Anything else — another workload's SPIFFE ID, an unknown scheme. Never served.
+    case unknown
+
+    public static let istioWorkload = "default"
+    public static let istioRoot = "ROOTCA"
+    public static let allBundlesName = "ALL"
+    /// Debian's trust store, what `file-root:system` resolves to.
+    public static let systemTrustStore = "/etc/ssl/certs/ca-certificates.crt"
+
+    /// Classifies `name` for a workload `ownID` in trust domain `ownTrustDomain` (both without trailing slash).
+    public init(_ name: String, ownID: String, ownTrustDomain: String) {
+        switch name {
+        case Self.istioWorkload, ownID:
+            self = .workloadCertificate
+        case Self.istioRoot, "spiffe://" + ownTrustDomain:
+            self = .ownBundle
+        case Self.allBundlesName:
+            self = .allBundles
+        default:
+            if name.hasPrefix("file-cert:") {
+                let paths = name.dropFirst("file-cert:".count).split(separator: "~", omittingEmptySubsequences: false)
+                if paths.count == 2, !paths[0].isEmpty, !paths[1].isEmpty {
+                    self = .fileCertificate(certificatePath: String(paths[0]), keyPath: String(paths[1]))
+                } else {
+                    self = .unknown
+                }
+            } else if name.hasPrefix("file-root:") {
+                let path = String(name.dropFirst("file-root:".count))
+                if path == "system" {
+                    self = .fileRoot(path: Self.systemTrustStore)
+                } else {
+                    self = path.isEmpty ? .unknown : .fileRoot(path: path)
+                }
+            } else if name.hasPrefix("spiffe://") {
+                let rest = name.dropFirst("spiffe://".count)
+                // A bare trust domain names a bundle; a path names a workload — not ours, so never served.
+                self = rest.isEmpty || rest.contains("/") ? .unknown : .federatedBundle(trustDomain: String(rest))
+            } else {
+                self = .unknown
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+import Testing
+
+@testable import SDSAgent
+
+@Suite struct SecretNameTests {
+    private func classify(_ name: String) -> SecretName {
+        SecretName(name, ownID: "spiffe://example.org/ns/default/sa/web", ownTrustDomain: "example.org")
+    }
+
+    @Test func istioAndSpireNamesForTheSameThings() {
+        #expect(classify("default") == .workloadCertificate)
+        #expect(classify("spiffe://example.org/ns/default/sa/web") == .workloadCertificate)
+        #expect(classify("ROOTCA") == .ownBundle)
+        #expect(classify("spiffe://example.org") == .ownBundle)
+        #expect(classify("ALL") == .allBundles)
+        #expect(classify("spiffe://other.org") == .federatedBundle(trustDomain: "other.org"))
+    }
+
+    @Test func fileBackedNames() {
+        #expect(
+            classify("file-cert:/etc/certs/cert.pem~/etc/certs/key.pem")
+                == .fileCertificate(certificatePath: "/etc/certs/cert.pem", keyPath: "/etc/certs/key.pem"))
+        #expect(classify("file-root:/etc/certs/root.pem") == .fileRoot(path: "/etc/certs/root.pem"))
+        #expect(classify("file-root:system") == .fileRoot(path: SecretName.systemTrustStore))
+    }
+
+    @Test(arguments: [
+        "spiffe://example.org/ns/default/sa/other", "spiffe://", "file-cert:/only-cert.pem", "file-cert:~/k.pem",
+        "file-root:", "kubernetes://x", "", "rootca",
+    ])
+    func namesNeverServed(name: String) {
+        #expect(classify(name) == .unknown)
+    }
+}
