@@ -73,7 +73,8 @@ final class CArena {
     /// Memory for `count` values of the C struct `T`, bound to `T` and not initialized.
     func make<T>(_ type: T.Type, count: Int = 1) -> UnsafeMutablePointer<T> {
         precondition(MemoryLayout<T>.alignment <= Self.alignment)
-        return allocate(byteCount: MemoryLayout<T>.stride * max(count, 1)).bindMemory(to: T.self, capacity: max(count, 1))
+        return allocate(byteCount: MemoryLayout<T>.stride * max(count, 1)).bindMemory(
+            to: T.self, capacity: max(count, 1))
     }
 
     /// A NUL-terminated copy of `string`.

@@ -164,11 +164,23 @@ extension Node: WireMessage {
             field.pointee = node.build(in: arena)
             return
         }
+        // protobuf-c writes the tag, then `data` verbatim: for a length-delimited field, `data` holds the
+        // length varint followed by the payload.
+        var length = UInt64(node.rawBytes.count)
+        var prefix: [UInt8] = []
+        while length >= 0x80 {
+            prefix.append(UInt8(truncatingIfNeeded: length) | 0x80)
+            length >>= 7
+        }
+        prefix.append(UInt8(length))
+        let data = arena.allocate(byteCount: prefix.count + node.rawBytes.count)
+        data.copyMemory(from: prefix, byteCount: prefix.count)
+        node.rawBytes.withUnsafeBytes { (data + prefix.count).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         let unknown = arena.make(ProtobufCMessageUnknownField.self)
-        let bytes = arena.binary(node.rawBytes)
         unknown.initialize(
             to: ProtobufCMessageUnknownField(
-                tag: number, wire_type: PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED, len: bytes.len, data: bytes.data))
+                tag: number, wire_type: PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED, len: prefix.count + node.rawBytes.count,
+                data: data.assumingMemoryBound(to: UInt8.self)))
         base.pointee.n_unknown_fields = 1
         base.pointee.unknown_fields = unknown
     }
@@ -590,7 +602,9 @@ extension Secret: WireMessage {
                 case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_TLS_CERTIFICATE:
                     if let t = m.tls_certificate { kind = .tlsCertificate(try TLSCertificate(c: t)) }
                 case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_VALIDATION_CONTEXT:
-                    if let v = m.validation_context { kind = .validationContext(try CertificateValidationContext(c: v)) }
+                    if let v = m.validation_context {
+                        kind = .validationContext(try CertificateValidationContext(c: v))
+                    }
                 default:
                     kind = nil
                 }
@@ -691,9 +705,12 @@ private func bundleMap<E>(
     key: (E) -> UnsafeMutablePointer<CChar>?, value: (E) -> ProtobufCBinaryData
 ) throws(WireError) -> [String: [UInt8]] {
     var map: [String: [UInt8]] = [:]
-    for (k, v) in try swiftMessages(count, array, { (e) throws(WireError) in
-        (try swiftString(key(e.pointee), field: field), swiftBytes(value(e.pointee)))
-    }) {
+    for (k, v) in try swiftMessages(
+        count, array,
+        { (e) throws(WireError) in
+            (try swiftString(key(e.pointee), field: field), swiftBytes(value(e.pointee)))
+        })
+    {
         map[k] = v
     }
     return map
