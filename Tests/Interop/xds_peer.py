@@ -3,6 +3,7 @@
 
     xds_peer.py encode-all            JSON {case: {"type": name, "hex": bytes, "node_hex": node bytes?}}
     xds_peer.py decode TYPE < HEX     JSON of the decoded message (proto field names, bytes as base64)
+    xds_peer.py paths                 JSON {"paths": [...]}: the gRPC paths of SDS and the Workload API
     xds_peer.py check CASE < HEX      JSON {"equal": bool, "node_identical": bool}: HEX parses to exactly
                                       the message of CASE, and its node serializes to the same bytes
 
@@ -17,6 +18,7 @@ from google.protobuf import any_pb2, json_format, struct_pb2
 from google.rpc import status_pb2
 from envoy.config.core.v3 import base_pb2, extension_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.secret.v3 import sds_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_spiffe_validator_config_pb2 as spiffe_validator_pb2
 from envoy.type.v3 import semantic_version_pb2
@@ -138,6 +140,10 @@ def main(argv):
                 entry["node_hex"] = node.SerializeToString(deterministic=True).hex()
             out[name] = entry
         print(json.dumps(out))
+    elif len(argv) == 2 and argv[1] == "paths":
+        services = [sds_pb2.DESCRIPTOR.services_by_name["SecretDiscoveryService"],
+                    workload_pb2.DESCRIPTOR.services_by_name["SpiffeWorkloadAPI"]]
+        print(json.dumps({"paths": [f"/{s.full_name}/{m.name}" for s in services for m in s.methods]}))
     elif len(argv) == 3 and argv[1] == "decode":
         message = TYPES[argv[2]]()
         message.ParseFromString(bytes.fromhex(sys.stdin.read().strip()))

@@ -1,7 +1,6 @@
 import Foundation
 import Testing
-
-@testable import Wire
+import Wire
 
 private let secretTypeURL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
@@ -289,4 +288,11 @@ private let secretTypeURL = "type.googleapis.com/envoy.extensions.transport_sock
         #expect(try PythonPeer.decode(X509SVIDRequest()).isEmpty)
         #expect(try PythonPeer.decode(X509BundlesRequest()).isEmpty)
     }
+}
+
+@Test func methodPathsMatchTheReferenceDescriptors() throws {
+    let json = try PythonPeer.json(["paths"])
+    let expected = Set(try #require(json["paths"] as? [String]))
+    let ours = Set(SecretDiscoveryServiceMethod.allCases.map(\.path) + SpiffeWorkloadAPIMethod.allCases.map(\.path))
+    #expect(ours == expected)
 }

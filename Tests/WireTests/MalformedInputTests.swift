@@ -1,6 +1,5 @@
 import Testing
-
-@testable import Wire
+import Wire
 
 /// Bad input throws `WireError`; it never traps, hangs or allocates what a length prefix claims.
 @Suite struct MalformedInputTests {

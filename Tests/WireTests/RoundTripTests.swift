@@ -1,6 +1,5 @@
 import Testing
-
-@testable import Wire
+import Wire
 
 /// Every message survives encode → decode unchanged (Swift on both sides).
 @Suite struct RoundTripTests {
