@@ -29,6 +29,13 @@ typealias CX509SVIDResponse = CSDSProtos.X509SVIDResponse
 typealias CX509BundlesResponse = CSDSProtos.X509BundlesResponse
 typealias CFederatedBundlesEntry = X509SVIDResponse__FederatedBundlesEntry
 typealias CBundlesEntry = X509BundlesResponse__BundlesEntry
+typealias CJWTSVIDRequest = CSDSProtos.JWTSVIDRequest
+typealias CJWTSVID = CSDSProtos.JWTSVID
+typealias CJWTSVIDResponse = CSDSProtos.JWTSVIDResponse
+typealias CJWTBundlesResponse = CSDSProtos.JWTBundlesResponse
+typealias CJWTBundlesEntry = JWTBundlesResponse__BundlesEntry
+typealias CValidateJWTSVIDRequest = CSDSProtos.ValidateJWTSVIDRequest
+typealias CValidateJWTSVIDResponse = CSDSProtos.ValidateJWTSVIDResponse
 
 // MARK: - google.protobuf.Any
 
@@ -788,6 +795,190 @@ extension X509BundlesResponse: WireMessage {
                     e.pointee.value = arena.binary(entry.value)
                     return e
                 }
+                return c
+            })
+    }
+}
+
+extension JWTSVIDRequest: WireMessage {
+    public static var protoName: String { "JWTSVIDRequest" }
+
+    public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
+        self = try Codec.decode(
+            wireBuffer, limit: limit, protoName: Self.protoName, unpack: jwtsvidrequest__unpack,
+            convert: { (c) throws(WireError) in
+                JWTSVIDRequest(
+                    audience: try swiftStrings(
+                        c.pointee.n_audience, c.pointee.audience, field: "JWTSVIDRequest.audience"),
+                    spiffeID: try swiftString(c.pointee.spiffe_id, field: "JWTSVIDRequest.spiffe_id"))
+            })
+    }
+
+    public func wireBytes() -> [UInt8] {
+        Codec.encode(
+            packedSize: jwtsvidrequest__get_packed_size, pack: jwtsvidrequest__pack,
+            build: { arena in
+                let c = arena.make(CJWTSVIDRequest.self)
+                jwtsvidrequest__init(c)
+                (c.pointee.n_audience, c.pointee.audience) = arena.cStrings(audience)
+                c.pointee.spiffe_id = arena.cString(spiffeID)
+                return c
+            })
+    }
+}
+
+extension JWTSVIDMessage: WireMessage {
+    public static var protoName: String { "JWTSVID" }
+
+    public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
+        self = try Codec.decode(
+            wireBuffer, limit: limit, protoName: Self.protoName, unpack: jwtsvid__unpack,
+            convert: { (c) throws(WireError) in try JWTSVIDMessage(c: c) })
+    }
+
+    public func wireBytes() -> [UInt8] {
+        Codec.encode(
+            estimatedSize: svid.utf8.count + 512, packedSize: jwtsvid__get_packed_size, pack: jwtsvid__pack,
+            build: { build(in: $0) })
+    }
+
+    init(c: UnsafeMutablePointer<CJWTSVID>) throws(WireError) {
+        self.init(
+            spiffeID: try swiftString(c.pointee.spiffe_id, field: "JWTSVID.spiffe_id"),
+            svid: try swiftString(c.pointee.svid, field: "JWTSVID.svid"),
+            hint: try swiftString(c.pointee.hint, field: "JWTSVID.hint"))
+    }
+
+    func build(in arena: CArena) -> UnsafeMutablePointer<CJWTSVID> {
+        let c = arena.make(CJWTSVID.self)
+        jwtsvid__init(c)
+        c.pointee.spiffe_id = arena.cString(spiffeID)
+        c.pointee.svid = arena.cString(svid)
+        c.pointee.hint = arena.cString(hint)
+        return c
+    }
+}
+
+extension JWTSVIDResponse: WireMessage {
+    public static var protoName: String { "JWTSVIDResponse" }
+
+    public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
+        self = try Codec.decode(
+            wireBuffer, limit: limit, protoName: Self.protoName, unpack: jwtsvidresponse__unpack,
+            convert: { (c) throws(WireError) in
+                JWTSVIDResponse(
+                    svids: try swiftMessages(c.pointee.n_svids, c.pointee.svids) { (s) throws(WireError) in
+                        try JWTSVIDMessage(c: s)
+                    })
+            })
+    }
+
+    public func wireBytes() -> [UInt8] {
+        Codec.encode(
+            estimatedSize: svids.reduce(512) { $0 + $1.svid.utf8.count + 128 },
+            packedSize: jwtsvidresponse__get_packed_size, pack: jwtsvidresponse__pack,
+            build: { arena in
+                let c = arena.make(CJWTSVIDResponse.self)
+                jwtsvidresponse__init(c)
+                (c.pointee.n_svids, c.pointee.svids) = arena.messages(svids) { $0.build(in: arena) }
+                return c
+            })
+    }
+}
+
+extension JWTBundlesRequest: WireMessage {
+    public static var protoName: String { "JWTBundlesRequest" }
+
+    public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
+        self = try Codec.decode(
+            wireBuffer, limit: limit, protoName: Self.protoName, unpack: jwtbundles_request__unpack,
+            convert: { (_) throws(WireError) in JWTBundlesRequest() })
+    }
+
+    /// An empty message encodes to no bytes.
+    public func wireBytes() -> [UInt8] { [] }
+}
+
+extension JWTBundlesResponse: WireMessage {
+    public static var protoName: String { "JWTBundlesResponse" }
+
+    public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
+        self = try Codec.decode(
+            wireBuffer, limit: limit, protoName: Self.protoName, unpack: jwtbundles_response__unpack,
+            convert: { (c) throws(WireError) in
+                JWTBundlesResponse(
+                    bundles: try bundleMap(
+                        c.pointee.n_bundles, c.pointee.bundles, field: "bundles.key", key: { $0.key },
+                        value: { $0.value }))
+            })
+    }
+
+    public func wireBytes() -> [UInt8] {
+        Codec.encode(
+            estimatedSize: bundles.values.reduce(512) { $0 + $1.count + 64 },
+            packedSize: jwtbundles_response__get_packed_size, pack: jwtbundles_response__pack,
+            build: { arena in
+                let c = arena.make(CJWTBundlesResponse.self)
+                jwtbundles_response__init(c)
+                (c.pointee.n_bundles, c.pointee.bundles) = arena.messages(bundles.sorted { $0.key < $1.key }) {
+                    entry in
+                    let e = arena.make(CJWTBundlesEntry.self)
+                    jwtbundles_response__bundles_entry__init(e)
+                    e.pointee.key = arena.cString(entry.key)
+                    e.pointee.value = arena.binary(entry.value)
+                    return e
+                }
+                return c
+            })
+    }
+}
+
+extension ValidateJWTSVIDRequest: WireMessage {
+    public static var protoName: String { "ValidateJWTSVIDRequest" }
+
+    public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
+        self = try Codec.decode(
+            wireBuffer, limit: limit, protoName: Self.protoName, unpack: validate_jwtsvidrequest__unpack,
+            convert: { (c) throws(WireError) in
+                ValidateJWTSVIDRequest(
+                    audience: try swiftString(c.pointee.audience, field: "ValidateJWTSVIDRequest.audience"),
+                    svid: try swiftString(c.pointee.svid, field: "ValidateJWTSVIDRequest.svid"))
+            })
+    }
+
+    public func wireBytes() -> [UInt8] {
+        Codec.encode(
+            estimatedSize: svid.utf8.count + 512,
+            packedSize: validate_jwtsvidrequest__get_packed_size, pack: validate_jwtsvidrequest__pack,
+            build: { arena in
+                let c = arena.make(CValidateJWTSVIDRequest.self)
+                validate_jwtsvidrequest__init(c)
+                c.pointee.audience = arena.cString(audience)
+                c.pointee.svid = arena.cString(svid)
+                return c
+            })
+    }
+}
+
+extension ValidateJWTSVIDResponse: WireMessage {
+    public static var protoName: String { "ValidateJWTSVIDResponse" }
+
+    public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
+        self = try Codec.decode(
+            wireBuffer, limit: limit, protoName: Self.protoName, unpack: validate_jwtsvidresponse__unpack,
+            convert: { (c) throws(WireError) in
+                ValidateJWTSVIDResponse(
+                    spiffeID: try swiftString(c.pointee.spiffe_id, field: "ValidateJWTSVIDResponse.spiffe_id"))
+            })
+    }
+
+    public func wireBytes() -> [UInt8] {
+        Codec.encode(
+            packedSize: validate_jwtsvidresponse__get_packed_size, pack: validate_jwtsvidresponse__pack,
+            build: { arena in
+                let c = arena.make(CValidateJWTSVIDResponse.self)
+                validate_jwtsvidresponse__init(c)
+                c.pointee.spiffe_id = arena.cString(spiffeID)
                 return c
             })
     }

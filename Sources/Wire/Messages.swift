@@ -358,3 +358,61 @@ public struct X509BundlesResponse: Sendable, Equatable {
         self.bundles = bundles
     }
 }
+
+/// `JWTSVIDRequest`.
+public struct JWTSVIDRequest: Sendable, Equatable {
+    public var audience: [String]
+    /// The SPIFFE ID of the SVID wanted; empty for all of the caller's.
+    public var spiffeID: String
+    public init(audience: [String], spiffeID: String = "") {
+        self.audience = audience
+        self.spiffeID = spiffeID
+    }
+}
+
+/// `JWTSVID`.
+public struct JWTSVIDMessage: Sendable, Equatable {
+    public var spiffeID: String
+    /// The encoded JWT (compact serialization).
+    public var svid: String
+    public var hint: String
+    public init(spiffeID: String, svid: String, hint: String = "") {
+        self.spiffeID = spiffeID
+        self.svid = svid
+        self.hint = hint
+    }
+}
+
+/// `JWTSVIDResponse`.
+public struct JWTSVIDResponse: Sendable, Equatable {
+    public var svids: [JWTSVIDMessage]
+    public init(svids: [JWTSVIDMessage] = []) { self.svids = svids }
+}
+
+/// `JWTBundlesRequest` (empty).
+public struct JWTBundlesRequest: Sendable, Equatable {
+    public init() {}
+}
+
+/// `JWTBundlesResponse`.
+public struct JWTBundlesResponse: Sendable, Equatable {
+    /// Trust domain name → JWKS document (JSON bytes).
+    public var bundles: [String: [UInt8]]
+    public init(bundles: [String: [UInt8]] = [:]) { self.bundles = bundles }
+}
+
+/// `ValidateJWTSVIDRequest`.
+public struct ValidateJWTSVIDRequest: Sendable, Equatable {
+    public var audience: String
+    public var svid: String
+    public init(audience: String, svid: String) {
+        self.audience = audience
+        self.svid = svid
+    }
+}
+
+/// `ValidateJWTSVIDResponse`; its `claims` Struct is not modelled (dropped on decode).
+public struct ValidateJWTSVIDResponse: Sendable, Equatable {
+    public var spiffeID: String
+    public init(spiffeID: String) { self.spiffeID = spiffeID }
+}

@@ -43,6 +43,13 @@ TYPES = {
     "X509SVID": workload_pb2.X509SVID,
     "X509BundlesRequest": workload_pb2.X509BundlesRequest,
     "X509BundlesResponse": workload_pb2.X509BundlesResponse,
+    "JWTSVIDRequest": workload_pb2.JWTSVIDRequest,
+    "JWTSVIDResponse": workload_pb2.JWTSVIDResponse,
+    "JWTSVID": workload_pb2.JWTSVID,
+    "JWTBundlesRequest": workload_pb2.JWTBundlesRequest,
+    "JWTBundlesResponse": workload_pb2.JWTBundlesResponse,
+    "ValidateJWTSVIDRequest": workload_pb2.ValidateJWTSVIDRequest,
+    "ValidateJWTSVIDResponse": workload_pb2.ValidateJWTSVIDResponse,
 }
 
 
@@ -123,6 +130,11 @@ def cases():
         "x509_bundles_response": workload_pb2.X509BundlesResponse(
             crl=[pattern(13, 20), pattern(14, 21)],
             bundles={"spiffe://example.org": pattern(15, 400), "spiffe://other.org": pattern(16, 401)}),
+        "jwt_svid_response": workload_pb2.JWTSVIDResponse(svids=[
+            workload_pb2.JWTSVID(spiffe_id="spiffe://example.org/w", svid="eyJhbGciOiJFUzI1NiJ9.e30.sig", hint="h")]),
+        "jwt_bundles_response": workload_pb2.JWTBundlesResponse(bundles={"example.org": b'{"keys":[]}'}),
+        "validate_jwt_svid_response": workload_pb2.ValidateJWTSVIDResponse(
+            spiffe_id="spiffe://example.org/w", claims=struct_pb2.Struct(fields={"aud": struct_pb2.Value(string_value="x")})),
     }
 
 

@@ -123,6 +123,19 @@ private let secretTypeURL = "type.googleapis.com/envoy.extensions.transport_sock
         #expect(response.bundles == ["spiffe://example.org": pattern(15, 400), "spiffe://other.org": pattern(16, 401)])
     }
 
+    @Test func jwtMessages() throws {
+        let svids = try JWTSVIDResponse(wireBytes: PythonPeer.encoded("jwt_svid_response").bytes)
+        #expect(
+            svids.svids == [
+                JWTSVIDMessage(spiffeID: "spiffe://example.org/w", svid: "eyJhbGciOiJFUzI1NiJ9.e30.sig", hint: "h")
+            ])
+        let bundles = try JWTBundlesResponse(wireBytes: PythonPeer.encoded("jwt_bundles_response").bytes)
+        #expect(bundles.bundles == ["example.org": Array(#"{"keys":[]}"#.utf8)])
+        // The claims Struct is not modelled: skipped, the rest decodes.
+        let validated = try ValidateJWTSVIDResponse(wireBytes: PythonPeer.encoded("validate_jwt_svid_response").bytes)
+        #expect(validated.spiffeID == "spiffe://example.org/w")
+    }
+
     /// Swift decodes Envoy-sized requests and re-encodes them; the reference runtime parses exactly the
     /// message it sent, node included byte for byte.
     @Test(arguments: ["discovery_request", "delta_discovery_request"])
@@ -282,6 +295,20 @@ private let secretTypeURL = "type.googleapis.com/envoy.extensions.transport_sock
         #expect(json["crl"] == nil)
         #expect(
             (json["bundles"] as? [String: Any])?.mapValues { base64($0) } == ["spiffe://example.org": pattern(50, 70)])
+    }
+
+    @Test func jwtMessages() throws {
+        let request = try PythonPeer.decode(JWTSVIDRequest(audience: ["a", "b"], spiffeID: "spiffe://x/y"))
+        #expect(request["audience"] as? [String] == ["a", "b"])
+        #expect(request["spiffe_id"] as? String == "spiffe://x/y")
+        let validate = try PythonPeer.decode(ValidateJWTSVIDRequest(audience: "a", svid: "t.o.k"))
+        #expect(validate["audience"] as? String == "a")
+        #expect(validate["svid"] as? String == "t.o.k")
+        let bundles = try PythonPeer.decode(JWTBundlesResponse(bundles: ["td": [0x7b, 0x7d]]))
+        #expect((bundles["bundles"] as? [String: Any])?.mapValues { base64($0) } == ["td": [0x7b, 0x7d]])
+        let svids = try PythonPeer.decode(JWTSVIDResponse(svids: [JWTSVIDMessage(spiffeID: "s", svid: "v")]))
+        #expect((svids["svids"] as? [[String: Any]])?.first?["svid"] as? String == "v")
+        #expect(try PythonPeer.decode(JWTBundlesRequest()).isEmpty)
     }
 
     @Test func emptyRequestsDecode() throws {

@@ -35,6 +35,11 @@ import Wire
         _ = try? X509SVIDResponse(wireBytes: bytes)
         _ = try? X509BundlesRequest(wireBytes: bytes)
         _ = try? X509BundlesResponse(wireBytes: bytes)
+        _ = try? JWTSVIDRequest(wireBytes: bytes)
+        _ = try? JWTSVIDResponse(wireBytes: bytes)
+        _ = try? JWTBundlesResponse(wireBytes: bytes)
+        _ = try? ValidateJWTSVIDRequest(wireBytes: bytes)
+        _ = try? ValidateJWTSVIDResponse(wireBytes: bytes)
     }
 
     @Test func truncatedInsideAFieldIsMalformed() throws {

@@ -131,6 +131,20 @@ import Wire
         #expect(try roundTrip(bundles) == bundles)
     }
 
+    @Test func jwtMessages() throws {
+        let request = JWTSVIDRequest(audience: ["a", "b"], spiffeID: "spiffe://x/y")
+        #expect(try roundTrip(request) == request)
+        let svid = JWTSVIDMessage(spiffeID: "spiffe://x/y", svid: "a.b.c", hint: "h")
+        #expect(try roundTrip(svid) == svid)
+        #expect(try roundTrip(JWTSVIDResponse(svids: [svid, svid])) == JWTSVIDResponse(svids: [svid, svid]))
+        #expect(try roundTrip(JWTBundlesRequest()) == JWTBundlesRequest())
+        let bundles = JWTBundlesResponse(bundles: ["x": [1], "y": []])
+        #expect(try roundTrip(bundles) == bundles)
+        let validate = ValidateJWTSVIDRequest(audience: "a", svid: "t")
+        #expect(try roundTrip(validate) == validate)
+        #expect(try roundTrip(ValidateJWTSVIDResponse(spiffeID: "s")) == ValidateJWTSVIDResponse(spiffeID: "s"))
+    }
+
     @Test func emptyMessagesEncodeToNoBytes() throws {
         #expect(DiscoveryRequest().wireBytes().isEmpty)
         #expect(X509SVIDRequest().wireBytes().isEmpty)
