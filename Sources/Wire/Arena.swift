@@ -1,9 +1,9 @@
 internal import CSDSProtos
 
 #if canImport(Glibc)
-    import Glibc
+    private import Glibc
 #elseif canImport(Darwin)
-    import Darwin
+    private import Darwin
 #endif
 
 /// The one owner of every byte of C memory a single encode or decode touches.
