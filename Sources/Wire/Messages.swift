@@ -1,20 +1,43 @@
 // Swift value types for the protobuf messages sds-agent speaks. They mirror the wire-compatible subsets in
 // Protos/ (same packages, names and field numbers as upstream). Encoding and decoding go through protobuf-c
-// (see Codec.swift); no C type appears here.
+// (see Codec.swift and Conformances.swift); no C type appears here.
 
 /// A message that can be packed to and unpacked from protobuf bytes.
+///
+/// Decoding never traps: truncated, malformed or oversized input throws `WireError`. Fields the Swift type
+/// does not model are dropped, except `Node`, whose original bytes are kept (see `Node.rawBytes`).
 public protocol WireMessage: Sendable, Equatable {
     /// The fully-qualified protobuf name, e.g. `envoy.extensions.transport_sockets.tls.v3.Secret`.
     static var protoName: String { get }
-    /// Parses protobuf bytes. Throws `WireError` for truncated or malformed input; never traps.
-    init(wireBytes: [UInt8]) throws(WireError)
-    /// Serializes to protobuf bytes.
+    /// Parses protobuf bytes, rejecting input longer than `limit` bytes before looking at it.
+    /// The buffer is only read during the call.
+    init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError)
+    /// Serializes to protobuf bytes. Deterministic: map entries are written in key order.
     func wireBytes() -> [UInt8]
 }
 
 extension WireMessage {
     /// `type.googleapis.com/<protoName>`, the type URL used in `Any` and xDS `type_url`.
     public static var typeURL: String { "type.googleapis.com/" + protoName }
+
+    /// The largest input decoded by default: 4 MiB, gRPC's default maximum receive message size.
+    public static var defaultDecodeLimit: Int { 4 << 20 }
+
+    /// Parses protobuf bytes. Throws `WireError` for truncated, malformed or oversized input; never traps.
+    public init(wireBytes: [UInt8], limit: Int = Self.defaultDecodeLimit) throws(WireError) {
+        // `withUnsafeBytes` only rethrows untyped errors: carry the typed one out in a Result.
+        self = try wireBytes.withUnsafeBytes { buffer in
+            Result { () throws(WireError) -> Self in try Self(wireBuffer: buffer, limit: limit) }
+        }.get()
+    }
+
+    /// Parses protobuf bytes from a slice (e.g. a gRPC frame's payload) without copying them first.
+    public init(wireBytes: ArraySlice<UInt8>, limit: Int = Self.defaultDecodeLimit) throws(WireError) {
+        // `withUnsafeBytes` only rethrows untyped errors: carry the typed one out in a Result.
+        self = try wireBytes.withUnsafeBytes { buffer in
+            Result { () throws(WireError) -> Self in try Self(wireBuffer: buffer, limit: limit) }
+        }.get()
+    }
 }
 
 /// Why bytes could not be decoded.
@@ -45,15 +68,39 @@ public struct AnyMessage: Sendable, Equatable, Hashable {
         self.typeURL = typeURL
         self.value = value
     }
+
+    /// Packs `message` with its `type.googleapis.com/...` type URL.
+    public init<M: WireMessage>(packing message: M) {
+        self.init(typeURL: M.typeURL, value: message.wireBytes())
+    }
+
+    /// The message name the type URL refers to: everything after its last `/`.
+    public var typeName: Substring {
+        guard let slash = typeURL.lastIndex(of: "/") else { return typeURL[...] }
+        return typeURL[typeURL.index(after: slash)...]
+    }
+
+    /// Whether this `Any` holds an `M` (the type URL's last path segment is `M.protoName`).
+    public func holds<M: WireMessage>(_ type: M.Type) -> Bool { typeName == M.protoName }
+
+    /// Decodes the held message as `M`; throws `.unexpectedType` when the type URL names another type.
+    public func unpack<M: WireMessage>(
+        _ type: M.Type = M.self, limit: Int = M.defaultDecodeLimit
+    ) throws(WireError) -> M {
+        guard holds(M.self) else { throw .unexpectedType(expected: M.typeURL, actual: typeURL) }
+        return try M(wireBytes: value, limit: limit)
+    }
 }
 
 /// `google.rpc.Status` (as carried in xDS `error_detail`).
 public struct RPCStatus: Sendable, Equatable {
     public var code: Int32
     public var message: String
-    public init(code: Int32, message: String) {
+    public var details: [AnyMessage]
+    public init(code: Int32, message: String, details: [AnyMessage] = []) {
         self.code = code
         self.message = message
+        self.details = details
     }
 }
 
@@ -235,7 +282,12 @@ public struct SPIFFECertValidatorConfig: Sendable, Equatable {
         }
     }
     public var trustDomains: [TrustDomain]
-    public init(trustDomains: [TrustDomain]) { self.trustDomains = trustDomains }
+    /// `trust_bundles`: one SPIFFE bundle document (JSON) for all domains, instead of `trustDomains`.
+    public var trustBundles: DataSource?
+    public init(trustDomains: [TrustDomain], trustBundles: DataSource? = nil) {
+        self.trustDomains = trustDomains
+        self.trustBundles = trustBundles
+    }
 }
 
 /// `envoy.extensions.transport_sockets.tls.v3.Secret`.
@@ -305,4 +357,62 @@ public struct X509BundlesResponse: Sendable, Equatable {
         self.crl = crl
         self.bundles = bundles
     }
+}
+
+/// `JWTSVIDRequest`.
+public struct JWTSVIDRequest: Sendable, Equatable {
+    public var audience: [String]
+    /// The SPIFFE ID of the SVID wanted; empty for all of the caller's.
+    public var spiffeID: String
+    public init(audience: [String], spiffeID: String = "") {
+        self.audience = audience
+        self.spiffeID = spiffeID
+    }
+}
+
+/// `JWTSVID`.
+public struct JWTSVIDMessage: Sendable, Equatable {
+    public var spiffeID: String
+    /// The encoded JWT (compact serialization).
+    public var svid: String
+    public var hint: String
+    public init(spiffeID: String, svid: String, hint: String = "") {
+        self.spiffeID = spiffeID
+        self.svid = svid
+        self.hint = hint
+    }
+}
+
+/// `JWTSVIDResponse`.
+public struct JWTSVIDResponse: Sendable, Equatable {
+    public var svids: [JWTSVIDMessage]
+    public init(svids: [JWTSVIDMessage] = []) { self.svids = svids }
+}
+
+/// `JWTBundlesRequest` (empty).
+public struct JWTBundlesRequest: Sendable, Equatable {
+    public init() {}
+}
+
+/// `JWTBundlesResponse`.
+public struct JWTBundlesResponse: Sendable, Equatable {
+    /// Trust domain name → JWKS document (JSON bytes).
+    public var bundles: [String: [UInt8]]
+    public init(bundles: [String: [UInt8]] = [:]) { self.bundles = bundles }
+}
+
+/// `ValidateJWTSVIDRequest`.
+public struct ValidateJWTSVIDRequest: Sendable, Equatable {
+    public var audience: String
+    public var svid: String
+    public init(audience: String, svid: String) {
+        self.audience = audience
+        self.svid = svid
+    }
+}
+
+/// `ValidateJWTSVIDResponse`; its `claims` Struct is not modelled (dropped on decode).
+public struct ValidateJWTSVIDResponse: Sendable, Equatable {
+    public var spiffeID: String
+    public init(spiffeID: String) { self.spiffeID = spiffeID }
 }
