@@ -50,6 +50,11 @@ def fetch_secrets(socket_path: str | os.PathLike, names: list[str], timeout: flo
     return secrets
 
 
+def fetch_when_served(socket_path, names: list[str], timeout: float = START_TIMEOUT) -> dict[str, secret_pb2.Secret]:
+    """FetchSecrets, retried until every name is served: a server may bind before its first SVID is issued."""
+    return wait_for(lambda: fetch_secrets(socket_path, names), timeout, f"FetchSecrets {names} on {socket_path}")
+
+
 def leaf_serial(secret: secret_pb2.Secret) -> str:
     chain = secret.tls_certificate.certificate_chain
     pem = chain.inline_bytes or chain.inline_string.encode()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from envoy_harness import SECRET_TIMEOUT, Envoy, MtlsPair, start_mtls_pair, wait_for
-from sds_servers import TRUST_DOMAIN, fetch_secrets, leaf_serial
+from sds_servers import TRUST_DOMAIN, fetch_when_served, leaf_serial
 
 SERVER_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/server"
 CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/client"
@@ -31,7 +31,7 @@ class Workload:
 
     def sds_serial(self) -> str:
         """The serial of the leaf the SDS server serves now (asked with FetchSecrets, as any client may)."""
-        return leaf_serial(fetch_secrets(self.sds.socket_path, [self.cert_name])[self.cert_name])
+        return leaf_serial(fetch_when_served(self.sds.socket_path, [self.cert_name])[self.cert_name])
 
     def wait_sds_serial_not(self, old: str) -> str:
         """After a rotation request: the server's new serial (rotation is asynchronous for a process)."""

@@ -11,9 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from envoy_harness import wait_for
 from sds_client import SecretStream, certs_of, pem_of, unpack_secrets
-from sds_servers import TRUST_DOMAIN, fetch_secrets, leaf_serial
+from sds_servers import TRUST_DOMAIN, fetch_when_served, leaf_serial
 
 WORKLOAD_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/conformance"
 BUNDLE_NAME = f"spiffe://{TRUST_DOMAIN}"
@@ -53,7 +52,7 @@ def assert_x509_svid(secret, spiffe_id: str, bundle: list[x509.Certificate]) -> 
 
 
 def test_fetch_secrets_serves_istio_and_spire_names(sds):
-    secrets = fetch_secrets(sds.socket_path, ["default", "ROOTCA", WORKLOAD_ID, BUNDLE_NAME])
+    secrets = fetch_when_served(sds.socket_path, ["default", "ROOTCA", WORKLOAD_ID, BUNDLE_NAME])
     assert set(secrets) == {"default", "ROOTCA", WORKLOAD_ID, BUNDLE_NAME}
     for name in ("ROOTCA", BUNDLE_NAME):
         assert secrets[name].WhichOneof("type") == "validation_context"
@@ -159,10 +158,10 @@ def test_sigterm_exits_zero_and_removes_the_socket(sds):
 
 
 def test_restart_after_a_crash_reuses_the_ca_and_replaces_the_stale_socket(sds):
-    before = fetch_secrets(sds.socket_path, ["ROOTCA"])["ROOTCA"]
+    before = fetch_when_served(sds.socket_path, ["ROOTCA"])["ROOTCA"]
     sds.kill()
     assert sds.socket_path.exists(), "a crash leaves the socket file"
     sds.start()
-    after = fetch_secrets(sds.socket_path, ["ROOTCA"])["ROOTCA"]
+    after = fetch_when_served(sds.socket_path, ["ROOTCA"])["ROOTCA"]
     assert pem_of(after.validation_context.trusted_ca) == pem_of(before.validation_context.trusted_ca)
-    wait_for(lambda: fetch_secrets(sds.socket_path, ["default"]), 10, "the SVID after restart")
+    assert leaf_serial(fetch_when_served(sds.socket_path, ["default"])["default"])
