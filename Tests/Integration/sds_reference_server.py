@@ -372,6 +372,9 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
                 if event is not _CHANGED:
                     req: discovery_pb2.DiscoveryRequest = event
                     record.requests += 1
+                    log.debug("sotw request names=%s version=%r nonce=%r node=%r error=%r", list(req.resource_names),
+                              req.version_info, req.response_nonce, req.node.id,
+                              req.error_detail.message if req.HasField("error_detail") else None)
                     if req.node.id:
                         record.node_ids.append(req.node.id)
                     if req.response_nonce and req.response_nonce != last_nonce:
@@ -428,6 +431,10 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
                 if event is not _CHANGED:
                     req: discovery_pb2.DeltaDiscoveryRequest = event
                     record.requests += 1
+                    log.debug("delta request +%s -%s initial=%s nonce=%r node=%r error=%r",
+                              list(req.resource_names_subscribe), list(req.resource_names_unsubscribe),
+                              dict(req.initial_resource_versions), req.response_nonce, req.node.id,
+                              req.error_detail.message if req.HasField("error_detail") else None)
                     if req.node.id:
                         record.node_ids.append(req.node.id)
                     if first:

@@ -89,6 +89,12 @@ class InProcessServer:
         self._server = ref.ReferenceSDSServer(self.socket_path, self.ca, self.spiffe_id).start()
         return self
 
+    @property
+    def streams(self) -> list[ref.StreamRecord]:
+        """What each stream of the running server saw (requests, ACKs, NACKs, node ids)."""
+        assert self._server is not None
+        return self._server.service.streams
+
     def rotate(self) -> None:
         assert self._server is not None, "rotate() on a stopped server"
         self._server.rotate()

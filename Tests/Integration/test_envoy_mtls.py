@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from envoy_harness import SECRET_TIMEOUT, Envoy, MtlsPair, start_mtls_pair, wait_for
-from sds_servers import TRUST_DOMAIN, fetch_when_served, leaf_serial
+from sds_servers import TRUST_DOMAIN, ReferenceFactory, fetch_when_served, leaf_serial
 
 SERVER_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/server"
 CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/client"
@@ -152,3 +152,45 @@ def test_traffic_survives_sds_server_restart_and_next_rotation_arrives(topology)
     assert_request_uses(t, rotated[SERVER_ID], rotated[CLIENT_ID])
     for w in t.workloads():
         assert_sds_healthy(w.envoy)
+
+
+def test_rotating_one_side_shows_in_the_next_handshake_of_both(topology):
+    """Only the server rotates: the client must see the new server certificate at once (no TLS session resumption
+    handing it the old one), and the server still sees the client's unchanged certificate."""
+    t = topology
+    client_serial = t.client.sds_serial()
+    old = t.server.sds_serial()
+    assert_request_uses(t, old, client_serial)
+    t.server.sds.rotate()
+    new = t.server.wait_sds_serial_not(old)
+    t.server.envoy.wait_leaf_serial(new)
+    assert_request_uses(t, new, client_serial)
+    assert t.client.envoy.leaf_serials() == {client_serial}
+    for w in t.workloads():
+        assert_sds_healthy(w.envoy)
+
+
+def test_envoy_opens_one_stream_per_secret_and_sends_its_node_once(envoy_bin, short_dir, api_type):
+    """The wire shape sds-agent relies on (ENVOY-SDS-FACTS.md), observed by the reference server."""
+    factory = ReferenceFactory(short_dir)
+    stack: list[Envoy] = []
+    try:
+        server_sds = factory.start("server-sds", SERVER_ID)
+        client_sds = factory.start("client-sds", CLIENT_ID)
+        pair = start_mtls_pair(envoy_bin, short_dir, "istio", api_type, TRUST_DOMAIN, str(server_sds.socket_path),
+                               SERVER_ID, str(client_sds.socket_path), CLIENT_ID, stack)
+        server_sds.rotate()
+        # A push after the first response: its ACK must not carry the node either.
+        pair.server.wait_leaf_serial(leaf_serial(fetch_when_served(server_sds.socket_path, ["default"])["default"]))
+        kind = {"GRPC": "sotw", "DELTA_GRPC": "delta"}[api_type]
+        for sds, node in ((server_sds, "sds-demo-server"), (client_sds, "sds-demo-client")):
+            envoy_streams = sds.streams  # FetchSecrets (the test's own calls) opens no stream
+            assert sorted(tuple(s.names) for s in envoy_streams) == [("ROOTCA",), ("default",)]
+            for s in envoy_streams:
+                assert s.kind == kind
+                assert s.node_ids == [node], "set_node_on_first_message_only: the node on the first message only"
+                assert s.acks >= 1 and s.nacks == 0
+    finally:
+        for envoy in reversed(stack):
+            envoy.stop()
+        factory.stop_all()
