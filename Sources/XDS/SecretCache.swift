@@ -73,6 +73,12 @@ public struct SecretCache: Sendable {
         return true
     }
 
+    /// Bumps the revision without changing content: call it (then notify the streams) when the classifier's
+    /// answers changed, e.g. the served identity changed, so Delta streams report newly never-served names.
+    public mutating func invalidate() {
+        revision += 1
+    }
+
     /// The cached secret called `name`, if any.
     public func entry(named name: String) -> Entry? { entries[name] }
 
