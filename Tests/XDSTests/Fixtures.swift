@@ -1,3 +1,4 @@
+import Synchronization
 import Wire
 import XDS
 
@@ -64,4 +65,22 @@ func sent(_ actions: [DeltaStream.Action]) -> [DeltaDiscoveryResponse] {
 /// name@version of each resource in a Delta response, for compact expectations.
 func contents(_ response: DeltaDiscoveryResponse) -> [String] {
     response.resources.map { "\($0.name)@\($0.version)" }
+}
+
+// MARK: - Classifiers with state the test controls
+
+/// The names a test-controlled classifier serves; the set can change mid-test.
+final class ServedNames: Sendable {
+    private let names: Mutex<Set<String>>
+    init(_ names: Set<String>) { self.names = Mutex(names) }
+    func contains(_ name: String) -> Bool { names.withLock { $0.contains(name) } }
+    func set(_ newNames: Set<String>) { names.withLock { $0 = newNames } }
+}
+
+/// Counts calls, to show how much work an event does without timing anything.
+final class CallCounter: Sendable {
+    private let count = Mutex(0)
+    func increment() { count.withLock { $0 += 1 } }
+    var value: Int { count.withLock { $0 } }
+    func reset() { count.withLock { $0 = 0 } }
 }

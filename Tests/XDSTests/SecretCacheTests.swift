@@ -15,7 +15,8 @@ import XDS
         let changed3 = cache.put("default", "v2")
         #expect(changed3)
         #expect(cache.revision == 2)
-        #expect(cache.entry(named: "default") == SecretCache.Entry(version: "v2", resource: packedSecret("default", "v2")))
+        #expect(
+            cache.entry(named: "default") == SecretCache.Entry(version: "v2", resource: packedSecret("default", "v2")))
         #expect(cache.version(of: "default") == "v2")
         #expect(cache.count == 1)
     }

@@ -210,7 +210,10 @@ import XDS
 
     @Test func missingTypeURLOnFirstRequestIsAProtocolError() {
         var stream = SotWStream()
-        #expect(stream.receive(sotwRequest(["default"], typeURL: ""), cache: emptyCache()) == [.protocolError(.missingTypeURL)])
+        #expect(
+            stream.receive(sotwRequest(["default"], typeURL: ""), cache: emptyCache()) == [
+                .protocolError(.missingTypeURL)
+            ])
     }
 
     @Test func emptyTypeURLOnFollowUpMeansSameType() {
