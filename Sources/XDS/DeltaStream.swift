@@ -28,8 +28,9 @@ public import Wire
 /// - `initial_resource_versions` (sent on reconnect) records what the client already holds: a resource cached at
 ///   that version is not sent again.
 /// - A name this server will never serve is answered once in `removed_resources` (the protocol's "does not
-///   exist"). A name sent on this stream and later removed from the cache is also reported removed. A name being
-///   issued is held until ready (also after a reconnect where the client still holds an older version).
+///   exist"). A name the client held (sent on this stream, or declared and then seen in the cache) that is later
+///   removed from the cache is also reported removed. A name being issued is held until ready, also after a
+///   reconnect where the client declares an older version (our restart emptied the cache; that is no removal).
 /// - ACK / NACK: the latest nonce in `response_nonce`, with `error_detail` for a NACK. After a NACK the rejected
 ///   versions still count as sent, so they are not pushed again; the next content change is.
 /// - Wildcard: SDS does not use it. An empty first subscribe is just "no names": nothing is sent until names are
@@ -81,6 +82,9 @@ public struct DeltaStream: Sendable {
         case awaitingFirstRequest
         case open(Session)
         case failed(XDSProtocolError)
+        /// Held only while an event mutates the payload taken out of `.open`, so the payload's storage is
+        /// uniquely referenced and mutating it does not copy (copy-on-write).
+        case modifying
     }
 
     private var state: State = .awaitingFirstRequest
@@ -121,14 +125,17 @@ public struct DeltaStream: Sendable {
         case .failed:
             return []
 
+        case .modifying:
+            preconditionFailure("DeltaStream re-entered while handling an event")
+
         case .awaitingFirstRequest:
             if let error = checkTypeURL(request.typeURL, isFirstRequest: true) {
                 state = .failed(error)
                 return [.protocolError(error)]
             }
+            // A nonce on a first request belongs to an earlier stream: nothing to acknowledge.
             node = request.node
             session = Session()
-        // A nonce on a first request belongs to an earlier stream: nothing to acknowledge.
 
         case .open(let current):
             if let error = checkTypeURL(request.typeURL, isFirstRequest: false) {
@@ -137,6 +144,7 @@ public struct DeltaStream: Sendable {
             }
             if node == nil { node = request.node }
             session = current
+            state = .modifying
             if let sent = session.lastSent, !request.responseNonce.isEmpty, request.responseNonce == sent.nonce {
                 if let errorDetail = request.errorDetail {
                     lastRejection = errorDetail
@@ -172,11 +180,10 @@ public struct DeltaStream: Sendable {
 
     /// The cache changed (the service calls this for every stream after each effective `set` or `remove`).
     public mutating func cacheChanged(_ cache: SecretCache) -> [Action] {
-        guard case .open(var session) = state else { return [] }
-        if session.evaluatedRevision == cache.revision { return [] }
-        let response = respondIfChanged(&session, cache: cache)
-        state = .open(session)
-        return response.map { [.send($0)] } ?? []
+        guard case .open(var session) = state, session.evaluatedRevision != cache.revision else { return [] }
+        state = .modifying
+        defer { state = .open(session) }
+        return respondIfChanged(&session, cache: cache).map { [.send($0)] } ?? []
     }
 
     /// A response with what changed for the client across its subscriptions, or nil when nothing did.

@@ -75,6 +75,9 @@ public struct SotWStream: Sendable {
         case awaitingFirstRequest
         case subscribed(Subscription)
         case failed(XDSProtocolError)
+        /// Held only while an event mutates the payload taken out of `.subscribed`, so the payload's storage is
+        /// uniquely referenced and mutating it does not copy (copy-on-write).
+        case modifying
     }
 
     private var state: State = .awaitingFirstRequest
@@ -114,6 +117,9 @@ public struct SotWStream: Sendable {
             // The service ends the call on the protocol error; anything after it is ignored.
             return []
 
+        case .modifying:
+            preconditionFailure("SotWStream re-entered while handling an event")
+
         case .awaitingFirstRequest:
             if let error = checkTypeURL(request.typeURL, isFirstRequest: true) {
                 state = .failed(error)
@@ -127,6 +133,8 @@ public struct SotWStream: Sendable {
             return action.map { [$0] } ?? []
 
         case .subscribed(var subscription):
+            state = .modifying
+            defer { if case .modifying = state { state = .subscribed(subscription) } }
             if let error = checkTypeURL(request.typeURL, isFirstRequest: false) {
                 state = .failed(error)
                 return [.protocolError(error)]
@@ -137,9 +145,7 @@ public struct SotWStream: Sendable {
                 // A new subscription on this stream: answer it as if nothing had been sent.
                 subscription.names = uniqueNames(request.resourceNames)
                 subscription.sent = nil
-                let action = respondIfChanged(&subscription, cache: cache)
-                state = .subscribed(subscription)
-                return action.map { [$0] } ?? []
+                return respondIfChanged(&subscription, cache: cache).map { [$0] } ?? []
             }
             guard request.responseNonce == subscription.latestNonce else {
                 // Stale: the client will answer our latest response; that request is the one to act on.
@@ -165,18 +171,18 @@ public struct SotWStream: Sendable {
                 subscription.names = names
                 if let action = respondIfChanged(&subscription, cache: cache) { actions.append(action) }
             }
-            state = .subscribed(subscription)
             return actions
         }
     }
 
     /// The cache changed (the service calls this for every stream after each effective `set` or `remove`).
     public mutating func cacheChanged(_ cache: SecretCache) -> [Action] {
-        guard case .subscribed(var subscription) = state else { return [] }
-        if subscription.evaluatedRevision == cache.revision { return [] }
-        let action = respondIfChanged(&subscription, cache: cache)
-        state = .subscribed(subscription)
-        return action.map { [$0] } ?? []
+        guard case .subscribed(var subscription) = state, subscription.evaluatedRevision != cache.revision else {
+            return []
+        }
+        state = .modifying
+        defer { state = .subscribed(subscription) }
+        return respondIfChanged(&subscription, cache: cache).map { [$0] } ?? []
     }
 
     /// A response with every subscribed name, if all are cached and their versions differ from the last response.

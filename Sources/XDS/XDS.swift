@@ -1,6 +1,16 @@
 // XDS: the xDS side of the SDS server as pure values. A versioned `SecretCache`, one state machine per gRPC stream
 // (`SotWStream` for StreamSecrets, `DeltaStream` for DeltaSecrets) and `SecretFetch` for the unary FetchSecrets.
 // Nothing here does I/O or reads a clock: the service layer feeds events in and performs the returned actions.
+//
+// Wiring, for the service layer (all on the one thread or actor that owns the cache; these are plain values):
+// - One `SecretCache` with the owner's name classifier. On each issuance: `cache.set(name:version:resource:)`
+//   with version = e.g. hex SHA-256 of the serialized Secret; if it returns true, call `cacheChanged(cache)` on
+//   every open stream and perform the actions, and re-`decide` every held FetchSecrets call.
+// - One `SotWStream` per StreamSecrets call and one `DeltaStream` per DeltaSecrets call, created when the call
+//   opens (a per-stream `NonceSequence` prefix keeps nonces distinct in logs). Each decoded request message goes
+//   to `receive(_:cache:)`; perform the returned actions in order: `.send` → write the message, `.ack`/`.nack` →
+//   log, `.protocolError` → finish the call with INVALID_ARGUMENT and the error's description.
+// - Streams never answer with an error for a name they cannot serve (Envoy would back off ~30 s); they hold.
 
 /// Constants of the Secret Discovery Service.
 public enum SDS {
