@@ -71,6 +71,17 @@ import XDS
         #expect(stream.cacheChanged(cache).isEmpty)
     }
 
+    @Test func declaredVersionSeenInCacheThenRemovedIsReportedRemoved() {
+        var cache = emptyCache()
+        cache.put("default", "v1")
+        var stream = DeltaStream()
+        let actions = stream.receive(
+            deltaRequest(subscribe: ["default"], initialVersions: ["default": "v1"]), cache: cache)
+        #expect(actions.isEmpty)
+        cache.remove(name: "default")
+        #expect(sent(stream.cacheChanged(cache)).map(\.removedResources) == [["default"]])
+    }
+
     @Test func pureUnsubscribeNeedsNoResponseAndResubscribeResends() {
         var (stream, cache, response) = answeredDefault()
         #expect(stream.receive(deltaRequest(unsubscribe: ["default"], nonce: response.nonce), cache: cache).count == 1)

@@ -64,6 +64,18 @@ import XDS
         #expect(pushed.first?.nonce != response.nonce)
     }
 
+    @Test func nackWithChangedNamesAnswersTheNewNames() {
+        var (stream, cache, response) = answeredDefault()
+        cache.put("ROOTCA", "r1")
+        let actions = stream.receive(sotwRequest(["ROOTCA"], nonce: response.nonce, error: loadFailure), cache: cache)
+        #expect(actions.count == 2)
+        guard case .nack = actions.first else {
+            Issue.record("expected the NACK first, got \(actions)")
+            return
+        }
+        #expect(sent(actions).map(\.resources) == [[packedSecret("ROOTCA", "r1")]])
+    }
+
     @Test func staleNonceIsIgnored() {
         var (stream, cache, first) = answeredDefault()
         cache.put("default", "v2")
