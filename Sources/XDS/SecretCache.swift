@@ -1,0 +1,102 @@
+public import Wire
+
+/// Whether a secret name can be answered now.
+public enum SecretAvailability: Sendable, Equatable {
+    /// The cache holds it: serve it.
+    case available
+    /// It will be served once issued: hold the answer (never an error: Envoy would back off for ~30 s).
+    case pending
+    /// This server will never serve it (unknown scheme, another identity). Delta answers it in
+    /// `removed_resources`; SotW holds, since SotW has no way to say "does not exist" short of an error.
+    case neverServed
+}
+
+/// What the owner (who knows the identity and the naming scheme) says about a name the cache does not hold.
+public enum SecretNameKind: Sendable, Equatable {
+    /// A name this server serves: once issued it will be in the cache.
+    case served
+    /// A name this server will never serve.
+    case neverServed
+}
+
+/// The secrets the server currently serves, by name, each with the version its owner computed for it
+/// (e.g. a SHA-256 of the serialized Secret), plus a revision that grows on every change.
+///
+/// Streams compare per-resource versions, not revisions, so setting the same content again pushes nothing.
+/// The revision lets a stream skip a change notification it has already seen, and is Delta's
+/// `system_version_info`.
+///
+/// Rotation is `set` with the new content; `remove` means "no longer served" and Delta streams that were sent
+/// the secret are told it was removed, so do not remove a secret merely to replace it.
+public struct SecretCache: Sendable {
+    /// One cached secret.
+    public struct Entry: Sendable, Equatable {
+        /// The owner's content version (equal content ⇒ equal version).
+        public var version: String
+        /// The packed `Secret`, as it goes into responses.
+        public var resource: AnyMessage
+        public init(version: String, resource: AnyMessage) {
+            self.version = version
+            self.resource = resource
+        }
+    }
+
+    /// Classifies names the cache does not hold; consulted only for those.
+    public typealias NameClassifier = @Sendable (String) -> SecretNameKind
+
+    private var entries: [String: Entry] = [:]
+    /// Grows by one on every `set` that changes content and every `remove` that removes something.
+    public private(set) var revision: UInt64 = 0
+    private let classifier: NameClassifier
+
+    /// - Parameter classifier: says which absent names will be served once issued (`.served` → held as
+    ///   `.pending`) and which never will (`.neverServed`).
+    public init(classifier: @escaping NameClassifier) {
+        self.classifier = classifier
+    }
+
+    /// Stores `resource` under `name` at `version`. Returns whether anything changed: the same version again
+    /// is not a change (no revision bump, so no stream wakes up for nothing).
+    @discardableResult
+    public mutating func set(name: String, version: String, resource: AnyMessage) -> Bool {
+        if let current = entries[name], current.version == version { return false }
+        entries[name] = Entry(version: version, resource: resource)
+        revision += 1
+        return true
+    }
+
+    /// Stops serving `name`. Returns whether it was there.
+    @discardableResult
+    public mutating func remove(name: String) -> Bool {
+        guard entries.removeValue(forKey: name) != nil else { return false }
+        revision += 1
+        return true
+    }
+
+    /// Bumps the revision without changing content: call it (then notify the streams) when the classifier's
+    /// answers changed, e.g. the served identity changed, so Delta streams report newly never-served names.
+    public mutating func invalidate() {
+        revision += 1
+    }
+
+    /// The cached secret called `name`, if any.
+    public func entry(named name: String) -> Entry? { entries[name] }
+
+    /// The version of the cached secret called `name`, if any.
+    public func version(of name: String) -> String? { entries[name]?.version }
+
+    /// A cached secret is available whatever the classifier says; an absent one is pending or never served.
+    public func availability(of name: String) -> SecretAvailability {
+        if entries[name] != nil { return .available }
+        switch classifier(name) {
+        case .served: return .pending
+        case .neverServed: return .neverServed
+        }
+    }
+
+    /// The names the cache holds (unordered).
+    public var names: Dictionary<String, Entry>.Keys { entries.keys }
+
+    /// How many secrets the cache holds.
+    public var count: Int { entries.count }
+}

@@ -1,0 +1,214 @@
+public import Wire
+
+/// One StreamSecrets (state-of-the-world) gRPC stream, as a value: requests and cache changes in, actions out.
+///
+/// ```
+///                       receive(first request)
+///   ┌──────────────────────┐  type_url ok   ┌─────────────────────────────────────────────┐
+///   │ awaitingFirstRequest ├───────────────▶│ subscribed(names, sent, latestNonce)         │◀─┐
+///   └──────────┬───────────┘                │  all names cached and versions ≠ sent ─▶ send│  │ receive / cacheChanged
+///              │ bad type_url               └──────┬───────────────────────────────────┬──┘  │
+///              ▼                                   │ bad type_url                      └─────┘
+///   ┌──────────────────────┐                       │
+///   │ failed(error)        │◀──────────────────────┘   (the service ends the call: INVALID_ARGUMENT)
+///   └──────────────────────┘
+/// ```
+///
+/// Rules, from Envoy's behaviour and the xDS protocol:
+/// - A response goes out when every requested name is in the cache and the versions of those names differ from
+///   the last response on this stream. Names pending issuance or never served hold the response: SotW has no way
+///   to say "does not exist" short of an error, and an error closes the stream and makes Envoy back off for ~30 s.
+///   Envoy opens one stream per secret, so "all or nothing" costs nothing in practice; a response always carries
+///   every requested name, in request order.
+/// - Each response gets a new nonce. A request echoing the latest nonce is an ACK (no `error_detail`) or a NACK
+///   (`error_detail` set). Neither triggers a resend: after a NACK the rejected versions still count as sent, so
+///   the same content is not pushed again; the next content change is.
+/// - A request echoing an older nonce is stale (the client has not yet seen our latest response): ignored whole.
+/// - An empty nonce starts a new subscription: the first request of a stream (including Envoy's reconnect after a
+///   server restart, which carries its old `version_info`) or a client starting over; it is always answered once
+///   its names are available, whatever `version_info` says.
+/// - A changed set of names on a current (latest-nonce) request is answered with the new set. An empty set holds
+///   everything: SDS has no wildcard.
+/// - `version_info` of a response: the resource's own version when it holds one resource, otherwise a hash of
+///   its `name=version` pairs (see `sotwVersionInfo`).
+/// - The node is kept from the first request that carries one (Istio sends it only on the first message).
+///
+/// Work per event is O(names subscribed on this stream), never O(cache).
+public struct SotWStream: Sendable {
+    /// What the service should do after an event. An event yields zero, one or two actions (an ACK or NACK to log,
+    /// then maybe a response), in the order to perform them.
+    public enum Action: Sendable, Equatable {
+        /// Write this response on the stream.
+        case send(DiscoveryResponse)
+        /// The client applied the latest response (log only). `versionInfo` is the version it now runs.
+        case ack(nonce: String, versionInfo: String, resourceNames: [String])
+        /// The client rejected the latest response (log it; nothing is resent until the content changes).
+        /// `versionInfo` is the last version the client accepted; `rejectedVersionInfo` the one it refused.
+        case nack(
+            nonce: String, versionInfo: String, rejectedVersionInfo: String, resourceNames: [String],
+            errorDetail: RPCStatus)
+        /// The request breaks the protocol: end the call with INVALID_ARGUMENT and this error's description.
+        case protocolError(XDSProtocolError)
+    }
+
+    /// What the stream last sent.
+    struct SentResponse: Sendable {
+        var nonce: String
+        var versionInfo: String
+        /// name → version of every resource in that response.
+        var versions: [String: String]
+    }
+
+    struct Subscription: Sendable {
+        /// Requested names, deduplicated, in request order.
+        var names: [String]
+        /// The latest response on this stream for the current subscription; nil until one is sent (or after a
+        /// client starts over with an empty nonce).
+        var sent: SentResponse?
+        /// The latest nonce sent on this stream (kept across start-overs so stale echoes stay stale).
+        var latestNonce: String?
+        /// The cache revision this subscription was last compared against, to skip repeated notifications.
+        var evaluatedRevision: UInt64?
+    }
+
+    enum State: Sendable {
+        case awaitingFirstRequest
+        case subscribed(Subscription)
+        case failed(XDSProtocolError)
+        /// Held only while an event mutates the payload taken out of `.subscribed`, so the payload's storage is
+        /// uniquely referenced and mutating it does not copy (copy-on-write).
+        case modifying
+    }
+
+    private var state: State = .awaitingFirstRequest
+    private var nonces: NonceSequence
+
+    /// The client's node, from the first request that carried one.
+    public private(set) var node: Node?
+    /// The most recent NACK on this stream (for status pages and logs).
+    public private(set) var lastRejection: RPCStatus?
+
+    public init(nonces: NonceSequence = NonceSequence()) {
+        self.nonces = nonces
+    }
+
+    /// The names the client currently subscribes to (empty before the first request).
+    public var subscribedNames: [String] {
+        if case .subscribed(let subscription) = state { return subscription.names }
+        return []
+    }
+
+    /// The nonce of the latest response sent, if any.
+    public var latestNonce: String? {
+        if case .subscribed(let subscription) = state { return subscription.latestNonce }
+        return nil
+    }
+
+    /// The error that failed the stream, if one did.
+    public var failure: XDSProtocolError? {
+        if case .failed(let error) = state { return error }
+        return nil
+    }
+
+    /// A request arrived on the stream.
+    public mutating func receive(_ request: DiscoveryRequest, cache: SecretCache) -> [Action] {
+        switch state {
+        case .failed:
+            // The service ends the call on the protocol error; anything after it is ignored.
+            return []
+
+        case .modifying:
+            preconditionFailure("SotWStream re-entered while handling an event")
+
+        case .awaitingFirstRequest:
+            if let error = checkTypeURL(request.typeURL, isFirstRequest: true) {
+                state = .failed(error)
+                return [.protocolError(error)]
+            }
+            node = request.node
+            // Whatever nonce or version a first request carries belongs to an earlier stream: start afresh.
+            var subscription = Subscription(names: uniqueNames(request.resourceNames))
+            let action = respondIfChanged(&subscription, cache: cache)
+            state = .subscribed(subscription)
+            return action.map { [$0] } ?? []
+
+        case .subscribed(var subscription):
+            state = .modifying
+            defer { if case .modifying = state { state = .subscribed(subscription) } }
+            if let error = checkTypeURL(request.typeURL, isFirstRequest: false) {
+                state = .failed(error)
+                return [.protocolError(error)]
+            }
+            if node == nil { node = request.node }
+
+            if request.responseNonce.isEmpty {
+                // A new subscription on this stream: answer it as if nothing had been sent.
+                subscription.names = uniqueNames(request.resourceNames)
+                subscription.sent = nil
+                return respondIfChanged(&subscription, cache: cache).map { [$0] } ?? []
+            }
+            guard request.responseNonce == subscription.latestNonce else {
+                // Stale: the client will answer our latest response; that request is the one to act on.
+                return []
+            }
+
+            var actions: [Action] = []
+            if let errorDetail = request.errorDetail {
+                lastRejection = errorDetail
+                actions.append(
+                    .nack(
+                        nonce: request.responseNonce, versionInfo: request.versionInfo,
+                        rejectedVersionInfo: subscription.sent?.versionInfo ?? "",
+                        resourceNames: subscription.names, errorDetail: errorDetail))
+            } else {
+                actions.append(
+                    .ack(
+                        nonce: request.responseNonce, versionInfo: request.versionInfo,
+                        resourceNames: subscription.names))
+            }
+            let names = uniqueNames(request.resourceNames)
+            if Set(names) != Set(subscription.names) {
+                subscription.names = names
+                if let action = respondIfChanged(&subscription, cache: cache) { actions.append(action) }
+            }
+            return actions
+        }
+    }
+
+    /// The cache changed (the service calls this for every stream after each effective `set` or `remove`).
+    public mutating func cacheChanged(_ cache: SecretCache) -> [Action] {
+        guard case .subscribed(var subscription) = state, subscription.evaluatedRevision != cache.revision else {
+            return []
+        }
+        state = .modifying
+        defer { state = .subscribed(subscription) }
+        return respondIfChanged(&subscription, cache: cache).map { [$0] } ?? []
+    }
+
+    /// A response with every subscribed name, if all are cached and their versions differ from the last response.
+    private mutating func respondIfChanged(_ subscription: inout Subscription, cache: SecretCache) -> Action? {
+        subscription.evaluatedRevision = cache.revision
+        guard !subscription.names.isEmpty else { return nil }
+
+        var resources: [AnyMessage] = []
+        var pairs: [(name: String, version: String)] = []
+        resources.reserveCapacity(subscription.names.count)
+        pairs.reserveCapacity(subscription.names.count)
+        for name in subscription.names {
+            guard let entry = cache.entry(named: name) else { return nil }  // hold until every name is there
+            resources.append(entry.resource)
+            pairs.append((name, entry.version))
+        }
+        var versions: [String: String] = [:]
+        versions.reserveCapacity(pairs.count)
+        for pair in pairs { versions[pair.name] = pair.version }
+        if let sent = subscription.sent, sent.versions == versions { return nil }
+
+        let nonce = nonces.next()
+        let versionInfo = sotwVersionInfo(pairs)
+        subscription.sent = SentResponse(nonce: nonce, versionInfo: versionInfo, versions: versions)
+        subscription.latestNonce = nonce
+        return .send(
+            DiscoveryResponse(versionInfo: versionInfo, resources: resources, typeURL: SDS.secretTypeURL, nonce: nonce))
+    }
+}

@@ -1,0 +1,55 @@
+import Testing
+import Wire
+import XDS
+
+@Suite struct SecretCacheTests {
+    @Test func setReportsChangeAndBumpsRevisionOnlyForNewContent() {
+        var cache = emptyCache()
+        #expect(cache.revision == 0)
+        let changed1 = cache.put("default", "v1")
+        #expect(changed1)
+        #expect(cache.revision == 1)
+        let changed2 = cache.put("default", "v1")
+        #expect(!changed2)
+        #expect(cache.revision == 1)
+        let changed3 = cache.put("default", "v2")
+        #expect(changed3)
+        #expect(cache.revision == 2)
+        #expect(
+            cache.entry(named: "default") == SecretCache.Entry(version: "v2", resource: packedSecret("default", "v2")))
+        #expect(cache.version(of: "default") == "v2")
+        #expect(cache.count == 1)
+    }
+
+    @Test func removeReportsWhetherSomethingWasThere() {
+        var cache = emptyCache()
+        cache.put("default", "v1")
+        let changed4 = cache.remove(name: "default")
+        #expect(changed4)
+        #expect(cache.revision == 2)
+        let changed5 = cache.remove(name: "default")
+        #expect(!changed5)
+        #expect(cache.revision == 2)
+        #expect(cache.entry(named: "default") == nil)
+    }
+
+    @Test func availabilityCombinesContentAndClassifier() {
+        var cache = emptyCache()
+        cache.put("default", "v1")
+        cache.put("only-cached", "v1")
+        #expect(cache.availability(of: "default") == .available)
+        // A cached secret is served whatever the classifier says.
+        #expect(cache.availability(of: "only-cached") == .available)
+        #expect(cache.availability(of: "ROOTCA") == .pending)
+        #expect(cache.availability(of: otherTrustDomainID) == .neverServed)
+        #expect(cache.availability(of: "file-root:system") == .neverServed)
+    }
+
+    @Test func invalidateBumpsRevisionWithoutContentChange() {
+        var cache = emptyCache()
+        cache.put("default", "v1")
+        cache.invalidate()
+        #expect(cache.revision == 2)
+        #expect(cache.version(of: "default") == "v1")
+    }
+}
