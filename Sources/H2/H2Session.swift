@@ -160,6 +160,10 @@ final class H2SessionCore {
 
     func submitRequest(headers: [H2Header], endStream: Bool) throws(H2Error) -> H2StreamID {
         if let failure { throw failure }
+        // After GOAWAY nghttp2 would accept the request and drop it at send time; refuse it here instead.
+        guard nghttp2_session_check_request_allowed(session) != 0 else {
+            throw .refused(reason: "the connection is going away")
+        }
         var provider = Self.dataProvider()
         let streamID = withNameValues(headers) { nva, count in
             endStream
@@ -238,8 +242,6 @@ final class H2SessionCore {
             let lastStreamID = nghttp2_session_get_last_proc_stream_id(session)
             _ = nghttp2_submit_goaway(
                 session, UInt8(NGHTTP2_FLAG_NONE.rawValue), lastStreamID, errorCode.rawValue, nil, 0)
-        } else if graceful {
-            _ = nghttp2_session_terminate_session(session, errorCode.rawValue)
         } else {
             _ = nghttp2_session_terminate_session(session, errorCode.rawValue)
         }
