@@ -1,1 +1,0 @@
-// GRPC module: see README's architecture section.

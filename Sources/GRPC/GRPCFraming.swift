@@ -1,0 +1,114 @@
+/// gRPC's length-prefixed message framing: 1 byte compressed flag, 4 bytes big-endian length, the message.
+public enum GRPCMessageFraming {
+    public static let prefixLength = 5
+    /// The default bound on one message (grpc's default receive limit).
+    public static let defaultMaxMessageBytes = 4 << 20
+
+    /// Frames one uncompressed message.
+    public static func frame(_ message: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(prefixLength + message.count)
+        let length = UInt32(message.count)
+        out.append(0)
+        out.append(UInt8(truncatingIfNeeded: length >> 24))
+        out.append(UInt8(truncatingIfNeeded: length >> 16))
+        out.append(UInt8(truncatingIfNeeded: length >> 8))
+        out.append(UInt8(truncatingIfNeeded: length))
+        out.append(contentsOf: message)
+        return out
+    }
+}
+
+/// A streaming decoder of length-prefixed messages, fed arbitrary chunks (down to single bytes).
+///
+/// It holds at most one message: a prefix announcing more than `maxMessageBytes` fails at once with
+/// RESOURCE_EXHAUSTED, before any of the body is buffered; a compressed message fails with UNIMPLEMENTED
+/// (we never advertise `grpc-accept-encoding`, so a peer sending one is broken). After a failure the
+/// decoder stays failed.
+///
+/// ```
+///   ┌────────────┐ 5 bytes  ┌───────────┐ length bytes ┌──────────┐
+///   │ readPrefix │─────────►│ readBody  │─────────────►│ message  │──► back to readPrefix
+///   └────────────┘          └───────────┘              └──────────┘
+///         │ flag=1 / length > max
+///         ▼
+///      failed(status)
+/// ```
+public struct GRPCMessageDecoder: Sendable {
+    enum State: Sendable {
+        case readPrefix(prefix: [UInt8])
+        case readBody(length: Int, body: [UInt8])
+        case failed(GRPCStatus)
+    }
+
+    public let maxMessageBytes: Int
+    private var state: State = .readPrefix(prefix: [])
+
+    public init(maxMessageBytes: Int = GRPCMessageFraming.defaultMaxMessageBytes) {
+        self.maxMessageBytes = maxMessageBytes
+    }
+
+    /// True when no partial message is buffered (a stream may end cleanly here).
+    public var isAtMessageBoundary: Bool {
+        if case .readPrefix(let prefix) = state { return prefix.isEmpty }
+        return false
+    }
+
+    /// Consumes `bytes`, returning every message they complete.
+    public mutating func feed(_ bytes: some Collection<UInt8>) throws(GRPCStatus) -> [[UInt8]] {
+        var messages: [[UInt8]] = []
+        var index = bytes.startIndex
+        while true {
+            switch state {
+            case .failed(let status):
+                throw status
+            case .readPrefix(var prefix):
+                guard index != bytes.endIndex else { return messages }
+                let take = min(GRPCMessageFraming.prefixLength - prefix.count, bytes.distance(from: index, to: bytes.endIndex))
+                let end = bytes.index(index, offsetBy: take)
+                prefix.append(contentsOf: bytes[index..<end])
+                index = end
+                if prefix.count < GRPCMessageFraming.prefixLength {
+                    state = .readPrefix(prefix: prefix)
+                    return messages
+                }
+                let length = Int(prefix[1]) << 24 | Int(prefix[2]) << 16 | Int(prefix[3]) << 8 | Int(prefix[4])
+                if prefix[0] != 0 {
+                    let status = GRPCStatus(
+                        prefix[0] == 1 ? .unimplemented : .internal,
+                        prefix[0] == 1 ? "compressed messages not supported" : "invalid message flag \(prefix[0])")
+                    state = .failed(status)
+                    throw status
+                }
+                if length > maxMessageBytes {
+                    let status = GRPCStatus(
+                        .resourceExhausted, "message of \(length) bytes exceeds the limit of \(maxMessageBytes)")
+                    state = .failed(status)
+                    throw status
+                }
+                if length == 0 {
+                    messages.append([])
+                    state = .readPrefix(prefix: [])
+                } else {
+                    var body: [UInt8] = []
+                    body.reserveCapacity(length)
+                    state = .readBody(length: length, body: body)
+                }
+            case .readBody(let length, var body):
+                guard index != bytes.endIndex else { return messages }
+                // Release the copy held by `state` so appending does not copy the whole body.
+                state = .readPrefix(prefix: [])
+                let take = min(length - body.count, bytes.distance(from: index, to: bytes.endIndex))
+                let end = bytes.index(index, offsetBy: take)
+                body.append(contentsOf: bytes[index..<end])
+                index = end
+                if body.count == length {
+                    messages.append(body)
+                    state = .readPrefix(prefix: [])
+                } else {
+                    state = .readBody(length: length, body: body)
+                }
+            }
+        }
+    }
+}

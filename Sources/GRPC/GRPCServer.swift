@@ -1,0 +1,227 @@
+public import H2
+
+/// Creates the handling of one call: the factory sets the call's callbacks and may send or finish at once.
+public typealias GRPCCallHandler = (GRPCServerCall) -> Void
+
+/// Method paths (`/package.Service/Method`) to handlers. Shared by every connection of a server.
+public final class GRPCRouter {
+    private var handlers: [String: GRPCCallHandler] = [:]
+
+    public init() {}
+
+    public func register(_ path: String, handler: @escaping GRPCCallHandler) {
+        handlers[path] = handler
+    }
+
+    public func handler(for path: String) -> GRPCCallHandler? { handlers[path] }
+}
+
+/// What happened to a message handed to `GRPCServerCall.send` / `GRPCClientCall.send`.
+public enum GRPCSendResult: Sendable, Equatable {
+    case queued
+    /// The peer is not reading: the stream's queue is at its bound. Nothing was queued; retry from `onWritable`.
+    case wouldExceed
+    /// The call is over; the message was dropped.
+    case closed
+}
+
+/// One server-side call. Every callback runs synchronously on the thread driving the connection.
+public final class GRPCServerCall {
+    public let path: String
+    /// Request headers other than pseudo-headers (`:path` etc.), in arrival order.
+    public let metadata: [(String, String)]
+    public let streamID: H2StreamID
+
+    /// A complete request message.
+    public var onMessage: (([UInt8]) -> Void)?
+    /// The client finished sending (END_STREAM).
+    public var onHalfClose: (() -> Void)?
+    /// The call ended without `finish`: RST_STREAM from the client, or the connection died. No more sends.
+    public var onCancel: (() -> Void)?
+    /// The outbound queue drained after a `.wouldExceed`-prone burst: a good time to send more.
+    public var onWritable: (() -> Void)?
+
+    weak var connection: GRPCServerConnection?
+    var state = ServerCallStateMachine()
+    var decoder: GRPCMessageDecoder
+
+    init(streamID: H2StreamID, path: String, metadata: [(String, String)], maxMessageBytes: Int) {
+        self.streamID = streamID
+        self.path = path
+        self.metadata = metadata
+        self.decoder = GRPCMessageDecoder(maxMessageBytes: maxMessageBytes)
+    }
+
+    /// True once finished or cancelled.
+    public var isClosed: Bool { state.state == .closed }
+
+    /// Bytes queued on this call's stream, not yet accepted by the peer's flow-control window.
+    public var queuedBytes: Int { connection?.session.queuedBytes(streamID: streamID) ?? 0 }
+
+    /// Frames and queues one response message (response headers go first, once).
+    @discardableResult
+    public func send(_ message: [UInt8]) -> GRPCSendResult {
+        guard let connection else { return .closed }
+        return connection.send(message, on: self)
+    }
+
+    /// Ends the call with `status` (trailers, or trailers-only if nothing was sent). Later calls do nothing.
+    public func finish(_ status: GRPCStatus = .ok) {
+        connection?.finish(self, status: status)
+    }
+}
+
+/// The gRPC server side of one HTTP/2 connection. Owns its `H2ServerSession`: the transport feeds
+/// `session.receive(_:)` and flushes `session.takeOutput()`; this object turns stream events into calls.
+public final class GRPCServerConnection: H2SessionDelegate {
+    public let session: H2ServerSession
+    public let router: GRPCRouter
+    public let maxMessageBytes: Int
+    private var calls: [H2StreamID: GRPCServerCall] = [:]
+    private(set) public var isDraining = false
+
+    public init(
+        router: GRPCRouter, configuration: H2Configuration = H2Configuration(),
+        maxMessageBytes: Int = GRPCMessageFraming.defaultMaxMessageBytes
+    ) {
+        self.router = router
+        self.maxMessageBytes = maxMessageBytes
+        self.session = H2ServerSession(configuration: configuration)
+        self.session.delegate = self
+    }
+
+    public var activeCallCount: Int { calls.count }
+
+    /// Graceful drain: GOAWAY with the last stream already opened. Calls in flight go on until they finish;
+    /// the session closes (`session.isClosed`) once they have. Pass `finishCalls` to end them now with it.
+    public func beginDrain(finishCalls status: GRPCStatus? = nil) {
+        guard !isDraining else { return }
+        isDraining = true
+        session.sendGoAway(errorCode: .noError, graceful: true)
+        if let status {
+            for call in calls.values { call.finish(status) }
+        }
+    }
+
+    /// The connection is gone (socket error / EOF): every open call is cancelled.
+    public func connectionLost() {
+        let open = calls
+        calls.removeAll()
+        for call in open.values where call.state.streamClosed() == .notifyCancelled {
+            call.onCancel?()
+        }
+    }
+
+    // MARK: H2SessionDelegate
+
+    public func h2HeadersReceived(streamID: H2StreamID, headers: [H2Header], kind: H2HeaderBlockKind, endStream: Bool)
+    {
+        guard kind == .request else { return }  // request trailers carry nothing for gRPC
+        let path = headers.value(for: ":path")
+        let metadata = headers.filter { !$0.name.hasPrefix(":") }.map { ($0.name, $0.value) }
+        let call = GRPCServerCall(
+            streamID: streamID, path: path ?? "", metadata: metadata, maxMessageBytes: maxMessageBytes)
+        let handler = path.flatMap { router.handler(for: $0) }
+        let action = call.state.receiveRequestHeaders(
+            method: headers.value(for: ":method"), contentType: headers.value(for: "content-type"),
+            pathIsRegistered: handler != nil, path: path)
+        switch action {
+        case .reject(let httpStatus, let status):
+            sendTrailersOnly(streamID: streamID, httpStatus: httpStatus, status: status)
+        case .accept:
+            call.connection = self
+            calls[streamID] = call
+            handler?(call)
+            if endStream { h2DataReceived(streamID: streamID, bytes: [], endStream: true) }
+        }
+    }
+
+    public func h2DataReceived(streamID: H2StreamID, bytes: [UInt8], endStream: Bool) {
+        guard let call = calls[streamID] else { return }
+        if !bytes.isEmpty {
+            let messages: [[UInt8]]
+            do throws(GRPCStatus) {
+                messages = try call.decoder.feed(bytes)
+            } catch {
+                perform(call.state.receiveInvalidMessage(error), on: call)
+                return
+            }
+            for message in messages {
+                guard case .deliverMessage = call.state.receiveMessage() else { return }
+                call.onMessage?(message)
+            }
+        }
+        if endStream {
+            perform(call.state.receiveEndOfStream(atMessageBoundary: call.decoder.isAtMessageBoundary), on: call)
+        }
+    }
+
+    public func h2StreamClosed(streamID: H2StreamID, errorCode: H2ErrorCode) {
+        guard let call = calls.removeValue(forKey: streamID) else { return }
+        if call.state.streamClosed() == .notifyCancelled { call.onCancel?() }
+    }
+
+    public func h2OutboundQueueDrained(streamID: H2StreamID) {
+        calls[streamID]?.onWritable?()
+    }
+
+    // MARK: Actions
+
+    private func perform(_ action: ServerCallStateMachine.InboundAction, on call: GRPCServerCall) {
+        switch action {
+        case .deliverMessage, .ignore: break
+        case .deliverHalfClose: call.onHalfClose?()
+        case .fail(let finish):
+            perform(finish, on: call)
+            // The handler did not choose this end: tell it the call is over. Further request bytes are
+            // discarded by the failed decoder, so nothing more is buffered.
+            call.onCancel?()
+        }
+    }
+
+    func send(_ message: [UInt8], on call: GRPCServerCall) -> GRPCSendResult {
+        var probe = call.state
+        let action = probe.send()
+        if action == .dropClosed { return .closed }
+        let framed = GRPCMessageFraming.frame(message)
+        do throws(H2Error) {
+            if action == .sendHeadersAndMessage {
+                try session.sendResponseHeaders(streamID: call.streamID, headers: Self.responseHeaders, endStream: false)
+            }
+            call.state = probe
+            try session.sendData(streamID: call.streamID, bytes: framed)
+            return .queued
+        } catch .wouldExceed {
+            return .wouldExceed
+        } catch {
+            return .closed
+        }
+    }
+
+    func finish(_ call: GRPCServerCall, status: GRPCStatus) {
+        perform(call.state.finish(status), on: call)
+    }
+
+    private func perform(_ action: ServerCallStateMachine.FinishAction, on call: GRPCServerCall) {
+        switch action {
+        case .none:
+            return
+        case .sendTrailers(let status):
+            try? session.sendTrailers(streamID: call.streamID, trailers: Self.trailers(status))
+        case .sendTrailersOnly(let status):
+            sendTrailersOnly(streamID: call.streamID, httpStatus: 200, status: status)
+        }
+    }
+
+    private func sendTrailersOnly(streamID: H2StreamID, httpStatus: Int, status: GRPCStatus) {
+        var headers = [H2Header(":status", String(httpStatus)), H2Header("content-type", "application/grpc")]
+        headers += Self.trailers(status)
+        try? session.sendResponseHeaders(streamID: streamID, headers: headers, endStream: true)
+    }
+
+    static let responseHeaders = [H2Header(":status", "200"), H2Header("content-type", "application/grpc")]
+
+    static func trailers(_ status: GRPCStatus) -> [H2Header] {
+        status.trailerFields.map { H2Header($0.0, $0.1) }
+    }
+}

@@ -1,1 +1,0 @@
-// H2 module: see README's architecture section.

@@ -1,0 +1,424 @@
+internal import CNGHTTP2
+
+/// Shared engine of `H2ServerSession` and `H2ClientSession`: owns one `nghttp2_session`, driven as a pure byte
+/// transducer (`nghttp2_session_mem_recv` in, `nghttp2_session_mem_send` out), no sockets.
+///
+/// Outbound data of every stream goes through a per-stream queue read by one deferred data provider:
+///
+/// ```
+///   sendData ──► queue ──(read callback, bounded by peer window)──► DATA frames
+///                  │ empty & not finished → NGHTTP2_ERR_DEFERRED (parked)
+///                  │ sendData on parked stream → nghttp2_session_resume_data
+///                  └ empty & finished → EOF (+ trailers, or END_STREAM on the last DATA)
+/// ```
+final class H2SessionCore {
+    /// What the stream's outbound side does once its queue is empty.
+    enum OutboundEnd {
+        case open
+        case endStream
+        case trailers([H2Header])
+    }
+
+    struct OutboundStream {
+        var queue: ByteQueue = ByteQueue()
+        var end: OutboundEnd = .open
+        var parked = false
+        /// The data provider is attached (response/request submitted with a body).
+        var hasProvider = false
+    }
+
+    struct InboundStream {
+        var headers: [H2Header] = []
+        var headerBlocks = 0
+    }
+
+    let isServer: Bool
+    let configuration: H2Configuration
+    weak var delegate: (any H2SessionDelegate)?
+    private var session: OpaquePointer?
+    private var outbound: [H2StreamID: OutboundStream] = [:]
+    private var inbound: [H2StreamID: InboundStream] = [:]
+    private var drainedStreams: [H2StreamID] = []
+    private(set) var failure: H2Error?
+    /// An error raised inside a callback, reported by the `receive` that triggered it.
+    private var callbackError: H2Error?
+
+    init(isServer: Bool, configuration: H2Configuration) {
+        self.isServer = isServer
+        self.configuration = configuration
+        var callbacks: OpaquePointer?
+        nghttp2_session_callbacks_new(&callbacks)
+        defer { nghttp2_session_callbacks_del(callbacks) }
+        installCallbacks(callbacks)
+        var newSession: OpaquePointer?
+        let userData = Unmanaged.passUnretained(self).toOpaque()
+        let rc: Int32
+        if isServer {
+            rc = nghttp2_session_server_new(&newSession, callbacks, userData)
+        } else {
+            rc = nghttp2_session_client_new(&newSession, callbacks, userData)
+        }
+        // Only allocation can fail here; nothing sensible remains to do without a session.
+        precondition(rc == 0 && newSession != nil, "nghttp2_session_new failed: \(rc)")
+        session = newSession
+        // Queue our SETTINGS now so the handshake completes before any application data exists
+        // (pilot-agent drops a socket whose gRPC dial has not completed within 1 s).
+        var settings = [
+            nghttp2_settings_entry(
+                settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue),
+                value: configuration.maxConcurrentStreams),
+            nghttp2_settings_entry(
+                settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue),
+                value: configuration.initialWindowSize),
+            nghttp2_settings_entry(
+                settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue),
+                value: configuration.maxHeaderListSize),
+        ]
+        if !isServer {
+            settings.append(
+                nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0))
+        }
+        _ = nghttp2_submit_settings(newSession, UInt8(NGHTTP2_FLAG_NONE.rawValue), settings, settings.count)
+        let defaultConnectionWindow: Int32 = 65_535
+        if configuration.connectionWindowSize > defaultConnectionWindow {
+            _ = nghttp2_submit_window_update(
+                newSession, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0,
+                configuration.connectionWindowSize - defaultConnectionWindow)
+        }
+    }
+
+    deinit {
+        nghttp2_session_del(session)
+    }
+
+    // MARK: Byte transduction
+
+    func receive(_ bytes: UnsafeRawBufferPointer) throws(H2Error) {
+        if let failure { throw failure }
+        guard let base = bytes.baseAddress, !bytes.isEmpty else { return }
+        var remaining = bytes.count
+        var cursor = base.assumingMemoryBound(to: UInt8.self)
+        while remaining > 0 {
+            let consumed = nghttp2_session_mem_recv(session, cursor, remaining)
+            if let error = callbackError {
+                callbackError = nil
+                fail(error)
+                throw error
+            }
+            if consumed < 0 {
+                let error = H2Error.sessionFailed(code: Int32(consumed), reason: Self.describe(Int32(consumed)))
+                fail(error)
+                throw error
+            }
+            remaining -= consumed
+            cursor += consumed
+        }
+    }
+
+    /// Appends up to `maxBytes` of pending output to `output`; returns how many bytes were appended.
+    @discardableResult
+    func takeOutput(into output: inout [UInt8], maxBytes: Int) -> Int {
+        var taken = 0
+        while taken < maxBytes, session != nil {
+            var chunk: UnsafePointer<UInt8>?
+            let count = nghttp2_session_mem_send(session, &chunk)
+            if count < 0 {
+                fail(.sessionFailed(code: Int32(count), reason: Self.describe(Int32(count))))
+                break
+            }
+            if count == 0 { break }
+            output.append(contentsOf: UnsafeBufferPointer(start: chunk, count: count))
+            taken += count
+        }
+        notifyDrained()
+        return taken
+    }
+
+    var wantsRead: Bool { failure == nil && nghttp2_session_want_read(session) != 0 }
+    var wantsWrite: Bool { nghttp2_session_want_write(session) != 0 }
+    var isClosed: Bool { !wantsRead && !wantsWrite }
+
+    private func fail(_ error: H2Error) {
+        if failure == nil { failure = error }
+    }
+
+    private func notifyDrained() {
+        while !drainedStreams.isEmpty {
+            let streams = drainedStreams
+            drainedStreams.removeAll()
+            for streamID in streams where outbound[streamID] != nil {
+                delegate?.h2OutboundQueueDrained(streamID: streamID)
+            }
+        }
+    }
+
+    static func describe(_ code: Int32) -> String {
+        String(cString: nghttp2_strerror(code))
+    }
+
+    // MARK: Actions
+
+    func submitRequest(headers: [H2Header], endStream: Bool) throws(H2Error) -> H2StreamID {
+        if let failure { throw failure }
+        // After GOAWAY nghttp2 would accept the request and drop it at send time; refuse it here instead.
+        guard nghttp2_session_check_request_allowed(session) != 0 else {
+            throw .refused(reason: "the connection is going away")
+        }
+        var provider = Self.dataProvider()
+        let streamID = withNameValues(headers) { nva, count in
+            endStream
+                ? nghttp2_submit_request(session, nil, nva, count, nil, nil)
+                : nghttp2_submit_request(session, nil, nva, count, &provider, nil)
+        }
+        guard streamID > 0 else {
+            throw .refused(reason: Self.describe(streamID))
+        }
+        var stream = OutboundStream()
+        stream.hasProvider = !endStream
+        stream.end = endStream ? .endStream : .open
+        outbound[streamID] = stream
+        return streamID
+    }
+
+    func submitResponse(streamID: H2StreamID, headers: [H2Header], endStream: Bool) throws(H2Error) {
+        if let failure { throw failure }
+        guard var stream = outbound[streamID] ?? (inbound[streamID] != nil ? OutboundStream() : nil) else {
+            throw .noSuchStream(streamID)
+        }
+        guard !stream.hasProvider, case .open = stream.end else { throw .streamOutboundClosed(streamID) }
+        var provider = Self.dataProvider()
+        let rc = withNameValues(headers) { nva, count in
+            endStream
+                ? nghttp2_submit_response(session, streamID, nva, count, nil)
+                : nghttp2_submit_response(session, streamID, nva, count, &provider)
+        }
+        guard rc == 0 else { throw .sessionFailed(code: rc, reason: Self.describe(rc)) }
+        stream.hasProvider = !endStream
+        if endStream { stream.end = .endStream }
+        outbound[streamID] = stream
+    }
+
+    func sendData(streamID: H2StreamID, bytes: UnsafeRawBufferPointer) throws(H2Error) {
+        if let failure { throw failure }
+        guard var stream = outbound[streamID], stream.hasProvider else { throw .noSuchStream(streamID) }
+        guard case .open = stream.end else { throw .streamOutboundClosed(streamID) }
+        let limit = configuration.maxQueuedBytesPerStream
+        if stream.queue.count + bytes.count > limit {
+            throw .wouldExceed(queued: stream.queue.count, adding: bytes.count, limit: limit)
+        }
+        stream.queue.append(bytes)
+        let wasParked = stream.parked
+        stream.parked = false
+        outbound[streamID] = stream
+        if wasParked { _ = nghttp2_session_resume_data(session, streamID) }
+    }
+
+    func finishOutbound(streamID: H2StreamID, trailers: [H2Header]?) throws(H2Error) {
+        if let failure { throw failure }
+        guard var stream = outbound[streamID], stream.hasProvider else { throw .noSuchStream(streamID) }
+        guard case .open = stream.end else { throw .streamOutboundClosed(streamID) }
+        stream.end = trailers.map { .trailers($0) } ?? .endStream
+        let wasParked = stream.parked
+        stream.parked = false
+        outbound[streamID] = stream
+        if wasParked { _ = nghttp2_session_resume_data(session, streamID) }
+    }
+
+    func resetStream(streamID: H2StreamID, errorCode: H2ErrorCode) throws(H2Error) {
+        if let failure { throw failure }
+        let rc = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, errorCode.rawValue)
+        guard rc == 0 else { throw .sessionFailed(code: rc, reason: Self.describe(rc)) }
+        if var stream = outbound[streamID] {
+            // Nothing queued will be sent any more; release it now rather than at close.
+            stream.queue = ByteQueue()
+            outbound[streamID] = stream
+        }
+    }
+
+    func submitGoAway(errorCode: H2ErrorCode, graceful: Bool) {
+        guard failure == nil else { return }
+        if graceful, isServer {
+            // Lets in-flight calls finish: the last-stream-id is the highest stream already opened.
+            let lastStreamID = nghttp2_session_get_last_proc_stream_id(session)
+            _ = nghttp2_submit_goaway(
+                session, UInt8(NGHTTP2_FLAG_NONE.rawValue), lastStreamID, errorCode.rawValue, nil, 0)
+        } else {
+            _ = nghttp2_session_terminate_session(session, errorCode.rawValue)
+        }
+    }
+
+    func queuedBytes(streamID: H2StreamID) -> Int { outbound[streamID]?.queue.count ?? 0 }
+    var totalQueuedBytes: Int { outbound.values.reduce(0) { $0 + $1.queue.count } }
+    var openStreamCount: Int { Set(outbound.keys).union(inbound.keys).count }
+
+    /// How many bytes the peer currently lets us send on the stream (min of stream and connection windows).
+    func sendWindow(streamID: H2StreamID) -> Int {
+        let stream = nghttp2_session_get_stream_remote_window_size(session, streamID)
+        let connection = nghttp2_session_get_remote_window_size(session)
+        return Int(max(0, min(stream, connection)))
+    }
+
+    // MARK: Callback bodies (called from C; never throw)
+
+    fileprivate func onBeginHeaders(streamID: H2StreamID) {
+        if inbound[streamID] == nil { inbound[streamID] = InboundStream() }
+        inbound[streamID]?.headers.removeAll()
+    }
+
+    fileprivate func onHeader(streamID: H2StreamID, name: String, value: String) {
+        inbound[streamID]?.headers.append(H2Header(name, value))
+    }
+
+    fileprivate func onHeadersFrame(streamID: H2StreamID, endStream: Bool) {
+        guard var stream = inbound[streamID] else { return }
+        let headers = stream.headers
+        stream.headers = []
+        let kind: H2HeaderBlockKind =
+            stream.headerBlocks == 0 ? (isServer ? .request : .response) : .trailers
+        stream.headerBlocks += 1
+        inbound[streamID] = stream
+        delegate?.h2HeadersReceived(streamID: streamID, headers: headers, kind: kind, endStream: endStream)
+    }
+
+    fileprivate func onData(streamID: H2StreamID, bytes: UnsafeBufferPointer<UInt8>) {
+        delegate?.h2DataReceived(streamID: streamID, bytes: Array(bytes), endStream: false)
+    }
+
+    fileprivate func onDataFrameEnd(streamID: H2StreamID) {
+        delegate?.h2DataReceived(streamID: streamID, bytes: [], endStream: true)
+    }
+
+    fileprivate func onStreamClose(streamID: H2StreamID, errorCode: UInt32) {
+        let known = inbound.removeValue(forKey: streamID) != nil
+        let knownOut = outbound.removeValue(forKey: streamID) != nil
+        if known || knownOut {
+            delegate?.h2StreamClosed(streamID: streamID, errorCode: H2ErrorCode(rawValue: errorCode))
+        }
+    }
+
+    fileprivate func onGoAway(lastStreamID: H2StreamID, errorCode: UInt32) {
+        delegate?.h2GoAwayReceived(lastStreamID: lastStreamID, errorCode: H2ErrorCode(rawValue: errorCode))
+    }
+
+    /// Fills `buffer` from the stream's queue; returns bytes written or a negative nghttp2 code.
+    fileprivate func readOutbound(
+        streamID: H2StreamID, buffer: UnsafeMutablePointer<UInt8>, length: Int, flags: inout UInt32
+    ) -> Int {
+        guard var stream = outbound[streamID] else {
+            return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+        }
+        let wasNonEmpty = stream.queue.count > 0
+        let written = stream.queue.read(into: buffer, maxCount: length)
+        if stream.queue.count == 0 {
+            switch stream.end {
+            case .open:
+                if written == 0 {
+                    stream.parked = true
+                    outbound[streamID] = stream
+                    if wasNonEmpty { drainedStreams.append(streamID) }
+                    return Int(NGHTTP2_ERR_DEFERRED.rawValue)
+                }
+            case .endStream:
+                flags |= NGHTTP2_DATA_FLAG_EOF.rawValue
+            case .trailers(let trailers):
+                flags |= NGHTTP2_DATA_FLAG_EOF.rawValue | NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
+                let rc = withNameValues(trailers) { nva, count in
+                    nghttp2_submit_trailer(session, streamID, nva, count)
+                }
+                if rc != 0 {
+                    callbackError = .sessionFailed(code: rc, reason: Self.describe(rc))
+                    return Int(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue)
+                }
+            }
+            if wasNonEmpty { drainedStreams.append(streamID) }
+        }
+        outbound[streamID] = stream
+        return written
+    }
+
+    // MARK: C plumbing
+
+    private static func dataProvider() -> nghttp2_data_provider {
+        var provider = nghttp2_data_provider()
+        provider.read_callback = { _, streamID, buffer, length, flags, _, userData in
+            guard let userData, let buffer, let flags else { return Int(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
+            let core = Unmanaged<H2SessionCore>.fromOpaque(userData).takeUnretainedValue()
+            return core.readOutbound(streamID: streamID, buffer: buffer, length: length, flags: &flags.pointee)
+        }
+        return provider
+    }
+
+    private func installCallbacks(_ callbacks: OpaquePointer?) {
+        nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks) { _, frame, userData in
+            guard let frame, let userData else { return 0 }
+            let core = Unmanaged<H2SessionCore>.fromOpaque(userData).takeUnretainedValue()
+            core.onBeginHeaders(streamID: frame.pointee.hd.stream_id)
+            return 0
+        }
+        nghttp2_session_callbacks_set_on_header_callback(callbacks) {
+            _, frame, name, nameLength, value, valueLength, _, userData in
+            guard let frame, let userData, let name, let value else { return 0 }
+            let core = Unmanaged<H2SessionCore>.fromOpaque(userData).takeUnretainedValue()
+            core.onHeader(
+                streamID: frame.pointee.hd.stream_id,
+                name: String(decoding: UnsafeBufferPointer(start: name, count: nameLength), as: UTF8.self),
+                value: String(decoding: UnsafeBufferPointer(start: value, count: valueLength), as: UTF8.self))
+            return 0
+        }
+        nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks) { _, frame, userData in
+            guard let frame, let userData else { return 0 }
+            let core = Unmanaged<H2SessionCore>.fromOpaque(userData).takeUnretainedValue()
+            let header = frame.pointee.hd
+            let endStream = header.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
+            switch UInt32(header.type) {
+            case NGHTTP2_HEADERS.rawValue:
+                core.onHeadersFrame(streamID: header.stream_id, endStream: endStream)
+            case NGHTTP2_DATA.rawValue where endStream:
+                core.onDataFrameEnd(streamID: header.stream_id)
+            case NGHTTP2_GOAWAY.rawValue:
+                let goaway = frame.pointee.goaway
+                core.onGoAway(lastStreamID: goaway.last_stream_id, errorCode: goaway.error_code)
+            default:
+                break
+            }
+            return 0
+        }
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks) {
+            _, _, streamID, data, length, userData in
+            guard let userData, let data else { return 0 }
+            let core = Unmanaged<H2SessionCore>.fromOpaque(userData).takeUnretainedValue()
+            core.onData(streamID: streamID, bytes: UnsafeBufferPointer(start: data, count: length))
+            return 0
+        }
+        nghttp2_session_callbacks_set_on_stream_close_callback(callbacks) { _, streamID, errorCode, userData in
+            guard let userData else { return 0 }
+            let core = Unmanaged<H2SessionCore>.fromOpaque(userData).takeUnretainedValue()
+            core.onStreamClose(streamID: streamID, errorCode: errorCode)
+            return 0
+        }
+    }
+}
+
+/// Calls `body` with an `nghttp2_nv` array pointing into one contiguous copy of the headers.
+/// nghttp2 copies name/value pairs during `submit_*`, so the storage only has to outlive the call.
+private func withNameValues<R>(_ headers: [H2Header], _ body: (UnsafePointer<nghttp2_nv>, Int) -> R) -> R {
+    var storage: [UInt8] = []
+    var ranges: [(name: Range<Int>, value: Range<Int>)] = []
+    for header in headers {
+        let nameStart = storage.count
+        storage.append(contentsOf: header.name.utf8)
+        let valueStart = storage.count
+        storage.append(contentsOf: header.value.utf8)
+        ranges.append((nameStart..<valueStart, valueStart..<storage.count))
+    }
+    storage.append(0)  // never empty, so baseAddress exists
+    return storage.withUnsafeMutableBufferPointer { buffer in
+        let base = buffer.baseAddress!
+        let nva = ranges.map { range in
+            nghttp2_nv(
+                name: base + range.name.lowerBound, value: base + range.value.lowerBound,
+                namelen: range.name.count, valuelen: range.value.count, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
+        }
+        return nva.withUnsafeBufferPointer { body($0.baseAddress!, $0.count) }
+    }
+}

@@ -1,0 +1,106 @@
+/// A stream identifier as HTTP/2 numbers it (odd: client-initiated).
+public typealias H2StreamID = Int32
+
+/// One header field. Names are lower-case as HTTP/2 requires; pseudo-headers start with ":".
+public struct H2Header: Sendable, Equatable, Hashable {
+    public var name: String
+    public var value: String
+
+    public init(_ name: String, _ value: String) {
+        self.name = name
+        self.value = value
+    }
+}
+
+extension Array where Element == H2Header {
+    /// The first value of `name`, if present.
+    public func value(for name: String) -> String? {
+        first { $0.name == name }?.value
+    }
+}
+
+/// An HTTP/2 error code (RFC 9113 §7) as carried by RST_STREAM and GOAWAY.
+public struct H2ErrorCode: RawRepresentable, Sendable, Equatable, Hashable, CustomStringConvertible {
+    public var rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    public static let noError = H2ErrorCode(rawValue: 0x0)
+    public static let protocolError = H2ErrorCode(rawValue: 0x1)
+    public static let internalError = H2ErrorCode(rawValue: 0x2)
+    public static let flowControlError = H2ErrorCode(rawValue: 0x3)
+    public static let settingsTimeout = H2ErrorCode(rawValue: 0x4)
+    public static let streamClosed = H2ErrorCode(rawValue: 0x5)
+    public static let frameSizeError = H2ErrorCode(rawValue: 0x6)
+    public static let refusedStream = H2ErrorCode(rawValue: 0x7)
+    public static let cancel = H2ErrorCode(rawValue: 0x8)
+    public static let compressionError = H2ErrorCode(rawValue: 0x9)
+    public static let connectError = H2ErrorCode(rawValue: 0xa)
+    public static let enhanceYourCalm = H2ErrorCode(rawValue: 0xb)
+    public static let inadequateSecurity = H2ErrorCode(rawValue: 0xc)
+    public static let http11Required = H2ErrorCode(rawValue: 0xd)
+
+    public var description: String { "H2ErrorCode(0x\(String(rawValue, radix: 16)))" }
+}
+
+/// Why an H2 operation failed.
+public enum H2Error: Error, Sendable, Equatable {
+    /// nghttp2 rejected the bytes or a frame; the connection is unusable and should be closed
+    /// once `takeOutput` has flushed any GOAWAY it produced.
+    case sessionFailed(code: Int32, reason: String)
+    /// The stream is unknown or already closed on our side.
+    case noSuchStream(H2StreamID)
+    /// Queuing the data would push the stream's outbound queue past `maxQueuedBytesPerStream`:
+    /// the peer is not reading fast enough. Nothing was queued; retry after `outboundQueueDrained`.
+    case wouldExceed(queued: Int, adding: Int, limit: Int)
+    /// The stream's outbound side is already finished (trailers or end-of-stream submitted).
+    case streamOutboundClosed(H2StreamID)
+    /// The session refused a new stream (GOAWAY received/sent, or stream IDs exhausted).
+    case refused(reason: String)
+}
+
+/// What kind of header block arrived.
+public enum H2HeaderBlockKind: Sendable, Equatable {
+    /// The first header block of a client-initiated stream (server side).
+    case request
+    /// The first header block of a response (client side); may be trailers-only when `endStream` is set.
+    case response
+    /// A header block after data: trailers (always ends the stream).
+    case trailers
+}
+
+/// Events from an H2 session, delivered synchronously from inside `receive` (and, for stream closure
+/// caused by our own frames, from inside `takeOutput`). The delegate may call back into the session.
+public protocol H2SessionDelegate: AnyObject {
+    func h2HeadersReceived(streamID: H2StreamID, headers: [H2Header], kind: H2HeaderBlockKind, endStream: Bool)
+    /// `bytes` may be empty when only the end-of-stream flag arrives.
+    func h2DataReceived(streamID: H2StreamID, bytes: [UInt8], endStream: Bool)
+    /// The stream is gone: `errorCode` is `.noError` for a normal close, else the RST_STREAM code
+    /// (sent or received) or the connection's failure.
+    func h2StreamClosed(streamID: H2StreamID, errorCode: H2ErrorCode)
+    func h2GoAwayReceived(lastStreamID: H2StreamID, errorCode: H2ErrorCode)
+    /// The stream's outbound queue became empty: the peer has taken everything we queued.
+    /// Callers applying backpressure resume producing here.
+    func h2OutboundQueueDrained(streamID: H2StreamID)
+}
+
+extension H2SessionDelegate {
+    public func h2GoAwayReceived(lastStreamID: H2StreamID, errorCode: H2ErrorCode) {}
+    public func h2OutboundQueueDrained(streamID: H2StreamID) {}
+}
+
+/// Tunables of a session. Defaults fit gRPC with 4 MiB messages.
+public struct H2Configuration: Sendable, Equatable {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS we advertise.
+    public var maxConcurrentStreams: UInt32 = 1000
+    /// SETTINGS_INITIAL_WINDOW_SIZE we advertise (per stream inbound window).
+    public var initialWindowSize: UInt32 = 1 << 20
+    /// Connection-level inbound window we grow to at start.
+    public var connectionWindowSize: Int32 = 1 << 24
+    /// Bound on bytes queued (not yet taken by nghttp2 because of flow control or pacing) per stream.
+    /// `sendData` refuses with `.wouldExceed` past this: a slow reader cannot make us buffer without bound.
+    public var maxQueuedBytesPerStream: Int = 8 << 20
+    /// SETTINGS_MAX_HEADER_LIST_SIZE we advertise.
+    public var maxHeaderListSize: UInt32 = 64 << 10
+
+    public init() {}
+}

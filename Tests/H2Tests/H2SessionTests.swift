@@ -1,0 +1,259 @@
+import H2
+import TestSupport
+import Testing
+
+/// Records every delegate event, in order.
+final class RecordingDelegate: H2SessionDelegate {
+    enum Event: Equatable {
+        case headers(H2StreamID, [H2Header], H2HeaderBlockKind, endStream: Bool)
+        case data(H2StreamID, [UInt8], endStream: Bool)
+        case closed(H2StreamID, H2ErrorCode)
+        case goAway(lastStreamID: H2StreamID, H2ErrorCode)
+        case drained(H2StreamID)
+    }
+
+    var events: [Event] = []
+    var onHeaders: ((H2StreamID, [H2Header], H2HeaderBlockKind, Bool) -> Void)?
+    var onDrained: ((H2StreamID) -> Void)?
+
+    func h2HeadersReceived(streamID: H2StreamID, headers: [H2Header], kind: H2HeaderBlockKind, endStream: Bool) {
+        events.append(.headers(streamID, headers, kind, endStream: endStream))
+        onHeaders?(streamID, headers, kind, endStream)
+    }
+
+    func h2DataReceived(streamID: H2StreamID, bytes: [UInt8], endStream: Bool) {
+        events.append(.data(streamID, bytes, endStream: endStream))
+    }
+
+    func h2StreamClosed(streamID: H2StreamID, errorCode: H2ErrorCode) {
+        events.append(.closed(streamID, errorCode))
+    }
+
+    func h2GoAwayReceived(lastStreamID: H2StreamID, errorCode: H2ErrorCode) {
+        events.append(.goAway(lastStreamID: lastStreamID, errorCode))
+    }
+
+    func h2OutboundQueueDrained(streamID: H2StreamID) {
+        events.append(.drained(streamID))
+        onDrained?(streamID)
+    }
+
+    /// Concatenated DATA payload of one stream.
+    func body(of streamID: H2StreamID) -> [UInt8] {
+        events.reduce(into: []) { out, event in
+            if case .data(streamID, let bytes, _) = event { out += bytes }
+        }
+    }
+
+    func headers(of streamID: H2StreamID, _ kind: H2HeaderBlockKind) -> [H2Header]? {
+        for case .headers(streamID, let headers, kind, _) in events { return headers }
+        return nil
+    }
+
+    func closeCode(of streamID: H2StreamID) -> H2ErrorCode? {
+        for case .closed(streamID, let code) in events { return code }
+        return nil
+    }
+}
+
+let requestHeaders = [
+    H2Header(":method", "POST"), H2Header(":scheme", "http"), H2Header(":path", "/svc/Method"),
+    H2Header(":authority", "localhost"), H2Header("content-type", "application/grpc"),
+]
+
+struct Fixture {
+    let serverEvents = RecordingDelegate()
+    let clientEvents = RecordingDelegate()
+    let pair: InMemoryPair
+
+    init(feedMode: InMemoryPair.FeedMode = .whole, configuration: H2Configuration = H2Configuration()) {
+        let server = H2ServerSession(configuration: configuration, delegate: serverEvents)
+        let client = H2ClientSession(configuration: configuration, delegate: clientEvents)
+        pair = InMemoryPair(client: client, server: server, feedMode: feedMode)
+    }
+
+    var server: H2ServerSession { pair.server }
+    var client: H2ClientSession { pair.client }
+}
+
+@Test func serverQueuesSettingsAtCreationSoTheHandshakeCompletesAtOnce() {
+    let server = H2ServerSession()
+    let output = server.takeOutput()
+    // A frame header: 3 bytes length, then type 0x4 (SETTINGS) on stream 0.
+    #expect(output.count >= 9)
+    #expect(output[3] == 0x04)
+    #expect(output[5...8].allSatisfy { $0 == 0 })
+}
+
+@Test(arguments: [InMemoryPair.FeedMode.whole, .byteByByte, .chunks(of: 7)])
+func requestResponseWithTrailersRoundTrips(feedMode: InMemoryPair.FeedMode) throws {
+    let fixture = Fixture(feedMode: feedMode)
+    let server = fixture.server
+    fixture.serverEvents.onHeaders = { streamID, _, kind, _ in
+        guard kind == .request else { return }
+        try? server.sendResponseHeaders(streamID: streamID, headers: [H2Header(":status", "200")], endStream: false)
+    }
+    let streamID = try fixture.client.startRequest(headers: requestHeaders)
+    try fixture.client.sendData(streamID: streamID, bytes: Array("hello".utf8))
+    try fixture.client.closeSend(streamID: streamID)
+    fixture.pair.pump()
+
+    #expect(fixture.serverEvents.headers(of: streamID, .request)?.value(for: ":path") == "/svc/Method")
+    #expect(fixture.serverEvents.body(of: streamID) == Array("hello".utf8))
+    #expect(fixture.serverEvents.events.contains(.data(streamID, [], endStream: true)))
+
+    try server.sendData(streamID: streamID, bytes: Array("world".utf8))
+    try server.sendTrailers(streamID: streamID, trailers: [H2Header("grpc-status", "0")])
+    fixture.pair.pump()
+
+    #expect(fixture.clientEvents.headers(of: streamID, .response)?.value(for: ":status") == "200")
+    #expect(fixture.clientEvents.body(of: streamID) == Array("world".utf8))
+    #expect(fixture.clientEvents.headers(of: streamID, .trailers) == [H2Header("grpc-status", "0")])
+    #expect(fixture.clientEvents.closeCode(of: streamID) == .noError)
+    #expect(fixture.serverEvents.closeCode(of: streamID) == .noError)
+    #expect(fixture.pair.serverReceiveError == nil && fixture.pair.clientReceiveError == nil)
+}
+
+@Test func clientResetClosesTheServerStreamWithCancel() throws {
+    let fixture = Fixture()
+    let streamID = try fixture.client.startRequest(headers: requestHeaders)
+    fixture.pair.pump()
+    try fixture.client.resetStream(streamID: streamID, errorCode: .cancel)
+    fixture.pair.pump()
+    #expect(fixture.serverEvents.closeCode(of: streamID) == .cancel)
+    #expect(fixture.server.openStreamCount == 0)
+}
+
+@Test func garbageIntoTheServerSurfacesASessionErrorWithoutCrashing() {
+    let server = H2ServerSession()
+    _ = server.takeOutput()
+    var thrown: H2Error?
+    do throws(H2Error) {
+        try server.receive(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+    } catch {
+        thrown = error
+    }
+    guard case .sessionFailed = thrown else {
+        Issue.record("expected sessionFailed, got \(String(describing: thrown))")
+        return
+    }
+    _ = server.takeOutput()
+    #expect(server.isClosed)
+    #expect(throws: H2Error.self) { try server.receive([0, 0, 0]) }
+}
+
+@Test func corruptedFrameHeaderBreaksTheConnectionNotTheProcess() throws {
+    let fixture = Fixture()
+    fixture.pair.pump()  // handshake done
+    let streamID = try fixture.client.startRequest(headers: requestHeaders)
+    // Corrupt the top byte of the next frame's length: a frame larger than SETTINGS_MAX_FRAME_SIZE is a
+    // connection error, which nghttp2 answers with GOAWAY(FRAME_SIZE_ERROR).
+    fixture.pair.clientToServerFault = .corrupt(atOffset: fixture.pair.bytesClientToServer)
+    fixture.pair.pump()
+    #expect(fixture.serverEvents.headers(of: streamID, .request) == nil)
+    #expect(fixture.clientEvents.events.contains(.goAway(lastStreamID: 0, .frameSizeError)))
+    #expect(fixture.server.isClosed)
+}
+
+@Test func droppedLinkLeavesStreamsOpenUntilTheOwnerGivesUp() throws {
+    let fixture = Fixture()
+    fixture.pair.pump()
+    fixture.pair.clientToServerFault = .drop(fromOffset: fixture.pair.bytesClientToServer)
+    let streamID = try fixture.client.startRequest(headers: requestHeaders)
+    fixture.pair.pump()
+    #expect(fixture.serverEvents.headers(of: streamID, .request) == nil)
+    #expect(fixture.server.wantsRead)
+}
+
+@Test func slowReaderBoundsTheServerQueueAndReportsWouldExceed() throws {
+    var configuration = H2Configuration()
+    configuration.maxQueuedBytesPerStream = 256 << 10
+    configuration.initialWindowSize = 65_535
+    let fixture = Fixture(configuration: configuration)
+    let server = fixture.server
+    fixture.serverEvents.onHeaders = { streamID, _, kind, _ in
+        guard kind == .request else { return }
+        try? server.sendResponseHeaders(streamID: streamID, headers: [H2Header(":status", "200")], endStream: false)
+    }
+    let streamID = try fixture.client.startRequest(headers: requestHeaders)
+    fixture.pair.pump()
+    fixture.pair.clientReads = false
+
+    let chunk = [UInt8](repeating: 0xAB, count: 16 << 10)
+    var sent = 0
+    var refusal: H2Error?
+    for _ in 0..<1000 {
+        do throws(H2Error) {
+            try server.sendData(streamID: streamID, bytes: chunk)
+            sent += chunk.count
+        } catch {
+            refusal = error
+            break
+        }
+        fixture.pair.pump()
+    }
+    guard case .wouldExceed(_, let adding, let limit) = refusal else {
+        Issue.record("expected wouldExceed, got \(String(describing: refusal))")
+        return
+    }
+    #expect(adding == chunk.count && limit == 256 << 10)
+    #expect(server.queuedBytes(streamID: streamID) <= 256 << 10)
+    // What left the queue is bounded by the client's window (65,535 stream) — the rest waits in the queue.
+    #expect(sent - server.queuedBytes(streamID: streamID) <= 65_535)
+    #expect(server.sendWindow(streamID: streamID) == 0)
+
+    // The client reads again: everything arrives and the server hears the queue drained.
+    fixture.pair.clientReads = true
+    fixture.pair.pump()
+    #expect(fixture.clientEvents.body(of: streamID).count == sent)
+    #expect(server.queuedBytes(streamID: streamID) == 0)
+    #expect(fixture.serverEvents.events.contains(.drained(streamID)))
+}
+
+@Test func gracefulGoAwayLetsOpenStreamsFinishAndRefusesNewOnes() throws {
+    let fixture = Fixture()
+    let server = fixture.server
+    let first = try fixture.client.startRequest(headers: requestHeaders)
+    fixture.pair.pump()
+    server.sendGoAway(errorCode: .noError, graceful: true)
+    fixture.pair.pump()
+    #expect(fixture.clientEvents.events.contains(.goAway(lastStreamID: first, .noError)))
+    #expect(throws: H2Error.self) { _ = try fixture.client.startRequest(headers: requestHeaders) }
+
+    try server.sendResponseHeaders(streamID: first, headers: [H2Header(":status", "200")], endStream: false)
+    try server.sendData(streamID: first, bytes: [1, 2, 3])
+    try server.sendTrailers(streamID: first, trailers: [H2Header("grpc-status", "0")])
+    try fixture.client.closeSend(streamID: first)
+    fixture.pair.pump()
+    #expect(fixture.clientEvents.body(of: first) == [1, 2, 3])
+    #expect(fixture.clientEvents.closeCode(of: first) == .noError)
+    #expect(server.isClosed)
+}
+
+@Test func hundredConcurrentStreamsOnOneConnection() throws {
+    let fixture = Fixture()
+    let server = fixture.server
+    fixture.serverEvents.onHeaders = { streamID, _, kind, _ in
+        guard kind == .request else { return }
+        try? server.sendResponseHeaders(streamID: streamID, headers: [H2Header(":status", "200")], endStream: false)
+        try? server.sendData(streamID: streamID, bytes: withUnsafeBytes(of: streamID.bigEndian, Array.init))
+        try? server.sendTrailers(streamID: streamID, trailers: [H2Header("grpc-status", "0")])
+    }
+    var streams: [H2StreamID] = []
+    for _ in 0..<100 {
+        streams.append(try fixture.client.startRequest(headers: requestHeaders, endStream: true))
+    }
+    #expect(fixture.client.openStreamCount == 100)
+    fixture.pair.pump()
+    for streamID in streams {
+        #expect(fixture.clientEvents.body(of: streamID) == withUnsafeBytes(of: streamID.bigEndian, Array.init))
+        #expect(fixture.clientEvents.closeCode(of: streamID) == .noError)
+    }
+    #expect(fixture.client.openStreamCount == 0)
+    #expect(fixture.server.openStreamCount == 0)
+}
+
+@Test func sendingOnAnUnknownStreamIsAnError() {
+    let server = H2ServerSession()
+    #expect(throws: H2Error.noSuchStream(5)) { try server.sendData(streamID: 5, bytes: [1]) }
+}
