@@ -191,7 +191,9 @@ public struct Certificate: Sendable, Hashable, CustomStringConvertible {
         defer { BN_free(bn) }
         guard let hex = BN_bn2hex(bn) else { return "" }
         defer { sds_OPENSSL_free(hex) }
-        return String(cString: hex).lowercased()
+        // BN_bn2hex pads to whole bytes ("01AB"); drop the padding so the form is canonical.
+        let digits = String(cString: hex).lowercased().drop { $0 == "0" }
+        return digits.isEmpty ? "0" : String(digits)
     }
 
     public var notBefore: Timestamp { Certificate.timestamp(X509_get0_notBefore(handle.pointer)) }

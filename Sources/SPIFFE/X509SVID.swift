@@ -8,6 +8,7 @@ public enum SVIDError: Error, Sendable, Hashable, CustomStringConvertible {
     case leafHasNoURISAN
     case leafHasMultipleURISANs(count: Int)
     case leafURISANIsNotSPIFFEID(uri: String, reason: SPIFFEIDError)
+    case leafSPIFFEIDHasNoPath(SPIFFEID)
     case leafIsCA
     case leafHasNoKeyUsage
     case leafMissingDigitalSignature
@@ -27,6 +28,7 @@ public enum SVIDError: Error, Sendable, Hashable, CustomStringConvertible {
         case .leafHasNoURISAN: "leaf certificate must have exactly one URI SAN (has none)"
         case .leafHasMultipleURISANs(let count): "leaf certificate must have exactly one URI SAN (has \(count))"
         case .leafURISANIsNotSPIFFEID(let uri, let reason): "leaf URI SAN \(uri) is not a SPIFFE ID: \(reason)"
+        case .leafSPIFFEIDHasNoPath(let id): "leaf SPIFFE ID \(id) must have a path (not be a trust domain's own ID)"
         case .leafIsCA: "leaf certificate must not be a CA (basicConstraints CA:TRUE)"
         case .leafHasNoKeyUsage: "leaf certificate must have a keyUsage extension"
         case .leafMissingDigitalSignature: "leaf certificate keyUsage must include digitalSignature"
@@ -56,7 +58,7 @@ public struct X509SVID: Sendable {
     public var leaf: Certificate { chain[0] }
 
     /// Validates `chain` + `privateKey` as an X509-SVID at `now`:
-    /// - leaf: exactly one URI SAN, a SPIFFE ID; CA:FALSE; keyUsage with digitalSignature, without keyCertSign
+    /// - leaf: exactly one URI SAN, a SPIFFE ID with a path; CA:FALSE; keyUsage with digitalSignature, without keyCertSign
     ///   and cRLSign; `privateKey` matches; `notBefore <= now <= notAfter`;
     /// - every following certificate: CA:TRUE with keyCertSign;
     /// - the SPIFFE ID equals `expectedID` and belongs to `expectedTrustDomain` when those are given.
@@ -76,6 +78,7 @@ public struct X509SVID: Sendable {
         } catch {
             throw .leafURISANIsNotSPIFFEID(uri: uris[0], reason: .wrongScheme)
         }
+        guard !id.path.isEmpty else { throw .leafSPIFFEIDHasNoPath(id) }
         guard !leaf.isCA else { throw .leafIsCA }
         guard let usage = leaf.keyUsage else { throw .leafHasNoKeyUsage }
         guard usage.contains(.digitalSignature) else { throw .leafMissingDigitalSignature }
