@@ -130,7 +130,8 @@ public final class LocalCA: Sendable {
     ) throws -> LocalCA {
         let chain: [Certificate]
         do {
-            chain = try Certificate.parseChain(pem: String(decoding: try StateFiles.read(certificateChainPath), as: UTF8.self))
+            chain = try Certificate.parseChain(
+                pem: String(decoding: try StateFiles.read(certificateChainPath), as: UTF8.self))
         } catch let error as StateFiles.Failure {
             throw LocalCAError(error.message)
         } catch {

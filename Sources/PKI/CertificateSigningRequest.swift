@@ -48,7 +48,9 @@ public struct CertificateSigningRequest: Sendable {
             guard let stack = sds_sk_X509_EXTENSION_new_null() else { throw PKIError.openSSL("extension stack") }
             defer { sds_sk_X509_EXTENSION_free(stack) }
             _ = sds_sk_X509_EXTENSION_push(stack, ext)
-            guard X509_REQ_add_extensions(request, stack) == 1 else { throw PKIError.openSSL("X509_REQ_add_extensions") }
+            guard X509_REQ_add_extensions(request, stack) == 1 else {
+                throw PKIError.openSSL("X509_REQ_add_extensions")
+            }
         }
         guard X509_REQ_sign(request, key.handle.pointer, key.algorithm.signingDigest) > 0 else {
             throw PKIError.openSSL("signing the CSR")

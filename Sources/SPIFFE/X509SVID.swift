@@ -69,7 +69,9 @@ public struct X509SVID: Sendable {
     ) throws(SVIDError) {
         guard let leaf = chain.first else { throw .emptyChain }
         let uris = leaf.uriSANs
-        guard uris.count == 1 else { throw uris.isEmpty ? .leafHasNoURISAN : .leafHasMultipleURISANs(count: uris.count) }
+        guard uris.count == 1 else {
+            throw uris.isEmpty ? .leafHasNoURISAN : .leafHasMultipleURISANs(count: uris.count)
+        }
         let id: SPIFFEID
         do {
             id = try SPIFFEID(parsing: uris[0])

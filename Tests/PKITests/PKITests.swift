@@ -172,3 +172,19 @@ import Testing
         #expect(t - 1 < t)
     }
 }
+
+@Suite struct EncryptedKeyTests {
+    @Test func encryptedPEMIsRejectedWithoutPrompting() {
+        // `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -aes256 -pass pass:x`
+        let encrypted = """
+            -----BEGIN ENCRYPTED PRIVATE KEY-----
+            MIHsMFcGCSqGSIb3DQEFDTBKMCkGCSqGSIb3DQEFDDAcBAjAEV8/xHqXmQICCAAw
+            DAYIKoZIhvcNAgkFADAdBglghkgBZQMEASoEEI3CTXlIUDIOG+ws5gr+qm4EgZAb
+            lMjVu32YOv5MeBvV4A4w8dZpyd44K1ESIJKnHP0tN6UKpnsnARO+iN07G8lhAdAw
+            2/PJcgXlFVmx/VZAixHfzzbilUP+7viphWtZq1GKSbmlqbpoW5uH6mn8qAno4A52
+            e92KHGsxV/5Jx3WObweCstcHNz9LYBiiR5xaA9ZSLHXFH+22LBQigDDc1sZyyRw=
+            -----END ENCRYPTED PRIVATE KEY-----
+            """
+        #expect(throws: PKIError.self) { try PrivateKey(pem: encrypted) }
+    }
+}

@@ -40,7 +40,8 @@ import Testing
         case .leafIsCA: return .leafIsCA
         case .twoURISANs: return .leafHasMultipleURISANs(count: 2)
         case .noURISAN: return .leafHasNoURISAN
-        case .uriSANNotSPIFFE: return .leafURISANIsNotSPIFFEID(uri: "https://example.org/workload", reason: .wrongScheme)
+        case .uriSANNotSPIFFE:
+            return .leafURISANIsNotSPIFFEID(uri: "https://example.org/workload", reason: .wrongScheme)
         case .leafIDWithoutPath: return .leafSPIFFEIDHasNoPath(try SPIFFEID(parsing: "spiffe://example.org"))
         case .noKeyUsage: return .leafHasNoKeyUsage
         case .noDigitalSignature: return .leafMissingDigitalSignature
@@ -69,14 +70,17 @@ import Testing
         let (chain, key) = try ca.makeLeaf()
         let expected = try SPIFFEID(parsing: "spiffe://example.org/other")
         #expect(
-            throws: SVIDError.wrongSPIFFEID(expected: expected, actual: try SPIFFEID(parsing: "spiffe://example.org/workload"))
+            throws: SVIDError.wrongSPIFFEID(
+                expected: expected, actual: try SPIFFEID(parsing: "spiffe://example.org/workload"))
         ) {
             try X509SVID(chain: chain, privateKey: key, now: ca.now, expectedID: expected)
         }
     }
 
     @Test func emptyChainIsRejected() throws {
-        #expect(throws: SVIDError.emptyChain) { try X509SVID(chain: [], privateKey: PrivateKey.generate(), now: ca.now) }
+        #expect(throws: SVIDError.emptyChain) {
+            try X509SVID(chain: [], privateKey: PrivateKey.generate(), now: ca.now)
+        }
     }
 
     @Test func errorDescriptionsNameTheRule() {
