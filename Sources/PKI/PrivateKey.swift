@@ -114,9 +114,11 @@ public struct PrivateKey: Sendable {
         PKIError.clearErrorQueue()
         let bio = try MemoryBIO(bytes: Array(pem.utf8))
         // A nil password callback would make OpenSSL prompt on the terminal for encrypted keys; refuse instead.
-        let noPassword: @convention(c) (UnsafeMutablePointer<CChar>?, Int32, Int32, UnsafeMutableRawPointer?) -> Int32 = {
-            _, _, _, _ in 0
-        }
+        typealias PasswordCallback =
+            @convention(c) (
+                UnsafeMutablePointer<CChar>?, Int32, Int32, UnsafeMutableRawPointer?
+            ) -> Int32
+        let noPassword: PasswordCallback = { _, _, _, _ in 0 }
         guard let key = PEM_read_bio_PrivateKey(bio.bio, nil, noPassword, nil) else {
             throw PKIError.openSSL("parsing a PEM private key")
         }
