@@ -1,6 +1,7 @@
 #ifndef SDS_COPENSSL_SHIM_H
 #define SDS_COPENSSL_SHIM_H
-// OpenSSL 3 headers plus `static inline` wrappers for the macros Swift cannot import.
+// OpenSSL 3 headers plus `static inline` wrappers for the macros (and variadic or type-generic
+// helpers) Swift cannot import. Only the PKI module imports this, and never re-exports it.
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/err.h>
@@ -10,12 +11,90 @@
 #include <openssl/rand.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
+#include <openssl/x509_vfy.h>
 #include <openssl/crypto.h>
+#include <openssl/core_names.h>
 
 static inline long sds_BIO_get_mem_data(BIO *bio, char **data) {
     return BIO_ctrl(bio, BIO_CTRL_INFO, 0, (void *)data);
 }
 
 static inline void sds_OPENSSL_free(void *ptr) { OPENSSL_free(ptr); }
+
+// EVP_EC_gen is a variadic macro: generate an EC key on a named group (e.g. "P-256").
+static inline EVP_PKEY *sds_EC_generate(const char *group) {
+    EVP_PKEY *pkey = NULL;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    if (ctx == NULL) return NULL;
+    if (EVP_PKEY_keygen_init(ctx) <= 0 || EVP_PKEY_CTX_set_group_name(ctx, group) <= 0 ||
+        EVP_PKEY_generate(ctx, &pkey) <= 0) {
+        EVP_PKEY_CTX_free(ctx);
+        return NULL;
+    }
+    EVP_PKEY_CTX_free(ctx);
+    return pkey;
+}
+
+// Name of an EC key's group ("prime256v1" / "P-256" style short name); 0 on failure.
+static inline int sds_EC_group_name(const EVP_PKEY *pkey, char *buf, size_t len) {
+    size_t out = 0;
+    return EVP_PKEY_get_utf8_string_param(pkey, OSSL_PKEY_PARAM_GROUP_NAME, buf, len, &out);
+}
+
+static inline unsigned long sds_XN_FLAG_RFC2253(void) { return XN_FLAG_RFC2253; }
+
+// STACK_OF(X509)
+static inline STACK_OF(X509) *sds_sk_X509_new_null(void) { return sk_X509_new_null(); }
+static inline int sds_sk_X509_push(STACK_OF(X509) *sk, X509 *x) { return sk_X509_push(sk, x); }
+static inline void sds_sk_X509_free(STACK_OF(X509) *sk) { sk_X509_free(sk); }
+
+// GENERAL_NAMES (STACK_OF(GENERAL_NAME))
+static inline GENERAL_NAMES *sds_sk_GENERAL_NAME_new_null(void) { return sk_GENERAL_NAME_new_null(); }
+static inline int sds_sk_GENERAL_NAME_num(const GENERAL_NAMES *sk) { return sk_GENERAL_NAME_num(sk); }
+static inline GENERAL_NAME *sds_sk_GENERAL_NAME_value(const GENERAL_NAMES *sk, int i) {
+    return sk_GENERAL_NAME_value(sk, i);
+}
+static inline int sds_sk_GENERAL_NAME_push(GENERAL_NAMES *sk, GENERAL_NAME *gn) {
+    return sk_GENERAL_NAME_push(sk, gn);
+}
+
+/// Type of a general name (GEN_URI, GEN_DNS, ...) and its IA5 string payload for URI/DNS/email.
+static inline int sds_GENERAL_NAME_type(const GENERAL_NAME *gn) { return gn->type; }
+static inline const ASN1_IA5STRING *sds_GENERAL_NAME_ia5(const GENERAL_NAME *gn) {
+    switch (gn->type) {
+    case GEN_URI: return gn->d.uniformResourceIdentifier;
+    case GEN_DNS: return gn->d.dNSName;
+    case GEN_EMAIL: return gn->d.rfc822Name;
+    default: return NULL;
+    }
+}
+
+/// Adds a general name of `type` (GEN_URI / GEN_DNS) with an IA5 value; 1 on success.
+static inline int sds_GENERAL_NAMES_add_ia5(GENERAL_NAMES *names, int type, const char *value, int len) {
+    ASN1_IA5STRING *ia5 = ASN1_IA5STRING_new();
+    if (ia5 == NULL) return 0;
+    if (!ASN1_STRING_set(ia5, value, len)) { ASN1_IA5STRING_free(ia5); return 0; }
+    GENERAL_NAME *gn = GENERAL_NAME_new();
+    if (gn == NULL) { ASN1_IA5STRING_free(ia5); return 0; }
+    GENERAL_NAME_set0_value(gn, type, ia5);
+    if (!sk_GENERAL_NAME_push(names, gn)) { GENERAL_NAME_free(gn); return 0; }
+    return 1;
+}
+
+static inline int sds_ASN1_STRING_length(const ASN1_STRING *s) { return ASN1_STRING_length(s); }
+
+// STACK_OF(X509_EXTENSION)
+static inline STACK_OF(X509_EXTENSION) *sds_sk_X509_EXTENSION_new_null(void) { return sk_X509_EXTENSION_new_null(); }
+static inline int sds_sk_X509_EXTENSION_push(STACK_OF(X509_EXTENSION) *sk, X509_EXTENSION *e) {
+    return sk_X509_EXTENSION_push(sk, e);
+}
+static inline void sds_sk_X509_EXTENSION_free(STACK_OF(X509_EXTENSION) *sk) { sk_X509_EXTENSION_free(sk); }
+static inline void sds_sk_X509_EXTENSION_pop_free(STACK_OF(X509_EXTENSION) *sk) {
+    sk_X509_EXTENSION_pop_free(sk, X509_EXTENSION_free);
+}
+static inline int sds_sk_X509_EXTENSION_num(const STACK_OF(X509_EXTENSION) *sk) { return sk_X509_EXTENSION_num(sk); }
+static inline X509_EXTENSION *sds_sk_X509_EXTENSION_value(const STACK_OF(X509_EXTENSION) *sk, int i) {
+    return sk_X509_EXTENSION_value(sk, i);
+}
 
 #endif

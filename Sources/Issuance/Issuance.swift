@@ -1,1 +1,0 @@
-// Issuance module: see README's architecture section.

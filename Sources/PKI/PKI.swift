@@ -1,1 +1,0 @@
-// PKI module: see README's architecture section.

@@ -1,0 +1,170 @@
+private import COpenSSL
+
+/// The algorithm of a key pair. A struct over an internal enum so algorithms (P-384, RSA, Ed25519) can be
+/// added later without changing any signature that takes or returns one.
+public struct KeyAlgorithm: Sendable, Hashable, CustomStringConvertible {
+    enum Kind: Sendable, Hashable {
+        case ecdsaP256
+    }
+
+    let kind: Kind
+
+    /// ECDSA on NIST P-256, signing with SHA-256 (what SPIFFE and Istio issue by default).
+    public static let ecdsaP256 = KeyAlgorithm(kind: .ecdsaP256)
+
+    public var description: String {
+        switch kind {
+        case .ecdsaP256: "ECDSA P-256"
+        }
+    }
+
+    /// Digest used when this key signs a certificate or CSR.
+    var signingDigest: OpaquePointer? {
+        switch kind {
+        case .ecdsaP256: EVP_sha256()
+        }
+    }
+}
+
+/// Owns one `EVP_PKEY`; frees it in `deinit`. Keys are never mutated after creation, which is what makes
+/// sharing a handle between threads sound (OpenSSL documents EVP_PKEY as safe for concurrent read use).
+final class EVPKeyHandle: @unchecked Sendable {
+    let pointer: OpaquePointer
+
+    init(taking pointer: OpaquePointer) {
+        self.pointer = pointer
+    }
+
+    deinit { EVP_PKEY_free(pointer) }
+
+    /// Which supported algorithm this key is; throws for keys we cannot use.
+    func algorithm() throws -> KeyAlgorithm {
+        guard EVP_PKEY_get_base_id(pointer) == EVP_PKEY_EC else {
+            throw PKIError(operation: "unsupported key type (only ECDSA P-256 is supported)")
+        }
+        var buffer = [CChar](repeating: 0, count: 64)
+        guard sds_EC_group_name(pointer, &buffer, buffer.count) == 1 else {
+            throw PKIError.openSSL("reading the EC group of a key")
+        }
+        let group = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        switch group {
+        case "prime256v1", "P-256", "secp256r1": return .ecdsaP256
+        default: throw PKIError(operation: "unsupported EC curve \(group) (only P-256 is supported)")
+        }
+    }
+
+    func publicKeyDER() -> [UInt8] {
+        let length = i2d_PUBKEY(pointer, nil)
+        guard length > 0 else { return [] }
+        var out = [UInt8](repeating: 0, count: Int(length))
+        out.withUnsafeMutableBufferPointer { buffer in
+            var cursor = buffer.baseAddress
+            _ = i2d_PUBKEY(pointer, &cursor)
+        }
+        return out
+    }
+}
+
+/// A private key (opaque). Only ECDSA P-256 today; see `KeyAlgorithm`.
+public struct PrivateKey: Sendable {
+    let handle: EVPKeyHandle
+    public let algorithm: KeyAlgorithm
+
+    init(handle: EVPKeyHandle) throws {
+        self.handle = handle
+        self.algorithm = try handle.algorithm()
+    }
+
+    /// A fresh key pair from OpenSSL's CSPRNG.
+    public static func generate(_ algorithm: KeyAlgorithm = .ecdsaP256) throws -> PrivateKey {
+        switch algorithm.kind {
+        case .ecdsaP256:
+            guard let key = sds_EC_generate("P-256") else { throw PKIError.openSSL("generating a P-256 key") }
+            let handle = EVPKeyHandle(taking: key)
+            return PrivateKey(handle: handle, algorithm: algorithm)
+        }
+    }
+
+    private init(handle: EVPKeyHandle, algorithm: KeyAlgorithm) {
+        self.handle = handle
+        self.algorithm = algorithm
+    }
+
+    /// Parses a PKCS#8 `PrivateKeyInfo` in DER (what the Workload API carries). Trailing bytes are an error.
+    public init(pkcs8DER der: [UInt8]) throws {
+        PKIError.clearErrorQueue()
+        let info: OpaquePointer? = der.withUnsafeBufferPointer { buffer in
+            var cursor = buffer.baseAddress
+            guard let info = d2i_PKCS8_PRIV_KEY_INFO(nil, &cursor, buffer.count) else { return nil }
+            if cursor != buffer.baseAddress.map({ $0 + buffer.count }) {
+                PKCS8_PRIV_KEY_INFO_free(info)
+                return nil
+            }
+            return info
+        }
+        guard let info else { throw PKIError.openSSL("parsing a PKCS#8 DER private key") }
+        defer { PKCS8_PRIV_KEY_INFO_free(info) }
+        guard let key = EVP_PKCS82PKEY(info) else { throw PKIError.openSSL("decoding a PKCS#8 private key") }
+        try self.init(handle: EVPKeyHandle(taking: key))
+    }
+
+    /// Parses a PEM private key: PKCS#8 (`PRIVATE KEY`) or SEC1 (`EC PRIVATE KEY`, what `openssl ecparam
+    /// -genkey` writes, so operator-supplied keys load too). Encrypted keys are rejected.
+    public init(pem: String) throws {
+        PKIError.clearErrorQueue()
+        let bio = try MemoryBIO(bytes: Array(pem.utf8))
+        // A nil password callback would make OpenSSL prompt on the terminal for encrypted keys; refuse instead.
+        typealias PasswordCallback =
+            @convention(c) (
+                UnsafeMutablePointer<CChar>?, Int32, Int32, UnsafeMutableRawPointer?
+            ) -> Int32
+        let noPassword: PasswordCallback = { _, _, _, _ in 0 }
+        guard let key = PEM_read_bio_PrivateKey(bio.bio, nil, noPassword, nil) else {
+            throw PKIError.openSSL("parsing a PEM private key")
+        }
+        try self.init(handle: EVPKeyHandle(taking: key))
+    }
+
+    /// PKCS#8 `PrivateKeyInfo`, DER.
+    public func pkcs8DER() throws -> [UInt8] {
+        guard let info = EVP_PKEY2PKCS8(handle.pointer) else { throw PKIError.openSSL("encoding a key as PKCS#8") }
+        defer { PKCS8_PRIV_KEY_INFO_free(info) }
+        let length = i2d_PKCS8_PRIV_KEY_INFO(info, nil)
+        guard length > 0 else { throw PKIError.openSSL("encoding a key as PKCS#8") }
+        var out = [UInt8](repeating: 0, count: Int(length))
+        out.withUnsafeMutableBufferPointer { buffer in
+            var cursor = buffer.baseAddress
+            _ = i2d_PKCS8_PRIV_KEY_INFO(info, &cursor)
+        }
+        return out
+    }
+
+    /// PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), unencrypted.
+    public func pkcs8PEM() throws -> String {
+        let bio = try MemoryBIO()
+        guard PEM_write_bio_PrivateKey(bio.bio, handle.pointer, nil, nil, 0, nil, nil) == 1 else {
+            throw PKIError.openSSL("encoding a key as PEM")
+        }
+        return bio.string
+    }
+
+    /// The public half.
+    public var publicKey: PublicKey { PublicKey(handle: handle) }
+}
+
+/// A public key (opaque): from a private key, a certificate or a CSR.
+public struct PublicKey: Sendable, Equatable {
+    let handle: EVPKeyHandle
+
+    /// `SubjectPublicKeyInfo`, DER.
+    public var spkiDER: [UInt8] { handle.publicKeyDER() }
+
+    public static func == (lhs: PublicKey, rhs: PublicKey) -> Bool {
+        lhs.handle === rhs.handle || EVP_PKEY_eq(lhs.handle.pointer, rhs.handle.pointer) == 1
+    }
+
+    /// Whether `privateKey` is the other half of this key.
+    public func matches(_ privateKey: PrivateKey) -> Bool {
+        EVP_PKEY_eq(handle.pointer, privateKey.handle.pointer) == 1
+    }
+}

@@ -1,1 +1,0 @@
-// SPIFFE module: see README's architecture section.
