@@ -1,0 +1,350 @@
+import GRPC
+import Logging
+import Wire
+import XDS
+
+/// The `envoy.service.secret.v3.SecretDiscoveryService` over the XDS state machines: one `SotWStream` per
+/// StreamSecrets call, one `DeltaStream` per DeltaSecrets call, FetchSecrets held until answerable.
+///
+/// This class only moves messages between gRPC calls and the pure machines, and pushes cache changes to every open
+/// stream; all protocol decisions are the machines'. It runs on the event loop thread.
+public final class SecretDiscoveryService {
+    public private(set) var cache: SecretCache
+    private let logger: Logger
+    private var sotwStreams: [ObjectIdentifier: SotWCall] = [:]
+    private var deltaStreams: [ObjectIdentifier: DeltaCall] = [:]
+    private var heldFetches: [ObjectIdentifier: (call: GRPCServerCall, request: DiscoveryRequest)] = [:]
+    private var streamCounter: UInt64 = 0
+    /// Called after a request subscribed names, so the owner can load secrets that are produced on demand
+    /// (file-backed names).
+    public var onSubscribe: (([String]) -> Void)?
+
+    public init(classifier: @escaping SecretCache.NameClassifier, logger: Logger) {
+        self.cache = SecretCache(classifier: classifier)
+        self.logger = logger
+    }
+
+    public var openStreamCount: Int { sotwStreams.count + deltaStreams.count }
+
+    /// Registers StreamSecrets, DeltaSecrets and FetchSecrets.
+    public func register(on router: GRPCRouter) {
+        router.register(SecretDiscoveryServiceMethod.streamSecrets.path) { [unowned self] in self.openSotW($0) }
+        router.register(SecretDiscoveryServiceMethod.deltaSecrets.path) { [unowned self] in self.openDelta($0) }
+        router.register(SecretDiscoveryServiceMethod.fetchSecrets.path) { [unowned self] in self.openFetch($0) }
+    }
+
+    // MARK: Publishing
+
+    /// Puts `secrets` into the cache (versions are content hashes, so unchanged content is no change) and pushes to
+    /// every stream that holds a changed name. Returns the names whose content changed.
+    @discardableResult
+    public func publish(_ secrets: [Secret]) -> [String] {
+        var changed: [String] = []
+        for secret in secrets {
+            let resource = AnyMessage(packing: secret)
+            let version = ContentHash.hex(resource.value)
+            if cache.set(name: secret.name, version: version, resource: resource) { changed.append(secret.name) }
+        }
+        if !changed.isEmpty { pushCacheChange() }
+        return changed
+    }
+
+    /// Removes names from the cache (Delta streams that held them are told `removed_resources`).
+    public func unpublish(_ names: [String]) {
+        var changed = false
+        for name in names where cache.remove(name: name) { changed = true }
+        if changed { pushCacheChange() }
+    }
+
+    /// Re-asks the classifier (e.g. a federated bundle appeared or vanished) and pushes what that changes.
+    public func reclassify() {
+        cache.invalidate()
+        pushCacheChange()
+    }
+
+    private func pushCacheChange() {
+        for stream in sotwStreams.values { perform(stream.machine.cacheChanged(cache), on: stream) }
+        for stream in deltaStreams.values { perform(stream.machine.cacheChanged(cache), on: stream) }
+        for (key, held) in heldFetches {
+            if answerFetch(held.call, held.request) { heldFetches.removeValue(forKey: key) }
+        }
+    }
+
+    /// Ends every call with `status` (graceful drain: Envoy reconnects elsewhere or to our successor).
+    public func finishAll(_ status: GRPCStatus) {
+        for stream in sotwStreams.values { stream.call.finish(status) }
+        for stream in deltaStreams.values { stream.call.finish(status) }
+        for held in heldFetches.values { held.call.finish(status) }
+        sotwStreams.removeAll()
+        deltaStreams.removeAll()
+        heldFetches.removeAll()
+    }
+
+    // MARK: StreamSecrets (SotW)
+
+    final class SotWCall {
+        let call: GRPCServerCall
+        var machine: SotWStream
+        let id: UInt64
+        /// Responses the peer's flow control did not take yet; SotW responses are full state, so only the newest
+        /// matters.
+        var unsent: DiscoveryResponse?
+        init(call: GRPCServerCall, id: UInt64) {
+            self.call = call
+            self.id = id
+            self.machine = SotWStream(nonces: NonceSequence(prefix: "\(id)-"))
+        }
+    }
+
+    private func openSotW(_ call: GRPCServerCall) {
+        streamCounter += 1
+        let stream = SotWCall(call: call, id: streamCounter)
+        let key = ObjectIdentifier(call)
+        sotwStreams[key] = stream
+        logger.debug("stream opened", metadata: ["stream": "\(stream.id)", "mode": "sotw"])
+        call.onMessage = { [unowned self, unowned stream] bytes in
+            let request: DiscoveryRequest
+            do { request = try DiscoveryRequest(wireBytes: bytes) } catch {
+                self.fail(call, key: key, GRPCStatus(.invalidArgument, "malformed DiscoveryRequest: \(error)"))
+                return
+            }
+            let firstNames = stream.machine.subscribedNames
+            self.perform(stream.machine.receive(request, cache: self.cache), on: stream)
+            if stream.machine.subscribedNames != firstNames {
+                self.logger.info(
+                    "subscribed",
+                    metadata: [
+                        "stream": "\(stream.id)", "mode": "sotw", "names": "\(stream.machine.subscribedNames)",
+                        "node": "\(stream.machine.node?.id ?? "")",
+                    ])
+                self.onSubscribe?(stream.machine.subscribedNames)
+            }
+        }
+        call.onHalfClose = { [unowned self] in self.close(call, key: key, status: .ok) }
+        call.onCancel = { [unowned self] in
+            self.sotwStreams.removeValue(forKey: key)
+            self.logger.debug("stream closed by peer", metadata: ["stream": "\(stream.id)"])
+        }
+        call.onWritable = { [unowned self, unowned stream] in
+            if let response = stream.unsent {
+                stream.unsent = nil
+                self.send(response, on: stream)
+            }
+        }
+    }
+
+    private func perform(_ actions: [SotWStream.Action], on stream: SotWCall) {
+        for action in actions {
+            switch action {
+            case .send(let response):
+                send(response, on: stream)
+            case .ack(let nonce, let version, let names):
+                logger.debug(
+                    "ack", metadata: ["stream": "\(stream.id)", "nonce": "\(nonce)", "version": "\(version)",
+                                      "names": "\(names)"])
+            case .nack(let nonce, _, let rejected, let names, let detail):
+                logger.warning(
+                    "nack",
+                    metadata: [
+                        "stream": "\(stream.id)", "nonce": "\(nonce)", "rejected_version": "\(rejected)",
+                        "names": "\(names)", "error": "\(detail.message)",
+                    ])
+            case .protocolError(let error):
+                fail(stream.call, key: ObjectIdentifier(stream.call), GRPCStatus(.invalidArgument, error.description))
+            }
+        }
+    }
+
+    private func send(_ response: DiscoveryResponse, on stream: SotWCall) {
+        switch stream.call.send(response.wireBytes()) {
+        case .queued:
+            logger.info(
+                "push",
+                metadata: [
+                    "stream": "\(stream.id)", "mode": "sotw", "version": "\(response.versionInfo)",
+                    "nonce": "\(response.nonce)",
+                ])
+        case .wouldExceed:
+            stream.unsent = response
+        case .closed:
+            sotwStreams.removeValue(forKey: ObjectIdentifier(stream.call))
+        }
+    }
+
+    // MARK: DeltaSecrets
+
+    final class DeltaCall {
+        let call: GRPCServerCall
+        var machine: DeltaStream
+        let id: UInt64
+        /// Delta responses are increments: all must arrive, in order.
+        var unsent: [DeltaDiscoveryResponse] = []
+        init(call: GRPCServerCall, id: UInt64) {
+            self.call = call
+            self.id = id
+            self.machine = DeltaStream(nonces: NonceSequence(prefix: "\(id)-"))
+        }
+    }
+
+    /// A Delta client that stops reading while this many responses pile up is cut off (it would otherwise grow
+    /// our memory with every rotation).
+    static let maxUnsentDeltaResponses = 64
+
+    private func openDelta(_ call: GRPCServerCall) {
+        streamCounter += 1
+        let stream = DeltaCall(call: call, id: streamCounter)
+        let key = ObjectIdentifier(call)
+        deltaStreams[key] = stream
+        logger.debug("stream opened", metadata: ["stream": "\(stream.id)", "mode": "delta"])
+        call.onMessage = { [unowned self, unowned stream] bytes in
+            let request: DeltaDiscoveryRequest
+            do { request = try DeltaDiscoveryRequest(wireBytes: bytes) } catch {
+                self.fail(call, key: key, GRPCStatus(.invalidArgument, "malformed DeltaDiscoveryRequest: \(error)"))
+                return
+            }
+            self.perform(stream.machine.receive(request, cache: self.cache), on: stream)
+            if !request.resourceNamesSubscribe.isEmpty || !request.resourceNamesUnsubscribe.isEmpty {
+                self.logger.info(
+                    "subscribed",
+                    metadata: [
+                        "stream": "\(stream.id)", "mode": "delta", "names": "\(stream.machine.subscribedNames)",
+                        "node": "\(stream.machine.node?.id ?? "")",
+                    ])
+                self.onSubscribe?(request.resourceNamesSubscribe)
+            }
+        }
+        call.onHalfClose = { [unowned self] in self.close(call, key: key, status: .ok) }
+        call.onCancel = { [unowned self] in
+            self.deltaStreams.removeValue(forKey: key)
+            self.logger.debug("stream closed by peer", metadata: ["stream": "\(stream.id)"])
+        }
+        call.onWritable = { [unowned self, unowned stream] in
+            let pending = stream.unsent
+            stream.unsent = []
+            for response in pending { self.send(response, on: stream) }
+        }
+    }
+
+    private func perform(_ actions: [DeltaStream.Action], on stream: DeltaCall) {
+        for action in actions {
+            switch action {
+            case .send(let response):
+                send(response, on: stream)
+            case .ack(let nonce, let versions, let removed):
+                logger.debug(
+                    "ack", metadata: ["stream": "\(stream.id)", "nonce": "\(nonce)", "versions": "\(versions)",
+                                      "removed": "\(removed)"])
+            case .nack(let nonce, let rejected, _, let detail):
+                logger.warning(
+                    "nack",
+                    metadata: [
+                        "stream": "\(stream.id)", "nonce": "\(nonce)", "rejected_versions": "\(rejected)",
+                        "error": "\(detail.message)",
+                    ])
+            case .protocolError(let error):
+                fail(stream.call, key: ObjectIdentifier(stream.call), GRPCStatus(.invalidArgument, error.description))
+            }
+        }
+    }
+
+    private func send(_ response: DeltaDiscoveryResponse, on stream: DeltaCall) {
+        if !stream.unsent.isEmpty {
+            queueUnsent(response, on: stream)
+            return
+        }
+        switch stream.call.send(response.wireBytes()) {
+        case .queued:
+            logger.info(
+                "push",
+                metadata: [
+                    "stream": "\(stream.id)", "mode": "delta",
+                    "resources": "\(response.resources.map { "\($0.name)@\($0.version)" })",
+                    "removed": "\(response.removedResources)", "nonce": "\(response.nonce)",
+                ])
+        case .wouldExceed:
+            queueUnsent(response, on: stream)
+        case .closed:
+            deltaStreams.removeValue(forKey: ObjectIdentifier(stream.call))
+        }
+    }
+
+    private func queueUnsent(_ response: DeltaDiscoveryResponse, on stream: DeltaCall) {
+        stream.unsent.append(response)
+        if stream.unsent.count > Self.maxUnsentDeltaResponses {
+            fail(
+                stream.call, key: ObjectIdentifier(stream.call),
+                GRPCStatus(.resourceExhausted, "client is not reading its responses"))
+        }
+    }
+
+    // MARK: FetchSecrets
+
+    private func openFetch(_ call: GRPCServerCall) {
+        let key = ObjectIdentifier(call)
+        var request: DiscoveryRequest?
+        call.onMessage = { [unowned self] bytes in
+            guard request == nil else {
+                self.fail(call, key: key, GRPCStatus(.invalidArgument, "FetchSecrets is unary: one request"))
+                return
+            }
+            do { request = try DiscoveryRequest(wireBytes: bytes) } catch {
+                self.fail(call, key: key, GRPCStatus(.invalidArgument, "malformed DiscoveryRequest: \(error)"))
+            }
+        }
+        call.onHalfClose = { [unowned self] in
+            guard let request else {
+                call.finish(GRPCStatus(.invalidArgument, "FetchSecrets needs a DiscoveryRequest"))
+                return
+            }
+            self.onSubscribe?(request.resourceNames)
+            if !self.answerFetch(call, request) { self.heldFetches[key] = (call, request) }
+        }
+        call.onCancel = { [unowned self] in self.heldFetches.removeValue(forKey: key) }
+    }
+
+    /// Answers a FetchSecrets call if it can; returns false while its names are still being issued.
+    private func answerFetch(_ call: GRPCServerCall, _ request: DiscoveryRequest) -> Bool {
+        switch SecretFetch.decide(request, cache: cache) {
+        case .respond(let response):
+            call.send(response.wireBytes())
+            call.finish(.ok)
+            return true
+        case .wait:
+            return false
+        case .neverServed(let names):
+            call.finish(GRPCStatus(.notFound, "not served here: \(names.joined(separator: ", "))"))
+            return true
+        case .protocolError(let error):
+            call.finish(GRPCStatus(.invalidArgument, error.description))
+            return true
+        }
+    }
+
+    // MARK: Ending calls
+
+    private func fail(_ call: GRPCServerCall, key: ObjectIdentifier, _ status: GRPCStatus) {
+        logger.warning("call failed", metadata: ["path": "\(call.path)", "status": "\(status)"])
+        close(call, key: key, status: status)
+    }
+
+    private func close(_ call: GRPCServerCall, key: ObjectIdentifier, status: GRPCStatus) {
+        sotwStreams.removeValue(forKey: key)
+        deltaStreams.removeValue(forKey: key)
+        heldFetches.removeValue(forKey: key)
+        call.finish(status)
+    }
+}
+
+/// A content hash for resource versions: FNV-1a 64, hex. Versions only need to change when content does; this is
+/// not a security boundary (the content itself is what Envoy validates).
+enum ContentHash {
+    static func hex(_ bytes: [UInt8]) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in bytes {
+            hash ^= UInt64(byte)
+            hash &*= 0x0000_0100_0000_01b3
+        }
+        let text = String(hash, radix: 16)
+        return String(repeating: "0", count: 16 - text.count) + text
+    }
+}
