@@ -14,6 +14,11 @@ Any other name is never served: SotW holds the response, Delta answers with `rem
 Services: StreamSecrets (SotW), DeltaSecrets (Delta), FetchSecrets (unary).
 Versions are content hashes, so a restarted server that holds the same certificate reports the same version.
 
+For tests of clients (sds-dump): `service.streams` records what each stream received (names, ACKs, NACKs, node id and
+cluster); `service.fail_with = (grpc.StatusCode.X, "message")` makes every call fail with that status (script:
+`--fail-with PERMISSION_DENIED:message`); `store.serve_bundle(pem)` serves another CA's bundle under the bundle names,
+so the certificate no longer verifies against it.
+
 In process (pytest):
     ca = TinyCA.create("example.org")
     server = ReferenceSDSServer(socket_path, ca, "spiffe://example.org/ns/default/sa/default")
@@ -207,6 +212,7 @@ class SecretStore:
         self.svid_ttl = svid_ttl
         self._lock = threading.Lock()
         self._svid = ca.issue(spiffe_id, svid_ttl)
+        self._bundle_pem: bytes | None = None  # None: our own CA
         self._subscribers: set[queue.Queue] = set()
 
     @property
@@ -225,6 +231,14 @@ class SecretStore:
             q.put(_CHANGED)
         return svid
 
+    def serve_bundle(self, pem: bytes | None) -> None:
+        """Serve `pem` as the bundle (a CA that did not sign our SVIDs), or our own CA again with None."""
+        with self._lock:
+            self._bundle_pem = pem
+            subscribers = list(self._subscribers)
+        for q in subscribers:
+            q.put(_CHANGED)
+
     def subscribe(self, q: queue.Queue) -> None:
         with self._lock:
             self._subscribers.add(q)
@@ -241,6 +255,7 @@ class SecretStore:
         td_bundle_name = f"spiffe://{self.ca.trust_domain}"
         with self._lock:
             svid = self._svid
+            bundle_pem = self._bundle_pem or self.ca.cert_pem
         if name in (DEFAULT_CERT_NAME, self.spiffe_id):
             return secret_pb2.Secret(
                 name=name,
@@ -251,13 +266,13 @@ class SecretStore:
         if name in (DEFAULT_BUNDLE_NAME, td_bundle_name):
             return secret_pb2.Secret(
                 name=name,
-                validation_context=common_pb2.CertificateValidationContext(trusted_ca=_inline(self.ca.cert_pem)),
+                validation_context=common_pb2.CertificateValidationContext(trusted_ca=_inline(bundle_pem)),
             )
         if name == ALL_BUNDLES_NAME:
             validator = tls_spiffe_validator_config_pb2.SPIFFECertValidatorConfig(
                 trust_domains=[
                     tls_spiffe_validator_config_pb2.SPIFFECertValidatorConfig.TrustDomain(
-                        name=self.ca.trust_domain, trust_bundle=_inline(self.ca.cert_pem)
+                        name=self.ca.trust_domain, trust_bundle=_inline(bundle_pem)
                     )
                 ]
             )
@@ -314,6 +329,7 @@ class StreamRecord:
     last_error: str = ""
     requests: int = 0
     node_ids: list[str] | None = None
+    node_clusters: list[str] | None = None
 
 
 class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
@@ -321,16 +337,23 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         self.store = store
         self._nonces = itertools.count(1)
         self.streams: list[StreamRecord] = []
+        # (grpc.StatusCode, message): every call fails with this status at once, before reading any request.
+        self.fail_with: tuple[grpc.StatusCode, str] | None = None
         self._lock = threading.Lock()
 
     def _nonce(self) -> str:
         return str(next(self._nonces))
 
     def _record(self, kind: str) -> StreamRecord:
-        r = StreamRecord(kind=kind, names=[], node_ids=[])
+        r = StreamRecord(kind=kind, names=[], node_ids=[], node_clusters=[])
         with self._lock:
             self.streams.append(r)
         return r
+
+    def _fail_if_asked(self, context) -> None:
+        fail_with = self.fail_with
+        if fail_with is not None:
+            context.abort(fail_with[0], fail_with[1])
 
     def _open(self, request_iterator, context) -> queue.Queue:
         events: queue.Queue = queue.Queue()
@@ -342,6 +365,7 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
     # ---- FetchSecrets: unary, answers with what exists now --------------------------------------------------
 
     def FetchSecrets(self, request, context):
+        self._fail_if_asked(context)
         resources = []
         for name in request.resource_names:
             secret = self.store.resolve(name)
@@ -358,6 +382,7 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
     # ---- StreamSecrets: state of the world ------------------------------------------------------------------
 
     def StreamSecrets(self, request_iterator, context):
+        self._fail_if_asked(context)
         record = self._record("sotw")
         events = self._open(request_iterator, context)
         names: list[str] = []
@@ -377,6 +402,8 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
                               req.error_detail.message if req.HasField("error_detail") else None)
                     if req.node.id:
                         record.node_ids.append(req.node.id)
+                    if req.node.cluster:
+                        record.node_clusters.append(req.node.cluster)
                     if req.response_nonce and req.response_nonce != last_nonce:
                         continue  # stale: an answer to a response that is no longer the latest
                     if req.response_nonce and req.HasField("error_detail"):
@@ -415,6 +442,7 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
     # ---- DeltaSecrets: incremental --------------------------------------------------------------------------
 
     def DeltaSecrets(self, request_iterator, context):
+        self._fail_if_asked(context)
         record = self._record("delta")
         events = self._open(request_iterator, context)
         subscribed: set[str] = set()
@@ -437,6 +465,8 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
                               req.error_detail.message if req.HasField("error_detail") else None)
                     if req.node.id:
                         record.node_ids.append(req.node.id)
+                    if req.node.cluster:
+                        record.node_clusters.append(req.node.cluster)
                     if first:
                         client_versions.update(req.initial_resource_versions)
                         first = False
@@ -575,6 +605,14 @@ def parse_duration(text: str) -> datetime.timedelta:
     }[unit]
 
 
+def parse_status(text: str) -> tuple[grpc.StatusCode, str]:
+    code, _, message = text.partition(":")
+    try:
+        return grpc.StatusCode[code.upper()], message
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"{code!r} is not a gRPC status code name (e.g. PERMISSION_DENIED)") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Reference SDS server (sds-agent's command line, for tests)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -588,11 +626,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--log-level", default="info")
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("--socket-mode", default="0600")
+    run.add_argument("--fail-with", type=parse_status, metavar="CODE:message",
+                     help="fail every call with this gRPC status, e.g. PERMISSION_DENIED:go away (tests of clients)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ca = TinyCA.load_or_create(pathlib.Path(args.state_dir), args.trust_domain)
     server = ReferenceSDSServer(args.socket, ca, args.spiffe_id, args.svid_ttl, int(args.socket_mode, 8))
+    server.service.fail_with = args.fail_with
 
     # Signal handlers only set flags and wake the main thread: rotation and shutdown run there.
     wake = threading.Event()

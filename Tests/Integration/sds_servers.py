@@ -95,6 +95,12 @@ class InProcessServer:
         assert self._server is not None
         return self._server.service.streams
 
+    @property
+    def reference(self) -> ref.ReferenceSDSServer:
+        """The running server itself: `.service.fail_with`, `.store.serve_bundle()`, `.svid` for client tests."""
+        assert self._server is not None
+        return self._server
+
     def rotate(self) -> None:
         assert self._server is not None, "rotate() on a stopped server"
         self._server.rotate()
