@@ -28,6 +28,8 @@ public final class SDSServer {
     }
 
     public var connectionCount: Int { connections.count }
+    /// Called when the last connection closes (used by graceful drain).
+    public var onAllConnectionsClosed: (() -> Void)?
 
     /// Binds the socket (mode applied at creation) and starts accepting.
     public func listen(on address: UnixSocketAddress, mode: UInt32) throws(SystemError) {
@@ -80,6 +82,7 @@ public final class SDSServer {
         guard connections.removeValue(forKey: ObjectIdentifier(connection)) != nil else { return }
         connection.grpc.connectionLost()
         logger.info("connection closed", metadata: ["connection": "\(connection.id)", "reason": "\(reason)"])
+        if connections.isEmpty { onAllConnectionsClosed?() }
     }
 }
 
