@@ -76,6 +76,15 @@ public final class Agent {
 
     /// Binds the socket, starts the issuer and serves until SIGTERM/SIGINT. Returns the exit code.
     public func run(makeIssuer: (Agent) throws -> any Issuer) -> Int32 {
+        // The CA (or upstream client) is set up before binding: a corrupt state dir fails without ever creating a
+        // socket, and loading a CA takes about a millisecond, well inside pilot-agent's 1 s probe.
+        let issuer: any Issuer
+        do {
+            issuer = try makeIssuer(self)
+        } catch {
+            logger.critical("cannot start the issuer", metadata: ["error": "\(error)"])
+            return 1
+        }
         do {
             // Signals first: the loop owns them before anything else can run.
             try loop.onSignal(SIGHUP) { [unowned self] in self.rotateNow() }
@@ -94,14 +103,6 @@ public final class Agent {
                 "socket": "\(configuration.socket)", "mode": "\(String(configuration.socketMode, radix: 8))",
                 "spiffe_id": "\(configuration.spiffeID)", "issuer": "\(configuration.issuer.rawValue)",
             ])
-        let issuer: any Issuer
-        do {
-            issuer = try makeIssuer(self)
-        } catch {
-            logger.critical("cannot start the issuer", metadata: ["error": "\(error)"])
-            server.stopListening()
-            return 1
-        }
         self.issuer = issuer
         issuer.start(
             onUpdate: { [unowned self] update in self.identityChanged(update) },
