@@ -114,8 +114,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
 
     // MARK: H2SessionDelegate
 
-    public func h2HeadersReceived(streamID: H2StreamID, headers: [H2Header], kind: H2HeaderBlockKind, endStream: Bool)
-    {
+    public func h2HeadersReceived(streamID: H2StreamID, headers: [H2Header], kind: H2HeaderBlockKind, endStream: Bool) {
         guard kind == .request else { return }  // request trailers carry nothing for gRPC
         let path = headers.value(for: ":path")
         let metadata = headers.filter { !$0.name.hasPrefix(":") }.map { ($0.name, $0.value) }
@@ -186,7 +185,8 @@ public final class GRPCServerConnection: H2SessionDelegate {
         let framed = GRPCMessageFraming.frame(message)
         do throws(H2Error) {
             if action == .sendHeadersAndMessage {
-                try session.sendResponseHeaders(streamID: call.streamID, headers: Self.responseHeaders, endStream: false)
+                try session.sendResponseHeaders(
+                    streamID: call.streamID, headers: Self.responseHeaders, endStream: false)
             }
             call.state = probe
             try session.sendData(streamID: call.streamID, bytes: framed)

@@ -33,7 +33,9 @@ import Testing
     var decoder = GRPCMessageDecoder(maxMessageBytes: 4 << 20)
     // Announces 100 MB; only the 5-byte prefix is fed.
     let length = UInt32(100_000_000)
-    let prefix: [UInt8] = [0, UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)]
+    let prefix: [UInt8] = [
+        0, UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF),
+    ]
     #expect(throws: Never.self) { _ = try decoder.feed(prefix.prefix(4)) }
     do {
         _ = try decoder.feed(prefix.suffix(1))

@@ -342,3 +342,50 @@ func bidiStreamingEchoesEachMessageAsItArrives(feedMode: InMemoryPair.FeedMode) 
     _ = server.session.takeOutput()
     #expect(server.session.isClosed)
 }
+
+@Test func oversizeResponseFailsTheClientCallWithResourceExhausted() throws {
+    let router = GRPCRouter()
+    router.register(echoPath) { call in
+        call.send(Array(repeating: 1, count: 2048))
+        call.finish(.ok)
+    }
+    let server = GRPCServerConnection(router: router)
+    let client = GRPCClientConnection(maxMessageBytes: 1024)
+    let pair = InMemoryPair(client: client.session, server: server.session)
+    let record = ClientRecord(try client.startCall(path: echoPath))
+    pair.pump()
+    #expect(record.messages.isEmpty)
+    #expect(record.status?.code == .resourceExhausted)
+    #expect(client.activeCallCount == 0)
+}
+
+@Test func serverResetBeforeTrailersIsNeverReportedAsOK() throws {
+    /// A broken server speaking raw H2: headers and one message, then a reset instead of trailers.
+    final class TrailerlessServer: H2SessionDelegate {
+        weak var session: H2ServerSession?
+        func h2HeadersReceived(streamID: H2StreamID, headers: [H2Header], kind: H2HeaderBlockKind, endStream: Bool) {
+            guard let session else { return }
+            try? session.sendResponseHeaders(
+                streamID: streamID,
+                headers: [H2Header(":status", "200"), H2Header("content-type", "application/grpc")],
+                endStream: false)
+            try? session.sendData(streamID: streamID, bytes: GRPCMessageFraming.frame([7]))
+        }
+        func h2DataReceived(streamID: H2StreamID, bytes: [UInt8], endStream: Bool) {}
+        func h2StreamClosed(streamID: H2StreamID, errorCode: H2ErrorCode) {}
+    }
+    let delegate = TrailerlessServer()
+    let server = H2ServerSession(delegate: delegate)
+    delegate.session = server
+    let client = GRPCClientConnection()
+    let pair = InMemoryPair(client: client.session, server: server)
+    let call = try client.startCall(path: echoPath)
+    let record = ClientRecord(call)
+    pair.pump()
+    #expect(record.messages == [[7]])
+    #expect(record.status == nil)
+    // Even RST_STREAM(NO_ERROR) without trailers leaves the call without a status: it must not read as OK.
+    try server.resetStream(streamID: call.streamID, errorCode: .noError)
+    pair.pump()
+    #expect(record.status?.code == .cancelled)
+}
