@@ -59,6 +59,11 @@ public final class GRPCClientCall {
     func complete(status: GRPCStatus, trailers: [(String, String)]) {
         guard finishedStatus == nil else { return }
         finishedStatus = status
+        let onFinish = self.onFinish
+        // Callers capture the call in these closures; dropping them once it is over breaks that cycle.
+        self.onMessage = nil
+        self.onFinish = nil
+        self.onWritable = nil
         onFinish?(status, trailers)
     }
 

@@ -69,6 +69,14 @@ public final class GRPCServerCall {
     public func finish(_ status: GRPCStatus = .ok) {
         connection?.finish(self, status: status)
     }
+
+    /// Handlers capture their call in these closures; dropping them when the stream is gone breaks that cycle.
+    func releaseCallbacks() {
+        onMessage = nil
+        onHalfClose = nil
+        onCancel = nil
+        onWritable = nil
+    }
 }
 
 /// The gRPC server side of one HTTP/2 connection. Owns its `H2ServerSession`: the transport feeds
@@ -107,8 +115,9 @@ public final class GRPCServerConnection: H2SessionDelegate {
     public func connectionLost() {
         let open = calls
         calls.removeAll()
-        for call in open.values where call.state.streamClosed() == .notifyCancelled {
-            call.onCancel?()
+        for call in open.values {
+            if call.state.streamClosed() == .notifyCancelled { call.onCancel?() }
+            call.releaseCallbacks()
         }
     }
 
@@ -158,6 +167,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
     public func h2StreamClosed(streamID: H2StreamID, errorCode: H2ErrorCode) {
         guard let call = calls.removeValue(forKey: streamID) else { return }
         if call.state.streamClosed() == .notifyCancelled { call.onCancel?() }
+        call.releaseCallbacks()
     }
 
     public func h2OutboundQueueDrained(streamID: H2StreamID) {

@@ -96,6 +96,8 @@ final class H2SessionCore {
     func receive(_ bytes: UnsafeRawBufferPointer) throws(H2Error) {
         if let failure { throw failure }
         guard let base = bytes.baseAddress, !bytes.isEmpty else { return }
+        // A delegate may drop the last reference to the session's owner while nghttp2 is still on the stack.
+        defer { withExtendedLifetime(self) {} }
         var remaining = bytes.count
         var cursor = base.assumingMemoryBound(to: UInt8.self)
         while remaining > 0 {
@@ -118,6 +120,7 @@ final class H2SessionCore {
     /// Appends up to `maxBytes` of pending output to `output`; returns how many bytes were appended.
     @discardableResult
     func takeOutput(into output: inout [UInt8], maxBytes: Int) -> Int {
+        defer { withExtendedLifetime(self) {} }
         var taken = 0
         while taken < maxBytes, session != nil {
             var chunk: UnsafePointer<UInt8>?

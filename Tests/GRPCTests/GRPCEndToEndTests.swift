@@ -389,3 +389,29 @@ func bidiStreamingEchoesEachMessageAsItArrives(feedMode: InMemoryPair.FeedMode) 
     pair.pump()
     #expect(record.status?.code == .cancelled)
 }
+
+@Test func finishedCallsAreReleasedEvenThoughHandlersCaptureThem() throws {
+    weak var serverCall: GRPCServerCall?
+    weak var clientCall: GRPCClientCall?
+    let harness = Harness { router in
+        router.register(echoPath) { call in
+            serverCall = call
+            // The handler's closures capture the call strongly: a cycle until the call ends.
+            call.onMessage = { call.send($0) }
+            call.onHalfClose = { call.finish(.ok) }
+        }
+    }
+    var status: GRPCStatus?
+    do {
+        let call = try harness.client.startCall(path: echoPath)
+        clientCall = call
+        // Captures the call strongly, as a caller keeping state on it would.
+        call.onFinish = { finished, _ in status = call.isFinished ? finished : nil }
+        call.send([1])
+        call.closeSend()
+    }
+    harness.pump()
+    #expect(status == .ok)
+    #expect(serverCall == nil)
+    #expect(clientCall == nil)
+}
