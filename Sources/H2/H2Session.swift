@@ -126,7 +126,9 @@ final class H2SessionCore {
             var chunk: UnsafePointer<UInt8>?
             let count = nghttp2_session_mem_send(session, &chunk)
             if count < 0 {
-                fail(.sessionFailed(code: Int32(count), reason: Self.describe(Int32(count))))
+                // A callback's own error says more than nghttp2's generic CALLBACK_FAILURE.
+                fail(callbackError ?? .sessionFailed(code: Int32(count), reason: Self.describe(Int32(count))))
+                callbackError = nil
                 break
             }
             if count == 0 { break }
