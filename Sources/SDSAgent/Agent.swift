@@ -124,7 +124,8 @@ public final class Agent {
         if let certPath = configuration.caCertPath, let keyPath = configuration.caKeyPath {
             ca = try LocalCA.operatorSupplied(
                 certificateChainPath: certPath, keyPath: keyPath, trustDomain: trustDomain, now: now)
-            logger.info("CA loaded", metadata: ["certificate": "\(certPath)", "subject": "\(ca.signingCertificate.subject)"])
+            logger.info(
+                "CA loaded", metadata: ["certificate": "\(certPath)", "subject": "\(ca.signingCertificate.subject)"])
         } else {
             ca = try LocalCA.openOrCreate(
                 stateDirectory: configuration.stateDir, trustDomain: trustDomain, now: now,

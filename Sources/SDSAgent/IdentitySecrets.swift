@@ -30,7 +30,8 @@ enum IdentitySecrets {
         }
         let validator = SPIFFECertValidatorConfig(
             trustDomains: update.bundles.map {
-                SPIFFECertValidatorConfig.TrustDomain(name: $0.trustDomain.name, trustBundle: .inlineBytes(Array($0.pem.utf8)))
+                SPIFFECertValidatorConfig.TrustDomain(
+                    name: $0.trustDomain.name, trustBundle: .inlineBytes(Array($0.pem.utf8)))
             })
         secrets.append(
             Secret(
@@ -74,7 +75,8 @@ enum FileSecrets {
                 name: name,
                 kind: .tlsCertificate(
                     TLSCertificate(
-                        certificateChain: .inlineBytes(Array(chainPEM.utf8)), privateKey: .inlineBytes(Array(keyPEM.utf8)))
+                        certificateChain: .inlineBytes(Array(chainPEM.utf8)),
+                        privateKey: .inlineBytes(Array(keyPEM.utf8)))
                 ))
         case .fileRoot(let path):
             let pem = try read(path)

@@ -20,7 +20,9 @@ public final class SDSServer {
     /// Stop pulling bytes from nghttp2 while this much is queued in user space for the socket.
     static let writeHighWater = 256 * 1024
 
-    public init(loop: EventLoop, router: GRPCRouter, logger: Logger, h2Configuration: H2Configuration = H2Configuration()) {
+    public init(
+        loop: EventLoop, router: GRPCRouter, logger: Logger, h2Configuration: H2Configuration = H2Configuration()
+    ) {
         self.loop = loop
         self.router = router
         self.logger = logger
