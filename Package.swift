@@ -79,7 +79,11 @@ let package = Package(
         .testTarget(name: "GRPCTests", dependencies: ["GRPC", "H2", "TestSupport"]),
         .testTarget(name: "XDSTests", dependencies: ["XDS", "Wire", "TestSupport"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
-        .testTarget(name: "SDSAgentTests", dependencies: ["SDSAgent", "TestSupport"]),
+        .testTarget(
+            name: "SDSAgentTests",
+            dependencies: [
+                "SDSAgent", "TestSupport", "GRPC", "H2", "Wire", "XDS", .product(name: "Logging", package: "swift-log"),
+            ]),
     ]
 )
 
