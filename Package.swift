@@ -52,12 +52,8 @@ let package = Package(
             ]),
 
         // Executables: parse arguments, call a library.
-        .executableTarget(
-            name: "sds-agent",
-            dependencies: [
-                "SDSAgent",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]),
+        // No swift-argument-parser here: it links FoundationEssentials (+3.6 MB RSS); see AgentCommandLine.
+        .executableTarget(name: "sds-agent", dependencies: ["SDSAgent"]),
         .executableTarget(
             name: "sds-dump",
             dependencies: [
