@@ -58,10 +58,11 @@ let package = Package(
                 "SDSAgent",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
+        .target(name: "SDSDump", dependencies: ["Wire", "GRPC", "H2", "Transport", "PKI"]),
         .executableTarget(
             name: "sds-dump",
             dependencies: [
-                "Wire", "GRPC", "H2", "Transport", "PKI", "SPIFFE",
+                "SDSDump",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
@@ -80,6 +81,7 @@ let package = Package(
         .testTarget(name: "XDSTests", dependencies: ["XDS", "Wire", "TestSupport"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "SDSAgentTests", dependencies: ["SDSAgent", "TestSupport"]),
+        .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "Wire", "GRPC", "PKI", "TestSupport"]),
     ]
 )
 
