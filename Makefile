@@ -58,7 +58,7 @@ run: build ## Start sds-agent on the embedded CA, socket under ./run
 	@mkdir -p $(RUN_DIR)
 	$(BIN_RELEASE)/sds-agent run --socket $(RUN_SOCKET) --state-dir $(RUN_STATE) --trust-domain example.org
 
-test: deps venv protos-check build-debug unit integration ## Unit tests and real-peer integration tests
+test: deps venv protos-check lint build-debug unit integration ## Unit tests and real-peer integration tests
 
 unit: build-debug ## Swift unit tests (pure state machines, in-memory transports, codec round trips)
 	swift test --skip-build $(SWIFT_BUILD_FLAGS)

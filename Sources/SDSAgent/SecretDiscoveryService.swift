@@ -140,8 +140,11 @@ public final class SecretDiscoveryService {
                 send(response, on: stream)
             case .ack(let nonce, let version, let names):
                 logger.debug(
-                    "ack", metadata: ["stream": "\(stream.id)", "nonce": "\(nonce)", "version": "\(version)",
-                                      "names": "\(names)"])
+                    "ack",
+                    metadata: [
+                        "stream": "\(stream.id)", "nonce": "\(nonce)", "version": "\(version)",
+                        "names": "\(names)",
+                    ])
             case .nack(let nonce, _, let rejected, let names, let detail):
                 logger.warning(
                     "nack",
@@ -232,8 +235,11 @@ public final class SecretDiscoveryService {
                 send(response, on: stream)
             case .ack(let nonce, let versions, let removed):
                 logger.debug(
-                    "ack", metadata: ["stream": "\(stream.id)", "nonce": "\(nonce)", "versions": "\(versions)",
-                                      "removed": "\(removed)"])
+                    "ack",
+                    metadata: [
+                        "stream": "\(stream.id)", "nonce": "\(nonce)", "versions": "\(versions)",
+                        "removed": "\(removed)",
+                    ])
             case .nack(let nonce, let rejected, _, let detail):
                 logger.warning(
                     "nack",
