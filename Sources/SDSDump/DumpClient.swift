@@ -119,21 +119,25 @@ public final class DumpClient: ConnectionDelegate {
             switch mode {
             case .sotw:
                 guard let response = try? DiscoveryResponse(wireBytes: bytes) else {
-                    return perform(self.session.callFinished(
-                        stream: stream, status: GRPCStatus(.internal, "undecodable DiscoveryResponse")))
+                    return perform(
+                        self.session.callFinished(
+                            stream: stream, status: GRPCStatus(.internal, "undecodable DiscoveryResponse")))
                 }
                 perform(session.receivedSotW(stream: stream, response, at: now))
             case .delta:
                 guard let response = try? DeltaDiscoveryResponse(wireBytes: bytes) else {
-                    return perform(self.session.callFinished(
-                        stream: stream, status: GRPCStatus(.internal, "undecodable DeltaDiscoveryResponse")))
+                    return perform(
+                        self.session.callFinished(
+                            stream: stream, status: GRPCStatus(.internal, "undecodable DeltaDiscoveryResponse")))
                 }
                 perform(session.receivedDelta(stream: stream, response, at: now))
             case .fetch:
                 break
             }
         }
-        call.onFinish = { [unowned self] status, _ in self.perform(self.session.callFinished(stream: stream, status: status)) }
+        call.onFinish = { [unowned self] status, _ in
+            self.perform(self.session.callFinished(stream: stream, status: status))
+        }
         call.send(first)
     }
 
@@ -152,7 +156,9 @@ public final class DumpClient: ConnectionDelegate {
             }
             perform(session.receivedFetch(response, at: Self.wallClockNow()))
         }
-        call.onFinish = { [unowned self] status, _ in self.perform(self.session.callFinished(stream: nil, status: status)) }
+        call.onFinish = { [unowned self] status, _ in
+            self.perform(self.session.callFinished(stream: nil, status: status))
+        }
         call.send(request.wireBytes())
         call.closeSend()
     }

@@ -1,3 +1,5 @@
+import Transport
+
 /// Which SDS RPC sds-dump uses.
 public enum DumpMode: String, Sendable, CaseIterable {
     /// StreamSecrets (state of the world), one stream per name, like Envoy.
@@ -84,4 +86,14 @@ public func safeFileName(_ name: String) -> String {
         }
     }
     return out
+}
+
+/// Why `text` is not a socket address sds-dump can dial (nil when it is): a usage error, not a connect failure.
+public func socketAddressProblem(_ text: String) -> String? {
+    do throws(UnixSocketAddress.ParseError) {
+        _ = try UnixSocketAddress(text)
+        return nil
+    } catch {
+        return error.description
+    }
 }

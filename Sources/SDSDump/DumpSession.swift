@@ -55,9 +55,7 @@ public enum DumpOutcome: Sendable, Equatable {
         case .completed, .interrupted: nil
         case .cannotConnect(let path, let reason): "cannot connect to \(path): \(reason)"
         case .connectionLost(let path, let reason): "connection to \(path) lost: \(reason)"
-        case .timedOut(let missing):
-            "timed out waiting for \(missing.count == 1 ? "secret" : "secrets") never received: "
-                + missing.joined(separator: ", ")
+        case .timedOut(let missing): "timed out; never arrived: " + missing.joined(separator: ", ")
         case .notReturned(let missing): "FetchSecrets did not return: " + missing.joined(separator: ", ")
         case .serverError(let status):
             "server returned \(statusName(status.code)) (\(status.code.rawValue))"
@@ -199,21 +197,28 @@ public struct DumpSession: Sendable {
         }
         if rejections.isEmpty && !nack {
             acceptedVersions[stream] = response.versionInfo
-            actions.append(.sendSotW(stream: stream, sotwRequest(stream: stream, version: response.versionInfo,
-                nonce: response.nonce)))
+            actions.append(
+                .sendSotW(
+                    stream: stream,
+                    sotwRequest(
+                        stream: stream, version: response.versionInfo,
+                        nonce: response.nonce)))
         } else {
             let detail = nackDetail(rejections)
             actions += rejections.map { .warn("rejected: \($0)") }
-            actions.append(.sendSotW(stream: stream, sotwRequest(stream: stream, version: acceptedVersions[stream],
-                nonce: response.nonce, error: detail)))
+            actions.append(
+                .sendSotW(
+                    stream: stream,
+                    sotwRequest(
+                        stream: stream, version: acceptedVersions[stream],
+                        nonce: response.nonce, error: detail)))
         }
         // A response with an unreadable secret is rejected whole, as Envoy rejects it.
         if rejections.isEmpty { actions += arrived(received, at: now) }
         return actions
     }
 
-    public mutating func receivedDelta(stream: Int, _ response: DeltaDiscoveryResponse, at now: Timestamp) -> [Action]
-    {
+    public mutating func receivedDelta(stream: Int, _ response: DeltaDiscoveryResponse, at now: Timestamp) -> [Action] {
         guard isActive, names.indices.contains(stream) else { return [] }
         var actions: [Action] = []
         var received: [ReceivedSecret] = []

@@ -94,7 +94,8 @@ public enum DumpRenderer {
     static func human(_ certificate: CertificateReport, at time: Timestamp, colors: Bool) -> [String] {
         let remaining = certificate.notAfter - time
         var expiry = expiresText(remaining)
-        if colors, let color = urgencyColor(remaining: remaining, lifetime: certificate.notAfter - certificate.notBefore)
+        if colors,
+            let color = urgencyColor(remaining: remaining, lifetime: certificate.notAfter - certificate.notBefore)
         {
             expiry = color + expiry + "\u{1B}[0m"
         }

@@ -174,7 +174,8 @@ public struct ReceivedSecret: Sendable {
                     try store.verify(leaf: chain[0], intermediates: Array(chain.dropFirst()), at: time)
                     verdict = .verified
                 } catch let error as PKIError {
-                    verdict = .notVerified(reason: error.reasons.isEmpty ? error.operation : error.reasons.joined(separator: "; "))
+                    verdict = .notVerified(
+                        reason: error.reasons.isEmpty ? error.operation : error.reasons.joined(separator: "; "))
                 } catch {
                     verdict = .notVerified(reason: "\(error)")
                 }

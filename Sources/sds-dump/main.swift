@@ -57,6 +57,7 @@ struct SDSDumpCommand: ParsableCommand {
     var names: [String] = []
 
     func validate() throws {
+        if let problem = socketAddressProblem(socket) { throw ValidationError("--socket: \(problem)") }
         guard parseDuration(timeout) != nil else {
             throw ValidationError("--timeout: '\(timeout)' is not a duration (e.g. 10, 10s, 500ms, 1m)")
         }

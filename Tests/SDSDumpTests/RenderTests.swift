@@ -1,5 +1,6 @@
 import PKI
 import SDSDump
+import TestSupport
 import Testing
 import Wire
 
@@ -93,7 +94,8 @@ import Wire
     @Test func jsonEscapesQuotesBackslashesAndControls() {
         let value = JSONValue.string("a\"b\\c\nd\u{01}e\u{2028}é")
         #expect(value.rendered == #""a\"b\\c\nd\u0001e\u2028é""#)
-        #expect(JSONValue.object([("k", .array([.null, .bool(false), .int(-3)]))]).rendered == #"{"k":[null,false,-3]}"#)
+        #expect(
+            JSONValue.object([("k", .array([.null, .bool(false), .int(-3)]))]).rendered == #"{"k":[null,false,-3]}"#)
     }
 
     @Test(arguments: [
