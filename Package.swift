@@ -54,10 +54,11 @@ let package = Package(
         // Executables: parse arguments, call a library.
         // No swift-argument-parser here: it links FoundationEssentials (+3.6 MB RSS); see AgentCommandLine.
         .executableTarget(name: "sds-agent", dependencies: ["SDSAgent"]),
+        .target(name: "SDSDump", dependencies: ["Wire", "GRPC", "H2", "Transport", "PKI"]),
         .executableTarget(
             name: "sds-dump",
             dependencies: [
-                "Wire", "GRPC", "H2", "Transport", "PKI", "SPIFFE",
+                "SDSDump",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
@@ -80,6 +81,7 @@ let package = Package(
             dependencies: [
                 "SDSAgent", "TestSupport", "GRPC", "H2", "Wire", "XDS", .product(name: "Logging", package: "swift-log"),
             ]),
+        .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "Wire", "GRPC", "PKI", "TestSupport"]),
     ]
 )
 
