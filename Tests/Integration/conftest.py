@@ -71,12 +71,9 @@ def sds_factory(request, short_dir):
     if request.param == "reference":
         factory = sds_servers.ReferenceFactory(short_dir)
     else:
-        agent = request.getfixturevalue("sds_agent_bin")
-        factory = sds_servers.ProcessFactory("agent", [str(agent)], short_dir)
-    try:
+        factory = _agent_factory(request, short_dir)
+    with factory:
         yield factory
-    finally:
-        factory.stop_all()
 
 
 @pytest.fixture(params=["reference-script", AGENT_PARAM])
@@ -85,9 +82,11 @@ def process_factory(request, short_dir):
     if request.param == "reference-script":
         factory = sds_servers.ProcessFactory("reference-script", sds_servers.reference_script_argv(), short_dir)
     else:
-        agent = request.getfixturevalue("sds_agent_bin")
-        factory = sds_servers.ProcessFactory("agent", [str(agent)], short_dir)
-    try:
+        factory = _agent_factory(request, short_dir)
+    with factory:
         yield factory
-    finally:
-        factory.stop_all()
+
+
+def _agent_factory(request, short_dir) -> sds_servers.ProcessFactory:
+    agent = request.getfixturevalue("sds_agent_bin")
+    return sds_servers.ProcessFactory("agent", [str(agent)], short_dir)

@@ -347,11 +347,8 @@ def target(sds_factory):
 @pytest.fixture
 def reference(short_dir):
     """The reference server alone, for what only it can show: what it received, failures on demand."""
-    factory = ReferenceFactory(short_dir)
-    try:
+    with ReferenceFactory(short_dir) as factory:
         yield factory.start("ref", WORKLOAD_ID)
-    finally:
-        factory.stop_all()
 
 
 @pytest.fixture(params=["sotw", "delta", "fetch"])
