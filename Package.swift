@@ -9,6 +9,8 @@ let package = Package(
     products: [
         .executable(name: "sds-agent", targets: ["sds-agent"]),
         .executable(name: "sds-dump", targets: ["sds-dump"]),
+        .executable(name: "sds-bench", targets: ["sds-bench"]),
+        .executable(name: "sds-floor", targets: ["sds-floor"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -65,6 +67,17 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
+        // `make bench`: the load client and issuance benchmark, and the RSS floor (same libraries, no agent).
+        .target(name: "Bench"),
+        .executableTarget(
+            name: "sds-bench", dependencies: ["Bench", "Wire", "GRPC", "H2", "Transport", "Issuance"]),
+        .executableTarget(
+            name: "sds-floor",
+            dependencies: [
+                "SDSAgent", "Wire", "GRPC", "H2", "Transport", "PKI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+
         // Shared test fixtures: a test CA, a fake issuer, an in-memory connection pair, a fake clock.
         .target(
             name: "TestSupport",
@@ -80,6 +93,7 @@ let package = Package(
         .testTarget(name: "XDSTests", dependencies: ["XDS", "Wire", "TestSupport"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "SDSAgentTests", dependencies: ["SDSAgent", "TestSupport"]),
+        .testTarget(name: "BenchTests", dependencies: ["Bench"]),
     ]
 )
 
