@@ -69,6 +69,11 @@ def rss_kb(pid):
     return status_field(pid, "VmRSS")
 
 
+def rss_split(pid):
+    """VmRSS split into anonymous (heap, stacks, dirtied data) and file-backed (binary and library pages) kB."""
+    return {"anon_kb": status_field(pid, "RssAnon"), "file_kb": status_field(pid, "RssFile")}
+
+
 def cpu_ticks(pid):
     """utime + stime of every thread, in clock ticks (fields 14 and 15 of /proc/<pid>/stat)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -211,7 +216,7 @@ def measure_floor():
         if not ready or process.stdout.readline().strip() != "ready":
             raise RuntimeError("sds-floor did not start")
         time.sleep(1)
-        return rss_kb(process.pid)
+        return rss_kb(process.pid), rss_split(process.pid)
     finally:
         process.kill()
         process.wait(timeout=10)
@@ -247,7 +252,7 @@ def main():
         measure_issuance()
 
         log("RSS floor (sds-floor)")
-        floor_kb = measure_floor()
+        floor_kb, floor_split = measure_floor()
 
         agent = Agent(workdir, state_dir)
         agent.start()
@@ -257,9 +262,10 @@ def main():
             envoy_like = Client(agent.socket, streams=2, names="default,ROOTCA", connections=1)
             clients.append(envoy_like)
             time.sleep(5)
-            idle_kb = rss_kb(agent.pid)
+            idle_kb, idle_split = rss_kb(agent.pid), rss_split(agent.pid)
             emit("rss_idle_kb", idle_kb, "kB", goal=12 * 1024, baseline=floor_kb,
-                 baseline_name="sds-floor RSS (same libraries, static stdlib, no work)")
+                 baseline_name="sds-floor RSS (same libraries, static stdlib, no work)",
+                 agent=idle_split, floor=floor_split, over_floor_kb=idle_kb - floor_kb)
 
             log("10,000 streams over 100 connections")
             many = Client(agent.socket, streams=10_000)
