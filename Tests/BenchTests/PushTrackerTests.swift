@@ -15,7 +15,8 @@ import Testing
     var tracker = PushTracker(streamCount: 2)
     tracker.received(stream: 0, version: "1", at: 0)
     tracker.received(stream: 1, version: "1", at: 0)
-    #expect(tracker.beginPush(at: 100))
+    let began = tracker.beginPush(at: 100)
+    #expect(began)
     tracker.received(stream: 0, version: "2", at: 150)
     // A repeat of the old version (late answer) is not progress; neither is a second update of the same stream.
     tracker.received(stream: 1, version: "1", at: 160)
@@ -29,7 +30,8 @@ import Testing
 @Test func pushRefusedBeforeEveryStreamIsReady() {
     var tracker = PushTracker(streamCount: 2)
     tracker.received(stream: 0, version: "1", at: 0)
-    #expect(!tracker.beginPush(at: 5))
+    let began = tracker.beginPush(at: 5)
+    #expect(!began)
     #expect(tracker.state == .waitingForFirst)
 }
 
