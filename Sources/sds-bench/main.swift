@@ -175,17 +175,31 @@ func runFirst(_ arguments: Arguments) {
     let timeout = arguments.double("timeout", default: 10)
     let deadline = monotonicNanos() + UInt64(timeout * 1e9)
     let loop = makeLoop()
-    // Tight bounded retry: the socket does not exist (ENOENT) or nobody listens yet (ECONNREFUSED).
+    // Block on inotify until the socket file appears (no busy polling to steal the CPU the agent is starting
+    // on); between bind() and listen() connect() is refused, so then retry tightly. Every wait is bounded.
+    var directoryChanged = false
+    let watcher: FileWatcher
+    do {
+        watcher = try FileWatcher(loop: loop) { _ in directoryChanged = true }
+        try watcher.watch(file: address.path)
+    } catch {
+        fail("inotify on \(address): \(error)")
+    }
     var fd: Int32 = -1
     var attempts = 0
     while fd < 0 {
+        attempts += 1
         do {
             fd = try connectUnixSocket(address)
         } catch {
             guard error.errno == ENOENT || error.errno == ECONNREFUSED else { fail("connect: \(error)") }
             if monotonicNanos() >= deadline { fail("no agent on \(address) after \(timeout) s") }
-            attempts += 1
-            usleep(100)
+            if directoryChanged {
+                usleep(50)
+            } else {
+                // The 50 ms cap covers an event missed before the watch started.
+                _ = loop.run(until: { directoryChanged }, timeout: 0.05)
+            }
         }
     }
     let connectedAt = realtimeNanos()
@@ -199,6 +213,7 @@ func runFirst(_ arguments: Arguments) {
     guard loop.run(until: { receivedAt != nil }, timeout: remaining), let receivedAt else {
         fail("no DiscoveryResponse within \(timeout) s")
     }
+    withExtendedLifetime(watcher) {}
     var object = JSONObject()
     object.set("event", "first")
     object.set("connected_realtime_ns", Int(connectedAt))
