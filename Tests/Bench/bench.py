@@ -245,6 +245,7 @@ def main():
         if not binary.exists():
             sys.exit(f"bench: {binary} is missing; run `make bench` (it builds the release binaries)")
     bench_started = time.monotonic()
+    load_at_start = loadavg()
     with tempfile.TemporaryDirectory(prefix="sds-bench-") as workdir:
         state_dir = os.path.join(workdir, "state")
 
@@ -292,7 +293,7 @@ def main():
 
             log("push_all: SIGHUP -> the last stream holds the new secret")
             push_results = {}
-            runs = {1: 7, 100: 7, 1000: 5, 10_000: 3}
+            runs = {1: 9, 100: 9, 1000: 9, 10_000: 3}
             samples = [many.push(agent.pid) for _ in range(runs[10_000])]
             push_results[10_000] = samples
             many.close()
@@ -316,7 +317,7 @@ def main():
             agent.stop()
 
         log("first_secret: process start -> first default response (existing CA; then a fresh state dir)")
-        warm = measure_first_secret(workdir, state_dir, runs=7)
+        warm = measure_first_secret(workdir, state_dir, runs=11)
         cold = []
         for i in range(3):
             cold += measure_first_secret(workdir, os.path.join(workdir, f"fresh-{i}"), runs=1)
@@ -324,10 +325,15 @@ def main():
              runs=len(warm), min=round(min(warm), 3), max=round(max(warm), 3),
              first_start_creating_ca_ms=round(statistics.median(cold), 3))
 
-    print_table(time.monotonic() - bench_started)
+    print_table(time.monotonic() - bench_started, load_at_start, loadavg())
 
 
-def print_table(elapsed):
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def print_table(elapsed, load_at_start, load_at_end):
     def fmt(value):
         if value is None:
             return "-"
@@ -345,7 +351,7 @@ def print_table(elapsed):
             verdict = " ok" if m["value"] <= goal else " ABOVE GOAL"
         print(f"{m['name']:<24} {fmt(m['value']):>12} {m['unit']:<8} {fmt(goal):>8}{verdict:<11} {baseline}")
     print(f"\nmachine: {os.cpu_count()} CPUs, {platform.machine()}, kernel {platform.release()}; "
-          f"bench took {elapsed:.0f} s")
+          f"bench took {elapsed:.0f} s; load average {load_at_start} at start, {load_at_end} at end")
 
 
 if __name__ == "__main__":
