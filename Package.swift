@@ -9,6 +9,8 @@ let package = Package(
     products: [
         .executable(name: "sds-agent", targets: ["sds-agent"]),
         .executable(name: "sds-dump", targets: ["sds-dump"]),
+        .executable(name: "sds-bench", targets: ["sds-bench"]),
+        .executable(name: "sds-floor", targets: ["sds-floor"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -62,6 +64,14 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
+        // `make bench`: the load client and issuance benchmark, and the RSS floor (same libraries, no agent).
+        .target(name: "Bench"),
+        .executableTarget(
+            name: "sds-bench", dependencies: ["Bench", "Wire", "GRPC", "H2", "Transport", "Issuance"]),
+        // The floor links only the C libraries the agent links, with the static Swift stdlib: what the agent's RSS
+        // is measured against.
+        .executableTarget(name: "sds-floor", dependencies: ["CNGHTTP2", "COpenSSL", "CProtobufC"]),
+
         // Shared test fixtures: a test CA, a fake issuer, an in-memory connection pair, a fake clock.
         .target(
             name: "TestSupport",
@@ -82,6 +92,7 @@ let package = Package(
                 "SDSAgent", "TestSupport", "GRPC", "H2", "Wire", "XDS", .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "Wire", "GRPC", "PKI", "TestSupport"]),
+        .testTarget(name: "BenchTests", dependencies: ["Bench"]),
     ]
 )
 
