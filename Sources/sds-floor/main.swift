@@ -21,5 +21,6 @@ var key: OpaquePointer?
 EVP_PKEY_generate(context, &key)
 
 let version = String(cString: protobuf_c_version())
-_ = "ready \(version)\n".withCString { write(1, $0, strlen($0)) }
+_ = "ready\n".withCString { write(1, $0, strlen($0)) }
+_ = version
 withExtendedLifetime((session, key)) { _ = pause() }
