@@ -5,7 +5,8 @@ client --HTTP--> client Envoy --mTLS--> server Envoy (direct_response echoing th
                client SDS socket        server SDS socket      (one SDS server per workload, one shared CA)
 
 Parametrized over the SDS server (`reference` in process, `agent` = sds-agent), api_type (GRPC = SotW,
-DELTA_GRPC = Delta) and naming style (istio: default/ROOTCA; spire: <SPIFFE ID>/spiffe://<td>).
+DELTA_GRPC = Delta) and naming style (istio: default/ROOTCA; spire: <SPIFFE ID>/spiffe://<td>; spire-all:
+<SPIFFE ID>/ALL, the bundles as Envoy's SPIFFE certificate validator config).
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def api_type(request) -> str:
     return request.param
 
 
-@pytest.fixture(params=["istio", "spire"])
+@pytest.fixture(params=["istio", "spire", "spire-all"])
 def style(request) -> str:
     return request.param
 
