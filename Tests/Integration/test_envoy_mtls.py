@@ -195,3 +195,58 @@ def test_envoy_opens_one_stream_per_secret_and_sends_its_node_once(envoy_bin, sh
         for envoy in reversed(stack):
             envoy.stop()
         factory.stop_all()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# spire-all: the ALL secret drives Envoy's SPIFFE certificate validator
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def start_spire_all_pair(sds_factory, envoy_bin, short_dir, api_type, stack, client_expects=None) -> MtlsPair:
+    server_sds = sds_factory.start("server-sds", SERVER_ID)
+    client_sds = sds_factory.start("client-sds", CLIENT_ID)
+    return start_mtls_pair(envoy_bin, short_dir, "spire-all", api_type, TRUST_DOMAIN, str(server_sds.socket_path),
+                           SERVER_ID, str(client_sds.socket_path), CLIENT_ID, stack, client_expects=client_expects)
+
+
+def test_all_secret_is_envoys_spiffe_validator_config(sds_factory, envoy_bin, short_dir, api_type):
+    """Envoy accepted ALL as a custom_validator_config and validates with the SPIFFE validator, per trust domain
+    (not with a trusted_ca: /certs names the bundle's trust domain only for the SPIFFE validator)."""
+    stack: list[Envoy] = []
+    try:
+        pair = start_spire_all_pair(sds_factory, envoy_bin, short_dir, api_type, stack)
+        for envoy in pair.envoys():
+            assert envoy.sds_counter("update_success").get("ALL", 0) >= 1, envoy.sds_stats()
+            assert envoy.sds_counter("update_rejected").get("ALL") == 0, envoy.sds_stats()
+            secrets = {s["name"]: s["secret"]
+                       for s in envoy.admin_json("/config_dump?resource=dynamic_active_secrets")["configs"]}
+            validator = secrets["ALL"]["validation_context"]["custom_validator_config"]
+            assert validator["name"] == "envoy.tls.cert_validator.spiffe"
+            assert [td["name"] for td in validator["typed_config"]["trust_domains"]] == [TRUST_DOMAIN]
+            ca_paths = [ca["path"] for ctx in envoy.admin_json("/certs")["certificates"]
+                        for ca in ctx.get("ca_cert", [])]
+            assert ca_paths == [f"{TRUST_DOMAIN}: <inline>"], "the SPIFFE validator holds the bundle"
+        assert pair.request().status == 200
+    finally:
+        for envoy in reversed(stack):
+            envoy.stop()
+
+
+def test_all_secret_keeps_the_exact_spiffe_id_check(sds_factory, envoy_bin, short_dir, api_type):
+    """combined_validation_context merges ALL over default_validation_context: the SAN matcher still applies, so a
+    server with a valid SVID but another SPIFFE ID than the client demands is refused."""
+    stack: list[Envoy] = []
+    try:
+        pair = start_spire_all_pair(sds_factory, envoy_bin, short_dir, api_type, stack,
+                                    client_expects=f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/someone-else")
+        seen = pair.request()
+        assert seen.status == 503, seen
+        assert seen.server_saw_peer_id == "", "the handshake must not complete"
+        wait_for(lambda: pair.client.stats(r"^cluster\.mtls_server\.ssl\.fail_verify_san$")
+                 .get("cluster.mtls_server.ssl.fail_verify_san", 0) >= 1,
+                 SECRET_TIMEOUT, "client Envoy to count a SAN verification failure", pair.client.diagnostics)
+        for envoy in pair.envoys():
+            assert_sds_healthy(envoy)
+    finally:
+        for envoy in reversed(stack):
+            envoy.stop()
