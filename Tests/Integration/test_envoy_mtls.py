@@ -10,12 +10,19 @@ DELTA_GRPC = Delta) and naming style (istio: default/ROOTCA; spire: <SPIFFE ID>/
 """
 from __future__ import annotations
 
+import datetime
+import pathlib
+import re
 from dataclasses import dataclass
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from envoy_harness import SECRET_TIMEOUT, Envoy, MtlsPair, start_mtls_pair, wait_for
-from sds_servers import TRUST_DOMAIN, ReferenceFactory, fetch_when_served, leaf_serial
+from sds_servers import TRUST_DOMAIN, ProcessFactory, ReferenceFactory, fetch_when_served, leaf_serial
 
 SERVER_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/server"
 CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/client"
@@ -250,3 +257,66 @@ def test_all_secret_keeps_the_exact_spiffe_id_check(sds_factory, envoy_bin, shor
     finally:
         for envoy in reversed(stack):
             envoy.stop()
+
+
+FOREIGN_TRUST_DOMAIN = "other.org"
+FOREIGN_CLIENT_ID = f"spiffe://{FOREIGN_TRUST_DOMAIN}/ns/demo/sa/client"
+
+
+def write_shared_operator_ca(directory: pathlib.Path) -> list[str]:
+    """One CA (no SPIFFE ID of its own) that sds-agents of two trust domains sign with; their --ca-cert/--ca-key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CA shared by two trust domains")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "shared-ca.pem", directory / "shared-ca.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return ["--ca-cert", str(cert_path), "--ca-key", str(key_path)]
+
+
+@pytest.mark.parametrize("bundle_style", ["spire", "spire-all"])
+def test_all_secret_trusts_a_ca_only_for_its_own_trust_domain(sds_agent_bin, envoy_bin, short_dir, api_type,
+                                                              bundle_style):
+    """What sets ALL apart from a plain bundle. One CA signs for example.org and for other.org: with the plain bundle
+    (trusted_ca) each Envoy accepts the other; with ALL, Envoy's SPIFFE validator trusts that CA only for the trust
+    domain it is listed under, so the client (other.org) refuses the server (example.org)."""
+    ca_args = write_shared_operator_ca(short_dir)
+    factory = ProcessFactory("agent", [str(sds_agent_bin)], short_dir)
+    stack: list[Envoy] = []
+    try:
+        server_sds = factory.start("server-sds", SERVER_ID, ca_args)
+        # The CA comes from --ca-cert/--ca-key, not from the first agent's state dir: nothing to copy from it.
+        (short_dir / "client-sds.state").mkdir()
+        client_sds = factory.start("client-sds", FOREIGN_CLIENT_ID,
+                                   ["--trust-domain", FOREIGN_TRUST_DOMAIN, *ca_args])
+        pair = start_mtls_pair(envoy_bin, short_dir, bundle_style, api_type, TRUST_DOMAIN,
+                               str(server_sds.socket_path), SERVER_ID, str(client_sds.socket_path),
+                               FOREIGN_CLIENT_ID, stack, client_trust_domain=FOREIGN_TRUST_DOMAIN)
+        seen = pair.request()
+        if bundle_style == "spire":
+            assert seen.status == 200, seen
+            assert (seen.server_saw_peer_id, seen.client_saw_peer_id) == (FOREIGN_CLIENT_ID, SERVER_ID)
+        else:
+            assert seen.status == 503, seen
+            counter = "cluster.mtls_server.ssl.fail_verify_error"
+            wait_for(lambda: pair.client.stats(rf"^{re.escape(counter)}$").get(counter, 0) >= 1, SECRET_TIMEOUT,
+                     "client Envoy to count a chain verification failure", pair.client.diagnostics)
+        for envoy in pair.envoys():
+            assert_sds_healthy(envoy)
+    finally:
+        for envoy in reversed(stack):
+            envoy.stop()
+        factory.stop_all()
