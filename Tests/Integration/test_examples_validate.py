@@ -9,9 +9,12 @@ import pytest
 
 from envoy_harness import EXAMPLES, substitute
 
+STYLES = ("istio", "spire", "spire-all")
 EXPECTED = sorted(f"{style}-{mode}/{role}-envoy.yaml"
-                  for style in ("istio", "spire") for mode in ("sotw", "delta") for role in ("server", "client"))
-BOOTSTRAPS = sorted(p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*.yaml"))
+                  for style in STYLES for mode in ("sotw", "delta") for role in ("server", "client"))
+# Examples/kubernetes/ holds Kubernetes manifests, not Envoy bootstraps: test_examples_kubernetes.py checks them.
+BOOTSTRAPS = sorted(p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*.yaml")
+                    if p.relative_to(EXAMPLES).parts[0] != "kubernetes")
 
 SAMPLE_VALUES = {
     "SDS_SOCKET": "/run/sds-agent/sds.sock",
@@ -26,6 +29,11 @@ SAMPLE_VALUES = {
 
 def test_every_variant_exists():
     assert [b for b in EXPECTED if b not in BOOTSTRAPS] == []
+
+
+def test_every_bootstrap_is_a_known_variant():
+    """A new directory must join EXPECTED (and so the name checks below), not slip in unchecked."""
+    assert [b for b in BOOTSTRAPS if b not in EXPECTED] == []
 
 
 @pytest.mark.parametrize("bootstrap", BOOTSTRAPS)
@@ -55,7 +63,18 @@ def test_example_follows_the_sds_facts(bootstrap):
     # Only loopback: admin and listeners.
     addresses = re.findall(r"address: ([0-9.:a-z]+),", text)
     assert addresses and set(addresses) == {"127.0.0.1"}, addresses
-    if directory.startswith("istio"):
-        assert '- name: "default"' in text and 'name: "ROOTCA"' in text
+    style = directory.rsplit("-", 1)[0]
+    validation = re.findall(r"validation_context_sds_secret_config:\n\s+name: (\S+)", text)
+    if style == "istio":
+        assert '- name: "default"' in text and validation == ['"ROOTCA"']
+    elif style == "spire":
+        assert '- name: "${SPIFFE_ID}"' in text and validation == ['"spiffe://${TRUST_DOMAIN}"']
     else:
-        assert '- name: "${SPIFFE_ID}"' in text and 'name: "spiffe://${TRUST_DOMAIN}"' in text
+        # ALL carries a custom_validator_config (Envoy's SPIFFE validator), no trusted_ca: it must come through
+        # combined_validation_context, whose default_validation_context keeps the exact SAN check.
+        assert style == "spire-all", directory
+        assert '- name: "${SPIFFE_ID}"' in text and validation == ['"ALL"']
+        assert "${TRUST_DOMAIN}" not in text, "ALL names no trust domain"
+    assert "combined_validation_context:" in text and "default_validation_context:" in text
+    assert re.search(r"match_typed_subject_alt_names:\n\s+- san_type: URI\n\s+matcher:\n\s+exact: "
+                     r'"\$\{PEER_SPIFFE_ID\}"', text), "the peer's exact SPIFFE ID is checked"

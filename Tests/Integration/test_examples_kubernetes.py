@@ -1,0 +1,363 @@
+"""Examples/kubernetes/ manifests: no cluster runs them here, so they are held to their invariants instead.
+
+- They parse (PyYAML) and every object has apiVersion, kind and a name.
+- sds-agent is a native sidecar (init container, restartPolicy Always, startupProbe): it serves before istio-proxy
+  starts, which is when istio-agent decides whether the SDS socket is someone else's.
+- The socket is Istio's path (/var/run/secrets/workload-spiffe-uds/socket), on one emptyDir mounted in sds-agent and
+  istio-proxy, and sds-agent runs as istio-proxy's UID 1337 (the socket is 0600).
+- TRUST_DOMAIN, POD_NAMESPACE and SERVICE_ACCOUNT reach sds-agent (the last two from the downward API).
+- Every flag is one `sds-agent run --help` / `sds-dump --help` lists, and each probe's sds-dump --timeout is shorter
+  than the probe's timeoutSeconds.
+- A rehearsal runs each manifest's own command, env and probe against the real binaries, with every volume mapped to
+  a scratch directory: the probe passes and the SVID names the pod's namespace and service account.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import pathlib
+import re
+import subprocess
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from envoy_harness import EXAMPLES, START_TIMEOUT, wait_for
+from sds_servers import fetch_when_served, socket_accepts
+
+KUBERNETES = EXAMPLES / "kubernetes"
+MANIFESTS = {"sds-agent-istio.yaml": "local", "sds-agent-spire.yaml": "workload-api"}
+
+SOCKET_DIR = "/var/run/secrets/workload-spiffe-uds"  # where Istio's Envoy bootstrap dials SDS
+SOCKET = f"{SOCKET_DIR}/socket"
+ISTIO_PROXY_UID = 1337
+DOWNWARD_API = {"POD_NAMESPACE": "metadata.namespace", "SERVICE_ACCOUNT": "spec.serviceAccountName"}
+SPIRE_SOCKET = "unix:///run/spire/sockets/agent.sock"
+
+# The rehearsal's pod: the namespace the downward API would report.
+REHEARSAL_NAMESPACE = "shop"
+
+UPSTREAM_READY = os.environ.get("SDS_UPSTREAM_READY") == "1"  # as test_upstream_workload_api.py
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Reading a manifest
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def load(name: str) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all((KUBERNETES / name).read_text()) if doc is not None]
+
+
+def pod_spec(name: str) -> dict:
+    deployments = [d for d in load(name) if d["kind"] == "Deployment"]
+    assert len(deployments) == 1, f"{name}: one Deployment"
+    return deployments[0]["spec"]["template"]["spec"]
+
+
+def container(spec: dict, name: str) -> dict:
+    found = [c for c in spec.get("initContainers", []) + spec.get("containers", []) if c["name"] == name]
+    assert len(found) == 1, f"one container {name}, found {len(found)}"
+    return found[0]
+
+
+def sds_agent(name: str) -> dict:
+    return container(pod_spec(name), "sds-agent")
+
+
+def agent_flags(c: dict) -> dict[str, str]:
+    """`sds-agent run --flag=value ...` -> {--flag: value}; the manifests write every flag as --flag=value."""
+    argv = c["command"] + c.get("args", [])
+    assert argv[0].endswith("/sds-agent") and argv[1] == "run", argv
+    flags = {}
+    for arg in argv[2:]:
+        assert re.fullmatch(r"--[a-z-]+=\S+", arg), f"write flags as --flag=value: {arg!r}"
+        key, value = arg.split("=", 1)
+        flags[key] = value
+    return flags
+
+
+def probes(c: dict) -> dict[str, dict]:
+    return {kind: c[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe") if kind in c}
+
+
+def mounts(c: dict) -> dict[str, str]:
+    """{mountPath: volume name}"""
+    return {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+
+
+def volume(spec: dict, name: str) -> dict:
+    found = [v for v in spec["volumes"] if v["name"] == name]
+    assert len(found) == 1, f"one volume {name}"
+    return found[0]
+
+
+def mount_of(c: dict, path: str) -> str:
+    """The volume holding `path` in container `c` (the deepest mount above it)."""
+    above = [m for m in mounts(c) if path == m or path.startswith(m.rstrip("/") + "/")]
+    assert above, f"{path} is on no volume of {c['name']}: it would not outlive the container or be shared"
+    return mounts(c)[max(above, key=len)]
+
+
+def seconds(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?", text)
+    assert match, text
+    return float(match[1]) * {"ms": 0.001, "s": 1, "m": 60, None: 1}[match[2]]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Shape
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_every_manifest_is_known_and_documented():
+    assert sorted(p.name for p in KUBERNETES.glob("*.yaml")) == sorted(MANIFESTS)
+    readme = (EXAMPLES / "README.md").read_text()
+    for name in MANIFESTS:
+        assert f"kubernetes/{name}" in readme, f"Examples/README.md does not mention {name}"
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_manifest_parses_into_named_objects(name):
+    docs = load(name)
+    assert docs
+    for doc in docs:
+        assert doc.get("apiVersion") and doc.get("kind") and doc.get("metadata", {}).get("name"), doc
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_sds_agent_is_a_native_sidecar_started_and_probed_first(name):
+    spec = pod_spec(name)
+    assert [c["name"] for c in spec.get("initContainers", [])][:1] == ["sds-agent"], "sds-agent: first init container"
+    assert "sds-agent" not in [c["name"] for c in spec["containers"]]
+    c = sds_agent(name)
+    assert c.get("restartPolicy") == "Always", "a native sidecar: restartPolicy Always on the init container"
+    assert set(probes(c)) == {"startupProbe", "readinessProbe", "livenessProbe"}
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_socket_is_istios_path_on_a_shared_empty_dir(name):
+    spec = pod_spec(name)
+    agent, proxy = sds_agent(name), container(spec, "istio-proxy")
+    assert agent_flags(agent)["--socket"] == SOCKET
+    shared = mount_of(agent, SOCKET)
+    assert mounts(agent)[SOCKET_DIR] == shared and mounts(proxy).get(SOCKET_DIR) == shared, \
+        "sds-agent and istio-proxy mount one volume at the socket's directory"
+    assert shared == "workload-socket", "the volume name Istio's injector uses (merged, not duplicated)"
+    assert volume(spec, shared).get("emptyDir") is not None
+    for kind, probe in probes(agent).items():
+        argv = probe["exec"]["command"]
+        assert argv[argv.index("--socket") + 1] == SOCKET, f"{kind} asks another socket"
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_sds_agent_runs_as_istio_proxys_uid(name):
+    spec = pod_spec(name)
+    agent, proxy = sds_agent(name), container(spec, "istio-proxy")
+    assert agent["securityContext"]["runAsUser"] == ISTIO_PROXY_UID == proxy["securityContext"]["runAsUser"]
+    assert agent["securityContext"]["runAsNonRoot"] is True
+    assert agent["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_identity_env_comes_from_the_pod(name):
+    env = {e["name"]: e for e in sds_agent(name)["env"]}
+    assert env["TRUST_DOMAIN"].get("value"), "TRUST_DOMAIN needs a value"
+    for var, field in DOWNWARD_API.items():
+        assert env[var].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == field, var
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_issuer_and_its_volumes(name):
+    spec, agent = pod_spec(name), sds_agent(name)
+    flags = agent_flags(agent)
+    assert flags["--log-format"] == "json"
+    if MANIFESTS[name] == "local":
+        assert "--issuer" not in flags or flags["--issuer"] == "local"
+        assert volume(spec, mount_of(agent, flags["--state-dir"])).get("emptyDir") is not None
+        for flag in ("--ca-cert", "--ca-key"):
+            secret = volume(spec, mount_of(agent, flags[flag])).get("secret")
+            assert secret, f"{flag} comes from a Secret"
+            # Secret files are root-owned: UID 1337 reads them through fsGroup and group read permission.
+            assert spec["securityContext"]["fsGroup"] == ISTIO_PROXY_UID and secret["defaultMode"] & 0o040
+    else:
+        assert flags["--issuer"] == "workload-api" and flags["--upstream-socket"] == SPIRE_SOCKET
+        socket_volume = volume(spec, mount_of(agent, SPIRE_SOCKET.removeprefix("unix://")))
+        assert socket_volume.get("csi", {}).get("driver") == "csi.spiffe.io" or socket_volume.get("hostPath")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Against the real binaries' command lines
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def help_text(binary, *args) -> str:
+    result = subprocess.run([str(binary), *args, "--help"], capture_output=True, text=True, timeout=10)
+    return result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_flags_and_env_are_sds_agents(name, sds_agent_bin):
+    text = help_text(sds_agent_bin, "run")
+    for flag in agent_flags(sds_agent(name)):
+        assert re.search(rf"^\s+{re.escape(flag)} ", text, re.M), f"sds-agent run has no {flag}"
+    for env in sds_agent(name)["env"]:
+        assert re.search(rf"\b{env['name']}\b", text), f"sds-agent run --help never mentions {env['name']}"
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_probes_are_sds_dump_calls_within_their_timeout(name, sds_dump_bin):
+    text = help_text(sds_dump_bin)
+    for kind, probe in probes(sds_agent(name)).items():
+        argv = probe["exec"]["command"]
+        assert argv[0].endswith("/sds-dump"), kind
+        for option in (a for a in argv[1:] if a.startswith("--")):
+            assert re.search(rf"^\s+{re.escape(option)}\b", text, re.M), f"sds-dump has no {option}"
+        assert "--fetch" in argv, f"{kind}: FetchSecrets, no stream left open by a probe"
+        timeout = seconds(argv[argv.index("--timeout") + 1])
+        assert timeout < probe.get("timeoutSeconds", 1), f"{kind}: --timeout must end before the probe gives up"
+        assert argv[-1] == "default", f"{kind}: ask for what istio-proxy asks"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Rehearsal: the manifest's own command, env and probe, volumes mapped to scratch directories
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class Rehearsal:
+    """Runs the sds-agent container of a manifest as a local process."""
+
+    def __init__(self, name: str, workdir: pathlib.Path, sds_agent_bin, sds_dump_bin):
+        self.spec, self.agent = pod_spec(name), sds_agent(name)
+        self.workdir = workdir
+        self.binaries = {"/usr/local/bin/sds-agent": str(sds_agent_bin), "/usr/local/bin/sds-dump": str(sds_dump_bin)}
+        self.volumes = {path: workdir / volume_name for path, volume_name in mounts(self.agent).items()}
+        for directory in self.volumes.values():
+            directory.mkdir()
+        self.process: subprocess.Popen | None = None
+
+    def local(self, text: str) -> str:
+        """A path (or --flag=path, unix://path) of the container -> the same file in the scratch volumes."""
+        for path, binary in self.binaries.items():
+            if text == path:
+                return binary
+        for mount, directory in sorted(self.volumes.items(), key=lambda item: -len(item[0])):
+            for prefix in ("", "unix://"):
+                if prefix + mount in text:
+                    return text.replace(prefix + mount, prefix + str(directory), 1)
+        return text
+
+    def env(self) -> dict[str, str]:
+        values = {"metadata.namespace": REHEARSAL_NAMESPACE, "spec.serviceAccountName": self.spec["serviceAccountName"]}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        for e in self.agent["env"]:
+            env[e["name"]] = e["value"] if "value" in e else values[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        return env
+
+    def expected_spiffe_id(self) -> str:
+        env = self.env()
+        return f"spiffe://{env['TRUST_DOMAIN']}/ns/{env['POD_NAMESPACE']}/sa/{env['SERVICE_ACCOUNT']}"
+
+    def start(self) -> None:
+        argv = [self.local(a) for a in self.agent["command"] + self.agent.get("args", [])]
+        self.log_path = self.workdir / "sds-agent.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(argv, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL)
+        socket_path = self.local(SOCKET)
+
+        def serving():
+            if self.process.poll() is not None:
+                raise AssertionError(f"sds-agent exited with {self.process.returncode}:\n{self.log()}")
+            return socket_accepts(socket_path)
+        wait_for(serving, START_TIMEOUT, f"sds-agent to serve on {socket_path}", self.log)
+
+    def probe(self, kind: str) -> subprocess.CompletedProcess:
+        argv = [self.local(a) for a in self.agent[kind]["exec"]["command"]]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=self.agent[kind]["timeoutSeconds"])
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def write_operator_ca(directory: pathlib.Path, trust_domain: str) -> None:
+    """What the Secret sds-agent-ca would hold: tls.crt (a CA of the trust domain) and tls.key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rehearsal"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, f"{trust_domain} operator CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]),
+                       critical=False)
+        # RFC 5280 4.2.1.2: a CA certificate carries its key identifier (sds-agent needs it for the SVIDs' AKI).
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path = directory / "tls.key"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o440)  # the Secret's defaultMode
+
+
+def assert_serves_the_pod_identity(r: Rehearsal) -> None:
+    for kind in probes(r.agent):
+        result = r.probe(kind)
+        assert result.returncode == 0, f"{kind} failed ({result.returncode}):\n{result.stdout}{result.stderr}\n{r.log()}"
+    assert os.stat(r.local(SOCKET)).st_mode & 0o777 == 0o600, "only istio-proxy's UID may connect"
+    secret = fetch_when_served(r.local(SOCKET), ["default"])["default"]
+    pem = secret.tls_certificate.certificate_chain.inline_bytes
+    leaf = x509.load_pem_x509_certificates(pem)[0]
+    uris = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier)
+    assert uris == [r.expected_spiffe_id()]
+    lines = [line for line in r.log().splitlines() if line.strip()]
+    assert lines and all(line.startswith("{") for line in lines), "--log-format=json: one JSON object per line"
+
+
+def test_istio_manifest_rehearsal(short_dir, sds_agent_bin, sds_dump_bin):
+    name = "sds-agent-istio.yaml"
+    r = Rehearsal(name, short_dir, sds_agent_bin, sds_dump_bin)
+    flags = agent_flags(r.agent)
+    write_operator_ca(pathlib.Path(r.local(flags["--ca-cert"])).parent, r.env()["TRUST_DOMAIN"])
+    try:
+        r.start()
+        assert_serves_the_pod_identity(r)
+    finally:
+        r.stop()
+
+
+@pytest.mark.skipif(not UPSTREAM_READY, reason="sds-agent --issuer workload-api not ready yet: set SDS_UPSTREAM_READY=1")
+def test_spire_manifest_rehearsal(short_dir, sds_agent_bin, sds_dump_bin):
+    from workload_api_server import WorkloadAPIServer
+
+    name = "sds-agent-spire.yaml"
+    r = Rehearsal(name, short_dir, sds_agent_bin, sds_dump_bin)
+    upstream_path = r.local(agent_flags(r.agent)["--upstream-socket"]).removeprefix("unix://")
+    upstream = WorkloadAPIServer(upstream_path, r.expected_spiffe_id(), r.env()["TRUST_DOMAIN"]).start()
+    try:
+        r.start()
+        assert_serves_the_pod_identity(r)
+    finally:
+        r.stop()
+        upstream.stop()
