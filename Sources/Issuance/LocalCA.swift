@@ -173,6 +173,14 @@ public final class LocalCA: Sendable {
         self.init(
             trustDomain: trustDomain, signingCertificate: signing, signingKey: signingKey,
             intermediates: intermediates, roots: roots, createdNewRoot: false)
+        // A CA can pass every check above and still be unable to sign (e.g. no Subject Key Identifier, which the
+        // leaves' Authority Key Identifier needs). One trial issuance now turns that into a startup error instead
+        // of an agent that starts and never serves.
+        do {
+            _ = try issue(spiffeID: SPIFFEID(trustDomain: trustDomain, path: "/sds-agent/self-test"), ttl: 60, now: now)
+        } catch {
+            throw LocalCAError("the CA cannot sign SVIDs: \(error)")
+        }
     }
 
     private static func makeRoot(

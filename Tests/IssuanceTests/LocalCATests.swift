@@ -185,6 +185,26 @@ import Testing
         }
     }
 
+    /// RFC 5280 requires a Subject Key Identifier on CA certificates; leaves' Authority Key Identifier points at it.
+    /// A CA without one must be refused at load, not accepted and then fail every issuance.
+    @Test func operatorCAWithoutSubjectKeyIdentifierIsRefusedAtLoad() throws {
+        let key = try PrivateKey.generate()
+        let root = try CertificateBuilder(
+            subject: DistinguishedName(organization: "TestCA", commonName: "no-ski root"),
+            publicKey: key.publicKey, serialNumber: try CertificateBuilder.randomSerialNumber(),
+            notBefore: now - 3600, notAfter: now + 86_400, basicConstraints: .ca(pathLength: nil),
+            keyUsage: [.keyCertSign, .cRLSign], uriSANs: ["spiffe://example.org"],
+            includeSubjectKeyIdentifier: false, includeAuthorityKeyIdentifier: false
+        ).sign(issuer: nil, issuerKey: key)
+        do {
+            _ = try LocalCA(signingChain: [root], signingKey: key, trustDomain: TrustDomain("example.org"), now: now)
+            Issue.record("a CA that cannot sign was accepted")
+        } catch let error as LocalCAError {
+            #expect(error.message.contains("cannot sign SVIDs"))
+            #expect(!error.message.contains("\n"))
+        }
+    }
+
     @Test func benchmarkFunctionRuns() throws {
         let result = try LocalCA.benchmarkIssuance(count: 5)
         #expect(result.count == 5)
