@@ -25,7 +25,8 @@ public enum UpstreamIdentity {
             guard let match = response.svids.first(where: { (try? SPIFFEID(parsing: $0.spiffeID)) == wanted }) else {
                 let offered = response.svids.map(\.spiffeID).joined(separator: ", ")
                 throw IssuerError(
-                    kind: .issuanceFailed, message: "the Workload API offers no SVID for \(wanted) (offered: \(offered))")
+                    kind: .issuanceFailed,
+                    message: "the Workload API offers no SVID for \(wanted) (offered: \(offered))")
             }
             chosen = match
         } else {
@@ -52,7 +53,8 @@ public enum UpstreamIdentity {
                 bundle = try X509Bundle(trustDomain: trustDomain, der: chosen.bundle)
             } catch {
                 throw IssuerError(
-                    kind: .issuanceFailed, message: "the Workload API's bundle for \(trustDomain) is unusable: \(error)")
+                    kind: .issuanceFailed, message: "the Workload API's bundle for \(trustDomain) is unusable: \(error)"
+                )
             }
         }
         do {

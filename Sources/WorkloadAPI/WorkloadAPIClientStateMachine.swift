@@ -140,13 +140,15 @@ public struct WorkloadAPIClientStateMachine {
                 message: "the Workload API at \(upstream) issues no identity to this workload: \(status.message)")
         case .invalidArgument, .unimplemented, .unauthenticated:
             error = IssuerError(
-                kind: .issuanceFailed, message: "the Workload API at \(upstream) rejected \(stream.rawValue): \(status)")
+                kind: .issuanceFailed, message: "the Workload API at \(upstream) rejected \(stream.rawValue): \(status)"
+            )
         default:
             error = IssuerError(
                 kind: .upstreamUnavailable,
                 message: "the Workload API at \(upstream) ended \(stream.rawValue): \(status)")
         }
-        return fail(error, closeConnection: true, randomUnit: randomUnit, quietIfStreaming: status.code != .permissionDenied)
+        return fail(
+            error, closeConnection: true, randomUnit: randomUnit, quietIfStreaming: status.code != .permissionDenied)
     }
 
     /// The socket closed or the HTTP/2 session broke.

@@ -32,7 +32,8 @@ func connectedMachine(wanted: String? = Upstream.workload) throws -> Machine {
         var delays: [Double] = []
         var reported: [IssuerError] = []
         for attempt in 1...12 {
-            let actions = machine.connectFailed(attempt: attempt, reason: "connect: Connection refused", randomUnit: 0.5)
+            let actions = machine.connectFailed(
+                attempt: attempt, reason: "connect: Connection refused", randomUnit: 0.5)
             reported += reports(actions)
             for case .scheduleRetry(let delay) in actions { delays.append(delay) }
             #expect(steps(machine.retryTimerFired()) == [.connect(attempt + 1)])
@@ -110,7 +111,8 @@ func connectedMachine(wanted: String? = Upstream.workload) throws -> Machine {
         }
         #expect(reported.map(\.kind) == [.permissionDenied])
         #expect(reported.first?.message.contains("no identity issued") == true)
-        let delivered = updates(machine.received(upstream.response([try upstream.svid()]), attempt: 6, now: upstream.now))
+        let delivered = updates(
+            machine.received(upstream.response([try upstream.svid()]), attempt: 6, now: upstream.now))
         #expect(delivered.map(\.svid.spiffeID.uri) == [Upstream.workload])
     }
 
@@ -122,8 +124,9 @@ func connectedMachine(wanted: String? = Upstream.workload) throws -> Machine {
         #expect(steps(machine.streamEnded(attempt: 1, stream: .x509Bundles, status: .ok, randomUnit: 0.5)).isEmpty)
         _ = machine.retryTimerFired()
         #expect(steps(machine.connectionLost(attempt: 1, reason: "late", randomUnit: 0.5)).isEmpty)
-        #expect(updates(machine.received(upstream.response([try upstream.svid()]), attempt: 1, now: upstream.now))
-            .isEmpty)
+        #expect(
+            updates(machine.received(upstream.response([try upstream.svid()]), attempt: 1, now: upstream.now))
+                .isEmpty)
         #expect(machine.state == .connecting(attempt: 2))
     }
 
@@ -145,8 +148,9 @@ func connectedMachine(wanted: String? = Upstream.workload) throws -> Machine {
         #expect(steps(machine.stop()) == [.cancelRetry, .close])
         #expect(machine.state == .stopped)
         #expect(steps(machine.retryTimerFired()).isEmpty)
-        #expect(steps(machine.received(upstream.response([try upstream.svid()]), attempt: 1, now: upstream.now))
-            .isEmpty)
+        #expect(
+            steps(machine.received(upstream.response([try upstream.svid()]), attempt: 1, now: upstream.now))
+                .isEmpty)
         #expect(steps(machine.streamEnded(attempt: 1, stream: .x509SVID, status: .ok, randomUnit: 0.5)).isEmpty)
         #expect(steps(machine.rotateNow()).isEmpty)
         var waiting = Machine(upstream: "/x", wantedID: nil)
@@ -195,8 +199,9 @@ func connectedMachine(wanted: String? = Upstream.workload) throws -> Machine {
 
     @Test func aResponseWithoutSVIDsIsAnError() throws {
         var machine = try connectedMachine()
-        #expect(steps(machine.received(X509SVIDResponse(), attempt: 1, now: FakeClock.defaultStart))
-            == [.report(.issuanceFailed)])
+        #expect(
+            steps(machine.received(X509SVIDResponse(), attempt: 1, now: FakeClock.defaultStart))
+                == [.report(.issuanceFailed)])
     }
 
     @Test(arguments: ["expired", "key-mismatch", "leaf-is-ca", "garbage-der"])
@@ -229,8 +234,9 @@ func connectedMachine(wanted: String? = Upstream.workload) throws -> Machine {
         var machine = try connectedMachine()
         var svid = try upstream.svid()
         svid.bundle = upstream.other.bundle.der
-        #expect(steps(machine.received(upstream.response([svid]), attempt: 1, now: upstream.now))
-            == [.report(.issuanceFailed)])
+        #expect(
+            steps(machine.received(upstream.response([svid]), attempt: 1, now: upstream.now))
+                == [.report(.issuanceFailed)])
     }
 }
 
@@ -242,8 +248,11 @@ func connectedMachine(wanted: String? = Upstream.workload) throws -> Machine {
         #expect(updates(machine.received(first, attempt: 1, now: upstream.now)).count == 1)
         #expect(updates(machine.received(first, attempt: 1, now: upstream.now)).isEmpty)
         #expect(
-            updates(machine.received(X509BundlesResponse(bundles: ["spiffe://example.org": upstream.ca.bundle.der]),
-                attempt: 1)).isEmpty, "the own bundle, again: no change")
+            updates(
+                machine.received(
+                    X509BundlesResponse(bundles: ["spiffe://example.org": upstream.ca.bundle.der]),
+                    attempt: 1)
+            ).isEmpty, "the own bundle, again: no change")
         let rotated = updates(machine.received(upstream.response([try upstream.svid()]), attempt: 1, now: upstream.now))
         #expect(rotated.count == 1)
         #expect(rotated.first?.svid.chainDER != first.svids[0].x509SVID)
@@ -271,7 +280,8 @@ func connectedMachine(wanted: String? = Upstream.workload) throws -> Machine {
         #expect(steps(machine.received(withOther, attempt: 1)).isEmpty)
         #expect(
             steps(machine.received(upstream.response([try upstream.svid()]), attempt: 1, now: upstream.now)).map(
-                \.description).first?.contains("[\"example.org\", \"other.org\"]") == true)
+                \.description
+            ).first?.contains("[\"example.org\", \"other.org\"]") == true)
         let removed = machine.received(
             X509BundlesResponse(bundles: ["spiffe://example.org": upstream.ca.bundle.der]), attempt: 1)
         #expect(updates(removed).first?.bundles.map(\.trustDomain.name) == ["example.org"])
@@ -281,9 +291,11 @@ func connectedMachine(wanted: String? = Upstream.workload) throws -> Machine {
         let upstream = try Upstream()
         var machine = try connectedMachine()
         let response = upstream.response(
-            [try upstream.svid()], federated: ["spiffe://other.org": [1, 2, 3], "not a domain!": upstream.other.bundle.der])
+            [try upstream.svid()],
+            federated: ["spiffe://other.org": [1, 2, 3], "not a domain!": upstream.other.bundle.der])
         let actions = machine.received(response, attempt: 1, now: upstream.now)
-        #expect(steps(actions) == [.deliver(id: Upstream.workload, bundles: ["example.org"]), .report(.issuanceFailed)])
+        #expect(
+            steps(actions) == [.deliver(id: Upstream.workload, bundles: ["example.org"]), .report(.issuanceFailed)])
         #expect(steps(machine.received(response, attempt: 1, now: upstream.now)).isEmpty)
     }
 }
