@@ -58,7 +58,7 @@ run: build ## Start sds-agent on the embedded CA, socket under ./run
 	@mkdir -p $(RUN_DIR)
 	$(BIN_RELEASE)/sds-agent run --socket $(RUN_SOCKET) --state-dir $(RUN_STATE) --trust-domain example.org
 
-test: deps venv protos-check build-debug unit integration ## Unit tests and real-peer integration tests
+test: deps venv protos-check lint build-debug unit integration ## Unit tests and real-peer integration tests
 
 unit: build-debug ## Swift unit tests (pure state machines, in-memory transports, codec round trips)
 	swift test --skip-build $(SWIFT_BUILD_FLAGS)
@@ -97,8 +97,10 @@ protos-check: deps ## Fail when the committed protoc-c output is stale
 	  diff -r -q .build-protos-check $(PROTO_OUT); echo "stale: $(PROTO_OUT) — run 'make protos'"; exit 1; }
 	@echo "protos up to date"
 
-bench: venv build ## Benchmarks, one JSON object per metric
-	$(PYTHON) Tests/Bench/bench.py
+bench: deps build ## Benchmarks (release binaries): one JSON object per metric, then a table (~2 min)
+	swift build $(RELEASE_FLAGS) $(SWIFT_BUILD_FLAGS) --product sds-bench
+	swift build $(RELEASE_FLAGS) $(SWIFT_BUILD_FLAGS) --product sds-floor
+	python3 Tests/Bench/bench.py
 
 clean: ## Remove build products, venv and run dir
 	rm -rf .build .build-* $(VENV) $(RUN_DIR)

@@ -9,6 +9,8 @@ let package = Package(
     products: [
         .executable(name: "sds-agent", targets: ["sds-agent"]),
         .executable(name: "sds-dump", targets: ["sds-dump"]),
+        .executable(name: "sds-bench", targets: ["sds-bench"]),
+        .executable(name: "sds-floor", targets: ["sds-floor"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -50,23 +52,28 @@ let package = Package(
         .target(
             name: "SDSAgent",
             dependencies: [
-                "Wire", "XDS", "GRPC", "H2", "Transport", "Issuance", "SPIFFE", "PKI",
+                "Wire", "XDS", "GRPC", "H2", "Transport", "Issuance", "SPIFFE", "PKI", "WorkloadAPI",
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
         // Executables: parse arguments, call a library.
-        .executableTarget(
-            name: "sds-agent",
-            dependencies: [
-                "SDSAgent",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]),
+        // No swift-argument-parser here: it links FoundationEssentials (+3.6 MB RSS); see AgentCommandLine.
+        .executableTarget(name: "sds-agent", dependencies: ["SDSAgent"]),
+        .target(name: "SDSDump", dependencies: ["Wire", "GRPC", "H2", "Transport", "PKI"]),
         .executableTarget(
             name: "sds-dump",
             dependencies: [
-                "Wire", "GRPC", "H2", "Transport", "PKI", "SPIFFE",
+                "SDSDump",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
+
+        // `make bench`: the load client and issuance benchmark, and the RSS floor (same libraries, no agent).
+        .target(name: "Bench"),
+        .executableTarget(
+            name: "sds-bench", dependencies: ["Bench", "Wire", "GRPC", "H2", "Transport", "Issuance"]),
+        // The floor links only the C libraries the agent links, with the static Swift stdlib: what the agent's RSS
+        // is measured against.
+        .executableTarget(name: "sds-floor", dependencies: ["CNGHTTP2", "COpenSSL", "CProtobufC"]),
 
         // Shared test fixtures: a test CA, a fake issuer, an in-memory connection pair, a fake clock.
         .target(
@@ -85,7 +92,13 @@ let package = Package(
         .testTarget(
             name: "WorkloadAPITests",
             dependencies: ["WorkloadAPI", "Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "Transport", "TestSupport"]),
-        .testTarget(name: "SDSAgentTests", dependencies: ["SDSAgent", "TestSupport"]),
+        .testTarget(
+            name: "SDSAgentTests",
+            dependencies: [
+                "SDSAgent", "TestSupport", "GRPC", "H2", "Wire", "XDS", .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "Wire", "GRPC", "PKI", "TestSupport"]),
+        .testTarget(name: "BenchTests", dependencies: ["Bench"]),
     ]
 )
 

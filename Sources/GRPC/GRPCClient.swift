@@ -59,6 +59,11 @@ public final class GRPCClientCall {
     func complete(status: GRPCStatus, trailers: [(String, String)]) {
         guard finishedStatus == nil else { return }
         finishedStatus = status
+        let onFinish = self.onFinish
+        // Callers capture the call in these closures; dropping them once it is over breaks that cycle.
+        self.onMessage = nil
+        self.onFinish = nil
+        self.onWritable = nil
         onFinish?(status, trailers)
     }
 
@@ -123,8 +128,7 @@ public final class GRPCClientConnection: H2SessionDelegate {
 
     // MARK: H2SessionDelegate
 
-    public func h2HeadersReceived(streamID: H2StreamID, headers: [H2Header], kind: H2HeaderBlockKind, endStream: Bool)
-    {
+    public func h2HeadersReceived(streamID: H2StreamID, headers: [H2Header], kind: H2HeaderBlockKind, endStream: Bool) {
         guard let call = calls[streamID] else { return }
         let fields = headers.filter { !$0.name.hasPrefix(":") }.map { ($0.name, $0.value) }
         switch kind {
@@ -144,15 +148,11 @@ public final class GRPCClientConnection: H2SessionDelegate {
     }
 
     public func h2DataReceived(streamID: H2StreamID, bytes: [UInt8], endStream: Bool) {
-        guard let call = calls[streamID], !bytes.isEmpty else {
-            if endStream, let call = calls[streamID] {
-                complete(call, status: GRPCStatus(.internal, "stream ended without trailers"), trailers: [])
-            }
-            return
-        }
+        guard let call = calls[streamID] else { return }
         do throws(GRPCStatus) {
             for message in try call.decoder.feed(bytes) {
                 call.onMessage?(message)
+                // The callback may have cancelled the call.
                 if call.isFinished { return }
             }
         } catch {
@@ -160,6 +160,7 @@ public final class GRPCClientConnection: H2SessionDelegate {
             try? session.resetStream(streamID: streamID, errorCode: .cancel)
             return
         }
+        // A response must end with trailers; END_STREAM on DATA means the server broke off.
         if endStream {
             complete(call, status: GRPCStatus(.internal, "stream ended without trailers"), trailers: [])
         }

@@ -64,7 +64,8 @@ public struct GRPCMessageDecoder: Sendable {
                 throw status
             case .readPrefix(var prefix):
                 guard index != bytes.endIndex else { return messages }
-                let take = min(GRPCMessageFraming.prefixLength - prefix.count, bytes.distance(from: index, to: bytes.endIndex))
+                let take = min(
+                    GRPCMessageFraming.prefixLength - prefix.count, bytes.distance(from: index, to: bytes.endIndex))
                 let end = bytes.index(index, offsetBy: take)
                 prefix.append(contentsOf: bytes[index..<end])
                 index = end

@@ -69,6 +69,14 @@ public final class GRPCServerCall {
     public func finish(_ status: GRPCStatus = .ok) {
         connection?.finish(self, status: status)
     }
+
+    /// Handlers capture their call in these closures; dropping them when the stream is gone breaks that cycle.
+    func releaseCallbacks() {
+        onMessage = nil
+        onHalfClose = nil
+        onCancel = nil
+        onWritable = nil
+    }
 }
 
 /// The gRPC server side of one HTTP/2 connection. Owns its `H2ServerSession`: the transport feeds
@@ -107,15 +115,15 @@ public final class GRPCServerConnection: H2SessionDelegate {
     public func connectionLost() {
         let open = calls
         calls.removeAll()
-        for call in open.values where call.state.streamClosed() == .notifyCancelled {
-            call.onCancel?()
+        for call in open.values {
+            if call.state.streamClosed() == .notifyCancelled { call.onCancel?() }
+            call.releaseCallbacks()
         }
     }
 
     // MARK: H2SessionDelegate
 
-    public func h2HeadersReceived(streamID: H2StreamID, headers: [H2Header], kind: H2HeaderBlockKind, endStream: Bool)
-    {
+    public func h2HeadersReceived(streamID: H2StreamID, headers: [H2Header], kind: H2HeaderBlockKind, endStream: Bool) {
         guard kind == .request else { return }  // request trailers carry nothing for gRPC
         let path = headers.value(for: ":path")
         let metadata = headers.filter { !$0.name.hasPrefix(":") }.map { ($0.name, $0.value) }
@@ -159,6 +167,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
     public func h2StreamClosed(streamID: H2StreamID, errorCode: H2ErrorCode) {
         guard let call = calls.removeValue(forKey: streamID) else { return }
         if call.state.streamClosed() == .notifyCancelled { call.onCancel?() }
+        call.releaseCallbacks()
     }
 
     public func h2OutboundQueueDrained(streamID: H2StreamID) {
@@ -186,7 +195,8 @@ public final class GRPCServerConnection: H2SessionDelegate {
         let framed = GRPCMessageFraming.frame(message)
         do throws(H2Error) {
             if action == .sendHeadersAndMessage {
-                try session.sendResponseHeaders(streamID: call.streamID, headers: Self.responseHeaders, endStream: false)
+                try session.sendResponseHeaders(
+                    streamID: call.streamID, headers: Self.responseHeaders, endStream: false)
             }
             call.state = probe
             try session.sendData(streamID: call.streamID, bytes: framed)

@@ -81,7 +81,7 @@ public enum GRPCPercentEncoding {
         out.reserveCapacity(bytes.count)
         var index = 0
         while index < bytes.count {
-            if bytes[index] == UInt8(ascii: "%"), index + 2 < bytes.count + 0,
+            if bytes[index] == UInt8(ascii: "%"), index + 2 < bytes.count,
                 let high = hexValue(bytes[index + 1]), let low = hexValue(bytes[index + 2])
             {
                 out.append(high << 4 | low)

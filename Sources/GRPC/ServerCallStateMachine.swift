@@ -64,7 +64,9 @@ public struct ServerCallStateMachine: Sendable, Equatable {
     public mutating func receiveRequestHeaders(
         method: String?, contentType: String?, pathIsRegistered: Bool, path: String?
     ) -> HeadersAction {
-        guard case .idle = state else { return .reject(httpStatus: 200, status: GRPCStatus(.internal, "duplicate headers")) }
+        guard case .idle = state else {
+            return .reject(httpStatus: 200, status: GRPCStatus(.internal, "duplicate headers"))
+        }
         guard method == "POST" else {
             state = .closed
             return .reject(httpStatus: 405, status: GRPCStatus(.internal, "method must be POST"))

@@ -1,11 +1,13 @@
-/// The server end of one HTTP/2 connection, as a byte transducer: feed what the socket read to
-/// `receive`, write what `takeOutput` returns. Queues its SETTINGS at creation so the handshake completes
-/// on the first flush. Not thread-safe: one owner drives it.
-public final class H2ServerSession {
+/// What both ends of one HTTP/2 connection do alike, as a byte transducer: feed what the socket read to
+/// `receive`, write what `takeOutput` returns. Not thread-safe: one owner drives it.
+///
+/// The shared part of `H2ServerSession` and `H2ClientSession`; only those two subclass it (it is `public`, not
+/// `open`: a public class cannot inherit from an internal one).
+public class H2Endpoint {
     let core: H2SessionCore
 
-    public init(configuration: H2Configuration = H2Configuration(), delegate: (any H2SessionDelegate)? = nil) {
-        core = H2SessionCore(isServer: true, configuration: configuration)
+    init(isServer: Bool, configuration: H2Configuration, delegate: (any H2SessionDelegate)?) {
+        core = H2SessionCore(isServer: isServer, configuration: configuration)
         core.delegate = delegate
     }
 
@@ -51,13 +53,7 @@ public final class H2ServerSession {
     /// The error that broke the session, if any.
     public var failure: H2Error? { core.failure }
 
-    // MARK: Actions
-
-    /// Sends the response HEADERS. With `endStream` the response is complete (trailers-only in gRPC terms);
-    /// otherwise data and trailers follow via `sendData` / `sendTrailers`.
-    public func sendResponseHeaders(streamID: H2StreamID, headers: [H2Header], endStream: Bool) throws(H2Error) {
-        try core.submitResponse(streamID: streamID, headers: headers, endStream: endStream)
-    }
+    // MARK: Streams
 
     /// Queues body bytes; they leave as the peer's flow-control window allows. Throws `.wouldExceed` if the
     /// stream's queue would pass `maxQueuedBytesPerStream` (nothing is queued then).
@@ -67,6 +63,26 @@ public final class H2ServerSession {
             do throws(H2Error) { try core.sendData(streamID: streamID, bytes: raw) } catch { failure = error }
         }
         if let failure { throw failure }
+    }
+
+    public func queuedBytes(streamID: H2StreamID) -> Int { core.queuedBytes(streamID: streamID) }
+    public var totalQueuedBytes: Int { core.totalQueuedBytes }
+    /// Bytes the peer's flow-control windows currently allow on `streamID`.
+    public func sendWindow(streamID: H2StreamID) -> Int { core.sendWindow(streamID: streamID) }
+    public var openStreamCount: Int { core.openStreamCount }
+}
+
+/// The server end of one HTTP/2 connection (see `H2Endpoint`). Queues its SETTINGS at creation so the handshake
+/// completes on the first flush.
+public final class H2ServerSession: H2Endpoint {
+    public init(configuration: H2Configuration = H2Configuration(), delegate: (any H2SessionDelegate)? = nil) {
+        super.init(isServer: true, configuration: configuration, delegate: delegate)
+    }
+
+    /// Sends the response HEADERS. With `endStream` the response is complete (trailers-only in gRPC terms);
+    /// otherwise data and trailers follow via `sendData` / `sendTrailers`.
+    public func sendResponseHeaders(streamID: H2StreamID, headers: [H2Header], endStream: Bool) throws(H2Error) {
+        try core.submitResponse(streamID: streamID, headers: headers, endStream: endStream)
     }
 
     /// Ends the response with trailers once all queued data has been sent.
@@ -83,69 +99,19 @@ public final class H2ServerSession {
     public func sendGoAway(errorCode: H2ErrorCode = .noError, graceful: Bool = true) {
         core.submitGoAway(errorCode: errorCode, graceful: graceful)
     }
-
-    public func queuedBytes(streamID: H2StreamID) -> Int { core.queuedBytes(streamID: streamID) }
-    public var totalQueuedBytes: Int { core.totalQueuedBytes }
-    /// Bytes the peer's flow-control windows currently allow on `streamID`.
-    public func sendWindow(streamID: H2StreamID) -> Int { core.sendWindow(streamID: streamID) }
-    public var openStreamCount: Int { core.openStreamCount }
 }
 
-/// The client end of one HTTP/2 connection, as a byte transducer (see `H2ServerSession`).
-/// Queues the connection preface and SETTINGS at creation.
-public final class H2ClientSession {
-    let core: H2SessionCore
-
+/// The client end of one HTTP/2 connection (see `H2Endpoint`). Queues the connection preface and SETTINGS at
+/// creation.
+public final class H2ClientSession: H2Endpoint {
     public init(configuration: H2Configuration = H2Configuration(), delegate: (any H2SessionDelegate)? = nil) {
-        core = H2SessionCore(isServer: false, configuration: configuration)
-        core.delegate = delegate
+        super.init(isServer: false, configuration: configuration, delegate: delegate)
     }
-
-    public var delegate: (any H2SessionDelegate)? {
-        get { core.delegate }
-        set { core.delegate = newValue }
-    }
-
-    public var configuration: H2Configuration { core.configuration }
-
-    public func receive(_ bytes: UnsafeRawBufferPointer) throws(H2Error) { try core.receive(bytes) }
-
-    public func receive(_ bytes: [UInt8]) throws(H2Error) {
-        var failure: H2Error?
-        bytes.withUnsafeBytes { raw in
-            do throws(H2Error) { try core.receive(raw) } catch { failure = error }
-        }
-        if let failure { throw failure }
-    }
-
-    @discardableResult
-    public func takeOutput(into buffer: inout [UInt8], maxBytes: Int = .max) -> Int {
-        core.takeOutput(into: &buffer, maxBytes: maxBytes)
-    }
-
-    public func takeOutput() -> [UInt8] {
-        var output: [UInt8] = []
-        core.takeOutput(into: &output, maxBytes: .max)
-        return output
-    }
-
-    public var wantsRead: Bool { core.wantsRead }
-    public var wantsWrite: Bool { core.wantsWrite }
-    public var isClosed: Bool { core.isClosed }
-    public var failure: H2Error? { core.failure }
 
     /// Opens a stream with request `headers` (pseudo-headers first). Without `endStream`, the body follows via
     /// `sendData` and ends with `closeSend`.
     public func startRequest(headers: [H2Header], endStream: Bool = false) throws(H2Error) -> H2StreamID {
         try core.submitRequest(headers: headers, endStream: endStream)
-    }
-
-    public func sendData(streamID: H2StreamID, bytes: [UInt8]) throws(H2Error) {
-        var failure: H2Error?
-        bytes.withUnsafeBytes { raw in
-            do throws(H2Error) { try core.sendData(streamID: streamID, bytes: raw) } catch { failure = error }
-        }
-        if let failure { throw failure }
     }
 
     /// Ends the request body (END_STREAM after queued data).
@@ -161,9 +127,4 @@ public final class H2ClientSession {
     public func sendGoAway(errorCode: H2ErrorCode = .noError) {
         core.submitGoAway(errorCode: errorCode, graceful: false)
     }
-
-    public func queuedBytes(streamID: H2StreamID) -> Int { core.queuedBytes(streamID: streamID) }
-    public var totalQueuedBytes: Int { core.totalQueuedBytes }
-    public func sendWindow(streamID: H2StreamID) -> Int { core.sendWindow(streamID: streamID) }
-    public var openStreamCount: Int { core.openStreamCount }
 }

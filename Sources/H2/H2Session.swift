@@ -96,6 +96,8 @@ final class H2SessionCore {
     func receive(_ bytes: UnsafeRawBufferPointer) throws(H2Error) {
         if let failure { throw failure }
         guard let base = bytes.baseAddress, !bytes.isEmpty else { return }
+        // A delegate may drop the last reference to the session's owner while nghttp2 is still on the stack.
+        defer { withExtendedLifetime(self) {} }
         var remaining = bytes.count
         var cursor = base.assumingMemoryBound(to: UInt8.self)
         while remaining > 0 {
@@ -118,12 +120,15 @@ final class H2SessionCore {
     /// Appends up to `maxBytes` of pending output to `output`; returns how many bytes were appended.
     @discardableResult
     func takeOutput(into output: inout [UInt8], maxBytes: Int) -> Int {
+        defer { withExtendedLifetime(self) {} }
         var taken = 0
         while taken < maxBytes, session != nil {
             var chunk: UnsafePointer<UInt8>?
             let count = nghttp2_session_mem_send(session, &chunk)
             if count < 0 {
-                fail(.sessionFailed(code: Int32(count), reason: Self.describe(Int32(count))))
+                // A callback's own error says more than nghttp2's generic CALLBACK_FAILURE.
+                fail(callbackError ?? .sessionFailed(code: Int32(count), reason: Self.describe(Int32(count))))
+                callbackError = nil
                 break
             }
             if count == 0 { break }
@@ -296,6 +301,16 @@ final class H2SessionCore {
         }
     }
 
+    /// A server that has sent its complete response while the request is still open asks the client to stop
+    /// sending with RST_STREAM(NO_ERROR) (RFC 9113 §8.1), so a finished call frees its stream at once.
+    fileprivate func onFrameSent(streamID: H2StreamID, endStream: Bool) {
+        guard isServer, endStream, streamID > 0 else { return }
+        if nghttp2_session_get_stream_remote_close(session, streamID) == 0 {
+            _ = nghttp2_submit_rst_stream(
+                session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, H2ErrorCode.noError.rawValue)
+        }
+    }
+
     fileprivate func onGoAway(lastStreamID: H2StreamID, errorCode: UInt32) {
         delegate?.h2GoAwayReceived(lastStreamID: lastStreamID, errorCode: H2ErrorCode(rawValue: errorCode))
     }
@@ -381,6 +396,16 @@ final class H2SessionCore {
             default:
                 break
             }
+            return 0
+        }
+        nghttp2_session_callbacks_set_on_frame_send_callback(callbacks) { _, frame, userData in
+            guard let frame, let userData else { return 0 }
+            let core = Unmanaged<H2SessionCore>.fromOpaque(userData).takeUnretainedValue()
+            let header = frame.pointee.hd
+            let type = UInt32(header.type)
+            guard type == NGHTTP2_HEADERS.rawValue || type == NGHTTP2_DATA.rawValue else { return 0 }
+            let endStream = header.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
+            core.onFrameSent(streamID: header.stream_id, endStream: endStream)
             return 0
         }
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks) {

@@ -263,22 +263,66 @@ public struct Certificate: Sendable, Hashable, CustomStringConvertible {
         return Array(digest.prefix(Int(length)))
     }
 
+    /// Whether OpenSSL holds a decoded key for this certificate (false for leaves from the builder's fast path).
+    var hasDecodedPublicKey: Bool {
+        if X509_get0_pubkey(handle.pointer) != nil { return true }
+        PKIError.clearErrorQueue()
+        return false
+    }
+
+    /// This certificate in the form X509_verify_cert needs: with a decoded key (re-parsed when it has none).
+    func withDecodedPublicKey() throws -> Certificate {
+        hasDecodedPublicKey ? self : try Certificate(der: der)
+    }
+
     /// The subject public key.
     public var publicKey: PublicKey? {
-        guard let key = X509_get_pubkey(handle.pointer) else {
+        if let key = X509_get_pubkey(handle.pointer) { return PublicKey(handle: EVPKeyHandle(taking: key)) }
+        // Certificates the builder made for leaves carry no decoded key (see CertificateBuilder.setPublicKey):
+        // decode the SubjectPublicKeyInfo.
+        PKIError.clearErrorQueue()
+        guard let spki = X509_get_X509_PUBKEY(handle.pointer) else { return nil }
+        let length = i2d_X509_PUBKEY(spki, nil)
+        guard length > 0 else { return nil }
+        var der = [UInt8](repeating: 0, count: Int(length))
+        der.withUnsafeMutableBufferPointer { buffer in
+            var cursor = buffer.baseAddress
+            _ = i2d_X509_PUBKEY(spki, &cursor)
+        }
+        let key: OpaquePointer? = der.withUnsafeBufferPointer { buffer in
+            var cursor = buffer.baseAddress
+            return d2i_PUBKEY(nil, &cursor, buffer.count)
+        }
+        guard let key else {
             PKIError.clearErrorQueue()
             return nil
         }
         return PublicKey(handle: EVPKeyHandle(taking: key))
     }
 
-    /// Whether `privateKey` is the private half of this certificate's public key.
+    /// Whether `privateKey` is the private half of this certificate's public key. Compares the encoded public
+    /// key bits (cheap, and works whether or not OpenSSL decoded the certificate's key).
     public func publicKeyMatches(_ privateKey: PrivateKey) -> Bool {
-        guard let key = X509_get0_pubkey(handle.pointer) else {
-            PKIError.clearErrorQueue()
-            return false
+        switch privateKey.algorithm.kind {
+        case .ecdsaP256:
+            var algorithm: OpaquePointer? = nil
+            guard let spki = X509_get_X509_PUBKEY(handle.pointer),
+                X509_PUBKEY_get0_param(&algorithm, nil, nil, nil, spki) == 1,
+                OBJ_obj2nid(algorithm) == NID_X9_62_id_ecPublicKey,
+                let bits = X509_get0_pubkey_bitstr(handle.pointer), let data = bits.pointee.data
+            else {
+                PKIError.clearErrorQueue()
+                return false
+            }
+            var point = [UInt8](repeating: 0, count: 133)
+            var length = 0
+            guard sds_EVP_PKEY_encoded_public_key(privateKey.handle.pointer, &point, point.count, &length) == 1 else {
+                PKIError.clearErrorQueue()
+                return false
+            }
+            let certified = UnsafeBufferPointer(start: data, count: Int(bits.pointee.length))
+            return certified.elementsEqual(point.prefix(length))
         }
-        return EVP_PKEY_eq(key, privateKey.handle.pointer) == 1
     }
 }
 

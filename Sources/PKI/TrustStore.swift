@@ -23,6 +23,10 @@ public final class TrustStore: @unchecked Sendable {
     /// Verifies `leaf` through `intermediates` (any order) up to one of the roots, at `time`.
     /// Throws a `PKIError` carrying OpenSSL's verification message (e.g. "certificate has expired").
     public func verify(leaf: Certificate, intermediates: [Certificate] = [], at time: Timestamp) throws {
+        // X509_verify_cert needs every certificate's key decoded (builder-made leaves have none; see
+        // CertificateBuilder.setPublicKey). Verification is off the issuing hot path, so re-parse here.
+        let leaf = try leaf.withDecodedPublicKey()
+        let intermediates = try intermediates.map { try $0.withDecodedPublicKey() }
         PKIError.clearErrorQueue()
         guard let context = X509_STORE_CTX_new() else { throw PKIError.openSSL("X509_STORE_CTX_new") }
         defer { X509_STORE_CTX_free(context) }

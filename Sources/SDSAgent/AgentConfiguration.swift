@@ -32,7 +32,7 @@ public struct AgentConfiguration: Sendable {
 }
 
 /// Flag values as typed by the user (nil when absent). The executable fills it; `resolve` does the rest.
-public struct RawAgentOptions: Sendable {
+public struct RawAgentOptions: Sendable, Equatable {
     public var socket: String?
     public var socketMode: String?
     public var trustDomain: String?

@@ -1,4 +1,6 @@
 import Glibc
+import Logging
+import SPIFFE
 
 /// Entry point of `sds-agent run`: resolves the configuration, then runs the agent until a stop signal.
 public enum AgentMain {
@@ -7,13 +9,51 @@ public enum AgentMain {
         let configuration: AgentConfiguration
         do {
             configuration = try AgentConfiguration.resolve(
-                options, environment: environment, validateTrustDomain: { _ in nil }, validateSPIFFEID: { _, _ in nil })
+                options, environment: environment, validateTrustDomain: validateTrustDomain,
+                validateSPIFFEID: validateSPIFFEID)
         } catch {
             printError("sds-agent: \(error)")
             return 2
         }
-        printError("sds-agent: not wired yet (socket \(configuration.socket))")
-        return 1
+        let level = configuration.logLevel
+        let format = configuration.logFormat
+        LoggingSystem.bootstrap { label in LogOutput(label: label, format: format, level: level) }
+        let logger = Logger(label: "sds-agent")
+        let agent: Agent
+        do {
+            agent = try Agent(configuration: configuration, logger: logger)
+        } catch {
+            printError("sds-agent: \(error)")
+            return 1
+        }
+        return agent.run { agent in
+            switch agent.configuration.issuer {
+            case .local: return try agent.makeLocalCAIssuer()
+            case .workloadAPI: return try agent.makeWorkloadAPIIssuer()
+            }
+        }
+    }
+
+    static func validateTrustDomain(_ text: String) -> String? {
+        do {
+            let domain = try TrustDomain(text)
+            return domain.name == text ? nil : "'\(text)' must be a bare trust domain name such as example.org"
+        } catch {
+            return "'\(text)' is not a valid trust domain: \(error)"
+        }
+    }
+
+    static func validateSPIFFEID(_ text: String, _ trustDomain: String) -> String? {
+        do {
+            let id = try SPIFFEID(parsing: text)
+            if id.path.isEmpty { return "'\(text)' names a trust domain, not a workload (add a path)" }
+            if id.trustDomain.name != trustDomain {
+                return "'\(text)' is not in trust domain \(trustDomain) (set --trust-domain to match)"
+            }
+            return nil
+        } catch {
+            return "'\(text)' is not a valid SPIFFE ID: \(error)"
+        }
     }
 
     /// The process environment as a dictionary (no Foundation).

@@ -20,7 +20,9 @@ public final class SDSServer {
     /// Stop pulling bytes from nghttp2 while this much is queued in user space for the socket.
     static let writeHighWater = 256 * 1024
 
-    public init(loop: EventLoop, router: GRPCRouter, logger: Logger, h2Configuration: H2Configuration = H2Configuration()) {
+    public init(
+        loop: EventLoop, router: GRPCRouter, logger: Logger, h2Configuration: H2Configuration = H2Configuration()
+    ) {
         self.loop = loop
         self.router = router
         self.logger = logger
@@ -28,6 +30,8 @@ public final class SDSServer {
     }
 
     public var connectionCount: Int { connections.count }
+    /// Called when the last connection closes (used by graceful drain).
+    public var onAllConnectionsClosed: (() -> Void)?
 
     /// Binds the socket (mode applied at creation) and starts accepting.
     public func listen(on address: UnixSocketAddress, mode: UInt32) throws(SystemError) {
@@ -80,6 +84,7 @@ public final class SDSServer {
         guard connections.removeValue(forKey: ObjectIdentifier(connection)) != nil else { return }
         connection.grpc.connectionLost()
         logger.info("connection closed", metadata: ["connection": "\(connection.id)", "reason": "\(reason)"])
+        if connections.isEmpty { onAllConnectionsClosed?() }
     }
 }
 

@@ -80,6 +80,38 @@ public final class SecretDiscoveryService {
         heldFetches.removeAll()
     }
 
+    // MARK: Opening streams (SotW and Delta alike)
+
+    /// The next stream number (nonce prefix and log field), unique for this service's lifetime.
+    private func nextStreamID() -> UInt64 {
+        streamCounter += 1
+        return streamCounter
+    }
+
+    /// Sets what a just-registered SotW or Delta call does on each event but writability: each message is decoded
+    /// (a malformed one fails the call) and handed to `receive`; half-close ends the call with OK; cancel forgets
+    /// the stream.
+    private func acceptRequests<Request: WireMessage>(
+        on call: GRPCServerCall, streamID: UInt64, mode: String, _ receive: @escaping (Request) -> Void
+    ) {
+        let key = ObjectIdentifier(call)
+        logger.debug("stream opened", metadata: ["stream": "\(streamID)", "mode": "\(mode)"])
+        call.onMessage = { [unowned self] bytes in
+            let request: Request
+            do { request = try Request(wireBytes: bytes) } catch {
+                self.fail(call, key: key, GRPCStatus(.invalidArgument, "malformed \(Request.self): \(error)"))
+                return
+            }
+            receive(request)
+        }
+        call.onHalfClose = { [unowned self] in self.close(call, key: key, status: .ok) }
+        call.onCancel = { [unowned self] in
+            self.sotwStreams.removeValue(forKey: key)
+            self.deltaStreams.removeValue(forKey: key)
+            self.logger.debug("stream closed by peer", metadata: ["stream": "\(streamID)"])
+        }
+    }
+
     // MARK: StreamSecrets (SotW)
 
     final class SotWCall {
@@ -97,17 +129,10 @@ public final class SecretDiscoveryService {
     }
 
     private func openSotW(_ call: GRPCServerCall) {
-        streamCounter += 1
-        let stream = SotWCall(call: call, id: streamCounter)
-        let key = ObjectIdentifier(call)
-        sotwStreams[key] = stream
-        logger.debug("stream opened", metadata: ["stream": "\(stream.id)", "mode": "sotw"])
-        call.onMessage = { [unowned self, unowned stream] bytes in
-            let request: DiscoveryRequest
-            do { request = try DiscoveryRequest(wireBytes: bytes) } catch {
-                self.fail(call, key: key, GRPCStatus(.invalidArgument, "malformed DiscoveryRequest: \(error)"))
-                return
-            }
+        let stream = SotWCall(call: call, id: nextStreamID())
+        sotwStreams[ObjectIdentifier(call)] = stream
+        acceptRequests(on: call, streamID: stream.id, mode: "sotw") {
+            [unowned self, unowned stream] (request: DiscoveryRequest) in
             let firstNames = stream.machine.subscribedNames
             self.perform(stream.machine.receive(request, cache: self.cache), on: stream)
             if stream.machine.subscribedNames != firstNames {
@@ -119,11 +144,6 @@ public final class SecretDiscoveryService {
                     ])
                 self.onSubscribe?(stream.machine.subscribedNames)
             }
-        }
-        call.onHalfClose = { [unowned self] in self.close(call, key: key, status: .ok) }
-        call.onCancel = { [unowned self] in
-            self.sotwStreams.removeValue(forKey: key)
-            self.logger.debug("stream closed by peer", metadata: ["stream": "\(stream.id)"])
         }
         call.onWritable = { [unowned self, unowned stream] in
             if let response = stream.unsent {
@@ -140,8 +160,11 @@ public final class SecretDiscoveryService {
                 send(response, on: stream)
             case .ack(let nonce, let version, let names):
                 logger.debug(
-                    "ack", metadata: ["stream": "\(stream.id)", "nonce": "\(nonce)", "version": "\(version)",
-                                      "names": "\(names)"])
+                    "ack",
+                    metadata: [
+                        "stream": "\(stream.id)", "nonce": "\(nonce)", "version": "\(version)",
+                        "names": "\(names)",
+                    ])
             case .nack(let nonce, _, let rejected, let names, let detail):
                 logger.warning(
                     "nack",
@@ -191,17 +214,10 @@ public final class SecretDiscoveryService {
     static let maxUnsentDeltaResponses = 64
 
     private func openDelta(_ call: GRPCServerCall) {
-        streamCounter += 1
-        let stream = DeltaCall(call: call, id: streamCounter)
-        let key = ObjectIdentifier(call)
-        deltaStreams[key] = stream
-        logger.debug("stream opened", metadata: ["stream": "\(stream.id)", "mode": "delta"])
-        call.onMessage = { [unowned self, unowned stream] bytes in
-            let request: DeltaDiscoveryRequest
-            do { request = try DeltaDiscoveryRequest(wireBytes: bytes) } catch {
-                self.fail(call, key: key, GRPCStatus(.invalidArgument, "malformed DeltaDiscoveryRequest: \(error)"))
-                return
-            }
+        let stream = DeltaCall(call: call, id: nextStreamID())
+        deltaStreams[ObjectIdentifier(call)] = stream
+        acceptRequests(on: call, streamID: stream.id, mode: "delta") {
+            [unowned self, unowned stream] (request: DeltaDiscoveryRequest) in
             self.perform(stream.machine.receive(request, cache: self.cache), on: stream)
             if !request.resourceNamesSubscribe.isEmpty || !request.resourceNamesUnsubscribe.isEmpty {
                 self.logger.info(
@@ -212,11 +228,6 @@ public final class SecretDiscoveryService {
                     ])
                 self.onSubscribe?(request.resourceNamesSubscribe)
             }
-        }
-        call.onHalfClose = { [unowned self] in self.close(call, key: key, status: .ok) }
-        call.onCancel = { [unowned self] in
-            self.deltaStreams.removeValue(forKey: key)
-            self.logger.debug("stream closed by peer", metadata: ["stream": "\(stream.id)"])
         }
         call.onWritable = { [unowned self, unowned stream] in
             let pending = stream.unsent
@@ -232,8 +243,11 @@ public final class SecretDiscoveryService {
                 send(response, on: stream)
             case .ack(let nonce, let versions, let removed):
                 logger.debug(
-                    "ack", metadata: ["stream": "\(stream.id)", "nonce": "\(nonce)", "versions": "\(versions)",
-                                      "removed": "\(removed)"])
+                    "ack",
+                    metadata: [
+                        "stream": "\(stream.id)", "nonce": "\(nonce)", "versions": "\(versions)",
+                        "removed": "\(removed)",
+                    ])
             case .nack(let nonce, let rejected, _, let detail):
                 logger.warning(
                     "nack",

@@ -78,76 +78,47 @@ public struct DeltaStream: Sendable {
         var evaluatedRevision: UInt64?
     }
 
-    enum State: Sendable {
-        case awaitingFirstRequest
-        case open(Session)
-        case failed(XDSProtocolError)
-        /// Held only while an event mutates the payload taken out of `.open`, so the payload's storage is
-        /// uniquely referenced and mutating it does not copy (copy-on-write).
-        case modifying
-    }
-
-    private var state: State = .awaitingFirstRequest
-    private var nonces: NonceSequence
+    /// `open` holds the session.
+    private var lifecycle: StreamLifecycle<Session>
 
     /// The client's node, from the first request that carried one.
-    public private(set) var node: Node?
+    public var node: Node? { lifecycle.node }
     /// The most recent NACK on this stream (for status pages and logs).
-    public private(set) var lastRejection: RPCStatus?
+    public var lastRejection: RPCStatus? { lifecycle.lastRejection }
 
     public init(nonces: NonceSequence = NonceSequence()) {
-        self.nonces = nonces
+        lifecycle = StreamLifecycle(nonces: nonces)
     }
 
     /// The names the client currently subscribes to, sorted.
-    public var subscribedNames: [String] {
-        if case .open(let session) = state { return session.subscriptions.keys.sorted() }
-        return []
-    }
+    public var subscribedNames: [String] { lifecycle.payload?.subscriptions.keys.sorted() ?? [] }
 
     /// The nonce of the latest response sent, if any.
-    public var latestNonce: String? {
-        if case .open(let session) = state { return session.lastSent?.nonce }
-        return nil
-    }
+    public var latestNonce: String? { lifecycle.payload?.lastSent?.nonce }
 
     /// The error that failed the stream, if one did.
-    public var failure: XDSProtocolError? {
-        if case .failed(let error) = state { return error }
-        return nil
-    }
+    public var failure: XDSProtocolError? { lifecycle.failure }
 
     /// A request arrived on the stream.
     public mutating func receive(_ request: DeltaDiscoveryRequest, cache: SecretCache) -> [Action] {
         var session: Session
         var actions: [Action] = []
-        switch state {
-        case .failed:
+        switch lifecycle.admit(typeURL: request.typeURL, node: request.node) {
+        case .ignored:
             return []
 
-        case .modifying:
-            preconditionFailure("DeltaStream re-entered while handling an event")
+        case .rejected(let error):
+            return [.protocolError(error)]
 
-        case .awaitingFirstRequest:
-            if let error = checkTypeURL(request.typeURL, isFirstRequest: true) {
-                state = .failed(error)
-                return [.protocolError(error)]
-            }
+        case .first:
             // A nonce on a first request belongs to an earlier stream: nothing to acknowledge.
-            node = request.node
             session = Session()
 
         case .open(let current):
-            if let error = checkTypeURL(request.typeURL, isFirstRequest: false) {
-                state = .failed(error)
-                return [.protocolError(error)]
-            }
-            if node == nil { node = request.node }
             session = current
-            state = .modifying
             if let sent = session.lastSent, !request.responseNonce.isEmpty, request.responseNonce == sent.nonce {
                 if let errorDetail = request.errorDetail {
-                    lastRejection = errorDetail
+                    lifecycle.lastRejection = errorDetail
                     actions.append(
                         .nack(
                             nonce: sent.nonce, rejectedVersions: sent.versions, removed: sent.removed,
@@ -174,15 +145,17 @@ public struct DeltaStream: Sendable {
         if !request.resourceNamesSubscribe.isEmpty, let response = respondIfChanged(&session, cache: cache) {
             actions.append(.send(response))
         }
-        state = .open(session)
+        lifecycle.state = .open(session)
         return actions
     }
 
     /// The cache changed (the service calls this for every stream after each effective `set` or `remove`).
     public mutating func cacheChanged(_ cache: SecretCache) -> [Action] {
-        guard case .open(var session) = state, session.evaluatedRevision != cache.revision else { return [] }
-        state = .modifying
-        defer { state = .open(session) }
+        guard case .open(var session) = lifecycle.state, session.evaluatedRevision != cache.revision else {
+            return []
+        }
+        lifecycle.state = .modifying
+        defer { lifecycle.state = .open(session) }
         return respondIfChanged(&session, cache: cache).map { [.send($0)] } ?? []
     }
 
@@ -225,7 +198,7 @@ public struct DeltaStream: Sendable {
 
         resources.sort { $0.name < $1.name }
         removed.sort()
-        let nonce = nonces.next()
+        let nonce = lifecycle.nonces.next()
         var versions: [String: String] = [:]
         for resource in resources { versions[resource.name] = resource.version }
         session.lastSent = SentResponse(nonce: nonce, versions: versions, removed: removed)

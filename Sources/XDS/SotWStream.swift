@@ -5,7 +5,7 @@ public import Wire
 /// ```
 ///                       receive(first request)
 ///   ┌──────────────────────┐  type_url ok   ┌─────────────────────────────────────────────┐
-///   │ awaitingFirstRequest ├───────────────▶│ subscribed(names, sent, latestNonce)         │◀─┐
+///   │ awaitingFirstRequest ├───────────────▶│ open(names, sent, latestNonce)              │◀─┐
 ///   └──────────┬───────────┘                │  all names cached and versions ≠ sent ─▶ send│  │ receive / cacheChanged
 ///              │ bad type_url               └──────┬───────────────────────────────────┬──┘  │
 ///              ▼                                   │ bad type_url                      └─────┘
@@ -71,76 +71,45 @@ public struct SotWStream: Sendable {
         var evaluatedRevision: UInt64?
     }
 
-    enum State: Sendable {
-        case awaitingFirstRequest
-        case subscribed(Subscription)
-        case failed(XDSProtocolError)
-        /// Held only while an event mutates the payload taken out of `.subscribed`, so the payload's storage is
-        /// uniquely referenced and mutating it does not copy (copy-on-write).
-        case modifying
-    }
-
-    private var state: State = .awaitingFirstRequest
-    private var nonces: NonceSequence
+    /// `open` holds the subscription.
+    private var lifecycle: StreamLifecycle<Subscription>
 
     /// The client's node, from the first request that carried one.
-    public private(set) var node: Node?
+    public var node: Node? { lifecycle.node }
     /// The most recent NACK on this stream (for status pages and logs).
-    public private(set) var lastRejection: RPCStatus?
+    public var lastRejection: RPCStatus? { lifecycle.lastRejection }
 
     public init(nonces: NonceSequence = NonceSequence()) {
-        self.nonces = nonces
+        lifecycle = StreamLifecycle(nonces: nonces)
     }
 
     /// The names the client currently subscribes to (empty before the first request).
-    public var subscribedNames: [String] {
-        if case .subscribed(let subscription) = state { return subscription.names }
-        return []
-    }
+    public var subscribedNames: [String] { lifecycle.payload?.names ?? [] }
 
     /// The nonce of the latest response sent, if any.
-    public var latestNonce: String? {
-        if case .subscribed(let subscription) = state { return subscription.latestNonce }
-        return nil
-    }
+    public var latestNonce: String? { lifecycle.payload?.latestNonce }
 
     /// The error that failed the stream, if one did.
-    public var failure: XDSProtocolError? {
-        if case .failed(let error) = state { return error }
-        return nil
-    }
+    public var failure: XDSProtocolError? { lifecycle.failure }
 
     /// A request arrived on the stream.
     public mutating func receive(_ request: DiscoveryRequest, cache: SecretCache) -> [Action] {
-        switch state {
-        case .failed:
-            // The service ends the call on the protocol error; anything after it is ignored.
+        switch lifecycle.admit(typeURL: request.typeURL, node: request.node) {
+        case .ignored:
             return []
 
-        case .modifying:
-            preconditionFailure("SotWStream re-entered while handling an event")
+        case .rejected(let error):
+            return [.protocolError(error)]
 
-        case .awaitingFirstRequest:
-            if let error = checkTypeURL(request.typeURL, isFirstRequest: true) {
-                state = .failed(error)
-                return [.protocolError(error)]
-            }
-            node = request.node
+        case .first:
             // Whatever nonce or version a first request carries belongs to an earlier stream: start afresh.
             var subscription = Subscription(names: uniqueNames(request.resourceNames))
             let action = respondIfChanged(&subscription, cache: cache)
-            state = .subscribed(subscription)
+            lifecycle.state = .open(subscription)
             return action.map { [$0] } ?? []
 
-        case .subscribed(var subscription):
-            state = .modifying
-            defer { if case .modifying = state { state = .subscribed(subscription) } }
-            if let error = checkTypeURL(request.typeURL, isFirstRequest: false) {
-                state = .failed(error)
-                return [.protocolError(error)]
-            }
-            if node == nil { node = request.node }
-
+        case .open(var subscription):
+            defer { lifecycle.state = .open(subscription) }
             if request.responseNonce.isEmpty {
                 // A new subscription on this stream: answer it as if nothing had been sent.
                 subscription.names = uniqueNames(request.resourceNames)
@@ -154,7 +123,7 @@ public struct SotWStream: Sendable {
 
             var actions: [Action] = []
             if let errorDetail = request.errorDetail {
-                lastRejection = errorDetail
+                lifecycle.lastRejection = errorDetail
                 actions.append(
                     .nack(
                         nonce: request.responseNonce, versionInfo: request.versionInfo,
@@ -177,11 +146,11 @@ public struct SotWStream: Sendable {
 
     /// The cache changed (the service calls this for every stream after each effective `set` or `remove`).
     public mutating func cacheChanged(_ cache: SecretCache) -> [Action] {
-        guard case .subscribed(var subscription) = state, subscription.evaluatedRevision != cache.revision else {
+        guard case .open(var subscription) = lifecycle.state, subscription.evaluatedRevision != cache.revision else {
             return []
         }
-        state = .modifying
-        defer { state = .subscribed(subscription) }
+        lifecycle.state = .modifying
+        defer { lifecycle.state = .open(subscription) }
         return respondIfChanged(&subscription, cache: cache).map { [$0] } ?? []
     }
 
@@ -204,7 +173,7 @@ public struct SotWStream: Sendable {
         for pair in pairs { versions[pair.name] = pair.version }
         if let sent = subscription.sent, sent.versions == versions { return nil }
 
-        let nonce = nonces.next()
+        let nonce = lifecycle.nonces.next()
         let versionInfo = sotwVersionInfo(pairs)
         subscription.sent = SentResponse(nonce: nonce, versionInfo: versionInfo, versions: versions)
         subscription.latestNonce = nonce

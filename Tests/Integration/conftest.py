@@ -12,10 +12,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import sds_servers  # noqa: E402
 
-# The agent's tests run only once the lead says the binary is real (SDS_AGENT_READY=1); until then they are skipped
-# with this reason, so a placeholder binary cannot make the suite red or, worse, green.
-AGENT_READY = os.environ.get("SDS_AGENT_READY") == "1"
-AGENT_SKIP_REASON = "sds-agent not ready yet: set SDS_AGENT_READY=1 (and SDS_AGENT=<binary>) to run against it"
+# sds-agent is real: its tests always run (SDS_AGENT_READY=0 skips them, for working on the harness alone).
+AGENT_READY = os.environ.get("SDS_AGENT_READY", "1") == "1"
+AGENT_SKIP_REASON = "SDS_AGENT_READY=0: sds-agent tests skipped on request"
 AGENT_PARAM = pytest.param("agent", marks=pytest.mark.skipif(not AGENT_READY, reason=AGENT_SKIP_REASON))
 
 
@@ -72,12 +71,9 @@ def sds_factory(request, short_dir):
     if request.param == "reference":
         factory = sds_servers.ReferenceFactory(short_dir)
     else:
-        agent = request.getfixturevalue("sds_agent_bin")
-        factory = sds_servers.ProcessFactory("agent", [str(agent)], short_dir)
-    try:
+        factory = _agent_factory(request, short_dir)
+    with factory:
         yield factory
-    finally:
-        factory.stop_all()
 
 
 @pytest.fixture(params=["reference-script", AGENT_PARAM])
@@ -86,9 +82,11 @@ def process_factory(request, short_dir):
     if request.param == "reference-script":
         factory = sds_servers.ProcessFactory("reference-script", sds_servers.reference_script_argv(), short_dir)
     else:
-        agent = request.getfixturevalue("sds_agent_bin")
-        factory = sds_servers.ProcessFactory("agent", [str(agent)], short_dir)
-    try:
+        factory = _agent_factory(request, short_dir)
+    with factory:
         yield factory
-    finally:
-        factory.stop_all()
+
+
+def _agent_factory(request, short_dir) -> sds_servers.ProcessFactory:
+    agent = request.getfixturevalue("sds_agent_bin")
+    return sds_servers.ProcessFactory("agent", [str(agent)], short_dir)

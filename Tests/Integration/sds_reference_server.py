@@ -46,13 +46,15 @@ from dataclasses import dataclass
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_spiffe_validator_config_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 from google.protobuf import any_pb2
+
+import spiffe_test_ca as test_ca
 
 SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 SPIFFE_VALIDATOR_TYPE_URL = (
@@ -68,20 +70,6 @@ log = logging.getLogger("sds-reference")
 # --------------------------------------------------------------------------------------------------------------
 # PKI: a tiny CA issuing X509-SVIDs
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
-def _pem_cert(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 @dataclass(frozen=True)
@@ -105,42 +93,19 @@ class TinyCA:
         self.trust_domain = trust_domain
         self.key = key
         self.cert = cert
-        self.cert_pem = _pem_cert(cert)
+        self.cert_pem = test_ca.pem_cert(cert)
+        self._root = test_ca.SpiffeRoot(trust_domain, key, cert)
 
     @classmethod
     def create(cls, trust_domain: str, ttl: datetime.timedelta = datetime.timedelta(days=1)) -> "TinyCA":
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name(
+        subject = x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sds-reference"),
                 x509.NameAttribute(NameOID.COMMON_NAME, f"{trust_domain} test root"),
             ]
         )
-        now = _now()
-        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + ttl)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                    encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]),
-                           critical=False)
-            .add_extension(ski, critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(trust_domain, key, cert)
+        root = test_ca.SpiffeRoot.create(trust_domain, subject, lifetime=ttl, backdate=datetime.timedelta(minutes=5))
+        return cls(trust_domain, root.key, root.cert)
 
     @classmethod
     def load_or_create(cls, state_dir: pathlib.Path, trust_domain: str) -> "TinyCA":
@@ -152,7 +117,7 @@ class TinyCA:
             key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
             return cls(trust_domain, key, cert)
         ca = cls.create(trust_domain)
-        key_path.write_bytes(_pem_key(ca.key))
+        key_path.write_bytes(test_ca.pem_key(ca.key))
         os.chmod(key_path, 0o600)
         cert_path.write_bytes(ca.cert_pem)
         return ca
@@ -161,37 +126,10 @@ class TinyCA:
         """A leaf: exactly one URI SAN, CA:false, digitalSignature only, serverAuth + clientAuth."""
         if not spiffe_id.startswith(f"spiffe://{self.trust_domain}/"):
             raise ValueError(f"{spiffe_id} is not in trust domain {self.trust_domain}")
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = _now()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sds-reference")]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            # Backdated a little: clocks of peers differ.
-            .not_valid_before(now - datetime.timedelta(seconds=30))
-            .not_valid_after(min(now + ttl, self.cert.not_valid_after_utc))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                    encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=True)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
-            )
-            .sign(self.key, hashes.SHA256())
+        cert, key = self._root.issue(
+            spiffe_id, test_ca.organization("sds-reference"), ttl=ttl, backdate=datetime.timedelta(seconds=30)
         )
-        return SVID(spiffe_id, cert, _pem_cert(cert), _pem_key(key))
+        return SVID(spiffe_id, cert, test_ca.pem_cert(cert), test_ca.pem_key(key))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -362,6 +300,22 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         threading.Thread(target=_pump_requests, args=(request_iterator, events), daemon=True).start()
         return events
 
+    def _requests(self, events: queue.Queue, record: StreamRecord):
+        """Each request (counted, its node recorded), or None when the store changed; ends with the RPC."""
+        while True:
+            event = events.get()
+            if event is _CLOSED:
+                return
+            if event is _CHANGED:
+                yield None
+                continue
+            record.requests += 1
+            if event.node.id:
+                record.node_ids.append(event.node.id)
+            if event.node.cluster:
+                record.node_clusters.append(event.node.cluster)
+            yield event
+
     # ---- FetchSecrets: unary, answers with what exists now --------------------------------------------------
 
     def FetchSecrets(self, request, context):
@@ -390,20 +344,11 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         sent_version = None  # the version of our latest response
         rejected_version = None  # a version Envoy NACKed: do not send it again
         try:
-            while True:
-                event = events.get()
-                if event is _CLOSED:
-                    return
-                if event is not _CHANGED:
-                    req: discovery_pb2.DiscoveryRequest = event
-                    record.requests += 1
+            for req in self._requests(events, record):
+                if req is not None:
                     log.debug("sotw request names=%s version=%r nonce=%r node=%r error=%r", list(req.resource_names),
                               req.version_info, req.response_nonce, req.node.id,
                               req.error_detail.message if req.HasField("error_detail") else None)
-                    if req.node.id:
-                        record.node_ids.append(req.node.id)
-                    if req.node.cluster:
-                        record.node_clusters.append(req.node.cluster)
                     if req.response_nonce and req.response_nonce != last_nonce:
                         continue  # stale: an answer to a response that is no longer the latest
                     if req.response_nonce and req.HasField("error_detail"):
@@ -452,21 +397,12 @@ class SecretDiscoveryService(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         pending_nonce = ""
         first = True
         try:
-            while True:
-                event = events.get()
-                if event is _CLOSED:
-                    return
-                if event is not _CHANGED:
-                    req: discovery_pb2.DeltaDiscoveryRequest = event
-                    record.requests += 1
+            for req in self._requests(events, record):
+                if req is not None:
                     log.debug("delta request +%s -%s initial=%s nonce=%r node=%r error=%r",
                               list(req.resource_names_subscribe), list(req.resource_names_unsubscribe),
                               dict(req.initial_resource_versions), req.response_nonce, req.node.id,
                               req.error_detail.message if req.HasField("error_detail") else None)
-                    if req.node.id:
-                        record.node_ids.append(req.node.id)
-                    if req.node.cluster:
-                        record.node_clusters.append(req.node.cluster)
                     if first:
                         client_versions.update(req.initial_resource_versions)
                         first = False

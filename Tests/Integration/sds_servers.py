@@ -194,7 +194,17 @@ class ProcessServer:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-class ReferenceFactory:
+class _StopsAllOnExit:
+    """`with factory:` stops every server the factory started, however the block ends."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()
+
+
+class ReferenceFactory(_StopsAllOnExit):
     name = "reference"
 
     def __init__(self, workdir: pathlib.Path):
@@ -212,7 +222,7 @@ class ReferenceFactory:
             s.stop()
 
 
-class ProcessFactory:
+class ProcessFactory(_StopsAllOnExit):
     """Servers run as processes: `argv0` is e.g. [sds-agent] or [python, sds_reference_server.py]."""
 
     def __init__(self, name: str, argv0: list[str], workdir: pathlib.Path):

@@ -23,11 +23,8 @@ WORKLOAD_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/reference"
 
 @pytest.fixture
 def server(short_dir):
-    factory = ReferenceFactory(short_dir)
-    try:
+    with ReferenceFactory(short_dir) as factory:
         yield factory.start("ref", WORKLOAD_ID)
-    finally:
-        factory.stop_all()
 
 
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])

@@ -16,11 +16,13 @@ import threading
 from concurrent import futures
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 from spiffe._proto import workload_pb2, workload_pb2_grpc
+
+import spiffe_test_ca as test_ca
+
+# Certificates are valid from a minute ago: clocks of peers differ.
+_BACKDATE = datetime.timedelta(minutes=1)
 
 
 class TestCA:
@@ -28,30 +30,11 @@ class TestCA:
 
     def __init__(self, trust_domain: str, lifetime: datetime.timedelta = datetime.timedelta(days=30)):
         self.trust_domain = trust_domain
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
-        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "test-ca " + trust_domain)])
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + lifetime)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                    encipher_only=False, decipher_only=False),
-                critical=True)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://" + trust_domain)]),
-                critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
+        self._root = test_ca.SpiffeRoot.create(
+            trust_domain, test_ca.organization("test-ca " + trust_domain), lifetime=lifetime, backdate=_BACKDATE
         )
+        self.key = self._root.key
+        self.cert = self._root.cert
 
     @property
     def bundle_der(self) -> bytes:
@@ -59,34 +42,8 @@ class TestCA:
 
     def issue(self, spiffe_id: str, ttl: datetime.timedelta = datetime.timedelta(hours=1)):
         """Returns (leaf certificate, PKCS#8 DER key)."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SPIRE-like test")]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + ttl)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                    encipher_only=False, decipher_only=False),
-                critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        key_der = key.private_bytes(
-            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        return cert, key_der
+        cert, key = self._root.issue(spiffe_id, test_ca.organization("SPIRE-like test"), ttl=ttl, backdate=_BACKDATE)
+        return cert, test_ca.der_key(key)
 
 
 class WorkloadAPIState:

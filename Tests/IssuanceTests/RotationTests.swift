@@ -58,3 +58,11 @@ import Testing
         #expect(capped.nextDelay(randomUnit: 0) == 24)
     }
 }
+
+@Suite struct SystemWallClockTests {
+    @Test func readsTheRealClockInSeconds() {
+        let now = SystemWallClock().now()
+        // After 2025-01-01 and before 2100: a real clock, in seconds (not milliseconds).
+        #expect(now.secondsSinceEpoch > 1_735_689_600 && now.secondsSinceEpoch < 4_102_444_800)
+    }
+}

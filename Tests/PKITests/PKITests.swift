@@ -62,6 +62,19 @@ import Testing
         #expect(leaf.serialHex.count <= 32)
     }
 
+    @Test func builtAndParsedLeavesAgreeOnTheirKey() throws {
+        // Built leaves take a fast path that leaves OpenSSL without a decoded key; both forms must behave alike.
+        let (chain, key) = try ca.makeLeaf()
+        let parsed = try Certificate(der: chain[0].der)
+        for certificate in [chain[0], parsed] {
+            #expect(certificate.publicKeyMatches(key))
+            #expect(!certificate.publicKeyMatches(ca.rootKey))
+            #expect(certificate.publicKey == key.publicKey)
+            try TrustStore(roots: [ca.root]).verify(leaf: certificate, at: ca.now)
+        }
+        #expect(parsed == chain[0])
+    }
+
     @Test func explicitSerialIsReadBackAsHex() throws {
         let key = try PrivateKey.generate()
         let certificate = try CertificateBuilder(

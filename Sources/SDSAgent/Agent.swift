@@ -1,0 +1,278 @@
+import GRPC
+import Glibc
+import Issuance
+import Logging
+import PKI
+import SPIFFE
+import Transport
+import Wire
+import WorkloadAPI
+import XDS
+
+/// Adapts the event loop's timers to the issuers' `Scheduler`.
+final class LoopScheduler: Scheduler {
+    private let loop: EventLoop
+    init(loop: EventLoop) { self.loop = loop }
+
+    private struct Handle: ScheduledTimer {
+        let timer: EventLoop.Timer
+        func cancel() { timer.cancel() }
+    }
+
+    @discardableResult
+    func schedule(after seconds: Double, _ action: @escaping () -> Void) -> ScheduledTimer {
+        Handle(timer: loop.schedule(after: seconds, action))
+    }
+}
+
+/// The running agent: socket, SDS service, issuer, file-backed names, signals.
+///
+///     bind socket ──► load/create CA ──► issuer.start ──► serve ──SIGHUP──► rotate now
+///                                                           │
+///                                                SIGTERM/INT: stop accepting (socket removed), GOAWAY,
+///                                                finish streams UNAVAILABLE, flush, exit 0
+public final class Agent {
+    public let configuration: AgentConfiguration
+    let loop: EventLoop
+    let logger: Logger
+    let service: SecretDiscoveryService
+    let server: SDSServer
+    private var issuer: (any Issuer)?
+    private let clock: any WallClock
+    private var fileWatcher: FileWatcher?
+    /// File-backed names subscribed so far, and the last error per name (logged once per change).
+    private var fileNames: [String: String?] = [:]
+    private var federatedNames: Set<String> = []
+    private var current: IdentityUpdate?
+    private var lastIssuerError: IssuerError?
+    private var draining = false
+    private let ownID: String
+    private let ownTrustDomain: String
+
+    /// Builds the agent; binds nothing yet.
+    public init(configuration: AgentConfiguration, logger: Logger, clock: any WallClock = SystemWallClock())
+        throws(SystemError)
+    {
+        self.configuration = configuration
+        self.logger = logger
+        self.clock = clock
+        self.loop = try EventLoop()
+        let ownID = configuration.spiffeID
+        let ownTD = configuration.trustDomain
+        self.ownID = ownID
+        self.ownTrustDomain = ownTD
+        // Names we will serve once they exist are "served" (held while pending); everything else is never served.
+        let classifier: SecretCache.NameClassifier = { name in
+            switch SecretName(name, ownID: ownID, ownTrustDomain: ownTD) {
+            case .workloadCertificate, .ownBundle, .allBundles, .fileCertificate, .fileRoot: return .served
+            case .federatedBundle, .unknown: return .neverServed
+            }
+        }
+        self.service = SecretDiscoveryService(classifier: classifier, logger: logger)
+        let router = GRPCRouter()
+        service.register(on: router)
+        self.server = SDSServer(loop: loop, router: router, logger: logger)
+        service.onSubscribe = { [unowned self] names in self.loadFileNames(names) }
+    }
+
+    /// Binds the socket, starts the issuer and serves until SIGTERM/SIGINT. Returns the exit code.
+    public func run(makeIssuer: (Agent) throws -> any Issuer) -> Int32 {
+        // The CA (or upstream client) is set up before binding: a corrupt state dir fails without ever creating a
+        // socket, and loading a CA takes about a millisecond, well inside pilot-agent's 1 s probe.
+        let issuer: any Issuer
+        do {
+            issuer = try makeIssuer(self)
+        } catch {
+            logger.critical("cannot start the issuer", metadata: ["error": "\(error)"])
+            return 1
+        }
+        do {
+            // Signals first: the loop owns them before anything else can run.
+            try loop.onSignal(SIGHUP) { [unowned self] in self.rotateNow() }
+            try loop.onSignal(SIGTERM) { [unowned self] in self.drain(signal: "SIGTERM") }
+            try loop.onSignal(SIGINT) { [unowned self] in self.drain(signal: "SIGINT") }
+            signal(SIGPIPE, SIG_IGN)
+            // Bind before any SVID exists: the HTTP/2 handshake must complete at once (pilot-agent's 1 s probe).
+            try server.listen(on: configuration.socket, mode: configuration.socketMode)
+        } catch {
+            logger.critical("cannot serve", metadata: ["socket": "\(configuration.socket)", "error": "\(error)"])
+            return 1
+        }
+        logger.info(
+            "listening",
+            metadata: [
+                "socket": "\(configuration.socket)", "mode": "\(String(configuration.socketMode, radix: 8))",
+                "spiffe_id": "\(configuration.spiffeID)", "issuer": "\(configuration.issuer.rawValue)",
+            ])
+        self.issuer = issuer
+        issuer.start(
+            onUpdate: { [unowned self] update in self.identityChanged(update) },
+            onError: { [unowned self] error in self.issuerFailed(error) })
+        loop.run()
+        issuer.stop()
+        server.closeAll()
+        server.stopListening()
+        logger.info("stopped")
+        return 0
+    }
+
+    /// The embedded CA issuer for this configuration (state dir or operator-supplied CA).
+    public func makeLocalCAIssuer() throws -> any Issuer {
+        let trustDomain = try TrustDomain(configuration.trustDomain)
+        let spiffeID = try SPIFFEID(parsing: configuration.spiffeID)
+        let now = clock.now()
+        let ca: LocalCA
+        if let certPath = configuration.caCertPath, let keyPath = configuration.caKeyPath {
+            ca = try LocalCA.operatorSupplied(
+                certificateChainPath: certPath, keyPath: keyPath, trustDomain: trustDomain, now: now)
+            logger.info(
+                "CA loaded", metadata: ["certificate": "\(certPath)", "subject": "\(ca.signingCertificate.subject)"])
+        } else {
+            ca = try LocalCA.openOrCreate(
+                stateDirectory: configuration.stateDir, trustDomain: trustDomain, now: now,
+                rootLifetime: Int64(configuration.caTTL))
+            logger.info(
+                ca.createdNewRoot ? "CA created" : "CA loaded",
+                metadata: [
+                    "state_dir": "\(configuration.stateDir)", "serial": "\(ca.signingCertificate.serialHex)",
+                    "not_after": "\(ca.signingCertificate.notAfter)",
+                ])
+        }
+        return LocalCAIssuer(
+            ca: ca, spiffeID: spiffeID, ttl: Int64(configuration.svidTTL), clock: clock,
+            scheduler: LoopScheduler(loop: loop), rotation: RotationPolicy(gracePeriodRatio: configuration.rotateRatio))
+    }
+
+    /// The SPIRE Workload API client for this configuration (`--issuer workload-api`).
+    public func makeWorkloadAPIIssuer() throws -> any Issuer {
+        WorkloadAPIIssuer.make(
+            upstreamSocket: configuration.upstreamSocket, spiffeID: try SPIFFEID(parsing: configuration.spiffeID),
+            loop: loop, scheduler: LoopScheduler(loop: loop), clock: clock)
+    }
+
+    // MARK: Events
+
+    private func identityChanged(_ update: IdentityUpdate) {
+        let secrets: [Secret]
+        do {
+            secrets = try IdentitySecrets.secrets(for: update)
+        } catch {
+            logger.error("cannot encode the SVID", metadata: ["error": "\(error)"])
+            return
+        }
+        if lastIssuerError != nil {
+            logger.info("issuer recovered")
+            lastIssuerError = nil
+        }
+        current = update
+        let changed = service.publish(secrets)
+        // Federated bundles that disappeared: Delta streams hear `removed_resources`.
+        let nowFederated = Set(
+            update.bundles.map { $0.trustDomain.idString }.filter { $0 != "spiffe://" + ownTrustDomain })
+        let gone = federatedNames.subtracting(nowFederated)
+        if !gone.isEmpty { service.unpublish(Array(gone)) }
+        federatedNames = nowFederated
+        server.flushAll()
+        logger.info(
+            "rotated",
+            metadata: [
+                "spiffe_id": "\(update.svid.spiffeID)", "serial": "\(update.svid.leaf.serialHex)",
+                "not_after": "\(update.svid.notAfter)", "changed": "\(changed)",
+                "streams": "\(service.openStreamCount)",
+            ])
+    }
+
+    private func issuerFailed(_ error: IssuerError) {
+        lastIssuerError = error
+        let serving = current.map { "serial \($0.svid.leaf.serialHex) until \($0.svid.notAfter)" } ?? "nothing yet"
+        logger.error("issuance failed", metadata: ["error": "\(error)", "serving": "\(serving)"])
+    }
+
+    private func rotateNow() {
+        logger.info("SIGHUP: rotating now")
+        issuer?.rotateNow()
+        reloadFileNames(Set(fileNames.keys))
+    }
+
+    private func drain(signal: String) {
+        guard !draining else {
+            logger.warning("second \(signal): stopping now")
+            loop.stop()
+            return
+        }
+        draining = true
+        logger.info("draining", metadata: ["signal": "\(signal)", "connections": "\(server.connectionCount)"])
+        server.stopListening()
+        issuer?.stop()
+        service.finishAll(GRPCStatus(.unavailable, "sds-agent is shutting down"))
+        server.beginDrain()
+        server.flushAll()
+        if server.connectionCount == 0 {
+            loop.stop()
+            return
+        }
+        // Wait for peers to take the last bytes, bounded by the drain timeout.
+        let deadline = loop.schedule(after: configuration.drainTimeout) { [unowned self] in
+            self.logger.warning("drain timeout: closing \(self.server.connectionCount) connections")
+            self.loop.stop()
+        }
+        server.onAllConnectionsClosed = { [unowned self] in
+            deadline.cancel()
+            self.loop.stop()
+        }
+    }
+
+    // MARK: File-backed names
+
+    private func loadFileNames(_ names: [String]) {
+        var fresh: Set<String> = []
+        for name in names where fileNames[name] == nil {
+            switch SecretName(name, ownID: ownID, ownTrustDomain: ownTrustDomain) {
+            case .fileCertificate(let cert, let key):
+                fileNames[name] = .some(nil)
+                watch([cert, key])
+                fresh.insert(name)
+            case .fileRoot(let path):
+                fileNames[name] = .some(nil)
+                watch([path])
+                fresh.insert(name)
+            default: continue
+            }
+        }
+        if !fresh.isEmpty { reloadFileNames(fresh) }
+    }
+
+    private func watch(_ paths: [String]) {
+        do {
+            if fileWatcher == nil {
+                fileWatcher = try FileWatcher(loop: loop) { [unowned self] changed in self.filesChanged(changed) }
+            }
+            for path in paths { try fileWatcher?.watch(file: path) }
+        } catch {
+            logger.warning("cannot watch files (changes need SIGHUP)", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func filesChanged(_ paths: Set<String>) {
+        let affected = fileNames.keys.filter { name in paths.contains { name.contains($0) } }
+        reloadFileNames(Set(affected))
+    }
+
+    private func reloadFileNames(_ names: Set<String>) {
+        var secrets: [Secret] = []
+        for name in names.sorted() {
+            let kind = SecretName(name, ownID: ownID, ownTrustDomain: ownTrustDomain)
+            do {
+                secrets.append(try FileSecrets.load(name, kind: kind, now: clock.now()))
+                fileNames[name] = .some(nil)
+            } catch {
+                // Held, not failed: istio-agent also waits for mounted files to appear.
+                if fileNames[name] != .some(error.description) {
+                    logger.warning("file-backed secret not ready", metadata: ["name": "\(name)", "error": "\(error)"])
+                }
+                fileNames[name] = .some(error.description)
+            }
+        }
+        if !service.publish(secrets).isEmpty { server.flushAll() }
+    }
+}

@@ -1,0 +1,119 @@
+import Glibc
+import Issuance
+import PKI
+import SPIFFE
+import Wire
+
+/// Turns an issuer's identity into the Envoy `Secret`s every supported name expects: the same SVID under `default`
+/// and its SPIFFE ID, the own bundle under `ROOTCA` and `spiffe://<td>`, each federated bundle under
+/// `spiffe://<other>`, and all bundles under `ALL` as Envoy's SPIFFE validator config.
+enum IdentitySecrets {
+    /// The name Envoy's SPIFFE certificate validator is registered under.
+    static let spiffeValidatorName = "envoy.tls.cert_validator.spiffe"
+
+    static func secrets(for update: IdentityUpdate) throws -> [Secret] {
+        let svid = update.svid
+        let certificate = Secret.Kind.tlsCertificate(
+            TLSCertificate(
+                certificateChain: .inlineBytes(Array(svid.chainPEM.utf8)),
+                privateKey: .inlineBytes(Array(try svid.privateKey.pkcs8PEM().utf8))))
+        var secrets = [
+            Secret(name: SecretName.istioWorkload, kind: certificate),
+            Secret(name: svid.spiffeID.uri, kind: certificate),
+        ]
+        let ownDomain = svid.spiffeID.trustDomain
+        for bundle in update.bundles {
+            let context = Secret.Kind.validationContext(
+                CertificateValidationContext(trustedCA: .inlineBytes(Array(bundle.pem.utf8))))
+            secrets.append(Secret(name: bundle.trustDomain.idString, kind: context))
+            if bundle.trustDomain == ownDomain { secrets.append(Secret(name: SecretName.istioRoot, kind: context)) }
+        }
+        let validator = SPIFFECertValidatorConfig(
+            trustDomains: update.bundles.map {
+                SPIFFECertValidatorConfig.TrustDomain(
+                    name: $0.trustDomain.name, trustBundle: .inlineBytes(Array($0.pem.utf8)))
+            })
+        secrets.append(
+            Secret(
+                name: SecretName.allBundlesName,
+                kind: .validationContext(
+                    CertificateValidationContext(
+                        customValidatorConfig: TypedExtensionConfig(
+                            name: spiffeValidatorName, typedConfig: AnyMessage(packing: validator))))))
+        return secrets
+    }
+}
+
+/// Istio's file-backed names (`file-cert:<cert>~<key>`, `file-root:<ca>`): read, validated, served as inline PEM
+/// so Envoy never needs access to the files.
+enum FileSecrets {
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    static func load(_ name: String, kind: SecretName, now: Timestamp) throws(Failure) -> Secret {
+        switch kind {
+        case .fileCertificate(let certificatePath, let keyPath):
+            let chainPEM = try read(certificatePath)
+            let keyPEM = try read(keyPath)
+            let chain: [Certificate]
+            let key: PrivateKey
+            do {
+                chain = try Certificate.parseChain(pem: chainPEM)
+                key = try PrivateKey(pem: keyPEM)
+            } catch {
+                throw Failure(description: "\(name): \(error)")
+            }
+            guard let leaf = chain.first else { throw Failure(description: "\(certificatePath): no certificate") }
+            guard leaf.publicKeyMatches(key) else {
+                throw Failure(description: "\(keyPath) does not match the certificate in \(certificatePath)")
+            }
+            guard now <= leaf.notAfter else {
+                throw Failure(description: "\(certificatePath) expired at \(leaf.notAfter)")
+            }
+            return Secret(
+                name: name,
+                kind: .tlsCertificate(
+                    TLSCertificate(
+                        certificateChain: .inlineBytes(Array(chainPEM.utf8)),
+                        privateKey: .inlineBytes(Array(keyPEM.utf8)))
+                ))
+        case .fileRoot(let path):
+            let pem = try read(path)
+            do {
+                guard !(try Certificate.parseChain(pem: pem)).isEmpty else {
+                    throw Failure(description: "\(path): no certificate")
+                }
+            } catch let failure as Failure {
+                throw failure
+            } catch {
+                throw Failure(description: "\(path): \(error)")
+            }
+            return Secret(
+                name: name,
+                kind: .validationContext(CertificateValidationContext(trustedCA: .inlineBytes(Array(pem.utf8)))))
+        default:
+            throw Failure(description: "\(name) is not a file-backed name")
+        }
+    }
+
+    /// Reads a whole (small) file; certificates and keys are kilobytes, so a 1 MiB cap only stops mistakes.
+    static func read(_ path: String) throws(Failure) -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw Failure(description: "\(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw Failure(description: "\(path): \(String(cString: strerror(errno)))")
+            }
+            if count == 0 { break }
+            bytes.append(contentsOf: chunk[0..<count])
+            guard bytes.count <= 1 << 20 else { throw Failure(description: "\(path): larger than 1 MiB") }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}

@@ -1,0 +1,281 @@
+import GRPC
+import Glibc
+import H2
+import PKI
+import Transport
+import Wire
+
+/// The I/O shell around `DumpSession`: one Unix-socket connection, one HTTP/2 session, one gRPC call per stream,
+/// an epoll loop with the timeout and SIGINT/SIGTERM, stdout, stderr and --pem-dir. Decides nothing itself.
+public final class DumpClient: ConnectionDelegate {
+    private let options: DumpOptions
+    private var session: DumpSession
+    private let loop: EventLoop
+    private let grpc = GRPCClientConnection()
+    private var socket: Connection?
+    private var path = ""
+    private var calls: [Int: GRPCClientCall] = [:]
+    private var fetchCall: GRPCClientCall?
+    private let colors: Bool
+    private var outputBuffer: [UInt8] = []
+
+    /// How long to wait, after the last ACK, for the server to end the half-closed streams (proof it read the ACK).
+    static let closingGrace = 2.0
+
+    public init(options: DumpOptions) throws(SystemError) {
+        self.options = options
+        self.session = DumpSession(options: options)
+        self.loop = try EventLoop()
+        self.colors = !options.json && isatty(STDOUT_FILENO) == 1
+    }
+
+    /// Runs to the end; returns the process exit code.
+    public func run() -> Int32 {
+        let outcome = runSession()
+        if let message = outcome.message { writeStandardError("sds-dump: \(message)\n") }
+        return outcome.exitCode
+    }
+
+    private func runSession() -> DumpOutcome {
+        let address: UnixSocketAddress
+        do throws(UnixSocketAddress.ParseError) {
+            address = try UnixSocketAddress(options.socket)
+        } catch {
+            return .cannotConnect(path: options.socket, reason: "\(error)")
+        }
+        path = address.path
+        do throws(SystemError) {
+            let fd = try connectUnixSocket(address)
+            socket = try Connection(fd: fd, loop: loop, delegate: self)
+            try loop.onSignal(SIGINT) { [unowned self] in self.perform(self.session.interrupted()) }
+            try loop.onSignal(SIGTERM) { [unowned self] in self.perform(self.session.interrupted()) }
+        } catch {
+            return .cannotConnect(path: address.path, reason: String(cString: strerror(error.errno)))
+        }
+        perform(session.start())
+        let timer = loop.schedule(after: options.timeoutSeconds) { [unowned self] in
+            self.perform(self.session.timedOut())
+        }
+        // With --watch the run has no end of its own: a year stands in for "until a signal or --count".
+        _ = loop.run(until: { self.session.outcome != nil }, timeout: 365 * 86_400)
+        timer.cancel()
+        let outcome = session.outcome ?? .interrupted(watching: options.watch)
+        if outcome == .completed { closeGracefully() }
+        socket?.close()
+        return outcome
+    }
+
+    /// Half-closes every stream and waits (briefly) for the server to end them: by then it has read every ACK.
+    private func closeGracefully() {
+        let open = Array(calls.values).filter { !$0.isFinished }
+        guard !open.isEmpty else {
+            flush()
+            return
+        }
+        for call in open { call.closeSend() }
+        flush()
+        _ = loop.run(
+            until: { open.allSatisfy(\.isFinished) || self.socket?.isClosed ?? true }, timeout: Self.closingGrace)
+    }
+
+    // MARK: Actions
+
+    private func perform(_ actions: [DumpSession.Action]) {
+        for action in actions {
+            switch action {
+            case .openSotW(let stream, let request):
+                open(stream: stream, path: SecretDiscoveryServiceMethod.streamSecrets.path, first: request.wireBytes())
+            case .openDelta(let stream, let request):
+                open(stream: stream, path: SecretDiscoveryServiceMethod.deltaSecrets.path, first: request.wireBytes())
+            case .fetch(let request):
+                startFetch(request)
+            case .sendSotW(let stream, let request):
+                calls[stream]?.send(request.wireBytes())
+            case .sendDelta(let stream, let request):
+                calls[stream]?.send(request.wireBytes())
+            case .emit(let update):
+                emit(update)
+            case .warn(let text):
+                writeStandardError("sds-dump: \(text)\n")
+            case .finish:
+                break  // the loop sees session.outcome and returns
+            }
+        }
+        flush()
+    }
+
+    private func open(stream: Int, path: String, first: [UInt8]) {
+        let call: GRPCClientCall
+        do throws(GRPCStatus) {
+            call = try grpc.startCall(path: path)
+        } catch {
+            perform(session.callFinished(stream: stream, status: error))
+            return
+        }
+        calls[stream] = call
+        let mode = options.mode
+        call.onMessage = { [unowned self] bytes in
+            let now = Self.wallClockNow()
+            switch mode {
+            case .sotw:
+                guard let response = try? DiscoveryResponse(wireBytes: bytes) else {
+                    return perform(
+                        self.session.callFinished(
+                            stream: stream, status: GRPCStatus(.internal, "undecodable DiscoveryResponse")))
+                }
+                perform(session.receivedSotW(stream: stream, response, at: now))
+            case .delta:
+                guard let response = try? DeltaDiscoveryResponse(wireBytes: bytes) else {
+                    return perform(
+                        self.session.callFinished(
+                            stream: stream, status: GRPCStatus(.internal, "undecodable DeltaDiscoveryResponse")))
+                }
+                perform(session.receivedDelta(stream: stream, response, at: now))
+            case .fetch:
+                break
+            }
+        }
+        call.onFinish = { [unowned self] status, _ in
+            self.perform(self.session.callFinished(stream: stream, status: status))
+        }
+        call.send(first)
+    }
+
+    private func startFetch(_ request: DiscoveryRequest) {
+        let call: GRPCClientCall
+        do throws(GRPCStatus) {
+            call = try grpc.startCall(path: SecretDiscoveryServiceMethod.fetchSecrets.path)
+        } catch {
+            perform(session.callFinished(stream: nil, status: error))
+            return
+        }
+        fetchCall = call
+        call.onMessage = { [unowned self] bytes in
+            guard let response = try? DiscoveryResponse(wireBytes: bytes) else {
+                return perform(session.callFinished(stream: nil, status: GRPCStatus(.internal, "undecodable response")))
+            }
+            perform(session.receivedFetch(response, at: Self.wallClockNow()))
+        }
+        call.onFinish = { [unowned self] status, _ in
+            self.perform(self.session.callFinished(stream: nil, status: status))
+        }
+        call.send(request.wireBytes())
+        call.closeSend()
+    }
+
+    private func emit(_ update: DumpUpdate) {
+        if let directory = options.pemDirectory {
+            for secret in update.secrets {
+                do throws(SystemError) {
+                    try PEMFiles.write(secret, into: directory)
+                } catch {
+                    writeStandardError("sds-dump: --pem-dir: \(error)\n")
+                }
+            }
+        }
+        if options.json {
+            writeStandardOutput(DumpRenderer.json(update).rendered + "\n")
+        } else {
+            writeStandardOutput(DumpRenderer.human(update, colors: colors) + (options.watch ? "\n" : ""))
+        }
+    }
+
+    // MARK: Socket
+
+    /// Moves what the HTTP/2 session produced to the socket.
+    private func flush() {
+        guard let socket, !socket.isClosed else { return }
+        while true {
+            outputBuffer.removeAll(keepingCapacity: true)
+            if grpc.session.takeOutput(into: &outputBuffer, maxBytes: 64 * 1024) == 0 { break }
+            socket.write(outputBuffer)
+        }
+    }
+
+    public func connection(_ connection: Connection, received bytes: UnsafeRawBufferPointer) {
+        do throws(H2Error) {
+            try grpc.session.receive(bytes)
+        } catch {
+            flush()
+            connection.close()
+            grpc.connectionLost()
+            perform(session.connectionLost(path: path, reason: "HTTP/2 error: \(error)"))
+            return
+        }
+        flush()
+    }
+
+    public func connectionDrained(_ connection: Connection) { flush() }
+
+    public func connectionClosed(_ connection: Connection, error: SystemError?) {
+        let reason = error.map { String(cString: strerror($0.errno)) } ?? "the server closed the connection"
+        // Lose the connection first in the session: calls ending with UNAVAILABLE would otherwise read as exit 5.
+        perform(session.connectionLost(path: path, reason: reason))
+        grpc.connectionLost()
+    }
+
+    // MARK: Clock and output
+
+    static func wallClockNow() -> Timestamp {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Timestamp(secondsSinceEpoch: Int64(now.tv_sec))
+    }
+}
+
+/// Writes all of `text` to a descriptor (stdout is flushed per update so `--watch` readers see it at once).
+func writeAll(_ text: String, to fd: Int32) {
+    var bytes = Array(text.utf8)[...]
+    while !bytes.isEmpty {
+        let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        if written < 0 {
+            if errno == EINTR || errno == EAGAIN { continue }
+            return
+        }
+        bytes = bytes.dropFirst(written)
+    }
+}
+
+public func writeStandardOutput(_ text: String) { writeAll(text, to: STDOUT_FILENO) }
+public func writeStandardError(_ text: String) { writeAll(text, to: STDERR_FILENO) }
+
+/// `--pem-dir`: `<safe>.cert.pem` and `<safe>.key.pem` (0600) for a certificate, `<safe>.bundle.pem` for a
+/// validation context. Each file is written to a temporary name and renamed, so a reader never sees half a file.
+enum PEMFiles {
+    static func write(_ secret: ReceivedSecret, into directory: String) throws(SystemError) {
+        let base = directory + "/" + safeFileName(secret.name)
+        switch secret.material {
+        case .certificate(let chain, let key):
+            try writeFile(base + ".cert.pem", Array(Certificate.pem(chain).utf8), mode: 0o644)
+            try writeFile(base + ".key.pem", key, mode: 0o600)
+        case .validationContext(let cas):
+            try writeFile(base + ".bundle.pem", Array(Certificate.pem(cas).utf8), mode: 0o644)
+        }
+    }
+
+    static func writeFile(_ path: String, _ bytes: [UInt8], mode: mode_t) throws(SystemError) {
+        let temporary = path + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw SystemError("open", errno: errno, detail: temporary) }
+        // The umask may have narrowed the mode, and an old temporary file keeps its own: set it exactly.
+        _ = fchmod(fd, mode)
+        var rest = bytes[...]
+        while !rest.isEmpty {
+            let written = rest.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if written < 0 {
+                if errno == EINTR { continue }
+                let error = SystemError("write", errno: errno, detail: temporary)
+                close(fd)
+                unlink(temporary)
+                throw error
+            }
+            rest = rest.dropFirst(written)
+        }
+        close(fd)
+        guard rename(temporary, path) == 0 else {
+            let error = SystemError("rename", errno: errno, detail: path)
+            unlink(temporary)
+            throw error
+        }
+    }
+}

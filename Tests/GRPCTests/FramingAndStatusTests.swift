@@ -1,0 +1,91 @@
+import GRPC
+import Testing
+
+@Test func decoderFedOneByteAtATimeYieldsEveryMessage() throws {
+    let messages: [[UInt8]] = [Array("first".utf8), [], Array(repeating: 7, count: 300), [0]]
+    let wire = messages.flatMap(GRPCMessageFraming.frame)
+    var decoder = GRPCMessageDecoder()
+    var decoded: [[UInt8]] = []
+    for byte in wire {
+        decoded += try decoder.feed([byte])
+    }
+    #expect(decoded == messages)
+    #expect(decoder.isAtMessageBoundary)
+}
+
+@Test func decoderSplitsMessagesAcrossArbitraryChunks() throws {
+    let messages: [[UInt8]] = (0..<20).map { Array(repeating: UInt8($0), count: $0 * 13) }
+    let wire = messages.flatMap(GRPCMessageFraming.frame)
+    var decoder = GRPCMessageDecoder()
+    var decoded: [[UInt8]] = []
+    var index = 0
+    var size = 1
+    while index < wire.count {
+        let end = min(index + size, wire.count)
+        decoded += try decoder.feed(wire[index..<end])
+        index = end
+        size = size % 17 + 3
+    }
+    #expect(decoded == messages)
+}
+
+@Test func oversizePrefixFailsWithResourceExhaustedBeforeAnyBodyArrives() {
+    var decoder = GRPCMessageDecoder(maxMessageBytes: 4 << 20)
+    // Announces 100 MB; only the 5-byte prefix is fed.
+    let length = UInt32(100_000_000)
+    let prefix: [UInt8] = [
+        0, UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF),
+    ]
+    #expect(throws: Never.self) { _ = try decoder.feed(prefix.prefix(4)) }
+    do {
+        _ = try decoder.feed(prefix.suffix(1))
+        Issue.record("expected RESOURCE_EXHAUSTED")
+    } catch {
+        #expect(error.code == .resourceExhausted)
+    }
+    // Stays failed: later bytes are refused, not buffered.
+    #expect(throws: GRPCStatus.self) { _ = try decoder.feed([1, 2, 3]) }
+}
+
+@Test func messageExactlyAtTheLimitIsAccepted() throws {
+    var decoder = GRPCMessageDecoder(maxMessageBytes: 10)
+    #expect(try decoder.feed(GRPCMessageFraming.frame(Array(repeating: 1, count: 10))).count == 1)
+}
+
+@Test func compressedFlagIsRejectedAsUnsupported() {
+    var decoder = GRPCMessageDecoder()
+    do {
+        _ = try decoder.feed([1, 0, 0, 0, 1, 0x42])
+        Issue.record("expected a failure")
+    } catch {
+        #expect(error == GRPCStatus(.unimplemented, "compressed messages not supported"))
+    }
+}
+
+@Test func invalidFlagIsInternal() {
+    var decoder = GRPCMessageDecoder()
+    #expect(throws: GRPCStatus(.internal, "invalid message flag 2")) { _ = try decoder.feed([2, 0, 0, 0, 0]) }
+}
+
+@Test func partialMessageIsNotAtABoundary() throws {
+    var decoder = GRPCMessageDecoder()
+    _ = try decoder.feed([0, 0, 0])
+    #expect(!decoder.isAtMessageBoundary)
+}
+
+@Test func percentEncodingRoundTripsNonASCIIAndPercent() {
+    let message = "bad cert: 100% wrong — ünïcode\nnewline"
+    let encoded = GRPCPercentEncoding.encode(message)
+    #expect(encoded.utf8.allSatisfy { $0 >= 0x20 && $0 <= 0x7E })
+    #expect(encoded.contains("100%25"))
+    #expect(GRPCPercentEncoding.decode(encoded) == message)
+    #expect(GRPCPercentEncoding.decode("a%zzb%4") == "a%zzb%4")
+}
+
+@Test func statusTrailersRoundTrip() {
+    let status = GRPCStatus(.permissionDenied, "no 🚫")
+    #expect(GRPCStatus(trailers: status.trailerFields) == status)
+    #expect(GRPCStatus.ok.trailerFields.map(\.0) == ["grpc-status"])
+    #expect(GRPCStatus(trailers: []).code == .unknown)
+    #expect(GRPCStatus(trailers: [("grpc-status", "99")]).code == .unknown)
+}

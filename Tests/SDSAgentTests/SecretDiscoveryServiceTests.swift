@@ -1,0 +1,159 @@
+import GRPC
+import H2
+import Logging
+import TestSupport
+import Testing
+import Wire
+import XDS
+
+@testable import SDSAgent
+
+/// The SDS service end to end in memory: a gRPC client and server over two nghttp2 sessions pumping bytes, no
+/// sockets, no clock.
+final class ServiceHarness {
+    let service: SecretDiscoveryService
+    let server: GRPCServerConnection
+    let client: GRPCClientConnection
+    let pair: InMemoryPair
+
+    init(feedMode: InMemoryPair.FeedMode = .whole) {
+        service = SecretDiscoveryService(
+            classifier: {
+                SecretName($0, ownID: "spiffe://example.org/ns/a/sa/b", ownTrustDomain: "example.org") == .unknown
+                    ? .neverServed : .served
+            },
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        let router = GRPCRouter()
+        service.register(on: router)
+        server = GRPCServerConnection(router: router)
+        client = GRPCClientConnection(authority: "sds-grpc")
+        pair = InMemoryPair(client: client.session, server: server.session, feedMode: feedMode)
+        pair.pump()
+    }
+
+    func secret(_ name: String, _ content: String) -> Secret {
+        Secret(
+            name: name,
+            kind: .tlsCertificate(
+                TLSCertificate(
+                    certificateChain: .inlineBytes(Array(content.utf8)), privateKey: .inlineBytes(Array("k".utf8)))))
+    }
+}
+
+final class Received {
+    var messages: [[UInt8]] = []
+    var status: GRPCStatus?
+}
+
+private func open(_ h: ServiceHarness, _ method: SecretDiscoveryServiceMethod) throws -> (GRPCClientCall, Received) {
+    let call = try h.client.startCall(path: method.path)
+    let received = Received()
+    call.onMessage = { received.messages.append($0) }
+    call.onFinish = { status, _ in received.status = status }
+    return (call, received)
+}
+
+@Suite struct SecretDiscoveryServiceTests {
+    @Test func sotwHoldsUntilIssuedThenPushesOnlyOnChange() throws {
+        let h = ServiceHarness(feedMode: .byteByByte)
+        let (call, received) = try open(h, .streamSecrets)
+        call.send(DiscoveryRequest(resourceNames: ["default"], typeURL: SDS.secretTypeURL).wireBytes())
+        h.pair.pump()
+        #expect(received.messages.isEmpty, "held: nothing issued yet")
+
+        h.service.publish([h.secret("default", "one")])
+        h.pair.pump()
+        #expect(received.messages.count == 1)
+        let first = try DiscoveryResponse(wireBytes: received.messages[0])
+        let secret = try first.resources[0].unpack(Secret.self)
+        #expect(secret.name == "default")
+
+        // ACK, then the same content again: no push.
+        call.send(
+            DiscoveryRequest(
+                versionInfo: first.versionInfo, resourceNames: ["default"], typeURL: SDS.secretTypeURL,
+                responseNonce: first.nonce
+            ).wireBytes())
+        h.service.publish([h.secret("default", "one")])
+        h.pair.pump()
+        #expect(received.messages.count == 1)
+
+        // New content: pushed with a new version and nonce.
+        h.service.publish([h.secret("default", "two")])
+        h.pair.pump()
+        #expect(received.messages.count == 2)
+        let second = try DiscoveryResponse(wireBytes: received.messages[1])
+        #expect(second.versionInfo != first.versionInfo)
+        #expect(second.nonce != first.nonce)
+    }
+
+    @Test func deltaAnswersNamesNeverServedInRemovedResources() throws {
+        let h = ServiceHarness()
+        h.service.publish([h.secret("default", "one")])
+        let (call, received) = try open(h, .deltaSecrets)
+        call.send(
+            DeltaDiscoveryRequest(
+                typeURL: SDS.secretTypeURL, resourceNamesSubscribe: ["default", "spiffe://example.org/ns/x/sa/other"]
+            ).wireBytes())
+        h.pair.pump()
+        let responses = try received.messages.map { try DeltaDiscoveryResponse(wireBytes: $0) }
+        #expect(responses.flatMap { $0.resources.map(\.name) } == ["default"])
+        #expect(responses.flatMap(\.removedResources) == ["spiffe://example.org/ns/x/sa/other"])
+    }
+
+    @Test func pushReachesEveryStreamOnce() throws {
+        let h = ServiceHarness()
+        var calls: [(GRPCClientCall, Received)] = []
+        for _ in 0..<200 {
+            let (call, received) = try open(h, .streamSecrets)
+            call.send(DiscoveryRequest(resourceNames: ["ROOTCA"], typeURL: SDS.secretTypeURL).wireBytes())
+            calls.append((call, received))
+        }
+        h.pair.pump()
+        h.service.publish([h.secret("ROOTCA", "bundle")])
+        h.pair.pump()
+        #expect(calls.allSatisfy { $0.1.messages.count == 1 })
+        #expect(h.service.openStreamCount == 200)
+    }
+
+    @Test func malformedRequestGetsInvalidArgumentAndOtherStreamsContinue() throws {
+        let h = ServiceHarness()
+        let (bad, badReceived) = try open(h, .streamSecrets)
+        let (good, goodReceived) = try open(h, .streamSecrets)
+        bad.send([0xff, 0xff, 0xff])
+        good.send(DiscoveryRequest(resourceNames: ["default"], typeURL: SDS.secretTypeURL).wireBytes())
+        h.service.publish([h.secret("default", "one")])
+        h.pair.pump()
+        #expect(badReceived.status?.code == .invalidArgument)
+        #expect(goodReceived.messages.count == 1)
+        #expect(goodReceived.status == nil)
+    }
+
+    @Test func fetchIsHeldUntilIssuedAndNotFoundForNamesNeverServed() throws {
+        let h = ServiceHarness()
+        let (held, heldReceived) = try open(h, .fetchSecrets)
+        held.send(DiscoveryRequest(resourceNames: ["default"], typeURL: SDS.secretTypeURL).wireBytes())
+        held.closeSend()
+        let (never, neverReceived) = try open(h, .fetchSecrets)
+        never.send(DiscoveryRequest(resourceNames: ["kubernetes://x"], typeURL: SDS.secretTypeURL).wireBytes())
+        never.closeSend()
+        h.pair.pump()
+        #expect(heldReceived.status == nil)
+        #expect(neverReceived.status?.code == .notFound)
+        h.service.publish([h.secret("default", "one")])
+        h.pair.pump()
+        #expect(heldReceived.status == .ok)
+        #expect(heldReceived.messages.count == 1)
+    }
+
+    @Test func drainFinishesStreamsUnavailable() throws {
+        let h = ServiceHarness()
+        let (call, received) = try open(h, .deltaSecrets)
+        call.send(DeltaDiscoveryRequest(typeURL: SDS.secretTypeURL, resourceNamesSubscribe: ["default"]).wireBytes())
+        h.pair.pump()
+        h.service.finishAll(GRPCStatus(.unavailable, "shutting down"))
+        h.pair.pump()
+        #expect(received.status?.code == .unavailable)
+        #expect(h.service.openStreamCount == 0)
+    }
+}
