@@ -85,6 +85,13 @@ public final class WorkloadAPIIssuer: Issuer {
 
     private func perform(_ actions: [WorkloadAPIClientStateMachine.Action]) {
         for action in actions {
+            // A callback may have stopped the issuer halfway through: then only tearing down is left to do.
+            if machine.state == .stopped {
+                switch action {
+                case .cancelRetry, .closeConnection: break
+                case .connect, .scheduleRetry, .deliver, .report: continue
+                }
+            }
             switch action {
             case .connect(let attempt):
                 connect(attempt: attempt)
@@ -128,6 +135,7 @@ public final class WorkloadAPIIssuer: Issuer {
         do throws(GRPCStatus) {
             try upstream.openStreams()
         } catch {
+            closeConnection()
             perform(machine.connectFailed(attempt: attempt, reason: "\(error)", randomUnit: randomUnit()))
             return
         }

@@ -86,6 +86,21 @@ final class Recorder {
         #expect(issuer.state == .stopped)
     }
 
+    @Test func stopInsideACallbackEndsEverything() throws {
+        let scheduler = FakeScheduler()
+        let dialer = Dialer()
+        let issuer = try makeIssuer(scheduler, dialer)
+        var errors = 0
+        issuer.start(
+            onUpdate: { _ in },
+            onError: { _ in
+                errors += 1; issuer.stop()
+            })
+        scheduler.advance(by: 60)
+        #expect(errors == 1 && dialer.attempts == 1)
+        #expect(scheduler.pendingCount == 0)
+    }
+
     @Test func stopBeforeTheFirstTurnMeansNoCallbackEver() throws {
         let scheduler = FakeScheduler()
         let dialer = Dialer()
