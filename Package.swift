@@ -47,9 +47,12 @@ let package = Package(
         .target(name: "Issuance", dependencies: ["SPIFFE", "PKI"]),
         .target(name: "Transport", dependencies: ["CLinux"]),
         .target(
+            name: "WorkloadAPI",
+            dependencies: ["Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport"]),
+        .target(
             name: "SDSAgent",
             dependencies: [
-                "Wire", "XDS", "GRPC", "H2", "Transport", "Issuance", "SPIFFE", "PKI",
+                "Wire", "XDS", "GRPC", "H2", "Transport", "Issuance", "SPIFFE", "PKI", "WorkloadAPI",
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
@@ -86,6 +89,9 @@ let package = Package(
         .testTarget(name: "GRPCTests", dependencies: ["GRPC", "H2", "TestSupport"]),
         .testTarget(name: "XDSTests", dependencies: ["XDS", "Wire", "TestSupport"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+        .testTarget(
+            name: "WorkloadAPITests",
+            dependencies: ["WorkloadAPI", "Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "Transport", "TestSupport"]),
         .testTarget(
             name: "SDSAgentTests",
             dependencies: [

@@ -6,6 +6,7 @@ import PKI
 import SPIFFE
 import Transport
 import Wire
+import WorkloadAPI
 import XDS
 
 /// Adapts the event loop's timers to the issuers' `Scheduler`.
@@ -140,6 +141,13 @@ public final class Agent {
         return LocalCAIssuer(
             ca: ca, spiffeID: spiffeID, ttl: Int64(configuration.svidTTL), clock: clock,
             scheduler: LoopScheduler(loop: loop), rotation: RotationPolicy(gracePeriodRatio: configuration.rotateRatio))
+    }
+
+    /// The SPIRE Workload API client for this configuration (`--issuer workload-api`).
+    public func makeWorkloadAPIIssuer() throws -> any Issuer {
+        WorkloadAPIIssuer.make(
+            upstreamSocket: configuration.upstreamSocket, spiffeID: try SPIFFEID(parsing: configuration.spiffeID),
+            loop: loop, scheduler: LoopScheduler(loop: loop), clock: clock)
     }
 
     // MARK: Events

@@ -29,14 +29,9 @@ public enum AgentMain {
         return agent.run { agent in
             switch agent.configuration.issuer {
             case .local: return try agent.makeLocalCAIssuer()
-            case .workloadAPI: throw IssuerUnavailable(kind: "workload-api")
+            case .workloadAPI: return try agent.makeWorkloadAPIIssuer()
             }
         }
-    }
-
-    struct IssuerUnavailable: Error, CustomStringConvertible {
-        let kind: String
-        var description: String { "issuer \(kind) is not available in this build" }
     }
 
     static func validateTrustDomain(_ text: String) -> String? {

@@ -1,0 +1,101 @@
+public import Issuance
+public import PKI
+public import SPIFFE
+public import Wire
+
+/// Turns Workload API responses into the pieces of an `IdentityUpdate`. Pure: time is a parameter.
+///
+/// The rules, after go-spiffe's `workloadapi` client:
+/// - the SVID is the one whose SPIFFE ID equals the wanted one, or the first when none is wanted;
+/// - it must pass the X509-SVID rules at `now` and chain to its own trust domain's bundle (the response's
+///   `bundle` field), so an unusable SVID never replaces a good one;
+/// - bundles are keyed by the trust domain's SPIFFE ID (`spiffe://other.org`) or bare name.
+public enum UpstreamIdentity {
+    /// Picks and validates the SVID of `response`; returns it with its own trust domain's bundle.
+    /// `fallbackBundles` supplies the own bundle when the response's `bundle` field is empty.
+    public static func svid(
+        from response: X509SVIDResponse, wanted: SPIFFEID?, now: Timestamp,
+        fallbackBundles: [TrustDomain: X509Bundle] = [:]
+    ) throws(IssuerError) -> (svid: X509SVID, bundle: X509Bundle) {
+        guard !response.svids.isEmpty else {
+            throw IssuerError(kind: .issuanceFailed, message: "the Workload API sent a response without SVIDs")
+        }
+        let chosen: X509SVIDMessage
+        if let wanted {
+            guard let match = response.svids.first(where: { (try? SPIFFEID(parsing: $0.spiffeID)) == wanted }) else {
+                let offered = response.svids.map(\.spiffeID).joined(separator: ", ")
+                throw IssuerError(
+                    kind: .issuanceFailed,
+                    message: "the Workload API offers no SVID for \(wanted) (offered: \(offered))")
+            }
+            chosen = match
+        } else {
+            chosen = response.svids[0]
+        }
+        let svid: X509SVID
+        do {
+            svid = try X509SVID(
+                chainDER: chosen.x509SVID, keyPKCS8DER: chosen.x509SVIDKey, now: now, expectedID: wanted)
+        } catch {
+            throw IssuerError(
+                kind: .issuanceFailed, message: "the Workload API's SVID for \(chosen.spiffeID) is unusable: \(error)")
+        }
+        let trustDomain = svid.spiffeID.trustDomain
+        let bundle: X509Bundle
+        if chosen.bundle.isEmpty {
+            guard let fallback = fallbackBundles[trustDomain] else {
+                throw IssuerError(
+                    kind: .issuanceFailed, message: "the Workload API sent no bundle for trust domain \(trustDomain)")
+            }
+            bundle = fallback
+        } else {
+            do {
+                bundle = try X509Bundle(trustDomain: trustDomain, der: chosen.bundle)
+            } catch {
+                throw IssuerError(
+                    kind: .issuanceFailed, message: "the Workload API's bundle for \(trustDomain) is unusable: \(error)"
+                )
+            }
+        }
+        do {
+            try svid.verify(against: bundle, at: now)
+        } catch {
+            throw IssuerError(
+                kind: .issuanceFailed,
+                message: "the Workload API's SVID for \(svid.spiffeID) does not chain to its bundle: \(error)")
+        }
+        return (svid, bundle)
+    }
+
+    /// Parses a `trust domain → DER certificates` map (`federated_bundles`, or `X509BundlesResponse.bundles`).
+    /// Entries that do not parse are left out and described in `problems` (the rest stay usable).
+    public static func bundles(_ entries: [String: [UInt8]]) -> (bundles: [TrustDomain: X509Bundle], problems: [String])
+    {
+        var bundles: [TrustDomain: X509Bundle] = [:]
+        var problems: [String] = []
+        for (key, der) in entries.sorted(by: { $0.key < $1.key }) {
+            do {
+                let trustDomain = try TrustDomain(key)
+                bundles[trustDomain] = try X509Bundle(trustDomain: trustDomain, der: der)
+            } catch {
+                problems.append("bundle \(key): \(error)")
+            }
+        }
+        return (bundles, problems)
+    }
+
+    /// The SVID's own bundle first, then every other trust domain's, sorted by name (a stable order, so an
+    /// unchanged set compares equal).
+    public static func update(svid: X509SVID, ownBundle: X509Bundle, federated: [TrustDomain: X509Bundle])
+        -> IdentityUpdate
+    {
+        let others = federated.filter { $0.key != ownBundle.trustDomain }.sorted { $0.key < $1.key }.map(\.value)
+        return IdentityUpdate(svid: svid, bundles: [ownBundle] + others)
+    }
+
+    /// What makes two updates the same for the consumer: the chain's DER and each bundle's DER, in order.
+    /// (The key changes with the leaf, so the chain stands for both.)
+    static func fingerprint(of update: IdentityUpdate) -> [[UInt8]] {
+        [update.svid.chainDER] + update.bundles.flatMap { [Array($0.trustDomain.name.utf8), $0.der] }
+    }
+}

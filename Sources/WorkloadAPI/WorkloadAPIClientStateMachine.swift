@@ -1,0 +1,255 @@
+public import GRPC
+public import Issuance
+public import PKI
+public import SPIFFE
+public import Wire
+
+/// The two server streams the client keeps open on its one connection.
+public enum WorkloadAPIStream: String, Sendable, Hashable {
+    case x509SVID = "FetchX509SVID"
+    case x509Bundles = "FetchX509Bundles"
+}
+
+/// The Workload API client as a pure value: connection lifecycle, backoff, deduplication of error reports,
+/// choice of the SVID and change detection. Events in, actions out; the I/O shell (`WorkloadAPIIssuer`) dials,
+/// pumps bytes and runs timers. No clock, no randomness of its own: both are event parameters.
+///
+///              start                retry timer                 first valid SVID
+///     idle ─────────────► waiting ─────────────► connecting ──────────────────► streaming
+///                           ▲  ▲                  │   (dialed, both streams      │  (delivers each change)
+///                           │  └──── failed ──────┘    opened, nothing usable)   │
+///                           │   dial failed, stream ended, connection lost       │
+///                           │   (reported once per distinct error)               │
+///                           └────────────── stream ended / connection lost ──────┘
+///                                           (re-opened at once, reported only if the re-open fails)
+///     stop: any state ──► stopped (timer cancelled, connection closed; every later event ignored)
+///
+/// Each connection attempt has a number; events of an older attempt (a second stream finishing after the
+/// connection was already torn down) are ignored, so the shell may report whatever its callbacks see.
+///
+/// Backoff grows with each failure and resets when a connection yields a valid SVID. Errors are reported when
+/// they differ (kind and message) from the last one reported since the last good state, so a caller logging
+/// every `onError` sees one line per outage, not one per retry.
+public struct WorkloadAPIClientStateMachine {
+    public enum Action {
+        /// Dial the socket and open both streams for `attempt`; on failure, feed `connectFailed`.
+        case connect(attempt: Int)
+        /// Tear down the current connection (its calls' late events may still be fed; they are ignored).
+        case closeConnection
+        /// Arm the one retry timer (replacing any armed one); feed `retryTimerFired` when it fires.
+        case scheduleRetry(after: Double)
+        case cancelRetry
+        /// Hand the complete current state to the consumer (`onUpdate`).
+        case deliver(IdentityUpdate)
+        /// Tell the consumer (`onError`); the last delivered update stays valid.
+        case report(IssuerError)
+    }
+
+    public enum State: Equatable {
+        case idle
+        case waiting
+        case connecting(attempt: Int)
+        case streaming(attempt: Int)
+        case stopped
+    }
+
+    /// Where the upstream lives, for messages.
+    public let upstream: String
+    /// The SVID to pick; nil takes the first one offered.
+    public let wantedID: SPIFFEID?
+    public private(set) var state: State = .idle
+    public private(set) var backoff: Backoff
+    private var attemptCounter = 0
+    /// The last error reported since things were last good: identical ones are not reported again.
+    private var lastReported: (kind: IssuerError.Kind, message: String)?
+    /// The last valid SVID and its own bundle (kept across reconnects: errors never invalidate it).
+    private var current: (svid: X509SVID, bundle: X509Bundle)?
+    /// `federated_bundles` of the last X509SVIDResponse.
+    private var svidStreamBundles: [TrustDomain: X509Bundle] = [:]
+    /// The last X509BundlesResponse's bundles; authoritative (a removal shows here) once one arrived.
+    private var bundleStreamBundles: [TrustDomain: X509Bundle]?
+    private var deliveredFingerprint: [[UInt8]]?
+    /// The update most recently delivered.
+    public private(set) var lastDelivered: IdentityUpdate?
+
+    public init(upstream: String, wantedID: SPIFFEID?, backoff: Backoff = Backoff()) {
+        self.upstream = upstream
+        self.wantedID = wantedID
+        self.backoff = backoff
+    }
+
+    // MARK: Lifecycle
+
+    /// Connects on the next turn (never inside `start`).
+    public mutating func start() -> [Action] {
+        guard state == .idle else { return [] }
+        state = .waiting
+        return [.scheduleRetry(after: 0)]
+    }
+
+    public mutating func retryTimerFired() -> [Action] {
+        guard state == .waiting else { return [] }
+        attemptCounter += 1
+        state = .connecting(attempt: attemptCounter)
+        return [.connect(attempt: attemptCounter)]
+    }
+
+    /// SPIRE rotates by itself and pushes the result, so a rotation request is only a hint: while connected it
+    /// changes nothing; while waiting out a backoff it retries now (on the next turn), without resetting the
+    /// backoff.
+    public mutating func rotateNow() -> [Action] {
+        guard state == .waiting else { return [] }
+        return [.scheduleRetry(after: 0)]
+    }
+
+    public mutating func stop() -> [Action] {
+        let wasConnected = attempt != nil
+        state = .stopped
+        return wasConnected ? [.cancelRetry, .closeConnection] : [.cancelRetry]
+    }
+
+    /// The attempt whose connection is open, if any.
+    public var attempt: Int? {
+        switch state {
+        case .connecting(let attempt), .streaming(let attempt): attempt
+        case .idle, .waiting, .stopped: nil
+        }
+    }
+
+    // MARK: Failures
+
+    /// Dialing (or opening the streams) failed.
+    public mutating func connectFailed(attempt: Int, reason: String, randomUnit: Double) -> [Action] {
+        guard self.attempt == attempt else { return [] }
+        return fail(
+            IssuerError(kind: .upstreamUnavailable, message: "cannot reach the Workload API at \(upstream): \(reason)"),
+            closeConnection: false, randomUnit: randomUnit)
+    }
+
+    /// One of the streams finished (with trailers, a reset, or because the connection went).
+    public mutating func streamEnded(
+        attempt: Int, stream: WorkloadAPIStream, status: GRPCStatus, randomUnit: Double
+    ) -> [Action] {
+        guard self.attempt == attempt else { return [] }
+        let error: IssuerError
+        switch status.code {
+        case .permissionDenied:
+            // SPIRE's answer while the workload has no registration entry: "no identity issued".
+            error = IssuerError(
+                kind: .permissionDenied,
+                message: "the Workload API at \(upstream) issues no identity to this workload: \(status.message)")
+        case .invalidArgument, .unimplemented, .unauthenticated:
+            error = IssuerError(
+                kind: .issuanceFailed, message: "the Workload API at \(upstream) rejected \(stream.rawValue): \(status)"
+            )
+        default:
+            error = IssuerError(
+                kind: .upstreamUnavailable,
+                message: "the Workload API at \(upstream) ended \(stream.rawValue): \(status)")
+        }
+        return fail(
+            error, closeConnection: true, randomUnit: randomUnit, quietIfStreaming: status.code != .permissionDenied)
+    }
+
+    /// The socket closed or the HTTP/2 session broke.
+    public mutating func connectionLost(attempt: Int, reason: String, randomUnit: Double) -> [Action] {
+        guard self.attempt == attempt else { return [] }
+        return fail(
+            IssuerError(kind: .upstreamUnavailable, message: "lost the Workload API at \(upstream): \(reason)"),
+            closeConnection: true, randomUnit: randomUnit, quietIfStreaming: true)
+    }
+
+    /// A message that does not decode: the connection cannot be trusted to be in step; start over.
+    public mutating func malformedMessage(
+        attempt: Int, stream: WorkloadAPIStream, reason: String, randomUnit: Double
+    ) -> [Action] {
+        guard self.attempt == attempt else { return [] }
+        return fail(
+            IssuerError(
+                kind: .issuanceFailed,
+                message: "the Workload API at \(upstream) sent a malformed \(stream.rawValue) message: \(reason)"),
+            closeConnection: true, randomUnit: randomUnit)
+    }
+
+    /// - Parameter quietIfStreaming: a healthy stream that ends is normal (SPIRE restarts, connection ageing): it
+    ///   is re-opened without a report; only a failed re-open is reported.
+    private mutating func fail(
+        _ error: IssuerError, closeConnection: Bool, randomUnit: Double, quietIfStreaming: Bool = false
+    ) -> [Action] {
+        let wasStreaming = if case .streaming = state { true } else { false }
+        let delay = backoff.nextDelay(randomUnit: randomUnit)
+        state = .waiting
+        var actions: [Action] = closeConnection ? [.closeConnection] : []
+        actions.append(.scheduleRetry(after: delay))
+        if !(wasStreaming && quietIfStreaming) {
+            var report = error
+            report.retryAfter = delay
+            actions += reportOnce(report)
+        }
+        return actions
+    }
+
+    private mutating func reportOnce(_ error: IssuerError) -> [Action] {
+        if let lastReported, lastReported.kind == error.kind, lastReported.message == error.message { return [] }
+        lastReported = (error.kind, error.message)
+        return [.report(error)]
+    }
+
+    // MARK: Messages
+
+    /// An X509SVIDResponse arrived on `attempt`'s connection.
+    public mutating func received(_ response: X509SVIDResponse, attempt: Int, now: Timestamp) -> [Action] {
+        guard self.attempt == attempt else { return [] }
+        let chosen: (svid: X509SVID, bundle: X509Bundle)
+        do throws(IssuerError) {
+            chosen = try UpstreamIdentity.svid(
+                from: response, wanted: wantedID, now: now, fallbackBundles: bundleStreamBundles ?? [:])
+        } catch {
+            // Keep the stream: SPIRE sends the next state when it changes. Keep the last good SVID.
+            return reportOnce(error)
+        }
+        if case .connecting = state {
+            // A connection that yields a valid SVID is good: the next failure starts the backoff afresh and is
+            // worth a report even if it looks like the last one.
+            state = .streaming(attempt: attempt)
+            backoff.reset()
+            lastReported = nil
+        }
+        current = chosen
+        let parsed = UpstreamIdentity.bundles(response.federatedBundles)
+        svidStreamBundles = parsed.bundles
+        return deliverIfChanged() + reportProblems(parsed.problems)
+    }
+
+    /// An X509BundlesResponse arrived on `attempt`'s connection.
+    public mutating func received(_ response: X509BundlesResponse, attempt: Int) -> [Action] {
+        guard self.attempt == attempt else { return [] }
+        let parsed = UpstreamIdentity.bundles(response.bundles)
+        bundleStreamBundles = parsed.bundles
+        return deliverIfChanged() + reportProblems(parsed.problems)
+    }
+
+    private mutating func reportProblems(_ problems: [String]) -> [Action] {
+        guard !problems.isEmpty else { return [] }
+        return reportOnce(
+            IssuerError(
+                kind: .issuanceFailed,
+                message: "ignoring unusable bundles from the Workload API at \(upstream): "
+                    + problems.joined(separator: "; ")))
+    }
+
+    private mutating func deliverIfChanged() -> [Action] {
+        guard let current else { return [] }
+        // The bundle stream, once heard from, is the complete truth (it shows removals); before that, the SVID
+        // response's federated bundles stand in.
+        var federated = bundleStreamBundles ?? svidStreamBundles
+        federated[current.bundle.trustDomain] = nil
+        let update = UpstreamIdentity.update(svid: current.svid, ownBundle: current.bundle, federated: federated)
+        let fingerprint = UpstreamIdentity.fingerprint(of: update)
+        guard fingerprint != deliveredFingerprint else { return [] }
+        deliveredFingerprint = fingerprint
+        lastDelivered = update
+        lastReported = nil
+        return [.deliver(update)]
+    }
+}

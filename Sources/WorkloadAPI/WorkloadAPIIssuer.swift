@@ -1,0 +1,266 @@
+import GRPC
+import Glibc
+import H2
+public import Issuance
+import PKI
+public import SPIFFE
+public import Transport
+import Wire
+
+/// An `Issuer` that relays the SVID and bundles a SPIRE agent (any SPIFFE Workload API server) streams to us.
+///
+/// It keeps `FetchX509SVID` and `FetchX509Bundles` open on one HTTP/2 connection to the upstream's Unix socket,
+/// each with the `workload.spiffe.io: true` metadata, and delivers the complete state whenever it changes. The
+/// upstream owns rotation (TTL is the upstream's); a failed connection is retried with backoff while the last
+/// SVID keeps being served. All logic lives in `WorkloadAPIClientStateMachine`; this class only dials, pumps
+/// bytes between the socket and the nghttp2 session, decodes messages and runs the retry timer.
+///
+/// `rotateNow()` is a hint (SPIRE decides when to rotate): while connected it does nothing; while waiting to
+/// reconnect it reconnects at once.
+public final class WorkloadAPIIssuer: Issuer {
+    private enum Callbacks {
+        case none
+        case running(onUpdate: (IdentityUpdate) -> Void, onError: (IssuerError) -> Void)
+    }
+
+    public let socket: UnixSocketAddress
+    private let loop: EventLoop
+    private let scheduler: any Scheduler
+    private let clock: any WallClock
+    private let randomUnit: () -> Double
+    private let dial: (UnixSocketAddress) throws(SystemError) -> Int32
+    private var machine: WorkloadAPIClientStateMachine
+    private var callbacks: Callbacks = .none
+    private var retryTimer: (any ScheduledTimer)?
+    private var connection: UpstreamConnection?
+
+    /// - Parameters:
+    ///   - spiffeID: the SVID to relay when the workload has several; nil relays the first one offered.
+    ///   - randomUnit: uniform samples in [0, 1) for backoff jitter (injected for tests).
+    ///   - dial: connects to the socket (injected for tests; the default is a Unix-socket connect).
+    public init(
+        socket: UnixSocketAddress, spiffeID: SPIFFEID?, loop: EventLoop, scheduler: any Scheduler,
+        clock: any WallClock, backoff: Backoff = Backoff(),
+        randomUnit: @escaping () -> Double = { Double.random(in: 0..<1) },
+        dial: @escaping (UnixSocketAddress) throws(SystemError) -> Int32 = { (address) throws(SystemError) in
+            try connectUnixSocket(address)
+        }
+    ) {
+        self.socket = socket
+        self.loop = loop
+        self.scheduler = scheduler
+        self.clock = clock
+        self.randomUnit = randomUnit
+        self.dial = dial
+        self.machine = WorkloadAPIClientStateMachine(upstream: socket.path, wantedID: spiffeID, backoff: backoff)
+    }
+
+    /// What the agent calls for `--issuer workload-api`.
+    public static func make(
+        upstreamSocket: UnixSocketAddress, spiffeID: SPIFFEID?, loop: EventLoop, scheduler: any Scheduler,
+        clock: any WallClock
+    ) -> WorkloadAPIIssuer {
+        WorkloadAPIIssuer(socket: upstreamSocket, spiffeID: spiffeID, loop: loop, scheduler: scheduler, clock: clock)
+    }
+
+    /// Where the client is (for diagnostics and tests).
+    public var state: WorkloadAPIClientStateMachine.State { machine.state }
+    /// The update most recently delivered.
+    public var current: IdentityUpdate? { machine.lastDelivered }
+
+    public func start(onUpdate: @escaping (IdentityUpdate) -> Void, onError: @escaping (IssuerError) -> Void) {
+        guard case .none = callbacks else { return }
+        callbacks = .running(onUpdate: onUpdate, onError: onError)
+        perform(machine.start())
+    }
+
+    public func rotateNow() { perform(machine.rotateNow()) }
+
+    public func stop() {
+        perform(machine.stop())
+        callbacks = .none
+    }
+
+    // MARK: Actions
+
+    private func perform(_ actions: [WorkloadAPIClientStateMachine.Action]) {
+        for action in actions {
+            // A callback may have stopped the issuer halfway through: then only tearing down is left to do.
+            if machine.state == .stopped {
+                switch action {
+                case .cancelRetry, .closeConnection: break
+                case .connect, .scheduleRetry, .deliver, .report: continue
+                }
+            }
+            switch action {
+            case .connect(let attempt):
+                connect(attempt: attempt)
+            case .closeConnection:
+                closeConnection()
+            case .scheduleRetry(let delay):
+                retryTimer?.cancel()
+                retryTimer = scheduler.schedule(after: delay) { [weak self] in
+                    guard let self else { return }
+                    self.retryTimer = nil
+                    self.perform(self.machine.retryTimerFired())
+                }
+            case .cancelRetry:
+                retryTimer?.cancel()
+                retryTimer = nil
+            case .deliver(let update):
+                if case .running(let onUpdate, _) = callbacks { onUpdate(update) }
+            case .report(let error):
+                if case .running(_, let onError) = callbacks { onError(error) }
+            }
+        }
+    }
+
+    private func connect(attempt: Int) {
+        let fd: Int32
+        do throws(SystemError) {
+            fd = try dial(socket)
+        } catch {
+            perform(machine.connectFailed(attempt: attempt, reason: "\(error)", randomUnit: randomUnit()))
+            return
+        }
+        let upstream = UpstreamConnection(attempt: attempt, issuer: self)
+        do throws(SystemError) {
+            upstream.socket = try Connection(fd: fd, loop: loop, delegate: upstream)
+        } catch {
+            Glibc.close(fd)
+            perform(machine.connectFailed(attempt: attempt, reason: "\(error)", randomUnit: randomUnit()))
+            return
+        }
+        connection = upstream
+        do throws(GRPCStatus) {
+            try upstream.openStreams()
+        } catch {
+            closeConnection()
+            perform(machine.connectFailed(attempt: attempt, reason: "\(error)", randomUnit: randomUnit()))
+            return
+        }
+        upstream.flush()
+    }
+
+    private func closeConnection() {
+        guard let upstream = connection else { return }
+        connection = nil
+        upstream.close()
+        // The connection may be closed from inside one of its own callbacks (nghttp2 is mid-receive): keep it
+        // alive until the stack has unwound.
+        scheduler.schedule(after: 0) { withExtendedLifetime(upstream) {} }
+    }
+
+    // MARK: Events from the connection
+
+    fileprivate func received(_ message: [UInt8], on stream: WorkloadAPIStream, attempt: Int) {
+        do throws(WireError) {
+            switch stream {
+            case .x509SVID:
+                let response = try X509SVIDResponse(wireBytes: message)
+                perform(machine.received(response, attempt: attempt, now: clock.now()))
+            case .x509Bundles:
+                let response = try X509BundlesResponse(wireBytes: message)
+                perform(machine.received(response, attempt: attempt))
+            }
+        } catch {
+            perform(
+                machine.malformedMessage(
+                    attempt: attempt, stream: stream, reason: "\(error)", randomUnit: randomUnit()))
+        }
+    }
+
+    fileprivate func ended(_ stream: WorkloadAPIStream, status: GRPCStatus, attempt: Int) {
+        perform(machine.streamEnded(attempt: attempt, stream: stream, status: status, randomUnit: randomUnit()))
+    }
+
+    fileprivate func lost(attempt: Int, reason: String) {
+        perform(machine.connectionLost(attempt: attempt, reason: reason, randomUnit: randomUnit()))
+    }
+}
+
+/// One connection to the upstream: socket bytes ⇄ nghttp2 client session ⇄ the two gRPC calls. The client-side
+/// mirror of the SDS server's per-connection pump.
+final class UpstreamConnection: ConnectionDelegate {
+    let attempt: Int
+    let grpc = GRPCClientConnection()
+    var socket: Connection?
+    private weak var issuer: WorkloadAPIIssuer?
+    private var calls: [GRPCClientCall] = []
+    private var outputBuffer: [UInt8] = []
+    private var closed = false
+    /// Stop pulling bytes from nghttp2 while this much waits in user space for the socket.
+    static let writeHighWater = 256 * 1024
+
+    init(attempt: Int, issuer: WorkloadAPIIssuer) {
+        self.attempt = attempt
+        self.issuer = issuer
+    }
+
+    /// Starts both server-streaming calls: one empty request each, then half-close.
+    func openStreams() throws(GRPCStatus) {
+        let header = SpiffeWorkloadAPIMethod.securityHeader
+        for (method, stream, request) in [
+            (SpiffeWorkloadAPIMethod.fetchX509SVID, WorkloadAPIStream.x509SVID, X509SVIDRequest().wireBytes()),
+            (.fetchX509Bundles, .x509Bundles, X509BundlesRequest().wireBytes()),
+        ] {
+            let call = try grpc.startCall(path: method.path, metadata: [(header.name, header.value)])
+            let attempt = self.attempt
+            call.onMessage = { [weak self] message in
+                guard let self, !self.closed else { return }
+                self.issuer?.received(message, on: stream, attempt: attempt)
+            }
+            call.onFinish = { [weak self] status, _ in
+                guard let self, !self.closed else { return }
+                self.issuer?.ended(stream, status: status, attempt: attempt)
+            }
+            calls.append(call)
+            call.send(request)
+            call.closeSend()
+        }
+    }
+
+    func connection(_ connection: Connection, received bytes: UnsafeRawBufferPointer) {
+        do {
+            try grpc.session.receive(bytes)
+        } catch {
+            guard !closed else { return }
+            issuer?.lost(attempt: attempt, reason: "HTTP/2 error: \(error)")
+            return
+        }
+        flush()
+    }
+
+    func connectionDrained(_ connection: Connection) { flush() }
+
+    func connectionClosed(_ connection: Connection, error: SystemError?) {
+        guard !closed else { return }
+        issuer?.lost(attempt: attempt, reason: error.map { "\($0)" } ?? "the upstream closed the connection")
+    }
+
+    /// Moves session output to the socket until the session has nothing more or the socket backs up.
+    func flush() {
+        guard !closed, let socket, !socket.isClosed else { return }
+        while socket.pendingWriteBytes < Self.writeHighWater {
+            outputBuffer.removeAll(keepingCapacity: true)
+            if grpc.session.takeOutput(into: &outputBuffer, maxBytes: 64 * 1024) == 0 { break }
+            socket.write(outputBuffer)
+        }
+        if grpc.session.isClosed {
+            issuer?.lost(attempt: attempt, reason: "the HTTP/2 session ended")
+        }
+    }
+
+    /// Closes the socket; no callback reaches the issuer afterwards.
+    func close() {
+        guard !closed else { return }
+        closed = true
+        for call in calls {
+            call.onMessage = nil
+            call.onFinish = nil
+        }
+        calls.removeAll()
+        socket?.close()
+        grpc.connectionLost()
+    }
+}
