@@ -270,3 +270,30 @@ def test_corrupt_state_dir_is_a_one_line_error_naming_the_file(sds_agent_bin, sh
     assert "ca.pem" in result.stderr or "ca.key" in result.stderr
     assert not os.path.exists(short_dir / "s.sock"), "no socket is left behind"
     assert (state / "ca.key").read_text().endswith("truncated"), "the state dir is never silently replaced"
+
+
+def test_socket_answers_a_grpc_dial_within_1s_before_any_svid_exists(short_dir, sds_agent_bin):
+    """istio's pilot-agent dials the socket with a 1 s blocking gRPC dial and DELETES it if that fails: the agent must
+    bind and complete the HTTP/2 handshake before it has an identity. With an upstream that does not exist yet, no SVID
+    can exist; the dial must still succeed, and a request for `default` is held (deadline), never answered with an
+    error (Envoy would back off for 30 s)."""
+    import sds_servers
+    import time
+
+    factory = sds_servers.ProcessFactory("agent", [str(sds_agent_bin)], short_dir)
+    try:
+        server = factory.start(
+            "agent", WORKLOAD_ID,
+            extra_args=["--issuer", "workload-api", "--upstream-socket", f"unix://{short_dir}/no-upstream.sock"])
+        started = time.monotonic()
+        with grpc.insecure_channel(f"unix:{server.socket_path}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=1.0)
+            assert time.monotonic() - started < 1.0
+            stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as held:
+                stub.FetchSecrets(
+                    discovery_pb2.DiscoveryRequest(resource_names=["default"], type_url=SECRET_TYPE_URL), timeout=1.0)
+            assert held.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, "held, not refused"
+        server.check_alive()
+    finally:
+        factory.stop_all()

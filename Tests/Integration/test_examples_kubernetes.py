@@ -41,7 +41,7 @@ SPIRE_SOCKET = "unix:///run/spire/sockets/agent.sock"
 # The rehearsal's pod: the namespace the downward API would report.
 REHEARSAL_NAMESPACE = "shop"
 
-UPSTREAM_READY = os.environ.get("SDS_UPSTREAM_READY") == "1"  # as test_upstream_workload_api.py
+UPSTREAM_READY = os.environ.get("SDS_UPSTREAM_READY", "1") == "1"  # as test_upstream_workload_api.py
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -347,7 +347,7 @@ def test_istio_manifest_rehearsal(short_dir, sds_agent_bin, sds_dump_bin):
         r.stop()
 
 
-@pytest.mark.skipif(not UPSTREAM_READY, reason="sds-agent --issuer workload-api not ready yet: set SDS_UPSTREAM_READY=1")
+@pytest.mark.skipif(not UPSTREAM_READY, reason="SDS_UPSTREAM_READY=0: upstream tests skipped on request")
 def test_spire_manifest_rehearsal(short_dir, sds_agent_bin, sds_dump_bin):
     from workload_api_server import WorkloadAPIServer
 

@@ -9,8 +9,7 @@ The command line assumed:
     sds-agent run --socket S --state-dir D --trust-domain example.org --spiffe-id ID --log-level debug \
                   --issuer workload-api --upstream-socket unix:///abs/upstream.sock
 
-Skipped until SDS_UPSTREAM_READY=1 says the agent has the workload-api issuer ($SDS_AGENT, default
-.build/release/sds-agent). Every test ends by checking the agent sent `workload.spiffe.io: true` on every call.
+$SDS_AGENT names the binary (default .build/release/sds-agent); SDS_UPSTREAM_READY=0 skips the module. Every test ends by checking the agent sent `workload.spiffe.io: true` on every call.
 """
 from __future__ import annotations
 
@@ -27,10 +26,8 @@ from sds_servers import TRUST_DOMAIN, ProcessFactory, fetch_secrets, fetch_when_
 import workload_api_server as wapi
 from workload_api_server import WorkloadAPIServer
 
-UPSTREAM_READY = os.environ.get("SDS_UPSTREAM_READY") == "1"
-pytestmark = pytest.mark.skipif(
-    not UPSTREAM_READY,
-    reason="sds-agent --issuer workload-api not ready yet: set SDS_UPSTREAM_READY=1 (and SDS_AGENT=<binary>)")
+UPSTREAM_READY = os.environ.get("SDS_UPSTREAM_READY", "1") == "1"
+pytestmark = pytest.mark.skipif(not UPSTREAM_READY, reason="SDS_UPSTREAM_READY=0: upstream tests skipped on request")
 
 WORKLOAD_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/upstream"
 FEDERATED = "spiffe://other.org"  # Workload API maps key bundles by the trust domain's SPIFFE ID
