@@ -134,14 +134,21 @@ public final class SecretDiscoveryService {
         acceptRequests(on: call, streamID: stream.id, mode: "sotw") {
             [unowned self, unowned stream] (request: DiscoveryRequest) in
             let firstNames = stream.machine.subscribedNames
-            self.perform(stream.machine.receive(request, cache: self.cache), on: stream)
-            if stream.machine.subscribedNames != firstNames {
+            let actions = stream.machine.receive(request, cache: self.cache)
+            let subscribed = stream.machine.subscribedNames != firstNames
+            // Logged before the push it may cause, so the log reads in causal order.
+            if subscribed {
                 self.logger.info(
                     "subscribed",
                     metadata: [
                         "stream": "\(stream.id)", "mode": "sotw", "names": "\(stream.machine.subscribedNames)",
                         "node": "\(stream.machine.node?.id ?? "")",
                     ])
+            }
+            self.perform(actions, on: stream)
+            if subscribed {
+                // After `perform`: loading on-demand secrets pushes through `cacheChanged`, which must come after
+                // the response this request produced.
                 self.onSubscribe?(stream.machine.subscribedNames)
             }
         }
@@ -218,14 +225,18 @@ public final class SecretDiscoveryService {
         deltaStreams[ObjectIdentifier(call)] = stream
         acceptRequests(on: call, streamID: stream.id, mode: "delta") {
             [unowned self, unowned stream] (request: DeltaDiscoveryRequest) in
-            self.perform(stream.machine.receive(request, cache: self.cache), on: stream)
-            if !request.resourceNamesSubscribe.isEmpty || !request.resourceNamesUnsubscribe.isEmpty {
+            let actions = stream.machine.receive(request, cache: self.cache)
+            let changed = !request.resourceNamesSubscribe.isEmpty || !request.resourceNamesUnsubscribe.isEmpty
+            if changed {
                 self.logger.info(
                     "subscribed",
                     metadata: [
                         "stream": "\(stream.id)", "mode": "delta", "names": "\(stream.machine.subscribedNames)",
                         "node": "\(stream.machine.node?.id ?? "")",
                     ])
+            }
+            self.perform(actions, on: stream)
+            if changed {
                 self.onSubscribe?(request.resourceNamesSubscribe)
             }
         }

@@ -90,3 +90,12 @@ def process_factory(request, short_dir):
 def _agent_factory(request, short_dir) -> sds_servers.ProcessFactory:
     agent = request.getfixturevalue("sds_agent_bin")
     return sds_servers.ProcessFactory("agent", [str(agent)], short_dir)
+
+
+@pytest.fixture
+def agent_factory(request, short_dir):
+    """sds-agent processes only (tests of agent-specific features)."""
+    if not AGENT_READY:
+        pytest.skip(AGENT_SKIP_REASON)
+    with _agent_factory(request, short_dir) as factory:
+        yield factory
