@@ -297,3 +297,23 @@ def test_socket_answers_a_grpc_dial_within_1s_before_any_svid_exists(short_dir, 
         server.check_alive()
     finally:
         factory.stop_all()
+
+
+def test_h2load_fetches_over_many_connections_and_streams(agent, short_dir):
+    """nghttp2's own load client (h2load, Debian nghttp2-client) against the agent's HTTP/2 server: 2,000 unary
+    FetchSecrets over 10 connections with 20 concurrent streams each; every one must succeed."""
+    import shutil
+
+    h2load = shutil.which("h2load")
+    assert h2load, "h2load missing: `make deps` installs nghttp2-client"
+    request = discovery_pb2.DiscoveryRequest(resource_names=["default"], type_url=SECRET_TYPE_URL).SerializeToString()
+    body = short_dir / "fetch.bin"
+    body.write_bytes(b"\x00" + len(request).to_bytes(4, "big") + request)
+    result = subprocess.run(
+        [h2load, "-B", f"unix:{agent.socket_path}", "-n", "2000", "-c", "10", "-m", "20", "-d", str(body),
+         "-H", "content-type: application/grpc", "-H", "te: trailers",
+         "http://sds-grpc/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2000 succeeded, 0 failed, 0 errored" in result.stdout, result.stdout
+    still_serving(agent)
