@@ -46,6 +46,7 @@ public final class Agent {
     private var current: IdentityUpdate?
     private var lastIssuerError: IssuerError?
     private var draining = false
+    private var expiryTimer: EventLoop.Timer?
     private let ownID: String
     private let ownTrustDomain: String
 
@@ -173,6 +174,7 @@ public final class Agent {
         if !gone.isEmpty { service.unpublish(Array(gone)) }
         federatedNames = nowFederated
         server.flushAll()
+        armExpiry(update.svid.notAfter)
         logger.info(
             "rotated",
             metadata: [
@@ -180,6 +182,23 @@ public final class Agent {
                 "not_after": "\(update.svid.notAfter)", "changed": "\(changed)",
                 "streams": "\(service.openStreamCount)",
             ])
+    }
+
+    /// An SVID is served until it expires, however long the issuer is down — and not after: an expired certificate
+    /// would be accepted by Envoy and fail every handshake. At expiry the workload names leave the cache, so new
+    /// requests are held (and Delta streams hear `removed_resources`) until the issuer delivers again.
+    private func armExpiry(_ notAfter: Timestamp) {
+        expiryTimer?.cancel()
+        let seconds = Double(notAfter - clock.now()) + 1
+        expiryTimer = loop.schedule(after: max(0, seconds)) { [unowned self] in
+            guard let current = self.current, current.svid.notAfter <= self.clock.now() else { return }
+            self.logger.error(
+                "SVID expired; holding requests until the issuer delivers a new one",
+                metadata: ["serial": "\(current.svid.leaf.serialHex)", "not_after": "\(current.svid.notAfter)"])
+            self.current = nil
+            self.service.unpublish([SecretName.istioWorkload, current.svid.spiffeID.uri])
+            self.server.flushAll()
+        }
     }
 
     private func issuerFailed(_ error: IssuerError) {

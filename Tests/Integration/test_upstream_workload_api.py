@@ -249,3 +249,53 @@ def test_every_upstream_call_carries_the_security_header(agent, upstream):
     wait_for(lambda: leaf_serial(fetch_secrets(agent.socket_path, ["default"])["default"])
              == upstream_leaf_serial(upstream), SECRET_TIMEOUT, "the rotated SVID at the agent", agent.log_tail)
     assert_upstream_saw_only_proper_calls(upstream)
+
+
+def test_cached_svid_serves_until_expiry_then_requests_are_held(sds_agent_bin, short_dir):
+    """Upstream gone: the cached SVID keeps serving until it expires — and not after (Envoy would accept an expired
+    certificate and fail every handshake). At expiry the agent withdraws it: Delta streams hear `removed_resources`,
+    new requests are held until the upstream delivers again."""
+    import datetime
+    import time
+
+    import grpc
+    from envoy.service.discovery.v3 import discovery_pb2
+    from envoy.service.secret.v3 import sds_pb2_grpc
+
+    ttl = datetime.timedelta(seconds=4)
+    upstream = WorkloadAPIServer(str(short_dir / "upstream.sock"), WORKLOAD_ID, svid_ttl=ttl).start()
+    factory = ProcessFactory("agent", [str(sds_agent_bin)], short_dir)
+    try:
+        agent = factory.start("agent", WORKLOAD_ID, ["--issuer", "workload-api",
+                                                     "--upstream-socket", f"unix://{upstream.socket_path}"])
+        served = fetch_when_served(agent.socket_path, ["default"])
+        assert leaf_serial(served["default"]) == upstream_leaf_serial(upstream)
+        stream = SecretStream(agent.socket_path, delta=True)
+        stream.send(resource_names_subscribe=["default"])
+        first = stream.recv()
+        assert [r.name for r in first.resources] == ["default"]
+        stream.send(response_nonce=first.nonce)
+        upstream.stop()
+        # Still served from the cache while valid.
+        assert "default" in fetch_secrets(agent.socket_path, ["default"])
+        withdrawn = stream.recv(timeout=ttl.total_seconds() + 10)
+        assert withdrawn.removed_resources == ["default"]
+        with grpc.insecure_channel(f"unix:{agent.socket_path}") as channel:
+            stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as held:
+                stub.FetchSecrets(discovery_pb2.DiscoveryRequest(
+                    resource_names=["default"], type_url="type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"),
+                    timeout=1.0)
+            assert held.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The upstream comes back with a fresh, long-lived SVID: served again, and pushed to the stream that stayed
+        # subscribed.
+        upstream.state.svid_ttl = datetime.timedelta(hours=1)
+        upstream.rotate()
+        upstream.start()
+        back = stream.recv(timeout=40)
+        assert [r.name for r in back.resources] == ["default"]
+        stream.close()
+        agent.check_alive()
+    finally:
+        factory.stop_all()
+        upstream.stop()
