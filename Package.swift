@@ -40,6 +40,9 @@ let package = Package(
         .target(name: "PKI", dependencies: ["COpenSSL"]),
         .target(name: "Wire", dependencies: ["CSDSProtos"]),
 
+        // JSON text without Foundation: sds-agent's JSON logs, sds-dump's --json, the bench report.
+        .target(name: "JSONText"),
+
         // Domain concepts.
         .target(name: "SPIFFE", dependencies: ["PKI"]),
         .target(name: "XDS", dependencies: ["Wire"]),
@@ -52,14 +55,14 @@ let package = Package(
         .target(
             name: "SDSAgent",
             dependencies: [
-                "Wire", "XDS", "GRPC", "H2", "Transport", "Issuance", "SPIFFE", "PKI", "WorkloadAPI",
+                "Wire", "XDS", "GRPC", "H2", "Transport", "Issuance", "SPIFFE", "PKI", "JSONText", "WorkloadAPI",
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
         // Executables: parse arguments, call a library.
         // No swift-argument-parser here: it links FoundationEssentials (+3.6 MB RSS); see AgentCommandLine.
         .executableTarget(name: "sds-agent", dependencies: ["SDSAgent"]),
-        .target(name: "SDSDump", dependencies: ["Wire", "GRPC", "H2", "Transport", "PKI"]),
+        .target(name: "SDSDump", dependencies: ["Wire", "GRPC", "H2", "Transport", "PKI", "JSONText"]),
         .executableTarget(
             name: "sds-dump",
             dependencies: [
@@ -68,7 +71,7 @@ let package = Package(
             ]),
 
         // `make bench`: the load client and issuance benchmark, and the RSS floor (same libraries, no agent).
-        .target(name: "Bench"),
+        .target(name: "Bench", dependencies: ["JSONText"]),
         .executableTarget(
             name: "sds-bench", dependencies: ["Bench", "Wire", "GRPC", "H2", "Transport", "Issuance"]),
         // The floor links only the C libraries the agent links, with the static Swift stdlib: what the agent's RSS
@@ -97,7 +100,7 @@ let package = Package(
             dependencies: [
                 "SDSAgent", "TestSupport", "GRPC", "H2", "Wire", "XDS", .product(name: "Logging", package: "swift-log"),
             ]),
-        .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "Wire", "GRPC", "PKI", "TestSupport"]),
+        .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "JSONText", "Wire", "GRPC", "PKI", "TestSupport"]),
         .testTarget(name: "BenchTests", dependencies: ["Bench"]),
     ]
 )

@@ -1,3 +1,5 @@
+import JSONText
+
 /// One flat JSON object, built without Foundation (the load client keeps its own footprint small).
 public struct JSONObject: Sendable, CustomStringConvertible {
     private var fields: [(String, String)] = []
@@ -17,26 +19,7 @@ public struct JSONObject: Sendable, CustomStringConvertible {
         "{" + fields.map { "\(Self.quote($0.0)):\($0.1)" }.joined(separator: ",") + "}"
     }
 
-    static func quote(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
-    }
+    static func quote(_ text: String) -> String { JSONValue.quoted(text) }
 }
 
 /// Median of a sample (mean of the middle two for an even count); nil when empty.

@@ -1,4 +1,5 @@
 import Glibc
+import JSONText
 import Logging
 
 /// A swift-log handler writing one line per event to stderr, as text or JSON — what `kubectl logs` and log shippers
@@ -52,26 +53,7 @@ public struct LogOutput: LogHandler {
         return text.contains(" ") || text.isEmpty ? jsonString(text) : text
     }
 
-    static func jsonString(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
-    }
+    static func jsonString(_ text: String) -> String { JSONValue.quoted(text) }
 
     /// RFC 3339 UTC with milliseconds.
     static func timestamp() -> String {

@@ -1,3 +1,4 @@
+public import JSONText
 import PKI
 
 /// Turns updates into text: one JSON document per update, or a human listing. Pure: the caller passes the time

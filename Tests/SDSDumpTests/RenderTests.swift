@@ -1,3 +1,4 @@
+import JSONText
 import PKI
 import SDSDump
 import TestSupport

@@ -1,4 +1,4 @@
-/// A JSON value, written by hand so the tool needs no Foundation. Objects keep their key order: the schema is
+/// A JSON value, written by hand so nothing needs Foundation (sds-agent's JSON logs, sds-dump, the bench). Objects keep their key order: the schema is
 /// stable and a reader diffing two documents sees the same layout.
 public indirect enum JSONValue: Sendable, Equatable {
     case null
@@ -40,6 +40,13 @@ public indirect enum JSONValue: Sendable, Equatable {
             }
             out += "}"
         }
+    }
+
+    /// `value` as a JSON string literal, quotes included.
+    public static func quoted(_ value: String) -> String {
+        var out = ""
+        writeString(value, to: &out)
+        return out
     }
 
     /// RFC 8259 string escaping: quote, backslash and control characters; everything else is UTF-8 as is.
