@@ -9,22 +9,6 @@ import Wire
 import WorkloadAPI
 import XDS
 
-/// Adapts the event loop's timers to the issuers' `Scheduler`.
-final class LoopScheduler: Scheduler {
-    private let loop: EventLoop
-    init(loop: EventLoop) { self.loop = loop }
-
-    private struct Handle: ScheduledTimer {
-        let timer: EventLoop.Timer
-        func cancel() { timer.cancel() }
-    }
-
-    @discardableResult
-    func schedule(after seconds: Double, _ action: @escaping () -> Void) -> ScheduledTimer {
-        Handle(timer: loop.schedule(after: seconds, action))
-    }
-}
-
 /// The running agent: socket, SDS service, issuer, file-backed names, signals.
 ///
 ///     bind socket ──► load/create CA ──► issuer.start ──► serve ──SIGHUP──► rotate now
@@ -141,14 +125,14 @@ public final class Agent {
         }
         return LocalCAIssuer(
             ca: ca, spiffeID: spiffeID, ttl: Int64(configuration.svidTTL), clock: clock,
-            scheduler: LoopScheduler(loop: loop), rotation: RotationPolicy(gracePeriodRatio: configuration.rotateRatio))
+            scheduler: EventLoopScheduler(loop: loop), rotation: RotationPolicy(gracePeriodRatio: configuration.rotateRatio))
     }
 
     /// The SPIRE Workload API client for this configuration (`--issuer workload-api`).
     public func makeWorkloadAPIIssuer() throws -> any Issuer {
         WorkloadAPIIssuer.make(
             upstreamSocket: configuration.upstreamSocket, spiffeID: try SPIFFEID(parsing: configuration.spiffeID),
-            loop: loop, scheduler: LoopScheduler(loop: loop), clock: clock)
+            loop: loop, scheduler: EventLoopScheduler(loop: loop), clock: clock)
     }
 
     // MARK: Events
