@@ -125,7 +125,8 @@ public final class Agent {
         }
         return LocalCAIssuer(
             ca: ca, spiffeID: spiffeID, ttl: Int64(configuration.svidTTL), clock: clock,
-            scheduler: EventLoopScheduler(loop: loop), rotation: RotationPolicy(gracePeriodRatio: configuration.rotateRatio))
+            scheduler: EventLoopScheduler(loop: loop),
+            rotation: RotationPolicy(gracePeriodRatio: configuration.rotateRatio))
     }
 
     /// The SPIRE Workload API client for this configuration (`--issuer workload-api`).
