@@ -63,10 +63,10 @@ run: build ## Start sds-agent on the embedded CA, socket under ./run
 
 test: deps venv protos-check lint build-debug unit integration ## Unit tests and real-peer integration tests
 
-unit: build-debug ## Swift unit tests (pure state machines, in-memory transports, codec round trips)
+unit: venv build-debug ## Swift unit tests (pure state machines, in-memory transports, codec round trips)
 	swift test --skip-build $(SWIFT_BUILD_FLAGS)
 
-integration: venv build ## Tests against real peers: Envoy 1.40, grpcio + xds-protos, py-spiffe, openssl, nghttp
+integration: venv build ## Tests against real peers: Envoy 1.40, grpcio + xds-protos, py-spiffe, openssl, h2load
 	SDS_AGENT=$(CURDIR)/$(BIN_RELEASE)/sds-agent SDS_DUMP=$(CURDIR)/$(BIN_RELEASE)/sds-dump \
 	  $(PYTHON) -m pytest -q -p no:cacheprovider Tests/Integration
 
