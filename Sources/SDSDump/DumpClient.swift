@@ -33,8 +33,14 @@ public final class DumpClient: ConnectionDelegate {
     public func run() -> Int32 {
         let outcome = runSession()
         if let message = outcome.message { writeStandardError("sds-dump: \(message)\n") }
+        // Everything arrived but --pem-dir could not be written: a script relying on the files must not see success.
+        if outcome.exitCode == 0 && pemWriteFailed { return Self.pemWriteFailureExitCode }
         return outcome.exitCode
     }
+
+    /// Exit code when the secrets arrived but `--pem-dir` could not be written (each failure was printed).
+    public static let pemWriteFailureExitCode: Int32 = 1
+    private var pemWriteFailed = false
 
     private func runSession() -> DumpOutcome {
         let address: UnixSocketAddress
@@ -169,6 +175,7 @@ public final class DumpClient: ConnectionDelegate {
                 do throws(SystemError) {
                     try PEMFiles.write(secret, into: directory)
                 } catch {
+                    pemWriteFailed = true
                     writeStandardError("sds-dump: --pem-dir: \(error)\n")
                 }
             }

@@ -9,7 +9,7 @@ struct SDSDumpCommand: ParsableCommand {
         abstract: "Subscribe to an SDS server like Envoy and show the secrets it serves.",
         discussion: """
             Exit codes: 0 ok, 2 usage, 3 cannot connect, 4 timeout (names what never arrived), \
-            5 the server returned an error status.
+            5 the server returned an error status, 1 the secrets arrived but --pem-dir could not be written.
             """)
 
     enum Mode: String, EnumerableFlag {

@@ -514,6 +514,16 @@ def test_pem_dir_writes_files_openssl_verifies(sds_dump_bin, target, short_dir, 
     assert verify.returncode == 0 and verify.stdout.strip().endswith(": OK"), verify
 
 
+def test_pem_dir_that_cannot_be_written_exits_1_after_printing(sds_dump_bin, target, short_dir):
+    """The secrets arrived and are printed, but a script relying on the files must not see success."""
+    served(target, DEFAULT_NAMES)
+    not_a_dir = short_dir / "file"
+    not_a_dir.write_text("x")
+    run = dump(sds_dump_bin, "--socket", target.socket_path, "--pem-dir", not_a_dir)
+    assert run.code == 1, run
+    assert "--pem-dir" in run.err and "default" in run.out
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # --watch
 # ------------------------------------------------------------------------------------------------------------------
