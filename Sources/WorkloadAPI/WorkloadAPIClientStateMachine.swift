@@ -18,8 +18,8 @@ public enum WorkloadAPIStream: String, Sendable, Hashable {
 ///     idle ─────────────► waiting ─────────────► connecting ──────────────────► streaming
 ///                           ▲  ▲                  │   (dialed, both streams      │  (delivers each change)
 ///                           │  └──── failed ──────┘    opened, nothing usable)   │
-///                           │   (also: no valid SVID within the first-response   │
-///                           │    deadline: a wedged peer)                        │
+///                           │   (also: no X509SVIDResponse within the first-     │
+///                           │    response deadline: a wedged peer)               │
 ///                           │   dial failed, stream ended, connection lost       │
 ///                           │   (reported once per distinct error)               │
 ///                           └────────────── stream ended / connection lost ──────┘
@@ -71,7 +71,7 @@ public struct WorkloadAPIClientStateMachine {
     public let wantedID: SPIFFEID?
     public private(set) var state: State = .idle
     public private(set) var backoff: Backoff
-    /// Seconds a connection may stay silent before its first valid X509SVIDResponse.
+    /// Seconds a connection may stay silent before its first X509SVIDResponse.
     public let firstResponseTimeout: Double
     private var attemptCounter = 0
     /// The attempt whose connection has sent an X509SVIDResponse (usable or not): its peer is not silent.
@@ -88,8 +88,8 @@ public struct WorkloadAPIClientStateMachine {
     /// The update most recently delivered.
     public private(set) var lastDelivered: IdentityUpdate?
 
-    /// - Parameter firstResponseTimeout: how long a connection may stay without a valid X509SVIDResponse
-    ///   before it counts as failed. SPIRE answers the first FetchX509SVID at once (the Workload API spec asks
+    /// - Parameter firstResponseTimeout: how long a connection may stay without any X509SVIDResponse before
+    ///   it counts as failed. SPIRE answers the first FetchX509SVID at once (the Workload API spec asks
     ///   for it), so 10 s is far beyond any healthy answer yet short enough that a wedged agent is noticed.
     public init(
         upstream: String, wantedID: SPIFFEID?, backoff: Backoff = Backoff(), firstResponseTimeout: Double = 10

@@ -33,14 +33,14 @@ public final class WorkloadAPIIssuer: Issuer {
     private var machine: WorkloadAPIClientStateMachine
     private var callbacks: Callbacks = .none
     private var retryTimer: (any ScheduledTimer)?
-    /// Armed for each connection until it yields its first valid SVID (see `firstResponseTimeout`).
+    /// Armed for each connection until it sends its first X509SVIDResponse (see `firstResponseTimeout`).
     private var firstResponseTimer: (timer: any ScheduledTimer, attempt: Int)?
     private var connection: UpstreamConnection?
 
     /// - Parameters:
     ///   - spiffeID: the SVID to relay when the workload has several; nil relays the first one offered.
-    ///   - firstResponseTimeout: seconds a new connection may go without a valid X509SVIDResponse before it is
-    ///     torn down, reported and retried. The Workload API spec has SPIRE answer the first FetchX509SVID
+    ///   - firstResponseTimeout: seconds a new connection may go without an X509SVIDResponse before it is torn
+    ///     down, reported and retried. The Workload API spec has SPIRE answer the first FetchX509SVID
     ///     message immediately, so silence this long means a wedged peer, not a slow one.
     ///   - randomUnit: uniform samples in [0, 1) for backoff jitter (injected for tests).
     ///   - dial: connects to the socket (injected for tests; the default is a Unix-socket connect).
