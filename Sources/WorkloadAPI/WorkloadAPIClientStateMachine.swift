@@ -18,6 +18,8 @@ public enum WorkloadAPIStream: String, Sendable, Hashable {
 ///     idle ─────────────► waiting ─────────────► connecting ──────────────────► streaming
 ///                           ▲  ▲                  │   (dialed, both streams      │  (delivers each change)
 ///                           │  └──── failed ──────┘    opened, nothing usable)   │
+///                           │   (also: no X509SVIDResponse within the first-     │
+///                           │    response deadline: a wedged peer)               │
 ///                           │   dial failed, stream ended, connection lost       │
 ///                           │   (reported once per distinct error)               │
 ///                           └────────────── stream ended / connection lost ──────┘
@@ -27,12 +29,22 @@ public enum WorkloadAPIStream: String, Sendable, Hashable {
 /// Each connection attempt has a number; events of an older attempt (a second stream finishing after the
 /// connection was already torn down) are ignored, so the shell may report whatever its callbacks see.
 ///
+/// A peer that accepts the connection (even completes the HTTP/2 handshake) but never answers would otherwise
+/// hold the machine in `connecting` forever: no retry, no report. The Workload API spec has the server answer
+/// the first FetchX509SVID message at once (SPIRE does; with no identity it ends the stream with
+/// PERMISSION_DENIED instead), so silence past `firstResponseTimeout` means a wedged peer, and is a failure
+/// like any other (reported once, connection torn down, retried with backoff). Any decodable X509SVIDResponse
+/// ends the wait, even one without a usable SVID: that peer is alive, its answer is reported as it is, and
+/// tearing it down every few seconds would only alternate two reports.
+///
 /// Backoff grows with each failure and resets when a connection yields a valid SVID. Errors are reported when
 /// they differ (kind and message) from the last one reported since the last good state, so a caller logging
 /// every `onError` sees one line per outage, not one per retry.
 public struct WorkloadAPIClientStateMachine {
     public enum Action {
-        /// Dial the socket and open both streams for `attempt`; on failure, feed `connectFailed`.
+        /// Dial the socket and open both streams for `attempt`; on failure, feed `connectFailed`. Also arm a
+        /// timer of `firstResponseTimeout` seconds that feeds `firstResponseDeadlinePassed(attempt:)` (it may
+        /// be cancelled once `awaitingFirstResponse` is no longer `attempt`; a late one is ignored anyway).
         case connect(attempt: Int)
         /// Tear down the current connection (its calls' late events may still be fed; they are ignored).
         case closeConnection
@@ -59,7 +71,11 @@ public struct WorkloadAPIClientStateMachine {
     public let wantedID: SPIFFEID?
     public private(set) var state: State = .idle
     public private(set) var backoff: Backoff
+    /// Seconds a connection may stay silent before its first X509SVIDResponse.
+    public let firstResponseTimeout: Double
     private var attemptCounter = 0
+    /// The attempt whose connection has sent an X509SVIDResponse (usable or not): its peer is not silent.
+    private var answeredAttempt: Int?
     /// The last error reported since things were last good: identical ones are not reported again.
     private var lastReported: (kind: IssuerError.Kind, message: String)?
     /// The last valid SVID and its own bundle (kept across reconnects: errors never invalidate it).
@@ -72,10 +88,16 @@ public struct WorkloadAPIClientStateMachine {
     /// The update most recently delivered.
     public private(set) var lastDelivered: IdentityUpdate?
 
-    public init(upstream: String, wantedID: SPIFFEID?, backoff: Backoff = Backoff()) {
+    /// - Parameter firstResponseTimeout: how long a connection may stay without any X509SVIDResponse before
+    ///   it counts as failed. SPIRE answers the first FetchX509SVID at once (the Workload API spec asks
+    ///   for it), so 10 s is far beyond any healthy answer yet short enough that a wedged agent is noticed.
+    public init(
+        upstream: String, wantedID: SPIFFEID?, backoff: Backoff = Backoff(), firstResponseTimeout: Double = 10
+    ) {
         self.upstream = upstream
         self.wantedID = wantedID
         self.backoff = backoff
+        self.firstResponseTimeout = firstResponseTimeout
     }
 
     // MARK: Lifecycle
@@ -116,6 +138,12 @@ public struct WorkloadAPIClientStateMachine {
         }
     }
 
+    /// The attempt whose connection has not answered FetchX509SVID yet (its first-response timer matters).
+    public var awaitingFirstResponse: Int? {
+        guard case .connecting(let attempt) = state, answeredAttempt != attempt else { return nil }
+        return attempt
+    }
+
     // MARK: Failures
 
     /// Dialing (or opening the streams) failed.
@@ -149,6 +177,24 @@ public struct WorkloadAPIClientStateMachine {
         }
         return fail(
             error, closeConnection: true, randomUnit: randomUnit, quietIfStreaming: status.code != .permissionDenied)
+    }
+
+    /// The first-response timer of `attempt` fired. Only a connection still waiting for its first answer fails;
+    /// a stale timer (a newer attempt, the connection answered or is streaming, stopped) changes nothing.
+    public mutating func firstResponseDeadlinePassed(attempt: Int, randomUnit: Double) -> [Action] {
+        guard awaitingFirstResponse == attempt else { return [] }
+        return fail(
+            IssuerError(
+                kind: .upstreamUnavailable,
+                message: "no response from the Workload API at \(upstream) within \(Self.seconds(firstResponseTimeout))"
+            ),
+            closeConnection: true, randomUnit: randomUnit)
+    }
+
+    /// "10 s" rather than "10.0 s".
+    private static func seconds(_ value: Double) -> String {
+        if value == value.rounded(), abs(value) < 1e15 { return "\(Int(value)) s" }
+        return "\(value) s"
     }
 
     /// The socket closed or the HTTP/2 session broke.
@@ -200,6 +246,7 @@ public struct WorkloadAPIClientStateMachine {
     /// An X509SVIDResponse arrived on `attempt`'s connection.
     public mutating func received(_ response: X509SVIDResponse, attempt: Int, now: Timestamp) -> [Action] {
         guard self.attempt == attempt else { return [] }
+        answeredAttempt = attempt
         let chosen: (svid: X509SVID, bundle: X509Bundle)
         do throws(IssuerError) {
             chosen = try UpstreamIdentity.svid(

@@ -13,7 +13,8 @@ import Wire
 /// each with the `workload.spiffe.io: true` metadata, and delivers the complete state whenever it changes. The
 /// upstream owns rotation (TTL is the upstream's); a failed connection is retried with backoff while the last
 /// SVID keeps being served. All logic lives in `WorkloadAPIClientStateMachine`; this class only dials, pumps
-/// bytes between the socket and the nghttp2 session, decodes messages and runs the retry timer.
+/// bytes between the socket and the nghttp2 session, decodes messages and runs the retry and first-response
+/// timers.
 ///
 /// `rotateNow()` is a hint (SPIRE decides when to rotate): while connected it does nothing; while waiting to
 /// reconnect it reconnects at once.
@@ -32,15 +33,20 @@ public final class WorkloadAPIIssuer: Issuer {
     private var machine: WorkloadAPIClientStateMachine
     private var callbacks: Callbacks = .none
     private var retryTimer: (any ScheduledTimer)?
+    /// Armed for each connection until it sends its first X509SVIDResponse (see `firstResponseTimeout`).
+    private var firstResponseTimer: (timer: any ScheduledTimer, attempt: Int)?
     private var connection: UpstreamConnection?
 
     /// - Parameters:
     ///   - spiffeID: the SVID to relay when the workload has several; nil relays the first one offered.
+    ///   - firstResponseTimeout: seconds a new connection may go without an X509SVIDResponse before it is torn
+    ///     down, reported and retried. The Workload API spec has SPIRE answer the first FetchX509SVID
+    ///     message immediately, so silence this long means a wedged peer, not a slow one.
     ///   - randomUnit: uniform samples in [0, 1) for backoff jitter (injected for tests).
     ///   - dial: connects to the socket (injected for tests; the default is a Unix-socket connect).
     public init(
         socket: UnixSocketAddress, spiffeID: SPIFFEID?, loop: EventLoop, scheduler: any Scheduler,
-        clock: any WallClock, backoff: Backoff = Backoff(),
+        clock: any WallClock, backoff: Backoff = Backoff(), firstResponseTimeout: Double = 10,
         randomUnit: @escaping () -> Double = { Double.random(in: 0..<1) },
         dial: @escaping (UnixSocketAddress) throws(SystemError) -> Int32 = { (address) throws(SystemError) in
             try connectUnixSocket(address)
@@ -52,7 +58,8 @@ public final class WorkloadAPIIssuer: Issuer {
         self.clock = clock
         self.randomUnit = randomUnit
         self.dial = dial
-        self.machine = WorkloadAPIClientStateMachine(upstream: socket.path, wantedID: spiffeID, backoff: backoff)
+        self.machine = WorkloadAPIClientStateMachine(
+            upstream: socket.path, wantedID: spiffeID, backoff: backoff, firstResponseTimeout: firstResponseTimeout)
     }
 
     /// What the agent calls for `--issuer workload-api`.
@@ -95,6 +102,7 @@ public final class WorkloadAPIIssuer: Issuer {
             switch action {
             case .connect(let attempt):
                 connect(attempt: attempt)
+                if machine.awaitingFirstResponse == attempt { armFirstResponseDeadline(attempt: attempt) }
             case .closeConnection:
                 closeConnection()
             case .scheduleRetry(let delay):
@@ -113,6 +121,22 @@ public final class WorkloadAPIIssuer: Issuer {
                 if case .running(_, let onError) = callbacks { onError(error) }
             }
         }
+        // The deadline only matters while its connection waits for a first answer; a timer left armed would be
+        // ignored by the machine, but cancelling keeps the scheduler free of dead timers.
+        if let armed = firstResponseTimer, machine.awaitingFirstResponse != armed.attempt {
+            armed.timer.cancel()
+            firstResponseTimer = nil
+        }
+    }
+
+    private func armFirstResponseDeadline(attempt: Int) {
+        firstResponseTimer?.timer.cancel()
+        let timer = scheduler.schedule(after: machine.firstResponseTimeout) { [weak self] in
+            guard let self else { return }
+            if self.firstResponseTimer?.attempt == attempt { self.firstResponseTimer = nil }
+            self.perform(self.machine.firstResponseDeadlinePassed(attempt: attempt, randomUnit: self.randomUnit()))
+        }
+        firstResponseTimer = (timer, attempt)
     }
 
     private func connect(attempt: Int) {

@@ -14,6 +14,7 @@ $SDS_AGENT names the binary (default .build/release/sds-agent); SDS_UPSTREAM_REA
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 
@@ -299,3 +300,86 @@ def test_cached_svid_serves_until_expiry_then_requests_are_held(sds_agent_bin, s
     finally:
         factory.stop_all()
         upstream.stop()
+
+
+class SilentUpstream:
+    """A wedged SPIRE agent: accepts connections and reads whatever comes, never writes a byte."""
+
+    def __init__(self, socket_path: str):
+        self.socket_path = socket_path
+        if os.path.exists(socket_path):
+            os.unlink(socket_path)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(socket_path)
+        self.listener.listen(16)
+        self.lock = threading.Lock()
+        self.accepted = 0
+        self.closed_by_peer = 0
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            with self.lock:
+                self.accepted += 1
+            threading.Thread(target=self._read, args=(connection,), daemon=True).start()
+
+    def _read(self, connection) -> None:
+        with connection:
+            try:
+                while connection.recv(65536):
+                    pass
+            except OSError:
+                return
+            with self.lock:
+                self.closed_by_peer += 1
+
+    def counts(self) -> tuple[int, int]:
+        with self.lock:
+            return self.accepted, self.closed_by_peer
+
+    def stop(self) -> None:
+        """Closes the listener and removes its socket file (once: a real upstream may own the path later)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.listener.close()
+        if os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
+
+
+def test_silent_upstream_is_reported_dropped_and_retried(sds_agent_bin, short_dir):
+    """An upstream that accepts the connection but never answers FetchX509SVID (SPIRE answers at once) is given up
+    after the 10 s first-response deadline: reported once, the connection closed, retried; once a real upstream takes
+    the socket over, the agent gets its SVID without a restart."""
+    socket_path = str(short_dir / "upstream.sock")
+    silent = SilentUpstream(socket_path)
+    factory = ProcessFactory("agent", [str(sds_agent_bin)], short_dir)
+    upstream = None
+    try:
+        agent = factory.start("agent", WORKLOAD_ID, ["--issuer", "workload-api",
+                                                     "--upstream-socket", f"unix://{socket_path}"])
+        wait_for(lambda: silent.counts()[0] >= 1, SECRET_TIMEOUT, "sds-agent to connect", agent.log_tail)
+        # The deadline (10 s) passes: the agent closes the connection and dials again after its backoff.
+        wait_for(lambda: silent.counts()[1] >= 1, 20, "sds-agent to drop the silent connection", agent.log_tail)
+        wait_for(lambda: silent.counts()[0] >= 2, 5, "sds-agent to dial again", agent.log_tail)
+        log = agent.log_path.read_text(errors="replace")
+        expected = f"no response from the Workload API at {socket_path} within 10 s"
+        assert log.count(expected) == 1, agent.log_tail()
+        agent.check_alive()
+
+        # A real upstream on the same path: the next retry (the deadline + backoff at most) gets the SVID.
+        silent.stop()
+        upstream = WorkloadAPIServer(socket_path, WORKLOAD_ID).start()
+        served = fetch_when_served(agent.socket_path, ["default"], timeout=45)
+        assert leaf_serial(served["default"]) == upstream_leaf_serial(upstream)
+        assert_upstream_saw_only_proper_calls(upstream)
+    finally:
+        factory.stop_all()
+        silent.stop()
+        if upstream is not None:
+            upstream.stop()

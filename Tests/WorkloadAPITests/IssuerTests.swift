@@ -216,3 +216,102 @@ final class Recorder {
         server?.kill()
     }
 }
+
+/// An upstream that accepts the connection and reads our requests but never answers: the issuer must give up
+/// on it after the first-response deadline instead of waiting in `connecting` forever.
+@Suite struct SilentUpstreamTests {
+    /// Dials hand the issuer one end of a fresh socket pair and keep the other: a peer that reads nothing and
+    /// writes nothing. The loop is never run, so nothing but the scheduler's timers moves the issuer.
+    final class SilentDialer {
+        var peers: [Int32] = []
+
+        func dial() throws(SystemError) -> Int32 {
+            var fds: [Int32] = [-1, -1]
+            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &fds) == 0
+            else { throw SystemError("socketpair", errno: errno) }
+            peers.append(fds[1])
+            return fds[0]
+        }
+
+        /// What the peer end can read: the bytes our side wrote, and whether our side has closed (EOF).
+        func drain(_ index: Int) -> (bytes: Int, closed: Bool) {
+            var total = 0
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let count = read(peers[index], &buffer, buffer.count)
+                if count > 0 {
+                    total += count
+                } else {
+                    return (total, count == 0)
+                }
+            }
+        }
+
+        deinit { for fd in peers { close(fd) } }
+    }
+
+    @Test func aSilentPeerIsReportedOnceTornDownAndRetriedWithBackoff() throws {
+        let scheduler = FakeScheduler()
+        let dialer = SilentDialer()
+        let issuer = WorkloadAPIIssuer(
+            socket: try UnixSocketAddress("unix:///run/spire/sockets/agent.sock"),
+            spiffeID: try SPIFFEID(parsing: Upstream.workload), loop: try EventLoop(), scheduler: scheduler,
+            clock: scheduler.clock, randomUnit: { 0.5 },
+            dial: { (_) throws(SystemError) -> Int32 in try dialer.dial() })
+        let recorder = Recorder()
+        recorder.start(issuer)
+        defer { issuer.stop() }
+
+        scheduler.runDue()
+        #expect(dialer.peers.count == 1)
+        #expect(issuer.state == .connecting(attempt: 1))
+        let sent = dialer.drain(0)
+        #expect(sent.bytes > 0 && !sent.closed, "the requests went out and the connection is open")
+
+        // Just short of the deadline: still waiting, nothing said.
+        scheduler.advance(by: 9.9)
+        #expect(issuer.state == .connecting(attempt: 1))
+        #expect(recorder.errors.isEmpty)
+
+        // The deadline: one report, the connection closed, a retry armed with the first backoff step.
+        scheduler.advance(by: 0.1)
+        let error = try #require(recorder.errors.first)
+        #expect(error.kind == .upstreamUnavailable)
+        #expect(error.message == "no response from the Workload API at /run/spire/sockets/agent.sock within 10 s")
+        #expect(error.retryAfter == 0.1)
+        #expect(issuer.state == .waiting)
+        #expect(dialer.drain(0).closed, "the silent connection was torn down")
+        #expect(
+            abs((scheduler.nextDueIn ?? -1) - 0.1) < 1e-9, "next retry in \(String(describing: scheduler.nextDueIn))")
+
+        // The retry meets the same silence: torn down again, backoff grown, no second report.
+        scheduler.advance(by: 0.1)
+        #expect(issuer.state == .connecting(attempt: 2))
+        scheduler.advance(by: 10)
+        #expect(issuer.state == .waiting)
+        #expect(dialer.drain(1).closed)
+        #expect(
+            abs((scheduler.nextDueIn ?? -1) - 0.2) < 1e-9, "next retry in \(String(describing: scheduler.nextDueIn))")
+        #expect(recorder.errors.count == 1, "\(recorder.errors)")
+        #expect(recorder.updates.isEmpty)
+    }
+
+    @Test func stopWhileWaitingForTheFirstResponseCancelsTheDeadline() throws {
+        let scheduler = FakeScheduler()
+        let dialer = SilentDialer()
+        let issuer = WorkloadAPIIssuer(
+            socket: try UnixSocketAddress("unix:///run/spire/sockets/agent.sock"), spiffeID: nil,
+            loop: try EventLoop(), scheduler: scheduler, clock: scheduler.clock, firstResponseTimeout: 3,
+            randomUnit: { 0.5 }, dial: { (_) throws(SystemError) -> Int32 in try dialer.dial() })
+        let recorder = Recorder()
+        recorder.start(issuer)
+        scheduler.runDue()
+        #expect(issuer.state == .connecting(attempt: 1))
+        #expect(scheduler.nextDueIn == 3, "the configured deadline is armed")
+        issuer.stop()
+        scheduler.runDue()  // the connection's deferred release
+        #expect(scheduler.pendingCount == 0)
+        scheduler.advance(by: 60)
+        #expect(recorder.errors.isEmpty && dialer.peers.count == 1)
+    }
+}

@@ -299,3 +299,72 @@ func connectedMachine(wanted: String? = Upstream.workload) throws -> Machine {
         #expect(steps(machine.received(response, attempt: 1, now: upstream.now)).isEmpty)
     }
 }
+
+/// A peer that accepts the connection but never answers must not hold the client in `connecting` forever.
+@Suite struct FirstResponseDeadlineTests {
+    @Test func silenceUntilTheDeadlineTearsDownBacksOffAndIsReportedOnce() throws {
+        var machine = try connectedMachine()
+        #expect(machine.firstResponseTimeout == 10, "the documented default")
+        let first = machine.firstResponseDeadlinePassed(attempt: 1, randomUnit: 0.5)
+        #expect(steps(first) == [.close, .retry(0.1), .report(.upstreamUnavailable)])
+        #expect(machine.state == .waiting)
+        let error = try #require(reports(first).first)
+        #expect(error.message == "no response from the Workload API at /run/spire.sock within 10 s")
+        #expect(error.retryAfter == 0.1)
+        // The same silence on the retry: backoff grows, no second report.
+        #expect(steps(machine.retryTimerFired()) == [.connect(2)])
+        #expect(steps(machine.firstResponseDeadlinePassed(attempt: 2, randomUnit: 0.5)) == [.close, .retry(0.2)])
+        #expect(steps(machine.retryTimerFired()) == [.connect(3)])
+    }
+
+    @Test func theTimeoutInTheMessageIsTheConfiguredOne() throws {
+        var machine = Machine(upstream: "/run/spire.sock", wantedID: nil, firstResponseTimeout: 2.5)
+        _ = machine.start()
+        _ = machine.retryTimerFired()
+        let error = try #require(reports(machine.firstResponseDeadlinePassed(attempt: 1, randomUnit: 0.5)).first)
+        #expect(error.message == "no response from the Workload API at /run/spire.sock within 2.5 s")
+    }
+
+    @Test func aDeadlineOfAnOlderAttemptIsIgnored() throws {
+        var machine = try connectedMachine()
+        _ = machine.connectFailed(attempt: 1, reason: "connect: Connection refused", randomUnit: 0.5)
+        #expect(steps(machine.firstResponseDeadlinePassed(attempt: 1, randomUnit: 0.5)).isEmpty, "while waiting")
+        _ = machine.retryTimerFired()
+        #expect(machine.state == .connecting(attempt: 2))
+        #expect(steps(machine.firstResponseDeadlinePassed(attempt: 1, randomUnit: 0.5)).isEmpty, "attempt 2 dialing")
+        #expect(machine.state == .connecting(attempt: 2))
+    }
+
+    @Test func aDeadlineAfterTheFirstValidSVIDIsIgnored() throws {
+        let upstream = try Upstream()
+        var machine = try connectedMachine()
+        _ = machine.received(upstream.response([try upstream.svid()]), attempt: 1, now: upstream.now)
+        #expect(machine.state == .streaming(attempt: 1))
+        #expect(steps(machine.firstResponseDeadlinePassed(attempt: 1, randomUnit: 0.5)).isEmpty)
+        #expect(machine.state == .streaming(attempt: 1))
+    }
+
+    @Test func anUnusableAnswerEndsTheWaitButIsStillReported() throws {
+        // A peer that answers (here: with an SVID for another workload) is not wedged: its answer is the report,
+        // and reconnecting every 10 s would only alternate that report with a "no response" one.
+        let upstream = try Upstream()
+        var machine = try connectedMachine()
+        #expect(machine.awaitingFirstResponse == 1)
+        let wrong = machine.received(
+            upstream.response([try upstream.svid("spiffe://example.org/ns/default/sa/other")]), attempt: 1,
+            now: upstream.now)
+        #expect(reports(wrong).count == 1, "\(steps(wrong))")
+        #expect(updates(wrong).isEmpty)
+        #expect(machine.state == .connecting(attempt: 1))
+        #expect(machine.awaitingFirstResponse == nil)
+        #expect(steps(machine.firstResponseDeadlinePassed(attempt: 1, randomUnit: 0.5)).isEmpty)
+        #expect(machine.state == .connecting(attempt: 1))
+    }
+
+    @Test func aDeadlineAfterStopIsIgnored() throws {
+        var machine = try connectedMachine()
+        _ = machine.stop()
+        #expect(steps(machine.firstResponseDeadlinePassed(attempt: 1, randomUnit: 0.5)).isEmpty)
+        #expect(machine.state == .stopped)
+    }
+}
