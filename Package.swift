@@ -47,7 +47,7 @@ let package = Package(
         .target(name: "SPIFFE", dependencies: ["PKI"]),
         .target(name: "XDS", dependencies: ["Wire"]),
         .target(name: "GRPC", dependencies: ["H2"]),
-        .target(name: "Issuance", dependencies: ["SPIFFE", "PKI"]),
+        .target(name: "Issuance", dependencies: ["SPIFFE", "PKI", "Transport"]),
         .target(name: "Transport", dependencies: ["CLinux"]),
         .target(
             name: "WorkloadAPI",

@@ -1,6 +1,7 @@
 import Glibc
 public import PKI
 public import SPIFFE
+import Transport
 
 /// A failure of the local CA, as one line that names the file or the rule involved.
 public struct LocalCAError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -56,29 +57,29 @@ public final class LocalCA: Sendable {
         stateDirectory: String, trustDomain: TrustDomain, now: Timestamp,
         rootLifetime: Int64 = defaultRootLifetime, nameConstrained: Bool = false
     ) throws -> LocalCA {
-        do throws(StateFiles.Failure) {
-            try StateFiles.ensureDirectory(stateDirectory)
+        do throws(SystemError) {
+            try Files.ensureDirectory(stateDirectory)
         } catch {
-            throw LocalCAError("state dir \(stateDirectory): \(error.message)")
+            throw LocalCAError("state dir \(stateDirectory): \(error)")
         }
         let certificatePath = stateDirectory + "/" + certificateFileName
         let keyPath = stateDirectory + "/" + keyFileName
-        switch (StateFiles.exists(certificatePath), StateFiles.exists(keyPath)) {
+        switch (Files.exists(certificatePath), Files.exists(keyPath)) {
         case (false, false):
             let root = try makeRoot(
                 trustDomain: trustDomain, now: now, lifetime: rootLifetime, nameConstrained: nameConstrained)
             let keyPEM = try root.key.pkcs8PEM()
-            do throws(StateFiles.Failure) {
+            do throws(SystemError) {
                 // Key first: a crash between the two renames leaves ca.key without ca.pem, which the next start
                 // reports instead of issuing from a certificate whose key is lost.
-                try StateFiles.writeAtomically(
+                try Files.writeAtomically(
                     directory: stateDirectory, name: keyFileName, bytes: Array(keyPEM.utf8),
                     mode: 0o600)
-                try StateFiles.writeAtomically(
+                try Files.writeAtomically(
                     directory: stateDirectory, name: certificateFileName, bytes: Array(root.certificate.pem.utf8),
                     mode: 0o600)
             } catch {
-                throw LocalCAError("state dir \(stateDirectory): \(error.message)")
+                throw LocalCAError("state dir \(stateDirectory): \(error)")
             }
             return LocalCA(
                 trustDomain: trustDomain, signingCertificate: root.certificate, signingKey: root.key,
@@ -131,9 +132,9 @@ public final class LocalCA: Sendable {
         let chain: [Certificate]
         do {
             chain = try Certificate.parseChain(
-                pem: String(decoding: try StateFiles.read(certificateChainPath), as: UTF8.self))
-        } catch let error as StateFiles.Failure {
-            throw LocalCAError(error.message)
+                pem: String(decoding: try Files.read(certificateChainPath), as: UTF8.self))
+        } catch let error as SystemError {
+            throw LocalCAError("\(error)")
         } catch {
             throw LocalCAError("\(certificateChainPath): not a PEM certificate chain: \(error)")
         }
@@ -198,10 +199,10 @@ public final class LocalCA: Sendable {
 
     private static func readCertificate(_ path: String) throws -> Certificate {
         let bytes: [UInt8]
-        do throws(StateFiles.Failure) {
-            bytes = try StateFiles.read(path)
+        do throws(SystemError) {
+            bytes = try Files.read(path)
         } catch {
-            throw LocalCAError(error.message)
+            throw LocalCAError("\(error)")
         }
         do {
             let certificates = try Certificate.parseChain(pem: String(decoding: bytes, as: UTF8.self))
@@ -218,10 +219,10 @@ public final class LocalCA: Sendable {
 
     private static func readKey(_ path: String) throws -> PrivateKey {
         let bytes: [UInt8]
-        do throws(StateFiles.Failure) {
-            bytes = try StateFiles.read(path)
+        do throws(SystemError) {
+            bytes = try Files.read(path)
         } catch {
-            throw LocalCAError(error.message)
+            throw LocalCAError("\(error)")
         }
         do {
             return try PrivateKey(pem: String(decoding: bytes, as: UTF8.self))

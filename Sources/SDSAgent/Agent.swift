@@ -24,8 +24,12 @@ public final class Agent {
     private var issuer: (any Issuer)?
     private let clock: any WallClock
     private var fileWatcher: FileWatcher?
-    /// File-backed names subscribed so far, and the last error per name (logged once per change).
-    private var fileNames: [String: String?] = [:]
+    /// Every watched file → the file-backed names that read it (a name reads one or two files).
+    private var namesByFile: [String: Set<String>] = [:]
+    /// File-backed names subscribed so far.
+    private var fileNames: Set<String> = []
+    /// The last load error per file-backed name: a lasting problem is logged once, not on every file event.
+    private var fileErrors: [String: String] = [:]
     private var federatedNames: Set<String> = []
     private var current: IdentityUpdate?
     private var lastIssuerError: IssuerError?
@@ -195,7 +199,7 @@ public final class Agent {
     private func rotateNow() {
         logger.info("SIGHUP: rotating now")
         issuer?.rotateNow()
-        reloadFileNames(Set(fileNames.keys))
+        reloadFileNames(fileNames)
     }
 
     private func drain(signal: String) {
@@ -230,18 +234,17 @@ public final class Agent {
 
     private func loadFileNames(_ names: [String]) {
         var fresh: Set<String> = []
-        for name in names where fileNames[name] == nil {
+        for name in names where !fileNames.contains(name) {
+            let paths: [String]
             switch SecretName(name, ownID: ownID, ownTrustDomain: ownTrustDomain) {
-            case .fileCertificate(let cert, let key):
-                fileNames[name] = .some(nil)
-                watch([cert, key])
-                fresh.insert(name)
-            case .fileRoot(let path):
-                fileNames[name] = .some(nil)
-                watch([path])
-                fresh.insert(name)
+            case .fileCertificate(let cert, let key): paths = [cert, key]
+            case .fileRoot(let path): paths = [path]
             default: continue
             }
+            fileNames.insert(name)
+            for path in paths { namesByFile[path, default: []].insert(name) }
+            watch(paths)
+            fresh.insert(name)
         }
         if !fresh.isEmpty { reloadFileNames(fresh) }
     }
@@ -258,8 +261,7 @@ public final class Agent {
     }
 
     private func filesChanged(_ paths: Set<String>) {
-        let affected = fileNames.keys.filter { name in paths.contains { name.contains($0) } }
-        reloadFileNames(Set(affected))
+        reloadFileNames(Set(paths.flatMap { namesByFile[$0] ?? [] }))
     }
 
     private func reloadFileNames(_ names: Set<String>) {
@@ -268,13 +270,13 @@ public final class Agent {
             let kind = SecretName(name, ownID: ownID, ownTrustDomain: ownTrustDomain)
             do {
                 secrets.append(try FileSecrets.load(name, kind: kind, now: clock.now()))
-                fileNames[name] = .some(nil)
+                fileErrors[name] = nil
             } catch {
                 // Held, not failed: istio-agent also waits for mounted files to appear.
-                if fileNames[name] != .some(error.description) {
+                if fileErrors[name] != error.description {
                     logger.warning("file-backed secret not ready", metadata: ["name": "\(name)", "error": "\(error)"])
                 }
-                fileNames[name] = .some(error.description)
+                fileErrors[name] = error.description
             }
         }
         if !service.publish(secrets).isEmpty { server.flushAll() }

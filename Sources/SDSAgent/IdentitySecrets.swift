@@ -1,7 +1,7 @@
-import Glibc
 import Issuance
 import PKI
 import SPIFFE
+import Transport
 import Wire
 
 /// Turns an issuer's identity into the Envoy `Secret`s every supported name expects: the same SVID under `default`
@@ -97,23 +97,12 @@ enum FileSecrets {
         }
     }
 
-    /// Reads a whole (small) file; certificates and keys are kilobytes, so a 1 MiB cap only stops mistakes.
+    /// Certificates and keys are kilobytes; the 1 MiB cap only stops a wrong path from reading something huge.
     static func read(_ path: String) throws(Failure) -> String {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw Failure(description: "\(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw Failure(description: "\(path): \(String(cString: strerror(errno)))")
-            }
-            if count == 0 { break }
-            bytes.append(contentsOf: chunk[0..<count])
-            guard bytes.count <= 1 << 20 else { throw Failure(description: "\(path): larger than 1 MiB") }
+        do throws(SystemError) {
+            return String(decoding: try Files.read(path, limit: 1 << 20), as: UTF8.self)
+        } catch {
+            throw Failure(description: "\(error)")
         }
-        return String(decoding: bytes, as: UTF8.self)
     }
 }

@@ -250,39 +250,15 @@ public func writeStandardError(_ text: String) { writeAll(text, to: STDERR_FILEN
 /// validation context. Each file is written to a temporary name and renamed, so a reader never sees half a file.
 enum PEMFiles {
     static func write(_ secret: ReceivedSecret, into directory: String) throws(SystemError) {
-        let base = directory + "/" + safeFileName(secret.name)
+        let base = safeFileName(secret.name)
         switch secret.material {
         case .certificate(let chain, let key):
-            try writeFile(base + ".cert.pem", Array(Certificate.pem(chain).utf8), mode: 0o644)
-            try writeFile(base + ".key.pem", key, mode: 0o600)
+            try Files.writeAtomically(
+                directory: directory, name: base + ".cert.pem", bytes: Array(Certificate.pem(chain).utf8), mode: 0o644)
+            try Files.writeAtomically(directory: directory, name: base + ".key.pem", bytes: key, mode: 0o600)
         case .validationContext(let cas):
-            try writeFile(base + ".bundle.pem", Array(Certificate.pem(cas).utf8), mode: 0o644)
-        }
-    }
-
-    static func writeFile(_ path: String, _ bytes: [UInt8], mode: mode_t) throws(SystemError) {
-        let temporary = path + ".tmp"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
-        guard fd >= 0 else { throw SystemError("open", errno: errno, detail: temporary) }
-        // The umask may have narrowed the mode, and an old temporary file keeps its own: set it exactly.
-        _ = fchmod(fd, mode)
-        var rest = bytes[...]
-        while !rest.isEmpty {
-            let written = rest.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-            if written < 0 {
-                if errno == EINTR { continue }
-                let error = SystemError("write", errno: errno, detail: temporary)
-                close(fd)
-                unlink(temporary)
-                throw error
-            }
-            rest = rest.dropFirst(written)
-        }
-        close(fd)
-        guard rename(temporary, path) == 0 else {
-            let error = SystemError("rename", errno: errno, detail: path)
-            unlink(temporary)
-            throw error
+            try Files.writeAtomically(
+                directory: directory, name: base + ".bundle.pem", bytes: Array(Certificate.pem(cas).utf8), mode: 0o644)
         }
     }
 }
