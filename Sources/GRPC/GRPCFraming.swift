@@ -21,8 +21,9 @@ public enum GRPCMessageFraming {
 
 /// A streaming decoder of length-prefixed messages, fed arbitrary chunks (down to single bytes).
 ///
-/// It holds at most one message: a prefix announcing more than `maxMessageBytes` fails at once with
-/// RESOURCE_EXHAUSTED, before any of the body is buffered; a compressed message fails with UNIMPLEMENTED
+/// It holds at most one message, and only the bytes of it that have arrived (never reserved from the announced
+/// length): a prefix announcing more than `maxMessageBytes` fails at once with RESOURCE_EXHAUSTED, before any of
+/// the body is buffered; a compressed message fails with UNIMPLEMENTED
 /// (we never advertise `grpc-accept-encoding`, so a peer sending one is broken). After a failure the
 /// decoder stays failed.
 ///
@@ -46,6 +47,15 @@ public struct GRPCMessageDecoder: Sendable {
 
     public init(maxMessageBytes: Int = GRPCMessageFraming.defaultMaxMessageBytes) {
         self.maxMessageBytes = maxMessageBytes
+    }
+
+    /// Bytes of the partial message (prefix or body) held right now.
+    public var bufferedBytes: Int {
+        switch state {
+        case .readPrefix(let prefix): prefix.count
+        case .readBody(_, let body): body.count
+        case .failed: 0
+        }
     }
 
     /// True when no partial message is buffered (a stream may end cleanly here).
@@ -91,9 +101,9 @@ public struct GRPCMessageDecoder: Sendable {
                     messages.append([])
                     state = .readPrefix(prefix: [])
                 } else {
-                    var body: [UInt8] = []
-                    body.reserveCapacity(length)
-                    state = .readBody(length: length, body: body)
+                    // Nothing reserved from the announced length: the buffer grows with the bytes that arrive, so a
+                    // prefix promising 4 MiB followed by silence costs its five bytes, not 4 MiB.
+                    state = .readBody(length: length, body: [])
                 }
             case .readBody(let length, var body):
                 guard index != bytes.endIndex else { return messages }

@@ -87,6 +87,8 @@ public final class GRPCServerConnection: H2SessionDelegate {
     public let maxMessageBytes: Int
     private var calls: [H2StreamID: GRPCServerCall] = [:]
     private(set) public var isDraining = false
+    /// The peer crossed an HTTP/2 bound (the stream was already refused or reset): for the owner's log.
+    public var onLimitExceeded: ((H2Limit) -> Void)?
 
     public init(
         router: GRPCRouter, configuration: H2Configuration = H2Configuration(),
@@ -145,6 +147,9 @@ public final class GRPCServerConnection: H2SessionDelegate {
     }
 
     public func h2DataReceived(streamID: H2StreamID, bytes: [UInt8], endStream: Bool) {
+        // Every byte is processed before this returns (buffered in the call's decoder, within its bound, or dropped),
+        // so it is handed back to flow control at once.
+        defer { session.consume(streamID: streamID, count: bytes.count) }
         guard let call = calls[streamID] else { return }
         if !bytes.isEmpty {
             let messages: [[UInt8]]
@@ -172,6 +177,10 @@ public final class GRPCServerConnection: H2SessionDelegate {
 
     public func h2OutboundQueueDrained(streamID: H2StreamID) {
         calls[streamID]?.onWritable?()
+    }
+
+    public func h2LimitExceeded(_ limit: H2Limit, streamID: H2StreamID) {
+        onLimitExceeded?(limit)
     }
 
     // MARK: Actions

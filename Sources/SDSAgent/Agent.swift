@@ -60,7 +60,7 @@ public final class Agent {
         self.service = SecretDiscoveryService(classifier: classifier, logger: logger)
         let router = GRPCRouter()
         service.register(on: router)
-        self.server = SDSServer(loop: loop, router: router, logger: logger)
+        self.server = SDSServer(loop: loop, router: router, logger: logger, limits: configuration.limits)
         service.onSubscribe = { [unowned self] names in self.loadFileNames(names) }
     }
 

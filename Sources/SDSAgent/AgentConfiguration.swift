@@ -25,10 +25,21 @@ public struct AgentConfiguration: Sendable {
     public var logLevel: Logger.Level
     public var logFormat: LogOutput.Format
     public var drainTimeout: Double
+    /// Bounds on what peers of the socket can make the agent hold (`--max-request-bytes`, `--max-connections`).
+    public var limits: InboundLimits
 
     public static let defaultSocket = "/run/secrets/workload-spiffe-uds/socket"
     public static let defaultStateDir = "/var/lib/sds-agent"
     public static let defaultUpstreamSocket = "unix:///run/spire/sockets/agent.sock"
+
+    /// The range each duration flag accepts. Every duration is finite and positive; the upper ends catch unit
+    /// mistakes (`--svid-ttl 3600h` meant as seconds) and keep every derived timer and certificate date in range.
+    /// SVIDs: at least 1m (an SVID must outlive Envoy's reconnect backoff), at most 90 days (istiod's maximum
+    /// workload certificate lifetime). CA root: at most 10 years. Drain: at most 1h (Kubernetes kills a pod after
+    /// its termination grace period, 30 s by default, long before).
+    public static let svidTTLRange: ClosedRange<Double> = 60...(90 * 86400)
+    public static let caTTLRange: ClosedRange<Double> = 60...(10 * 365 * 86400)
+    public static let drainTimeoutRange: ClosedRange<Double> = 0.001...3600
 }
 
 /// Flag values as typed by the user (nil when absent). The executable fills it; `resolve` does the rest.
@@ -48,6 +59,8 @@ public struct RawAgentOptions: Sendable, Equatable {
     public var logLevel: String?
     public var logFormat: String?
     public var drainTimeout: String?
+    public var maxRequestBytes: String?
+    public var maxConnections: String?
     public init() {}
 }
 
@@ -107,21 +120,17 @@ extension AgentConfiguration {
             throw ConfigurationError(flag: "--spiffe-id (SPIFFE_ID)", problem: problem)
         }
 
-        let ttl = try duration(pick(options.svidTTL, "SECRET_TTL", "1h"), flag: "--svid-ttl (SECRET_TTL)")
-        guard ttl >= 60 else {
-            throw ConfigurationError(
-                flag: "--svid-ttl (SECRET_TTL)",
-                problem:
-                    "must be at least 1m, got \(DurationText.format(seconds: ttl)) (an SVID must outlive Envoy's reconnect backoff)"
-            )
-        }
+        let ttl = try duration(
+            pick(options.svidTTL, "SECRET_TTL", "1h"), flag: "--svid-ttl (SECRET_TTL)", range: svidTTLRange,
+            why: "an SVID must outlive Envoy's reconnect backoff; istiod issues at most 90 days")
         let ratioText = pick(options.rotateRatio, "SECRET_GRACE_PERIOD_RATIO", "0.5")
         guard let ratio = Double(ratioText), ratio > 0, ratio < 1 else {
             throw ConfigurationError(
                 flag: "--rotate-ratio (SECRET_GRACE_PERIOD_RATIO)",
                 problem: "'\(ratioText)' must be a number between 0 and 1 (0.5 rotates at half-life)")
         }
-        let caTTL = try duration(pick(options.caTTL, "SDS_CA_TTL", "8760h"), flag: "--ca-ttl")
+        let caTTL = try duration(
+            pick(options.caTTL, "SDS_CA_TTL", "8760h"), flag: "--ca-ttl", range: caTTLRange, why: "at most 10 years")
         guard caTTL > ttl else {
             throw ConfigurationError(flag: "--ca-ttl", problem: "must be longer than --svid-ttl")
         }
@@ -153,24 +162,59 @@ extension AgentConfiguration {
         guard let format = LogOutput.Format(rawValue: formatText) else {
             throw ConfigurationError(flag: "--log-format", problem: "'\(formatText)' is not one of: text, json")
         }
-        let drain = try duration(pick(options.drainTimeout, "SDS_DRAIN_TIMEOUT", "5s"), flag: "--drain-timeout")
+        let drain = try duration(
+            pick(options.drainTimeout, "SDS_DRAIN_TIMEOUT", "5s"), flag: "--drain-timeout", range: drainTimeoutRange,
+            why: "Kubernetes stops a pod long before an hour")
+
+        var limits = InboundLimits()
+        limits.maxRequestBytes = try count(
+            pick(options.maxRequestBytes, "SDS_MAX_REQUEST_BYTES", String(InboundLimits.defaultMaxRequestBytes)),
+            flag: "--max-request-bytes", range: InboundLimits.maxRequestBytesRange)
+        limits.maxConnections = try count(
+            pick(options.maxConnections, "SDS_MAX_CONNECTIONS", String(InboundLimits.defaultMaxConnections)),
+            flag: "--max-connections", range: InboundLimits.maxConnectionsRange)
 
         return AgentConfiguration(
             socket: socket, socketMode: mode, trustDomain: trustDomain, spiffeID: spiffeID, svidTTL: ttl,
             rotateRatio: ratio, stateDir: pick(options.stateDir, "SDS_STATE_DIR", defaultStateDir), caTTL: caTTL,
             caCertPath: caCert, caKeyPath: caKey, issuer: issuer, upstreamSocket: upstream, logLevel: level,
-            logFormat: format, drainTimeout: drain)
+            logFormat: format, drainTimeout: drain, limits: limits)
     }
 
-    private static func duration(_ text: String, flag: String) throws(ConfigurationError) -> Double {
+    private static func duration(_ text: String, flag: String, range: ClosedRange<Double>, why: String)
+        throws(ConfigurationError) -> Double
+    {
         let seconds: Double
         do { seconds = try DurationText.seconds(text) } catch {
             throw ConfigurationError(flag: flag, problem: error.description)
         }
-        guard seconds > 0 else {
-            throw ConfigurationError(flag: flag, problem: "must be greater than 0, got '\(text)'")
+        guard range.contains(seconds) else {
+            throw ConfigurationError(
+                flag: flag,
+                problem:
+                    "'\(text)' is out of range: must be from \(DurationText.format(seconds: range.lowerBound)) to \(DurationText.format(seconds: range.upperBound)) (\(why))"
+            )
         }
         return seconds
+    }
+
+    /// A whole number within `range`; suffixes Ki and Mi (powers of 1024) are accepted for sizes.
+    private static func count(_ text: String, flag: String, range: ClosedRange<Int>) throws(ConfigurationError)
+        -> Int
+    {
+        var digits = Substring(text.trimmingSpaces())
+        var scale = 1
+        for (suffix, factor) in [("Ki", 1 << 10), ("Mi", 1 << 20)] where digits.hasSuffix(suffix) {
+            digits = digits.dropLast(suffix.count)
+            scale = factor
+        }
+        guard let value = Int(digits), value.multipliedReportingOverflow(by: scale).overflow == false,
+            range.contains(value * scale)
+        else {
+            throw ConfigurationError(
+                flag: flag, problem: "'\(text)' must be a whole number from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return value * scale
     }
 
     /// The socket's directory must exist (or be creatable) and be writable, or bind would fail later with less context.

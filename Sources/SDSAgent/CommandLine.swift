@@ -42,7 +42,7 @@ public enum AgentCommandLine {
             set: { $0.spiffeID = $1 }),
         Flag(
             name: "svid-ttl", valueName: "duration", environment: "SECRET_TTL",
-            help: "SVID lifetime, e.g. 1h, 30m, 24h (default 1h).", set: { $0.svidTTL = $1 }),
+            help: "SVID lifetime, e.g. 1h, 30m, 24h (default 1h; 1m to 2160h).", set: { $0.svidTTL = $1 }),
         Flag(
             name: "rotate-ratio", valueName: "ratio", environment: "SECRET_GRACE_PERIOD_RATIO",
             help: "Rotate when this fraction of the lifetime is left (default 0.5).", set: { $0.rotateRatio = $1 }),
@@ -52,7 +52,8 @@ public enum AgentCommandLine {
             set: { $0.stateDir = $1 }),
         Flag(
             name: "ca-ttl", valueName: "duration", environment: "SDS_CA_TTL",
-            help: "Lifetime of a newly created local CA root (default 8760h).", set: { $0.caTTL = $1 }),
+            help: "Lifetime of a newly created local CA root (default 8760h; at most 87600h).",
+            set: { $0.caTTL = $1 }),
         Flag(
             name: "ca-cert", valueName: "pem", environment: "SDS_CA_CERT",
             help: "Operator CA certificate to sign with (then its chain), instead of a self-made root.",
@@ -77,8 +78,17 @@ public enum AgentCommandLine {
             help: "text (default) or json.", set: { $0.logFormat = $1 }),
         Flag(
             name: "drain-timeout", valueName: "duration", environment: "SDS_DRAIN_TIMEOUT",
-            help: "How long SIGTERM waits for peers to take the last bytes (default 5s).",
+            help: "How long SIGTERM waits for peers to take the last bytes (default 5s; at most 1h).",
             set: { $0.drainTimeout = $1 }),
+        Flag(
+            name: "max-request-bytes", valueName: "bytes", environment: "SDS_MAX_REQUEST_BYTES",
+            help:
+                "Largest request message; a bigger one ends its stream RESOURCE_EXHAUSTED (default 1Mi; 64Ki to 64Mi).",
+            set: { $0.maxRequestBytes = $1 }),
+        Flag(
+            name: "max-connections", valueName: "count", environment: "SDS_MAX_CONNECTIONS",
+            help: "Connections served at once; more are closed on accept (default 256; 1 to 65536).",
+            set: { $0.maxConnections = $1 }),
     ]
 
     /// Parses `arguments` (without the program name).

@@ -17,16 +17,17 @@ public final class SDSServer {
     private var connections: [ObjectIdentifier: ServerConnection] = [:]
     private var connectionCounter: UInt64 = 0
     private let h2Configuration: H2Configuration
+    let limits: InboundLimits
+    private var refusals = RefusalLog()
     /// Stop pulling bytes from nghttp2 while this much is queued in user space for the socket.
     static let writeHighWater = 256 * 1024
 
-    public init(
-        loop: EventLoop, router: GRPCRouter, logger: Logger, h2Configuration: H2Configuration = H2Configuration()
-    ) {
+    public init(loop: EventLoop, router: GRPCRouter, logger: Logger, limits: InboundLimits = InboundLimits()) {
         self.loop = loop
         self.router = router
         self.logger = logger
-        self.h2Configuration = h2Configuration
+        self.limits = limits
+        self.h2Configuration = limits.h2Configuration
     }
 
     public var connectionCount: Int { connections.count }
@@ -35,7 +36,13 @@ public final class SDSServer {
 
     /// Binds the socket (mode applied at creation) and starts accepting.
     public func listen(on address: UnixSocketAddress, mode: UInt32) throws(SystemError) {
-        listener = try UnixListener(address: address, mode: mode, loop: loop) { [unowned self] fd in self.accept(fd) }
+        let listener = try UnixListener(address: address, mode: mode, loop: loop) { [unowned self] fd in
+            self.accept(fd)
+        }
+        listener.onPause = { [unowned self] error in
+            self.refused("accept paused: \(error)", metadata: ["connections": "\(self.connections.count)"])
+        }
+        self.listener = listener
     }
 
     /// Stops accepting and removes the socket file.
@@ -64,10 +71,31 @@ public final class SDSServer {
         connections.removeAll()
     }
 
+    /// The connection cap: past `limits.maxConnections` a new connection is closed at once, before any byte is
+    /// read or written (the peer sees EOF), so a flood of connections costs one accept and close each.
+    private func admit(_ fd: Int32) -> Bool {
+        guard connections.count < limits.maxConnections else {
+            Glibc.close(fd)
+            refused("connection limit (\(limits.maxConnections)) reached: closing new connections", metadata: [:])
+            return false
+        }
+        return true
+    }
+
+    /// Logs a refusal once per cause and interval (see `RefusalLog`), never once per event.
+    fileprivate func refused(_ cause: String, metadata: Logger.Metadata) {
+        guard let entry = refusals.record(cause, now: EventLoop.monotonicSeconds()) else { return }
+        var metadata = metadata
+        if entry.suppressed > 0 { metadata["unlogged_since_last"] = "\(entry.suppressed)" }
+        logger.warning("refused: \(cause)", metadata: metadata)
+    }
+
     private func accept(_ fd: Int32) {
+        guard admit(fd) else { return }
         connectionCounter += 1
         let connection = ServerConnection(
-            id: connectionCounter, router: router, configuration: h2Configuration, server: self)
+            id: connectionCounter, router: router, configuration: h2Configuration,
+            maxRequestBytes: limits.maxRequestBytes, server: self)
         do {
             connection.socket = try Connection(fd: fd, loop: loop, delegate: connection)
         } catch {
@@ -77,12 +105,24 @@ public final class SDSServer {
         }
         connections[ObjectIdentifier(connection)] = connection
         logger.info("connection opened", metadata: ["connection": "\(connection.id)"])
+        connection.grpc.onLimitExceeded = { [unowned self] limit in
+            self.refused("HTTP/2 \(limit.rawValue) limit crossed: stream refused", metadata: [:])
+        }
+        connection.prefaceTimer = loop.schedule(after: limits.prefaceTimeout) { [weak self, weak connection] in
+            guard let self, let connection, !connection.grpc.session.prefaceReceived else { return }
+            self.refused("no HTTP/2 preface within \(self.limits.prefaceTimeout) s: closing", metadata: [:])
+            connection.close()
+            self.closed(connection, reason: "no HTTP/2 preface")
+        }
         connection.flush()  // the server preface, now
     }
 
     fileprivate func closed(_ connection: ServerConnection, reason: String) {
         guard connections.removeValue(forKey: ObjectIdentifier(connection)) != nil else { return }
+        connection.prefaceTimer?.cancel()
         connection.grpc.connectionLost()
+        // A descriptor is free again: a listener paused on EMFILE may accept now.
+        listener?.resume()
         logger.info("connection closed", metadata: ["connection": "\(connection.id)", "reason": "\(reason)"])
         if connections.isEmpty { onAllConnectionsClosed?() }
     }
@@ -95,10 +135,15 @@ final class ServerConnection: ConnectionDelegate {
     var socket: Connection?
     private unowned let server: SDSServer
     private var outputBuffer: [UInt8] = []
+    /// Closes the connection if the peer's HTTP/2 preface has not arrived in time (`InboundLimits.prefaceTimeout`).
+    var prefaceTimer: EventLoop.Timer?
 
-    init(id: UInt64, router: GRPCRouter, configuration: H2Configuration, server: SDSServer) {
+    init(
+        id: UInt64, router: GRPCRouter, configuration: H2Configuration, maxRequestBytes: Int, server: SDSServer
+    ) {
         self.id = id
-        self.grpc = GRPCServerConnection(router: router, configuration: configuration)
+        self.grpc = GRPCServerConnection(
+            router: router, configuration: configuration, maxMessageBytes: maxRequestBytes)
         self.server = server
     }
 
@@ -136,6 +181,7 @@ final class ServerConnection: ConnectionDelegate {
     }
 
     func close() {
+        prefaceTimer?.cancel()
         socket?.close()
         grpc.connectionLost()
     }
