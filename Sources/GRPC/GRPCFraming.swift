@@ -58,6 +58,15 @@ public struct GRPCMessageDecoder: Sendable {
         }
     }
 
+    /// Bytes allocated for the partial message (capacity, not count): what the decoder really holds in memory.
+    var bufferCapacity: Int {
+        switch state {
+        case .readPrefix(let prefix): prefix.capacity
+        case .readBody(_, let body): body.capacity
+        case .failed: 0
+        }
+    }
+
     /// True when no partial message is buffered (a stream may end cleanly here).
     public var isAtMessageBoundary: Bool {
         if case .readPrefix(let prefix) = state { return prefix.isEmpty }

@@ -125,6 +125,12 @@ final class H2SessionCore {
             if consumed < 0 {
                 let error = H2Error.sessionFailed(code: Int32(consumed), reason: Self.describe(Int32(consumed)))
                 fail(error)
+                // Some fatal errors (a CONTINUATION flood, other floods) leave nothing queued: say GOAWAY before the
+                // owner closes, so the peer learns why. A no-op when nghttp2 has already queued one.
+                let code: H2ErrorCode =
+                    consumed == Int(NGHTTP2_ERR_TOO_MANY_CONTINUATIONS.rawValue)
+                        || consumed == Int(NGHTTP2_ERR_FLOODED.rawValue) ? .enhanceYourCalm : .protocolError
+                _ = nghttp2_session_terminate_session(session, code.rawValue)
                 throw error
             }
             remaining -= consumed
@@ -299,7 +305,8 @@ final class H2SessionCore {
     /// Collects one header field, bounded by `maxHeaderListSize`: HPACK lets a few bytes on the wire name kilobytes
     /// of table entries, so the decoded size is what is counted. A block past the bound resets its stream
     /// (ENHANCE_YOUR_CALM, which gRPC clients map to RESOURCE_EXHAUSTED) and nothing more of it is kept.
-    fileprivate func onHeader(streamID: H2StreamID, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
+    fileprivate func onHeader(streamID: H2StreamID, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>)
+    {
         guard var stream = inbound[streamID], !stream.headerListExceeded else { return }
         stream.headerListBytes += name.count + value.count + 32
         if stream.headerListBytes > Int(configuration.maxHeaderListSize) {

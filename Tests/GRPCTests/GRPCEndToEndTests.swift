@@ -415,3 +415,46 @@ func bidiStreamingEchoesEachMessageAsItArrives(feedMode: InMemoryPair.FeedMode) 
     #expect(serverCall == nil)
     #expect(clientCall == nil)
 }
+
+/// Flow control follows consumption: the server hands every request byte back once its decoder took it, so a
+/// client may send far more than the windows (64 KiB here, stream and connection) over one call.
+@Test func requestsLargerThanEveryWindowArriveBecauseTheServerConsumesWhatItDecodes() throws {
+    var configuration = H2Configuration()
+    configuration.initialWindowSize = 65_535
+    configuration.connectionWindowSize = 65_535
+    var sizes: [Int] = []
+    let harness = Harness(configuration: configuration) { router in
+        router.register(echoPath) { call in
+            call.onMessage = { sizes.append($0.count) }
+            call.onHalfClose = { call.finish(.ok) }
+        }
+    }
+    let call = try harness.client.startCall(path: echoPath)
+    let record = ClientRecord(call)
+    for index in 0..<10 { #expect(call.send([UInt8](repeating: UInt8(index), count: 100_000)) == .queued) }
+    call.closeSend()
+    harness.pump()
+    #expect(sizes == Array(repeating: 100_000, count: 10))
+    #expect(record.status == .ok)
+}
+
+@Test func anOversizeRequestEndsOnlyItsOwnCall() throws {
+    var received: [Int] = []
+    let harness = Harness(maxMessageBytes: 64 << 10) { router in
+        router.register(echoPath) { call in
+            call.onMessage = { received.append($0.count) }
+            call.onHalfClose = { call.finish(.ok) }
+        }
+    }
+    let big = try harness.client.startCall(path: echoPath)
+    let bigRecord = ClientRecord(big)
+    let small = try harness.client.startCall(path: echoPath)
+    let smallRecord = ClientRecord(small)
+    big.send([UInt8](repeating: 1, count: (64 << 10) + 1))
+    small.send([UInt8](repeating: 2, count: 64 << 10))
+    small.closeSend()
+    harness.pump()
+    #expect(bigRecord.status?.code == .resourceExhausted)
+    #expect(smallRecord.status == .ok)
+    #expect(received == [64 << 10])
+}
