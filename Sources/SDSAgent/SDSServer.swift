@@ -151,10 +151,11 @@ final class ServerConnection: ConnectionDelegate {
         do {
             try grpc.session.receive(bytes)
         } catch {
-            // A protocol violation: nghttp2 queued a GOAWAY; write it and close.
+            // A protocol violation or a crossed bound: a GOAWAY is queued; write it and close. Recorded first, so
+            // the log gives this reason rather than flush's "session finished".
+            server.closed(self, reason: "protocol error: \(error)")
             flush()
             socket?.closeAfterWrites()
-            server.closed(self, reason: "protocol error: \(error)")
             return
         }
         flush()

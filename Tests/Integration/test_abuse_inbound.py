@@ -1,0 +1,292 @@
+"""Hostile and stuck peers on the inbound side, against the real sds-agent binary.
+
+The agent is one thread serving every Envoy in the pod: whatever one peer can make it do, it does to all. Each case
+runs a hostile raw-HTTP/2 peer (hyper-h2 and hand-made frames, in a separate process: hostile_h2.py) and checks, from
+outside the agent, that:
+- a well-behaved grpcio + xds-protos client is still served within 50 ms (median of 5 FetchSecrets) meanwhile;
+- the agent's memory stays within a stated bound (VmRSS, and VmData where a reservation would show: untouched
+  reserved pages do not count in RSS);
+- where it matters, the agent's CPU (utime + stime from /proc/<pid>/stat) and the hostile peer's fate (refused,
+  reset, GOAWAY, closed) are what the bounds promise.
+Every loop is bounded in count and time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import select
+import statistics
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.secret.v3 import sds_pb2_grpc
+
+import sds_servers
+from envoy_harness import wait_for
+from sds_client import SECRET_TYPE_URL
+
+HERE = pathlib.Path(__file__).resolve().parent
+WORKLOAD_ID = f"spiffe://{sds_servers.TRUST_DOMAIN}/ns/demo/sa/abuse"
+# The good client's bar: the median of 5 FetchSecrets on an open channel.
+SERVED_WITHIN_S = 0.050
+# The agent idles near 10 MB (12 MB budget); under every hostile case here it must stay below this.
+RSS_BOUND_KB = 48 * 1024
+ENHANCE_YOUR_CALM = 0xB
+
+
+def start_agent(short_dir, agent_bin, extra_args=(), nofile: int | None = None) -> sds_servers.ProcessServer:
+    argv0 = [str(agent_bin)]
+    if nofile is not None:
+        # setrlimit, then exec the agent (same pid): the limit is the agent's own from its first instruction.
+        argv0 = [sys.executable, "-c",
+                 "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]),) * 2); "
+                 "os.execv(sys.argv[2], sys.argv[2:])", str(nofile), str(agent_bin)]
+    factory = sds_servers.ProcessFactory("agent", argv0, short_dir)
+    server = factory.start("agent", WORKLOAD_ID, extra_args=list(extra_args))
+    sds_servers.fetch_when_served(server.socket_path, ["default", "ROOTCA"])
+    return server
+
+
+@pytest.fixture
+def agents(short_dir, sds_agent_bin):
+    started: list[sds_servers.ProcessServer] = []
+
+    def start(extra_args=(), nofile=None):
+        server = start_agent(short_dir, sds_agent_bin, extra_args, nofile)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def proc_status_kb(pid: int, field: str) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} missing from /proc/{pid}/status")
+
+
+def rss_kb(pid: int) -> int:
+    return proc_status_kb(pid, "VmRSS")
+
+
+def data_kb(pid: int) -> int:
+    return proc_status_kb(pid, "VmData")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class GoodClient:
+    """grpcio + xds-protos on one channel, connected before the hostile peer starts."""
+
+    def __init__(self, socket_path):
+        self.channel = grpc.insecure_channel(f"unix:{socket_path}")
+        self.stub = sds_pb2_grpc.SecretDiscoveryServiceStub(self.channel)
+        self.fetch()
+
+    def fetch(self) -> float:
+        started = time.monotonic()
+        response = self.stub.FetchSecrets(
+            discovery_pb2.DiscoveryRequest(resource_names=["ROOTCA"], type_url=SECRET_TYPE_URL), timeout=5)
+        assert len(response.resources) == 1
+        return time.monotonic() - started
+
+    def median_fetch(self, count: int = 5) -> float:
+        return statistics.median(self.fetch() for _ in range(count))
+
+    def close(self):
+        self.channel.close()
+
+
+def served_by_a_new_client(socket_path, timeout: float) -> None:
+    wait_for(lambda: sds_servers.fetch_secrets(socket_path, ["ROOTCA"], timeout=1.0), timeout,
+             "a new client to be served")
+
+
+class Hostile:
+    """A hostile_h2.py process; JSON lines out, a line (or EOF) in to let go of what it holds."""
+
+    def __init__(self, socket_path, case: str, *args: str):
+        self.process = subprocess.Popen(
+            [sys.executable, str(HERE / "hostile_h2.py"), case, "--socket", str(socket_path), *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def read(self, timeout: float) -> dict:
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        if not ready:
+            raise AssertionError(f"hostile peer silent for {timeout} s")
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait(5)
+            raise AssertionError(f"hostile peer exited {self.process.returncode}: {self.process.stderr.read()}")
+        return json.loads(line)
+
+    def release(self) -> None:
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            stream.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_descriptor_exhaustion_does_not_spin_and_service_resumes(agents):
+    """RLIMIT_NOFILE 40 and 80 connections waiting: accept fails with EMFILE. The listener leaves the poll set
+    (back in 0.25 s or when a connection closes) instead of being reported ready forever: CPU < 10% over 3 s."""
+    agent = agents(nofile=40)
+    pid = agent.process.pid
+    good = GoodClient(agent.socket_path)
+    hostile = Hostile(agent.socket_path, "hold-silent", "--count", "80", "--hold", "60")
+    try:
+        assert hostile.read(15)["opened"] == 80
+        wait_for(lambda: open_fds(pid) >= 38, 10, "the agent to run out of descriptors")
+        before = cpu_seconds(pid)
+        time.sleep(3.0)  # the measurement window itself, not a wait for a condition
+        used = cpu_seconds(pid) - before
+        assert used < 0.3, f"{used:.2f} s of CPU in 3 s with descriptors exhausted (spinning on EMFILE?)"
+        assert good.median_fetch() < SERVED_WITHIN_S
+        assert rss_kb(pid) < RSS_BOUND_KB
+        hostile.release()
+        assert hostile.read(15)["event"] == "done"
+        served_by_a_new_client(agent.socket_path, 10)
+        agent.check_alive()
+    finally:
+        hostile.close()
+        good.close()
+
+
+def test_10000_streams_opened_and_reset_on_one_connection(agents):
+    """Open-and-reset in a loop ("rapid reset"): the agent either keeps up or ends that connection with GOAWAY once
+    the reset rate limit (1000 at once, 33/s after) is crossed; memory stays bounded and others are served."""
+    agent = agents()
+    pid = agent.process.pid
+    good = GoodClient(agent.socket_path)
+    rss_before = rss_kb(pid)
+    hostile = Hostile(agent.socket_path, "reset-flood", "--streams", "10000", "--seconds", "60")
+    try:
+        assert hostile.read(15)["event"] == "ready"
+        assert good.median_fetch() < SERVED_WITHIN_S
+        done = hostile.read(90)
+        assert done["sent"] >= 1000, done
+        assert done["sent"] == 10000 or done["goaway"] is not None, done
+        assert good.median_fetch() < SERVED_WITHIN_S
+        assert rss_kb(pid) < RSS_BOUND_KB
+        assert rss_kb(pid) - rss_before < 8 * 1024, f"{rss_kb(pid) - rss_before} kB more after the flood"
+        agent.check_alive()
+    finally:
+        hostile.close()
+        good.close()
+
+
+def test_continuation_flood_is_closed_with_goaway_and_bounded_memory(agents):
+    """HEADERS without END_HEADERS, then CONTINUATION frames without end: after 8 CONTINUATIONs the connection gets
+    GOAWAY(ENHANCE_YOUR_CALM) and is closed; nothing of the endless block is kept."""
+    agent = agents()
+    pid = agent.process.pid
+    good = GoodClient(agent.socket_path)
+    rss_before = rss_kb(pid)
+    hostile = Hostile(agent.socket_path, "continuation-flood", "--frames", "100000", "--seconds", "20")
+    try:
+        assert hostile.read(15)["event"] == "ready"
+        done = hostile.read(30)
+        assert done["closed"], done
+        assert done["goaway"] == ENHANCE_YOUR_CALM, done
+        assert done["frames"] < 100000, done
+        assert good.median_fetch() < SERVED_WITHIN_S
+        assert rss_kb(pid) - rss_before < 2 * 1024
+        agent.check_alive()
+    finally:
+        hostile.close()
+        good.close()
+
+
+def test_4_mib_length_prefixes_followed_by_silence_hold_almost_nothing(agents):
+    """100 streams each announce a 4 MiB message (within --max-request-bytes 4Mi) and send nothing more. The decoder
+    reserves nothing from the prefix, so they must add < 6.4 MB (64 KB each) — in RSS and in VmData, where a
+    reservation would show even though its pages are never touched (100 × 4 MiB = 400 MiB)."""
+    agent = agents(extra_args=["--max-request-bytes", "4Mi"])
+    pid = agent.process.pid
+    good = GoodClient(agent.socket_path)
+    rss_before, data_before = rss_kb(pid), data_kb(pid)
+    hostile = Hostile(agent.socket_path, "prefix-hold", "--connections", "1", "--streams", "100",
+                      "--length", str(4 << 20), "--hold", "60")
+    try:
+        ready = hostile.read(30)
+        assert ready["streams"] == 100 and ready["answered"] == 0, ready  # held open, waiting for the body
+        assert good.median_fetch() < SERVED_WITHIN_S
+        rss_added, data_added = rss_kb(pid) - rss_before, data_kb(pid) - data_before
+        assert rss_added < 6400, f"RSS grew {rss_added} kB for 100 silent 4 MiB prefixes"
+        assert data_added < 6400, f"VmData grew {data_added} kB for 100 silent 4 MiB prefixes"
+        hostile.release()
+        assert hostile.read(15)["event"] == "done"
+        agent.check_alive()
+    finally:
+        hostile.close()
+        good.close()
+
+
+def test_2000_connect_fetch_close_cycles_keep_rss_flat(agents):
+    agent = agents()
+    pid = agent.process.pid
+    good = GoodClient(agent.socket_path)
+    hostile = Hostile(agent.socket_path, "cycles", "--count", "2000", "--pause-at", "200", "--seconds", "120")
+    try:
+        warm = hostile.read(60)
+        assert warm["ok"] == 200, warm
+        rss_warm = rss_kb(pid)
+        hostile.release()
+        assert good.median_fetch() < SERVED_WITHIN_S  # while the cycles go on
+        done = hostile.read(150)
+        assert done["ok"] == 2000, done
+        grown = rss_kb(pid) - rss_warm
+        assert grown < 1536, f"RSS grew {grown} kB over 1,800 connect/fetch/close cycles"
+        assert good.median_fetch() < SERVED_WITHIN_S
+        agent.check_alive()
+    finally:
+        hostile.close()
+        good.close()
+
+
+def test_500_connections_stalled_mid_preface(agents):
+    """500 connections send half the client preface and stall. Past the connection cap (256, the good client's
+    included) they are closed right after accept; the rest are closed by the 10 s preface timeout. A client already
+    connected is served throughout; a new one is served once the stalled ones are gone."""
+    agent = agents()
+    pid = agent.process.pid
+    good = GoodClient(agent.socket_path)
+    hostile = Hostile(agent.socket_path, "stalled-preface", "--count", "500", "--hold", "20")
+    try:
+        ready = hostile.read(30)
+        assert ready["opened"] == 500
+        assert ready["closed_at_once"] >= 500 - 255, ready
+        assert good.median_fetch() < SERVED_WITHIN_S
+        assert rss_kb(pid) < RSS_BOUND_KB
+        done = hostile.read(40)
+        assert done["closed_total"] == 500, done
+        assert done["seconds"] < 16, done
+        served_by_a_new_client(agent.socket_path, 5)
+        assert good.median_fetch() < SERVED_WITHIN_S
+        agent.check_alive()
+    finally:
+        hostile.close()
+        good.close()
