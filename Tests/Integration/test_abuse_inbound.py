@@ -290,3 +290,24 @@ def test_500_connections_stalled_mid_preface(agents):
     finally:
         hostile.close()
         good.close()
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--svid-ttl", "inf"], "--svid-ttl"),
+    (["--svid-ttl", "nan"], "--svid-ttl"),
+    (["--svid-ttl", "100000h"], "--svid-ttl"),
+    (["--ca-ttl", "-1h"], "--ca-ttl"),
+    (["--drain-timeout", "0"], "--drain-timeout"),
+    (["--drain-timeout", "1e400"], "--drain-timeout"),
+    (["--max-request-bytes", "0"], "--max-request-bytes"),
+    (["--max-request-bytes", "1Gi"], "--max-request-bytes"),
+    (["--max-connections", "0"], "--max-connections"),
+])
+def test_bad_limit_and_duration_flags_exit_2_with_one_line_naming_the_flag(sds_agent_bin, short_dir, args, flag):
+    result = subprocess.run(
+        [str(sds_agent_bin), "run", "--socket", str(short_dir / "s.sock"), "--state-dir", str(short_dir / "state"),
+         *args], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0], result.stderr
+    assert not os.path.exists(short_dir / "s.sock")
