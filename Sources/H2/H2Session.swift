@@ -63,6 +63,7 @@ final class H2SessionCore {
         // `consume`, so a stream (or connection) whose data is not being processed stops receiving.
         nghttp2_option_set_no_auto_window_update(options, 1)
         nghttp2_option_set_max_continuations(options, configuration.maxContinuations)
+        nghttp2_option_set_max_deflate_dynamic_table_size(options, configuration.maxEncoderTableSize)
         if isServer {
             nghttp2_option_set_stream_reset_rate_limit(
                 options, configuration.streamResetBurst, configuration.streamResetRatePerSecond)

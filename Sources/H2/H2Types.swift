@@ -116,6 +116,10 @@ public struct H2Configuration: Sendable, Equatable {
     /// block within `maxHeaderListSize` fits in one or two 16 KiB frames; 8 is nghttp2's own default, stated here so
     /// a CONTINUATION flood (HEADERS without END_HEADERS, then endless CONTINUATION) has a visible bound.
     public var maxContinuations: Int = 8
+    /// Our HPACK encoder's dynamic table, whatever larger SETTINGS_HEADER_TABLE_SIZE the peer advertises: a peer
+    /// cannot make us keep more header state per connection than this. (The decoder's table is bounded by the
+    /// SETTINGS_HEADER_TABLE_SIZE we advertise, HTTP/2's default 4 KiB.)
+    public var maxEncoderTableSize: Int = 4096
     /// Token bucket for RST_STREAM from a client (server only): `streamResetBurst` at once, refilled by
     /// `streamResetRatePerSecond`; a client resetting faster gets GOAWAY. A peer that opens and cancels streams in a
     /// loop (HTTP/2 "rapid reset") otherwise makes the server start and tear down calls for free. nghttp2's

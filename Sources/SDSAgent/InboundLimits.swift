@@ -15,6 +15,7 @@ import H2
 /// | header list size              | 16 KiB      | RST_STREAM(ENHANCE_YOUR_CALM)              | H2Configuration, H2      |
 /// | CONTINUATION frames per block | 8           | GOAWAY, connection closed                  | H2Configuration, nghttp2 |
 /// | stream resets                 | 1000 + 33/s | GOAWAY, connection closed                  | H2Configuration, nghttp2 |
+/// | HPACK tables                  | 4 KiB each  | (never larger, whatever the peer asks)     | H2Configuration, nghttp2 |
 /// | reads per wakeup              | 4 × 64 KiB  | the rest waits for the next loop iteration | Transport.Connection     |
 /// | descriptors (EMFILE)          | —           | listener paused 0.25 s or until a close    | Transport.UnixListener   |
 ///
