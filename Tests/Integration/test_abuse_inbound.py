@@ -311,3 +311,54 @@ def test_bad_limit_and_duration_flags_exit_2_with_one_line_naming_the_flag(sds_a
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0], result.stderr
     assert not os.path.exists(short_dir / "s.sock")
+
+
+def test_an_upstream_with_a_full_listen_backlog_never_blocks_the_loop(short_dir, sds_agent_bin):
+    """The Workload API upstream's listener does not accept and its backlog is full: a blocking connect would wait
+    as long as it does not accept, with the whole agent stuck inside it. The non-blocking connect gets EAGAIN and
+    retries with backoff: the agent completes a client's HTTP/2 handshake within pilot-agent's 1 s and holds the
+    request (no SVID can exist yet), using next to no CPU."""
+    import socket
+
+    upstream_path = str(short_dir / "full.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(upstream_path)
+    listener.listen(0)
+    fillers = []
+    try:
+        for _ in range(64):  # fill the backlog: connects until the kernel refuses with EAGAIN
+            filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            try:
+                filler.connect(upstream_path)
+            except BlockingIOError:
+                filler.close()
+                break
+            fillers.append(filler)
+        else:
+            pytest.fail("the upstream backlog never filled")
+        factory = sds_servers.ProcessFactory("agent", [str(sds_agent_bin)], short_dir)
+        try:
+            server = factory.start(
+                "agent", WORKLOAD_ID, extra_args=["--issuer", "workload-api", "--upstream-socket",
+                                                  f"unix://{upstream_path}"])
+            pid = server.process.pid
+            started = time.monotonic()
+            with grpc.insecure_channel(f"unix:{server.socket_path}") as channel:
+                grpc.channel_ready_future(channel).result(timeout=1.0)
+                assert time.monotonic() - started < 1.0
+                stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
+                with pytest.raises(grpc.RpcError) as held:
+                    stub.FetchSecrets(discovery_pb2.DiscoveryRequest(
+                        resource_names=["default"], type_url=SECRET_TYPE_URL), timeout=1.0)
+                assert held.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, "held, not refused"
+                before = cpu_seconds(pid)
+                time.sleep(2.0)  # the measurement window itself
+                assert cpu_seconds(pid) - before < 0.2, "retrying the full upstream costs more than backoff"
+            server.check_alive()
+        finally:
+            factory.stop_all()
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
