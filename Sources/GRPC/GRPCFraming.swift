@@ -59,7 +59,7 @@ public struct GRPCMessageDecoder: Sendable {
     }
 
     /// Bytes allocated for the partial message (capacity, not count): what the decoder really holds in memory.
-    var bufferCapacity: Int {
+    public var bufferCapacity: Int {
         switch state {
         case .readPrefix(let prefix): prefix.capacity
         case .readBody(_, let body): body.capacity
@@ -71,6 +71,12 @@ public struct GRPCMessageDecoder: Sendable {
     public var isAtMessageBoundary: Bool {
         if case .readPrefix(let prefix) = state { return prefix.isEmpty }
         return false
+    }
+
+    /// Fails the decoder with `status` (a bound decided outside it): what it held is released, and every later
+    /// `feed` throws `status`.
+    public mutating func fail(_ status: GRPCStatus) {
+        state = .failed(status)
     }
 
     /// Consumes `bytes`, returning every message they complete.
@@ -120,6 +126,11 @@ public struct GRPCMessageDecoder: Sendable {
                 state = .readPrefix(prefix: [])
                 let take = min(length - body.count, bytes.distance(from: index, to: bytes.endIndex))
                 let end = bytes.index(index, offsetBy: take)
+                if body.capacity < body.count + take {
+                    // Geometric growth for amortised appends, but never past the announced length: the buffer is
+                    // at most twice what arrived and at most the message.
+                    body.reserveCapacity(min(length, max(body.count + take, 2 * body.capacity)))
+                }
                 body.append(contentsOf: bytes[index..<end])
                 index = end
                 if body.count == length {

@@ -87,20 +87,36 @@ public final class GRPCServerConnection: H2SessionDelegate {
     public let maxMessageBytes: Int
     private var calls: [H2StreamID: GRPCServerCall] = [:]
     private(set) public var isDraining = false
+    /// Bound on the partial request messages held across all calls of this connection: each call may hold one
+    /// message up to `maxMessageBytes`, and this caps their sum, so a peer cannot hold `maxMessageBytes` times
+    /// SETTINGS_MAX_CONCURRENT_STREAMS by starting a large message on every stream.
+    public let maxBufferedRequestBytes: Int
+    /// Bytes allocated for partial request messages right now, across this connection's calls (buffer capacity:
+    /// what is really held, growth slack included).
+    public private(set) var bufferedRequestBytes = 0
     /// The peer crossed an HTTP/2 bound (the stream was already refused or reset): for the owner's log.
     public var onLimitExceeded: ((H2Limit) -> Void)?
+    /// A call was ended RESOURCE_EXHAUSTED because `maxBufferedRequestBytes` would have been passed: for the log.
+    public var onBufferBudgetExceeded: (() -> Void)?
 
     public init(
         router: GRPCRouter, configuration: H2Configuration = H2Configuration(),
-        maxMessageBytes: Int = GRPCMessageFraming.defaultMaxMessageBytes
+        maxMessageBytes: Int = GRPCMessageFraming.defaultMaxMessageBytes,
+        maxBufferedRequestBytes: Int = GRPCServerConnection.defaultMaxBufferedRequestBytes
     ) {
         self.router = router
         self.maxMessageBytes = maxMessageBytes
+        self.maxBufferedRequestBytes = maxBufferedRequestBytes
         self.session = H2ServerSession(configuration: configuration)
         self.session.delegate = self
     }
 
     public var activeCallCount: Int { calls.count }
+
+    /// 16 MiB: room for every one of 128 streams to be midway through a 128 KiB request at once (Envoy interleaves
+    /// its streams' DATA frames, and its largest request, with the full Node, is ~61 KB), a sixteenth of what
+    /// 128 × 1 MiB messages would pin.
+    public static let defaultMaxBufferedRequestBytes = 16 << 20
 
     /// Graceful drain: GOAWAY with the last stream already opened. Calls in flight go on until they finish;
     /// the session closes (`session.isClosed`) once they have. Pass `finishCalls` to end them now with it.
@@ -117,6 +133,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
     public func connectionLost() {
         let open = calls
         calls.removeAll()
+        bufferedRequestBytes = 0
         for call in open.values {
             if call.state.streamClosed() == .notifyCancelled { call.onCancel?() }
             call.releaseCallbacks()
@@ -153,10 +170,23 @@ public final class GRPCServerConnection: H2SessionDelegate {
         guard let call = calls[streamID] else { return }
         if !bytes.isEmpty {
             let messages: [[UInt8]]
+            let heldBefore = call.decoder.bufferCapacity
             do throws(GRPCStatus) {
                 messages = try call.decoder.feed(bytes)
             } catch {
+                bufferedRequestBytes -= heldBefore  // a failed decoder holds nothing
                 perform(call.state.receiveInvalidMessage(error), on: call)
+                return
+            }
+            bufferedRequestBytes += call.decoder.bufferCapacity - heldBefore
+            if bufferedRequestBytes > maxBufferedRequestBytes {
+                let status = GRPCStatus(
+                    .resourceExhausted,
+                    "requests in progress on this connection exceed \(maxBufferedRequestBytes) bytes")
+                bufferedRequestBytes -= call.decoder.bufferCapacity
+                call.decoder.fail(status)
+                onBufferBudgetExceeded?()
+                perform(call.state.receiveInvalidMessage(status), on: call)
                 return
             }
             for message in messages {
@@ -171,6 +201,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
 
     public func h2StreamClosed(streamID: H2StreamID, errorCode: H2ErrorCode) {
         guard let call = calls.removeValue(forKey: streamID) else { return }
+        bufferedRequestBytes -= call.decoder.bufferCapacity
         if call.state.streamClosed() == .notifyCancelled { call.onCancel?() }
         call.releaseCallbacks()
     }

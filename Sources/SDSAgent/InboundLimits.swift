@@ -1,3 +1,4 @@
+import GRPC
 import H2
 
 /// The bounds on what a peer of the SDS socket can make the agent hold or do. The agent is one thread serving every
@@ -9,6 +10,7 @@ import H2
 /// | bound                         | default     | crossing                                   | where enforced           |
 /// |-------------------------------|-------------|--------------------------------------------|--------------------------|
 /// | request message size          | 1 MiB       | RESOURCE_EXHAUSTED on that stream          | GRPCMessageDecoder       |
+/// | partial requests / connection | 16 MiB      | RESOURCE_EXHAUSTED on the stream crossing  | GRPCServerConnection     |
 /// | connections                   | 256         | closed right after accept                  | SDSServer.admit          |
 /// | connection preface            | 10 s        | connection closed                          | SDSServer.accept         |
 /// | concurrent streams/connection | 128         | RST_STREAM(REFUSED_STREAM)                 | H2Configuration, nghttp2 |
@@ -47,6 +49,12 @@ public struct InboundLimits: Sendable, Equatable {
     public static let refusalLogInterval = 60.0
 
     public init() {}
+
+    /// Partial request messages one connection may hold across its calls: gRPC's default (16 MiB, room for all 128
+    /// streams to be midway through a 128 KiB request), or two whole messages when `--max-request-bytes` is larger.
+    public var maxBufferedRequestBytesPerConnection: Int {
+        max(GRPCServerConnection.defaultMaxBufferedRequestBytes, 2 * maxRequestBytes)
+    }
 
     /// The HTTP/2 settings of an SDS connection (the H2 bounds keep the defaults documented in `H2Configuration`).
     public var h2Configuration: H2Configuration { H2Configuration() }

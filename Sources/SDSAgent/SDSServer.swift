@@ -95,7 +95,7 @@ public final class SDSServer {
         connectionCounter += 1
         let connection = ServerConnection(
             id: connectionCounter, router: router, configuration: h2Configuration,
-            maxRequestBytes: limits.maxRequestBytes, server: self)
+            limits: limits, server: self)
         do {
             connection.socket = try Connection(fd: fd, loop: loop, delegate: connection)
         } catch {
@@ -107,6 +107,10 @@ public final class SDSServer {
         logger.info("connection opened", metadata: ["connection": "\(connection.id)"])
         connection.grpc.onLimitExceeded = { [unowned self] limit in
             self.refused("HTTP/2 \(limit.rawValue) limit crossed: stream refused", metadata: [:])
+        }
+        connection.grpc.onBufferBudgetExceeded = { [unowned self] in
+            let budget = self.limits.maxBufferedRequestBytesPerConnection
+            self.refused("partial requests on one connection past \(budget) bytes: stream ended", metadata: [:])
         }
         connection.prefaceTimer = loop.schedule(after: limits.prefaceTimeout) { [weak self, weak connection] in
             guard let self, let connection, !connection.grpc.session.prefaceReceived else { return }
@@ -138,12 +142,11 @@ final class ServerConnection: ConnectionDelegate {
     /// Closes the connection if the peer's HTTP/2 preface has not arrived in time (`InboundLimits.prefaceTimeout`).
     var prefaceTimer: EventLoop.Timer?
 
-    init(
-        id: UInt64, router: GRPCRouter, configuration: H2Configuration, maxRequestBytes: Int, server: SDSServer
-    ) {
+    init(id: UInt64, router: GRPCRouter, configuration: H2Configuration, limits: InboundLimits, server: SDSServer) {
         self.id = id
         self.grpc = GRPCServerConnection(
-            router: router, configuration: configuration, maxMessageBytes: maxRequestBytes)
+            router: router, configuration: configuration, maxMessageBytes: limits.maxRequestBytes,
+            maxBufferedRequestBytes: limits.maxBufferedRequestBytesPerConnection)
         self.server = server
     }
 

@@ -107,6 +107,22 @@ import Testing
     #expect(decoder.bufferCapacity < 4096)
 }
 
+@Test func theBufferNeverGrowsPastTheAnnouncedLengthNorTwiceWhatArrived() throws {
+    let length = 900_000
+    var decoder = GRPCMessageDecoder(maxMessageBytes: 1 << 20)
+    let prefix: [UInt8] = [0, 0, UInt8(length >> 16), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)]
+    _ = try decoder.feed(prefix)
+    var arrived = 0
+    let chunk = [UInt8](repeating: 1, count: 16_384)
+    while arrived + chunk.count < length {
+        _ = try decoder.feed(chunk)
+        arrived += chunk.count
+        // The allocator rounds up to its size classes and pages: allow a page.
+        #expect(decoder.bufferCapacity <= 2 * arrived + 4096, "after \(arrived) bytes")
+        #expect(decoder.bufferCapacity <= length + 4096)
+    }
+}
+
 @Test func aMessageOneBytePastTheLimitFailsFromItsPrefixAndBuffersNothingAfter() {
     var decoder = GRPCMessageDecoder(maxMessageBytes: 1 << 20)
     let length = UInt32((1 << 20) + 1)

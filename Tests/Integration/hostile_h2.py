@@ -237,6 +237,56 @@ def prefix_hold(args) -> None:
     say(event="done")
 
 
+def partial_flood(args) -> None:
+    """`streams` calls on one connection, each announcing `length` bytes and sending `send` of them, never the rest;
+    honours flow control (the agent grants more as it processes). Reports how the agent answered each stream."""
+    sock = connect(args.socket)
+    conn = h2_client()
+    sock.sendall(conn.data_to_send())
+    prefix = b"\x00" + args.length.to_bytes(4, "big")
+    remaining = {}
+    for index in range(args.streams):
+        stream_id = 1 + 2 * index
+        conn.send_headers(stream_id, grpc_headers())
+        remaining[stream_id] = prefix + b"\x01" * args.send
+    statuses: dict[int, str] = {}
+    deadline = time.monotonic() + args.seconds
+    while time.monotonic() < deadline:
+        progressed = False
+        for stream_id, data in list(remaining.items()):
+            if stream_id in statuses:
+                del remaining[stream_id]
+                continue
+            try:
+                window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
+            except h2.exceptions.StreamClosedError:
+                del remaining[stream_id]
+                continue
+            if window <= 0:
+                continue
+            chunk, rest = data[:window], data[window:]
+            conn.send_data(stream_id, chunk)
+            progressed = True
+            if rest:
+                remaining[stream_id] = rest
+            else:
+                del remaining[stream_id]
+        sock.sendall(conn.data_to_send())
+        data, closed = drain(sock, 0 if progressed else 0.2)
+        for event in conn.receive_data(data) if data else []:
+            if isinstance(event, (h2.events.TrailersReceived, h2.events.ResponseReceived)):
+                status = dict(event.headers).get("grpc-status")
+                if status is not None:
+                    statuses[event.stream_id] = status
+        sock.sendall(conn.data_to_send())
+        if closed or (not remaining and not progressed):
+            break
+    say(event="ready", sent_streams=args.streams, statuses=sorted(statuses.values()))
+    wait_for_stdin(args.hold)
+    sock.close()
+    say(event="done")
+
+
 def fetch_request() -> bytes:
     body = discovery_pb2.DiscoveryRequest(resource_names=["ROOTCA"], type_url=SECRET_TYPE_URL).SerializeToString()
     return b"\x00" + len(body).to_bytes(4, "big") + body
@@ -285,20 +335,22 @@ def cycles(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("case", choices=["hold-silent", "stalled-preface", "reset-flood", "continuation-flood",
-                                         "prefix-hold", "cycles"])
+                                         "prefix-hold", "partial-flood", "cycles"])
     parser.add_argument("--socket", required=True)
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--length", type=int, default=4 << 20)
     parser.add_argument("--frames", type=int, default=100_000)
+    parser.add_argument("--send", type=int, default=0)
     parser.add_argument("--pause-at", type=int, default=-1)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--hold", type=float, default=60.0)
     args = parser.parse_args()
     {
         "hold-silent": hold_silent, "stalled-preface": stalled_preface, "reset-flood": reset_flood,
-        "continuation-flood": continuation_flood, "prefix-hold": prefix_hold, "cycles": cycles,
+        "continuation-flood": continuation_flood, "prefix-hold": prefix_hold, "partial-flood": partial_flood,
+        "cycles": cycles,
     }[args.case](args)
 
 

@@ -245,6 +245,35 @@ def test_4_mib_length_prefixes_followed_by_silence_hold_almost_nothing(agents):
         good.close()
 
 
+def test_partial_messages_on_100_streams_are_bounded_per_connection(agents):
+    """100 streams each send 900 KiB of a 1 MiB message and never finish (90 MB sent, flow control honoured). Each
+    stream may hold its partial message, but one connection holds at most 16 MiB of them: the streams past that end
+    RESOURCE_EXHAUSTED, and the agent's memory grows by that bound, not by what was sent."""
+    agent = agents()
+    pid = agent.process.pid
+    good = GoodClient(agent.socket_path)
+    rss_before = rss_kb(pid)
+    hostile = Hostile(agent.socket_path, "partial-flood", "--streams", "100", "--length", str(1 << 20),
+                      "--send", str(900 << 10), "--seconds", "60", "--hold", "60")
+    try:
+        ready = hostile.read(90)
+        exhausted = ready["statuses"].count(str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]))
+        # 16 MiB holds 18 partial messages of 900 KiB; every other stream was refused.
+        assert exhausted >= 100 - 19, ready
+        assert good.median_fetch() < SERVED_WITHIN_S
+        grown = rss_kb(pid) - rss_before
+        print(f"partial flood: {exhausted} streams RESOURCE_EXHAUSTED, RSS +{grown} kB")
+        # The 16 MiB bound plus the allocator's slack (freed buffers of the refused streams it keeps); without the
+        # bound the 90 MB sent would all be held.
+        assert grown < 28 * 1024, f"RSS grew {grown} kB holding partial messages (bound: 16 MiB per connection)"
+        hostile.release()
+        assert hostile.read(15)["event"] == "done"
+        agent.check_alive()
+    finally:
+        hostile.close()
+        good.close()
+
+
 def test_2000_connect_fetch_close_cycles_keep_rss_flat(agents):
     agent = agents()
     pid = agent.process.pid
