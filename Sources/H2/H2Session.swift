@@ -308,22 +308,21 @@ final class H2SessionCore {
     /// (ENHANCE_YOUR_CALM, which gRPC clients map to RESOURCE_EXHAUSTED) and nothing more of it is kept.
     fileprivate func onHeader(streamID: H2StreamID, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>)
     {
-        guard var stream = inbound[streamID], !stream.headerListExceeded else { return }
-        stream.headerListBytes += name.count + value.count + 32
-        if stream.headerListBytes > Int(configuration.maxHeaderListSize) {
-            stream.headers = []
-            stream.headerListExceeded = true
-            inbound[streamID] = stream
+        guard inbound[streamID]?.headerListExceeded == false, let used = inbound[streamID]?.headerListBytes else {
+            return
+        }
+        let size = used + name.count + value.count + 32
+        guard size <= Int(configuration.maxHeaderListSize) else {
+            inbound[streamID]?.headers = []
+            inbound[streamID]?.headerListExceeded = true
             _ = nghttp2_submit_rst_stream(
                 session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, H2ErrorCode.enhanceYourCalm.rawValue)
             delegate?.h2LimitExceeded(.headerListSize, streamID: streamID)
             return
         }
-        // Release the copy held by the dictionary before appending.
-        inbound[streamID] = nil
-        stream.headers.append(
+        inbound[streamID]?.headerListBytes = size
+        inbound[streamID]?.headers.append(
             H2Header(String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
-        inbound[streamID] = stream
     }
 
     fileprivate func onHeadersFrame(streamID: H2StreamID, endStream: Bool) {

@@ -391,3 +391,65 @@ def test_an_upstream_with_a_full_listen_backlog_never_blocks_the_loop(short_dir,
         for filler in fillers:
             filler.close()
         listener.close()
+
+
+def test_stream_and_header_list_bounds_as_a_raw_peer_sees_them(agents):
+    """129 streams on one connection (hand-made frames: a client library would hold the 129th back): the 129th is
+    refused with RST_STREAM(REFUSED_STREAM), the 128 others are not. A 20 KB header list (bound 16 KiB) resets its
+    stream with ENHANCE_YOUR_CALM; the connection and the good client go on."""
+    import socket
+
+    import hpack
+
+    from hostile_h2 import PREFACE, frame
+
+    refused_stream, enhance_your_calm = 0x7, 0xB
+    agent = agents()
+    good = GoodClient(agent.socket_path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(str(agent.socket_path))
+    encoder = hpack.Encoder()
+    headers = [(":method", "POST"), (":scheme", "http"),
+               (":path", "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets"),
+               (":authority", "sds-grpc"), ("content-type", "application/grpc"), ("te", "trailers")]
+    streams = [1 + 2 * i for i in range(129)]
+    oversized = streams[-1] + 2
+    end_headers = 0x4
+    buffer = b""
+    resets: dict[int, int] = {}
+
+    def read_resets_until(stream_id: int) -> None:
+        nonlocal buffer
+        for _ in range(500):  # bounded; each read is bounded by the socket timeout
+            while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
+                length = int.from_bytes(buffer[:3], "big")
+                kind, sid = buffer[3], int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
+                if kind == 0x3:
+                    resets[sid] = int.from_bytes(buffer[9:13], "big")
+                buffer = buffer[9 + length:]
+            if stream_id in resets:
+                return
+            data = sock.recv(65536)
+            assert data, f"the agent closed the connection; resets so far {resets}"
+            buffer += data
+        raise AssertionError(f"no RST_STREAM for {stream_id}; resets {resets}")
+
+    try:
+        out = PREFACE + frame(0x4, 0, 0, b"")
+        for stream_id in streams:
+            out += frame(0x1, end_headers, stream_id, encoder.encode(headers))
+        sock.sendall(out)
+        read_resets_until(streams[-1])
+        assert resets == {streams[-1]: refused_stream}, "only the stream past the bound was refused"
+
+        # Make room (cancel stream 1), then a header list past the bound.
+        sock.sendall(frame(0x3, 0, streams[0], (0x8).to_bytes(4, "big"))
+                     + frame(0x1, end_headers, oversized, encoder.encode(headers + [("x-padding", "a" * 20_000)])))
+        read_resets_until(oversized)
+        assert resets[oversized] == enhance_your_calm, resets
+        assert good.median_fetch() < SERVED_WITHIN_S
+        agent.check_alive()
+    finally:
+        sock.close()
+        good.close()
