@@ -55,6 +55,9 @@ public final class GRPCServerCall {
     /// True once finished or cancelled.
     public var isClosed: Bool { state.state == .closed }
 
+    /// Who is on the other end, as the transport describes it (for logs); see `GRPCServerConnection.peer`.
+    public var peer: String { connection?.peer ?? "" }
+
     /// Bytes queued on this call's stream, not yet accepted by the peer's flow-control window.
     public var queuedBytes: Int { connection?.session.queuedBytes(streamID: streamID) ?? 0 }
 
@@ -87,6 +90,8 @@ public final class GRPCServerConnection: H2SessionDelegate {
     public let maxMessageBytes: Int
     private var calls: [H2StreamID: GRPCServerCall] = [:]
     private(set) public var isDraining = false
+    /// Who is on the other end, as the transport describes it (e.g. `pid=… uid=… gid=…`); logs name it.
+    public var peer = ""
 
     public init(
         router: GRPCRouter, configuration: H2Configuration = H2Configuration(),

@@ -23,13 +23,7 @@ public final class Agent {
     let server: SDSServer
     private var issuer: (any Issuer)?
     private let clock: any WallClock
-    private var fileWatcher: FileWatcher?
-    /// Every watched file → the file-backed names that read it (a name reads one or two files).
-    private var namesByFile: [String: Set<String>] = [:]
-    /// File-backed names subscribed so far.
-    private var fileNames: Set<String> = []
-    /// The last load error per file-backed name: a lasting problem is logged once, not on every file event.
-    private var fileErrors: [String: String] = [:]
+    let fileNames: FileBackedNames
     private var federatedNames: Set<String> = []
     private var current: IdentityUpdate?
     private var lastIssuerError: IssuerError?
@@ -46,22 +40,46 @@ public final class Agent {
         self.logger = logger
         self.clock = clock
         self.loop = try EventLoop()
+        LogSink.standardError.attach(to: loop)
         let ownID = configuration.spiffeID
         let ownTD = configuration.trustDomain
         self.ownID = ownID
         self.ownTrustDomain = ownTD
+        let classify: @Sendable (String) -> SecretName = { name in
+            SecretName(name, ownID: ownID, ownTrustDomain: ownTD)
+        }
+        let fileNames = FileBackedNames(
+            policy: FileAccessPolicy(
+                allowedDirectories: configuration.fileDirectories,
+                protectedPaths: [configuration.stateDir] + (configuration.caKeyPath.map { [$0] } ?? []),
+                allowedFiles: [SecretName.systemTrustStore]),
+            loop: loop, logger: logger, clock: clock, classify: classify)
+        self.fileNames = fileNames
         // Names we will serve once they exist are "served" (held while pending); everything else is never served.
+        let refusals = fileNames.refusals
         let classifier: SecretCache.NameClassifier = { name in
-            switch SecretName(name, ownID: ownID, ownTrustDomain: ownTD) {
-            case .workloadCertificate, .ownBundle, .allBundles, .fileCertificate, .fileRoot: return .served
+            switch classify(name) {
+            case .workloadCertificate, .ownBundle, .allBundles: return .served
+            case .fileCertificate, .fileRoot: return refusals.byName[name] == nil ? .served : .neverServed
             case .federatedBundle, .unknown: return .neverServed
             }
         }
         self.service = SecretDiscoveryService(classifier: classifier, logger: logger)
         let router = GRPCRouter()
         service.register(on: router)
-        self.server = SDSServer(loop: loop, router: router, logger: logger)
-        service.onSubscribe = { [unowned self] names in self.loadFileNames(names) }
+        self.server = SDSServer(
+            loop: loop, router: router, logger: logger,
+            admission: PeerAdmission(uids: configuration.allowedUIDs, gids: configuration.allowedGIDs))
+        service.onSubscribe = { [unowned self] names, peer in self.fileNames.subscribe(names, peer: peer) }
+        service.onRelease = { [unowned self] names in self.fileNames.release(names) }
+        fileNames.publish = { [unowned self] secrets in
+            if !self.service.publish(secrets).isEmpty { self.server.flushAll() }
+        }
+        fileNames.unpublish = { [unowned self] names in self.service.unpublish(names) }
+        fileNames.reclassify = { [unowned self] in
+            self.service.reclassify()
+            self.server.flushAll()
+        }
     }
 
     /// Binds the socket, starts the issuer and serves until SIGTERM/SIGINT. Returns the exit code.
@@ -199,7 +217,7 @@ public final class Agent {
     private func rotateNow() {
         logger.info("SIGHUP: rotating now")
         issuer?.rotateNow()
-        reloadFileNames(fileNames)
+        fileNames.reloadAll()
     }
 
     private func drain(signal: String) {
@@ -228,57 +246,5 @@ public final class Agent {
             deadline.cancel()
             self.loop.stop()
         }
-    }
-
-    // MARK: File-backed names
-
-    private func loadFileNames(_ names: [String]) {
-        var fresh: Set<String> = []
-        for name in names where !fileNames.contains(name) {
-            let paths: [String]
-            switch SecretName(name, ownID: ownID, ownTrustDomain: ownTrustDomain) {
-            case .fileCertificate(let cert, let key): paths = [cert, key]
-            case .fileRoot(let path): paths = [path]
-            default: continue
-            }
-            fileNames.insert(name)
-            for path in paths { namesByFile[path, default: []].insert(name) }
-            watch(paths)
-            fresh.insert(name)
-        }
-        if !fresh.isEmpty { reloadFileNames(fresh) }
-    }
-
-    private func watch(_ paths: [String]) {
-        do {
-            if fileWatcher == nil {
-                fileWatcher = try FileWatcher(loop: loop) { [unowned self] changed in self.filesChanged(changed) }
-            }
-            for path in paths { try fileWatcher?.watch(file: path) }
-        } catch {
-            logger.warning("cannot watch files (changes need SIGHUP)", metadata: ["error": "\(error)"])
-        }
-    }
-
-    private func filesChanged(_ paths: Set<String>) {
-        reloadFileNames(Set(paths.flatMap { namesByFile[$0] ?? [] }))
-    }
-
-    private func reloadFileNames(_ names: Set<String>) {
-        var secrets: [Secret] = []
-        for name in names.sorted() {
-            let kind = SecretName(name, ownID: ownID, ownTrustDomain: ownTrustDomain)
-            do {
-                secrets.append(try FileSecrets.load(name, kind: kind, now: clock.now()))
-                fileErrors[name] = nil
-            } catch {
-                // Held, not failed: istio-agent also waits for mounted files to appear.
-                if fileErrors[name] != error.description {
-                    logger.warning("file-backed secret not ready", metadata: ["name": "\(name)", "error": "\(error)"])
-                }
-                fileErrors[name] = error.description
-            }
-        }
-        if !service.publish(secrets).isEmpty { server.flushAll() }
     }
 }

@@ -25,6 +25,11 @@ public struct AgentConfiguration: Sendable {
     public var logLevel: Logger.Level
     public var logFormat: LogOutput.Format
     public var drainTimeout: Double
+    /// Directories `file-cert:`/`file-root:` names may read from (see `FileAccessPolicy`).
+    public var fileDirectories: [String]
+    /// Peers admitted on the socket: by user ID, or by group ID (either admits).
+    public var allowedUIDs: Set<UInt32>
+    public var allowedGIDs: Set<UInt32>
 
     public static let defaultSocket = "/run/secrets/workload-spiffe-uds/socket"
     public static let defaultStateDir = "/var/lib/sds-agent"
@@ -48,6 +53,9 @@ public struct RawAgentOptions: Sendable, Equatable {
     public var logLevel: String?
     public var logFormat: String?
     public var drainTimeout: String?
+    public var fileDirs: String?
+    public var allowUIDs: String?
+    public var allowGIDs: String?
     public init() {}
 }
 
@@ -67,7 +75,8 @@ extension AgentConfiguration {
     /// (the SPIFFE rules live in the SPIFFE module; the caller passes them in).
     public static func resolve(
         _ options: RawAgentOptions, environment: [String: String],
-        validateTrustDomain: (String) -> String?, validateSPIFFEID: (String, String) -> String?
+        validateTrustDomain: (String) -> String?, validateSPIFFEID: (String, String) -> String?,
+        ownUID: UInt32 = geteuid()
     ) throws(ConfigurationError) -> AgentConfiguration {
         func pick(_ flag: String?, _ env: String?, _ fallback: String) -> String {
             if let flag { return flag }
@@ -155,11 +164,56 @@ extension AgentConfiguration {
         }
         let drain = try duration(pick(options.drainTimeout, "SDS_DRAIN_TIMEOUT", "5s"), flag: "--drain-timeout")
 
+        let fileDirs = try directories(
+            pick(options.fileDirs, "SDS_FILE_DIRS", FileAccessPolicy.defaultDirectories.joined(separator: ",")))
+        let uids = try ids(pickOptional(options.allowUIDs, "SDS_ALLOW_UIDS"), flag: "--allow-uid (SDS_ALLOW_UIDS)")
+        let gids = try ids(pickOptional(options.allowGIDs, "SDS_ALLOW_GIDS"), flag: "--allow-gid (SDS_ALLOW_GIDS)")
+
         return AgentConfiguration(
             socket: socket, socketMode: mode, trustDomain: trustDomain, spiffeID: spiffeID, svidTTL: ttl,
             rotateRatio: ratio, stateDir: pick(options.stateDir, "SDS_STATE_DIR", defaultStateDir), caTTL: caTTL,
             caCertPath: caCert, caKeyPath: caKey, issuer: issuer, upstreamSocket: upstream, logLevel: level,
-            logFormat: format, drainTimeout: drain)
+            logFormat: format, drainTimeout: drain, fileDirectories: fileDirs,
+            // The default admits only the agent's own user, matching the socket's 0600 default.
+            allowedUIDs: Set(uids ?? [ownUID]), allowedGIDs: Set(gids ?? []))
+    }
+
+    /// `--file-dirs`: absolute directories, comma-separated. `/` is refused: it would let any client read any file
+    /// the agent can read.
+    private static func directories(_ text: String) throws(ConfigurationError) -> [String] {
+        let flag = "--file-dirs (SDS_FILE_DIRS)"
+        var result: [String] = []
+        for part in text.split(separator: ",", omittingEmptySubsequences: true) {
+            var path = String(part)
+            while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
+            guard path.hasPrefix("/") else {
+                throw ConfigurationError(flag: flag, problem: "'\(part)' is not an absolute directory")
+            }
+            guard path != "/" else {
+                throw ConfigurationError(
+                    flag: flag,
+                    problem: "'/' would serve every file the agent can read; name the certificate directories")
+            }
+            guard !path.split(separator: "/").contains("..") else {
+                throw ConfigurationError(flag: flag, problem: "'\(part)' contains '..'")
+            }
+            result.append(path)
+        }
+        return result
+    }
+
+    /// `--allow-uid` / `--allow-gid`: decimal IDs, comma-separated; nil when not given.
+    private static func ids(_ text: String?, flag: String) throws(ConfigurationError) -> [UInt32]? {
+        guard let text else { return nil }
+        var result: [UInt32] = []
+        for part in text.split(separator: ",", omittingEmptySubsequences: false) {
+            let trimmed = part.trimmingPrefix(" ")
+            guard let id = UInt32(trimmed), id != UInt32.max else {
+                throw ConfigurationError(flag: flag, problem: "'\(part)' is not a numeric ID (e.g. 1337,1000)")
+            }
+            result.append(id)
+        }
+        return result
     }
 
     private static func duration(_ text: String, flag: String) throws(ConfigurationError) -> Double {

@@ -76,6 +76,18 @@ public enum AgentCommandLine {
             name: "log-format", valueName: "format", environment: "LOG_FORMAT",
             help: "text (default) or json.", set: { $0.logFormat = $1 }),
         Flag(
+            name: "file-dirs", valueName: "dir,dir", environment: "SDS_FILE_DIRS",
+            help:
+                "Directories file-cert:/file-root: names may read (default /etc/certs,/etc/istio,/var/run/secrets/istio).",
+            set: { $0.fileDirs = $1 }),
+        Flag(
+            name: "allow-uid", valueName: "uid,uid", environment: "SDS_ALLOW_UIDS",
+            help: "User IDs admitted on the socket (default: the agent's own UID only).", set: { $0.allowUIDs = $1 }),
+        Flag(
+            name: "allow-gid", valueName: "gid,gid", environment: "SDS_ALLOW_GIDS",
+            help: "Group IDs admitted on the socket, besides --allow-uid (default: none).",
+            set: { $0.allowGIDs = $1 }),
+        Flag(
             name: "drain-timeout", valueName: "duration", environment: "SDS_DRAIN_TIMEOUT",
             help: "How long SIGTERM waits for peers to take the last bytes (default 5s).",
             set: { $0.drainTimeout = $1 }),

@@ -4,6 +4,21 @@ import H2
 import Logging
 import Transport
 
+/// Which peers may use the socket, by the kernel's record of who connected (`SO_PEERCRED`): a peer is admitted
+/// when its user ID is in `uids` or its group ID is in `gids`. The socket's file mode decides who can connect at
+/// all; this decides who is served, so a mode opened to a group (0660) does not open it to every member's process.
+public struct PeerAdmission: Sendable, Equatable {
+    public var uids: Set<UInt32>
+    public var gids: Set<UInt32>
+
+    public init(uids: Set<UInt32>, gids: Set<UInt32> = []) {
+        self.uids = uids
+        self.gids = gids
+    }
+
+    public func admits(_ peer: PeerCredentials) -> Bool { uids.contains(peer.uid) || gids.contains(peer.gid) }
+}
+
 /// The socket side of the agent: accepts Unix-socket connections and runs one HTTP/2 + gRPC session per
 /// connection on the event loop.
 ///
@@ -17,15 +32,22 @@ public final class SDSServer {
     private var connections: [ObjectIdentifier: ServerConnection] = [:]
     private var connectionCounter: UInt64 = 0
     private let h2Configuration: H2Configuration
+    private let admission: PeerAdmission
+    /// Refused (uid, gid) pairs already logged: a refused peer that reconnects in a loop is logged once, and the set
+    /// is bounded so that many identities cannot grow it.
+    private var reportedRefusals: Set<UInt64> = []
+    public private(set) var refusedPeerCount = 0
     /// Stop pulling bytes from nghttp2 while this much is queued in user space for the socket.
     static let writeHighWater = 256 * 1024
 
     public init(
-        loop: EventLoop, router: GRPCRouter, logger: Logger, h2Configuration: H2Configuration = H2Configuration()
+        loop: EventLoop, router: GRPCRouter, logger: Logger, admission: PeerAdmission,
+        h2Configuration: H2Configuration = H2Configuration()
     ) {
         self.loop = loop
         self.router = router
         self.logger = logger
+        self.admission = admission
         self.h2Configuration = h2Configuration
     }
 
@@ -65,9 +87,14 @@ public final class SDSServer {
     }
 
     private func accept(_ fd: Int32) {
+        guard let peer = admit(fd) else {
+            Glibc.close(fd)
+            return
+        }
         connectionCounter += 1
         let connection = ServerConnection(
             id: connectionCounter, router: router, configuration: h2Configuration, server: self)
+        connection.grpc.peer = peer.description
         do {
             connection.socket = try Connection(fd: fd, loop: loop, delegate: connection)
         } catch {
@@ -76,9 +103,36 @@ public final class SDSServer {
             return
         }
         connections[ObjectIdentifier(connection)] = connection
-        logger.info("connection opened", metadata: ["connection": "\(connection.id)"])
+        logger.info(
+            "connection opened",
+            metadata: [
+                "connection": "\(connection.id)", "peer_pid": "\(peer.pid)", "peer_uid": "\(peer.uid)",
+                "peer_gid": "\(peer.gid)",
+            ])
         connection.flush()  // the server preface, now
     }
+
+    /// The peer's credentials when it may be served; nil (logged once per uid/gid) when it may not. Checked before a
+    /// byte is read: a refused peer never reaches HTTP/2 or gRPC.
+    private func admit(_ fd: Int32) -> PeerCredentials? {
+        let peer: PeerCredentials
+        do { peer = try PeerCredentials(socket: fd) } catch {
+            logger.error("connection refused: cannot read peer credentials", metadata: ["error": "\(error)"])
+            return nil
+        }
+        if admission.admits(peer) { return peer }
+        refusedPeerCount += 1
+        let key = UInt64(peer.uid) << 32 | UInt64(peer.gid)
+        if reportedRefusals.count < Self.maxReportedRefusals, reportedRefusals.insert(key).inserted {
+            logger.warning(
+                "connection refused: peer not allowed (--allow-uid/--allow-gid)",
+                metadata: ["peer_pid": "\(peer.pid)", "peer_uid": "\(peer.uid)", "peer_gid": "\(peer.gid)"])
+        }
+        return nil
+    }
+
+    /// Distinct refused identities logged; beyond, refusals are only counted (`refusedPeerCount`).
+    static let maxReportedRefusals = 256
 
     fileprivate func closed(_ connection: ServerConnection, reason: String) {
         guard connections.removeValue(forKey: ObjectIdentifier(connection)) != nil else { return }

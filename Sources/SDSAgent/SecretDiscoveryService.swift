@@ -15,9 +15,15 @@ public final class SecretDiscoveryService {
     private var deltaStreams: [ObjectIdentifier: DeltaCall] = [:]
     private var heldFetches: [ObjectIdentifier: (call: GRPCServerCall, request: DiscoveryRequest)] = [:]
     private var streamCounter: UInt64 = 0
-    /// Called after a request subscribed names, so the owner can load secrets that are produced on demand
-    /// (file-backed names).
-    public var onSubscribe: (([String]) -> Void)?
+    /// The names each open call holds (its part of `subscriptions`).
+    private var namesByCall: [ObjectIdentifier: [String]] = [:]
+    /// Called after a request subscribed names, with the peer that asked (for logs), so the owner can load
+    /// secrets that are produced on demand (file-backed names).
+    public var onSubscribe: ((_ names: [String], _ peer: String) -> Void)?
+    /// Called with names that no stream or held fetch holds any more, so on-demand secrets can be released.
+    public var onRelease: (([String]) -> Void)?
+    /// Which names open streams and held fetches hold.
+    public private(set) var subscriptions = SubscriptionCounts()
 
     public init(classifier: @escaping SecretCache.NameClassifier, logger: Logger) {
         self.cache = SecretCache(classifier: classifier)
@@ -65,8 +71,11 @@ public final class SecretDiscoveryService {
     private func pushCacheChange() {
         for stream in sotwStreams.values { perform(stream.machine.cacheChanged(cache), on: stream) }
         for stream in deltaStreams.values { perform(stream.machine.cacheChanged(cache), on: stream) }
-        for (key, held) in heldFetches {
-            if answerFetch(held.call, held.request) { heldFetches.removeValue(forKey: key) }
+        var answered: [ObjectIdentifier] = []
+        for (key, held) in heldFetches where answerFetch(held.call, held.request) { answered.append(key) }
+        for key in answered {
+            heldFetches.removeValue(forKey: key)
+            holdNames([], for: key)
         }
     }
 
@@ -78,6 +87,9 @@ public final class SecretDiscoveryService {
         sotwStreams.removeAll()
         deltaStreams.removeAll()
         heldFetches.removeAll()
+        let held = Array(subscriptions.names)
+        subscriptions = SubscriptionCounts()
+        if !held.isEmpty { onRelease?(held) }
     }
 
     // MARK: Opening streams (SotW and Delta alike)
@@ -108,6 +120,7 @@ public final class SecretDiscoveryService {
         call.onCancel = { [unowned self] in
             self.sotwStreams.removeValue(forKey: key)
             self.deltaStreams.removeValue(forKey: key)
+            self.holdNames([], for: key)
             self.logger.debug("stream closed by peer", metadata: ["stream": "\(streamID)"])
         }
     }
@@ -149,7 +162,10 @@ public final class SecretDiscoveryService {
             if subscribed {
                 // After `perform`: loading on-demand secrets pushes through `cacheChanged`, which must come after
                 // the response this request produced.
-                self.onSubscribe?(stream.machine.subscribedNames)
+                self.onSubscribe?(stream.machine.subscribedNames, call.peer)
+            }
+            if subscribed, self.sotwStreams[ObjectIdentifier(call)] != nil {
+                self.holdNames(stream.machine.subscribedNames, for: ObjectIdentifier(call))
             }
         }
         call.onWritable = { [unowned self, unowned stream] in
@@ -237,7 +253,10 @@ public final class SecretDiscoveryService {
             }
             self.perform(actions, on: stream)
             if changed {
-                self.onSubscribe?(request.resourceNamesSubscribe)
+                self.onSubscribe?(request.resourceNamesSubscribe, call.peer)
+                if self.deltaStreams[ObjectIdentifier(call)] != nil {
+                    self.holdNames(stream.machine.subscribedNames, for: ObjectIdentifier(call))
+                }
             }
         }
         call.onWritable = { [unowned self, unowned stream] in
@@ -321,10 +340,18 @@ public final class SecretDiscoveryService {
                 call.finish(GRPCStatus(.invalidArgument, "FetchSecrets needs a DiscoveryRequest"))
                 return
             }
-            self.onSubscribe?(request.resourceNames)
-            if !self.answerFetch(call, request) { self.heldFetches[key] = (call, request) }
+            self.holdNames(request.resourceNames, for: key)
+            self.onSubscribe?(request.resourceNames, call.peer)
+            if self.answerFetch(call, request) {
+                self.holdNames([], for: key)
+            } else {
+                self.heldFetches[key] = (call, request)
+            }
         }
-        call.onCancel = { [unowned self] in self.heldFetches.removeValue(forKey: key) }
+        call.onCancel = { [unowned self] in
+            self.heldFetches.removeValue(forKey: key)
+            self.holdNames([], for: key)
+        }
     }
 
     /// Answers a FetchSecrets call if it can; returns false while its names are still being issued.
@@ -356,7 +383,16 @@ public final class SecretDiscoveryService {
         sotwStreams.removeValue(forKey: key)
         deltaStreams.removeValue(forKey: key)
         heldFetches.removeValue(forKey: key)
+        holdNames([], for: key)
         call.finish(status)
+    }
+
+    /// Records that the call `key` now holds `names`; names nobody holds any more go to `onRelease`.
+    private func holdNames(_ names: [String], for key: ObjectIdentifier) {
+        let old = namesByCall[key] ?? []
+        if names.isEmpty { namesByCall.removeValue(forKey: key) } else { namesByCall[key] = names }
+        let released = subscriptions.update(from: old, to: names)
+        if !released.isEmpty { onRelease?(released) }
     }
 }
 
