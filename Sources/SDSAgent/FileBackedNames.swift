@@ -160,10 +160,27 @@ final class FileBackedNames {
         if !secrets.isEmpty { publish(secrets) }
     }
 
-    /// The policy's verdict on where `path` leads now; nil when it may be read (or does not exist yet: held).
+    /// The policy's verdict on where `path` leads now; nil when it may be read. A file that does not exist yet is
+    /// judged by where it would be: its deepest existing directory resolved, the rest appended — so a name waiting
+    /// for a mount inside an allowed directory is held, and one outside is refused.
     private func check(_ path: String) -> FileAccessPolicy.Refusal? {
-        guard let resolved = try? Files.realPath(path) else { return nil }
-        return refusal(forResolved: resolved)
+        guard path.hasPrefix("/") else { return .outsideAllowedDirectories(path) }
+        var head = path
+        var missing: [Substring] = []
+        while true {
+            if let resolved = try? Files.realPath(head) {
+                let full = missing.isEmpty ? resolved : resolved + "/" + missing.reversed().joined(separator: "/")
+                return refusal(forResolved: full)
+            }
+            guard let slash = head.lastIndex(of: "/"), slash != head.startIndex else {
+                return .outsideAllowedDirectories(path)
+            }
+            let component = head[head.index(after: slash)...]
+            // `..` below a directory that does not exist cannot be judged without resolving it: refuse.
+            if component == ".." { return .outsideAllowedDirectories(path) }
+            if !component.isEmpty && component != "." { missing.append(component) }
+            head = String(head[..<slash])
+        }
     }
 
     private func refusal(forResolved path: String) -> FileAccessPolicy.Refusal? {

@@ -1,3 +1,4 @@
+internal import CLinux
 import Glibc
 
 /// The process's log stream (stderr), written without ever blocking: a container runtime that stops draining the
@@ -117,7 +118,7 @@ public final class LogSink: @unchecked Sendable {
 
     private func writeNow(_ bytes: ArraySlice<UInt8>) -> Int {
         bytes.withUnsafeBytes { raw in
-            if isSocket { return Glibc.send(2, raw.baseAddress, raw.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+            if isSocket { return Glibc.send(2, raw.baseAddress, raw.count, Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL)) }
             return Glibc.write(fd, raw.baseAddress, raw.count)
         }
     }
