@@ -174,8 +174,9 @@ extension AgentConfiguration {
             rotateRatio: ratio, stateDir: pick(options.stateDir, "SDS_STATE_DIR", defaultStateDir), caTTL: caTTL,
             caCertPath: caCert, caKeyPath: caKey, issuer: issuer, upstreamSocket: upstream, logLevel: level,
             logFormat: format, drainTimeout: drain, fileDirectories: fileDirs,
-            // The default admits only the agent's own user, matching the socket's 0600 default.
-            allowedUIDs: Set(uids ?? [ownUID]), allowedGIDs: Set(gids ?? []))
+            // The agent's own user is always admitted (it can read the agent's files anyway, and probes run as it);
+            // by default no one else, matching the socket's 0600 default.
+            allowedUIDs: Set(uids ?? []).union([ownUID]), allowedGIDs: Set(gids ?? []))
     }
 
     /// `--file-dirs`: absolute directories, comma-separated. `/` is refused: it would let any client read any file

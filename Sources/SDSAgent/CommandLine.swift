@@ -82,7 +82,8 @@ public enum AgentCommandLine {
             set: { $0.fileDirs = $1 }),
         Flag(
             name: "allow-uid", valueName: "uid,uid", environment: "SDS_ALLOW_UIDS",
-            help: "User IDs admitted on the socket (default: the agent's own UID only).", set: { $0.allowUIDs = $1 }),
+            help: "User IDs admitted on the socket, checked by SO_PEERCRED (the agent's own UID always is).",
+            set: { $0.allowUIDs = $1 }),
         Flag(
             name: "allow-gid", valueName: "gid,gid", environment: "SDS_ALLOW_GIDS",
             help: "Group IDs admitted on the socket, besides --allow-uid (default: none).",
@@ -160,6 +161,13 @@ public enum AgentCommandLine {
             SIGNALS:
               SIGHUP           rotate the SVID now and push it to every stream
               SIGTERM, SIGINT  stop accepting, GOAWAY, end streams UNAVAILABLE, remove the socket, exit 0
+
+            SECURITY:
+              The socket is created with --socket-mode (0600 by default). Every connection's peer, as the kernel
+              records it (SO_PEERCRED), must be the agent's own UID or named in --allow-uid/--allow-gid; others are
+              closed before any byte is read. file-cert:/file-root: names read only regular files below --file-dirs
+              (symlinks resolved), never the state dir or --ca-key. --ca-cert/--ca-key in every pod lets every pod
+              mint any identity of the trust domain: a dev or single-node mode; a mesh uses --issuer workload-api.
 
             EXIT CODES: 0 clean stop, 1 runtime failure (e.g. damaged --state-dir), 2 bad flag or value.
 

