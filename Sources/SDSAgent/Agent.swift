@@ -60,7 +60,10 @@ public final class Agent {
         self.service = SecretDiscoveryService(classifier: classifier, logger: logger)
         let router = GRPCRouter()
         service.register(on: router)
-        self.server = SDSServer(loop: loop, router: router, logger: logger)
+        self.server = SDSServer(
+            loop: loop, router: router, logger: logger,
+            limits: OutboundLimits(
+                maxQueuedBytes: configuration.maxQueuedBytes, writeStallTimeout: configuration.writeStallTimeout))
         service.onSubscribe = { [unowned self] names in self.loadFileNames(names) }
     }
 
@@ -212,8 +215,9 @@ public final class Agent {
         logger.info("draining", metadata: ["signal": "\(signal)", "connections": "\(server.connectionCount)"])
         server.stopListening()
         issuer?.stop()
-        service.finishAll(GRPCStatus(.unavailable, "sds-agent is shutting down"))
+        // The shutdown notice first, then every call's trailers; the final GOAWAY follows one round trip later.
         server.beginDrain()
+        service.finishAll(GRPCStatus(.unavailable, "sds-agent is shutting down"))
         server.flushAll()
         if server.connectionCount == 0 {
             loop.stop()
