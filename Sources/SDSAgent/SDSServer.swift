@@ -151,14 +151,24 @@ final class ServerConnection: ConnectionDelegate {
     init(id: UInt64, router: GRPCRouter, configuration: H2Configuration, server: SDSServer, loop: EventLoop) {
         self.id = id
         self.loop = loop
-        // Deadlines (`grpc-timeout`) run on the loop's timers.
+        // Deadlines (`grpc-timeout`) run on the loop's timers; what an expiry writes is flushed right after.
+        let flusher = WeakFlusher()
         self.grpc = GRPCServerConnection(
             router: router, configuration: configuration,
             scheduler: { seconds, action in
-                let timer = loop.schedule(after: seconds, action)
+                let timer = loop.schedule(after: seconds) {
+                    action()
+                    flusher.connection?.flush()
+                }
                 return { timer.cancel() }
             })
         self.server = server
+        flusher.connection = self
+    }
+
+    /// Lets the deadline timers reach this connection without keeping it alive.
+    private final class WeakFlusher {
+        weak var connection: ServerConnection?
     }
 
     /// Bytes waiting for the peer: HTTP/2 stream queues plus the socket's write queue.
