@@ -31,6 +31,7 @@ from sds_servers import TRUST_DOMAIN, fetch_secrets, fetch_when_served
 WORKLOAD_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/abuse"
 STREAM_PATH = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets"
 FETCH_PATH = "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets"
+DELTA_PATH = "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets"
 # A name the agent serves but can never produce: a file-backed certificate whose files do not exist (held, not
 # refused, as istio-agent holds mounted files that have not appeared yet).
 NEVER_READY = "file-cert:/nonexistent/sds-it/cert.pem~/nonexistent/sds-it/key.pem"
@@ -130,13 +131,16 @@ class RawPeer:
 
 
 def open_stalled_peer(path, streams: int) -> RawPeer:
-    """`streams` StreamSecrets for `default` on one connection with a 1-byte receive window, then no more reads."""
+    """`streams` streams for `default` (SotW and Delta in turn) on one connection with a 1-byte receive window, then
+    no more reads."""
     peer = RawPeer(path, receive_window=1)
-    request = discovery_request(["default"])
-    for _ in range(streams):
+    sotw = discovery_request(["default"])
+    delta = grpc_message(discovery_pb2.DeltaDiscoveryRequest(
+        node=NODE, type_url=SECRET_TYPE_URL, resource_names_subscribe=["default"]))
+    for index in range(streams):
         stream_id = peer.conn.get_next_available_stream_id()
-        peer.conn.send_headers(stream_id, grpc_headers(STREAM_PATH))
-        peer.conn.send_data(stream_id, request)
+        peer.conn.send_headers(stream_id, grpc_headers(DELTA_PATH if index % 2 else STREAM_PATH))
+        peer.conn.send_data(stream_id, delta if index % 2 else sotw)
     peer.flush()
     return peer
 
