@@ -42,7 +42,8 @@ public final class GRPCServerCall {
     public var onHalfClose: (() -> Void)?
     /// The call ended without `finish`: RST_STREAM from the client, or the connection died. No more sends.
     public var onCancel: (() -> Void)?
-    /// The outbound queue drained after a `.wouldExceed`-prone burst: a good time to send more.
+    /// The stream's queue drained: the peer took everything sent so far. A good time to send more (SDS streams
+    /// build their next, merged response here rather than queue one per change).
     public var onWritable: (() -> Void)?
 
     weak var connection: GRPCServerConnection?

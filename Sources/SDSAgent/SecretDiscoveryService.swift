@@ -8,6 +8,10 @@ import XDS
 ///
 /// This class only moves messages between gRPC calls and the pure machines, and pushes cache changes to every open
 /// stream; all protocol decisions are the machines'. It runs on the event loop thread.
+///
+/// Outbound is pull-style: after a response is queued the machine is told (`responseAwaitsTransport`) and holds
+/// further changes in its own state; when the call reports the queue drained (`onWritable`) the machine builds one
+/// response merging them (`transportReady`). A peer that stops reading therefore costs one response per stream.
 public final class SecretDiscoveryService {
     public private(set) var cache: SecretCache
     private let logger: Logger
