@@ -33,6 +33,8 @@ public struct AgentConfiguration: Sendable {
     public static let maxDrainTimeout: Double = 600
     /// Why 10 min: longer only keeps a stuck peer's memory; shorter than ~1 s would cut off a busy but healthy Envoy.
     public static let maxWriteStallTimeout: Double = 600
+    /// Why 100 ms: below that, an ordinary scheduling delay of a healthy Envoy would count as a stall.
+    public static let minWriteStallTimeout: Double = 0.1
     /// Why 1 GiB: the budget is per connection; more than that means a misplaced unit, not a need.
     public static let maxQueuedBytesLimit = 1 << 30
 
@@ -170,6 +172,9 @@ extension AgentConfiguration {
         let stall = try duration(
             pick(options.writeStallTimeout, "SDS_WRITE_STALL_TIMEOUT", "30s"), flag: "--write-stall-timeout")
         try checkFinite(stall, atMost: maxWriteStallTimeout, flag: "--write-stall-timeout")
+        guard stall >= minWriteStallTimeout else {
+            throw ConfigurationError(flag: "--write-stall-timeout", problem: "must be at least 100ms, got '\(stall)s'")
+        }
         let queuedText = pick(
             options.maxQueuedBytes, "SDS_MAX_QUEUED_BYTES", String(OutboundLimits.defaultMaxQueuedBytes))
         guard let queued = Int(queuedText), queued >= 64 << 10, queued <= maxQueuedBytesLimit else {

@@ -81,7 +81,7 @@ public enum AgentCommandLine {
             set: { $0.drainTimeout = $1 }),
         Flag(
             name: "write-stall-timeout", valueName: "duration", environment: "SDS_WRITE_STALL_TIMEOUT",
-            help: "Disconnect a peer that takes no byte this long while data waits for it (default 30s, at most 10m).",
+            help: "Disconnect a peer that takes no byte this long while data waits for it (default 30s, 100ms to 10m).",
             set: { $0.writeStallTimeout = $1 }),
         Flag(
             name: "max-queued-bytes", valueName: "bytes", environment: "SDS_MAX_QUEUED_BYTES",

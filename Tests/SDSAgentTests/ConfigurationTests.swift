@@ -92,6 +92,7 @@ import Testing
             ("--drain-timeout", { $0.drainTimeout = "nan" }),
             ("--write-stall-timeout", { $0.writeStallTimeout = "inf" }),
             ("--write-stall-timeout", { $0.writeStallTimeout = "11m" }),
+            ("--write-stall-timeout", { $0.writeStallTimeout = "99ms" }),
             ("--max-queued-bytes", { $0.maxQueuedBytes = "1" }),
             ("--max-queued-bytes", { $0.maxQueuedBytes = "2147483648" }),
             ("--max-queued-bytes", { $0.maxQueuedBytes = "16MiB" }),
