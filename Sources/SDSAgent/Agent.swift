@@ -69,7 +69,9 @@ public final class Agent {
         service.register(on: router)
         self.server = SDSServer(
             loop: loop, router: router, logger: logger,
-            admission: PeerAdmission(uids: configuration.allowedUIDs, gids: configuration.allowedGIDs))
+            admission: PeerAdmission(uids: configuration.allowedUIDs, gids: configuration.allowedGIDs),
+            limits: OutboundLimits(
+                maxQueuedBytes: configuration.maxQueuedBytes, writeStallTimeout: configuration.writeStallTimeout))
         service.onSubscribe = { [unowned self] names, peer in self.fileNames.subscribe(names, peer: peer) }
         service.onRelease = { [unowned self] names in self.fileNames.release(names) }
         fileNames.publish = { [unowned self] secrets in
@@ -230,8 +232,9 @@ public final class Agent {
         logger.info("draining", metadata: ["signal": "\(signal)", "connections": "\(server.connectionCount)"])
         server.stopListening()
         issuer?.stop()
-        service.finishAll(GRPCStatus(.unavailable, "sds-agent is shutting down"))
+        // The shutdown notice first, then every call's trailers; the final GOAWAY follows one round trip later.
         server.beginDrain()
+        service.finishAll(GRPCStatus(.unavailable, "sds-agent is shutting down"))
         server.flushAll()
         if server.connectionCount == 0 {
             loop.stop()

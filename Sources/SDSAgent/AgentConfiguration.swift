@@ -30,6 +30,18 @@ public struct AgentConfiguration: Sendable {
     /// Peers admitted on the socket: by user ID, or by group ID (either admits).
     public var allowedUIDs: Set<UInt32>
     public var allowedGIDs: Set<UInt32>
+    public var writeStallTimeout: Double = OutboundLimits.defaultWriteStallTimeout
+    public var maxQueuedBytes: Int = OutboundLimits.defaultMaxQueuedBytes
+
+    /// Why 10 min: a drain only waits for peers to take the last bytes; Kubernetes' default grace period is 30 s,
+    /// and an unbounded (or `inf`) drain would keep a dead pod's sidecar alive forever.
+    public static let maxDrainTimeout: Double = 600
+    /// Why 10 min: longer only keeps a stuck peer's memory; shorter than ~1 s would cut off a busy but healthy Envoy.
+    public static let maxWriteStallTimeout: Double = 600
+    /// Why 100 ms: below that, an ordinary scheduling delay of a healthy Envoy would count as a stall.
+    public static let minWriteStallTimeout: Double = 0.1
+    /// Why 1 GiB: the budget is per connection; more than that means a misplaced unit, not a need.
+    public static let maxQueuedBytesLimit = 1 << 30
 
     public static let defaultSocket = "/run/secrets/workload-spiffe-uds/socket"
     public static let defaultStateDir = "/var/lib/sds-agent"
@@ -56,6 +68,8 @@ public struct RawAgentOptions: Sendable, Equatable {
     public var fileDirs: String?
     public var allowUIDs: String?
     public var allowGIDs: String?
+    public var writeStallTimeout: String?
+    public var maxQueuedBytes: String?
     public init() {}
 }
 
@@ -163,13 +177,27 @@ extension AgentConfiguration {
             throw ConfigurationError(flag: "--log-format", problem: "'\(formatText)' is not one of: text, json")
         }
         let drain = try duration(pick(options.drainTimeout, "SDS_DRAIN_TIMEOUT", "5s"), flag: "--drain-timeout")
+        try checkFinite(drain, atMost: maxDrainTimeout, flag: "--drain-timeout")
+        let stall = try duration(
+            pick(options.writeStallTimeout, "SDS_WRITE_STALL_TIMEOUT", "30s"), flag: "--write-stall-timeout")
+        try checkFinite(stall, atMost: maxWriteStallTimeout, flag: "--write-stall-timeout")
+        guard stall >= minWriteStallTimeout else {
+            throw ConfigurationError(flag: "--write-stall-timeout", problem: "must be at least 100ms, got '\(stall)s'")
+        }
+        let queuedText = pick(
+            options.maxQueuedBytes, "SDS_MAX_QUEUED_BYTES", String(OutboundLimits.defaultMaxQueuedBytes))
+        guard let queued = Int(queuedText), queued >= 64 << 10, queued <= maxQueuedBytesLimit else {
+            throw ConfigurationError(
+                flag: "--max-queued-bytes",
+                problem: "'\(queuedText)' must be a byte count from \(64 << 10) to \(maxQueuedBytesLimit)")
+        }
 
         let fileDirs = try directories(
             pick(options.fileDirs, "SDS_FILE_DIRS", FileAccessPolicy.defaultDirectories.joined(separator: ",")))
         let uids = try ids(pickOptional(options.allowUIDs, "SDS_ALLOW_UIDS"), flag: "--allow-uid (SDS_ALLOW_UIDS)")
         let gids = try ids(pickOptional(options.allowGIDs, "SDS_ALLOW_GIDS"), flag: "--allow-gid (SDS_ALLOW_GIDS)")
 
-        return AgentConfiguration(
+        var configuration = AgentConfiguration(
             socket: socket, socketMode: mode, trustDomain: trustDomain, spiffeID: spiffeID, svidTTL: ttl,
             rotateRatio: ratio, stateDir: pick(options.stateDir, "SDS_STATE_DIR", defaultStateDir), caTTL: caTTL,
             caCertPath: caCert, caKeyPath: caKey, issuer: issuer, upstreamSocket: upstream, logLevel: level,
@@ -177,6 +205,9 @@ extension AgentConfiguration {
             // The agent's own user is always admitted (it can read the agent's files anyway, and probes run as it);
             // by default no one else, matching the socket's 0600 default.
             allowedUIDs: Set(uids ?? []).union([ownUID]), allowedGIDs: Set(gids ?? []))
+        configuration.writeStallTimeout = stall
+        configuration.maxQueuedBytes = queued
+        return configuration
     }
 
     /// `--file-dirs`: absolute directories, comma-separated. `/` is refused: it would let any client read any file
@@ -215,6 +246,14 @@ extension AgentConfiguration {
             result.append(id)
         }
         return result
+    }
+
+    /// `inf`, `nan` or an absurd length is refused: a timer must fire at some point.
+    private static func checkFinite(_ seconds: Double, atMost limit: Double, flag: String) throws(ConfigurationError) {
+        guard seconds.isFinite, seconds <= limit else {
+            throw ConfigurationError(
+                flag: flag, problem: "must be at most \(DurationText.format(seconds: limit)), got \(seconds)")
+        }
     }
 
     private static func duration(_ text: String, flag: String) throws(ConfigurationError) -> Double {

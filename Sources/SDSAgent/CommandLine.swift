@@ -90,8 +90,16 @@ public enum AgentCommandLine {
             set: { $0.allowGIDs = $1 }),
         Flag(
             name: "drain-timeout", valueName: "duration", environment: "SDS_DRAIN_TIMEOUT",
-            help: "How long SIGTERM waits for peers to take the last bytes (default 5s).",
+            help: "How long SIGTERM waits for peers to take the last bytes (default 5s, at most 10m).",
             set: { $0.drainTimeout = $1 }),
+        Flag(
+            name: "write-stall-timeout", valueName: "duration", environment: "SDS_WRITE_STALL_TIMEOUT",
+            help: "Disconnect a peer that takes no byte this long while data waits for it (default 30s, 100ms to 10m).",
+            set: { $0.writeStallTimeout = $1 }),
+        Flag(
+            name: "max-queued-bytes", valueName: "bytes", environment: "SDS_MAX_QUEUED_BYTES",
+            help: "Disconnect a peer that lets more than this wait for it, per connection (default 16777216).",
+            set: { $0.maxQueuedBytes = $1 }),
     ]
 
     /// Parses `arguments` (without the program name).

@@ -19,6 +19,34 @@ public struct PeerAdmission: Sendable, Equatable {
     public func admits(_ peer: PeerCredentials) -> Bool { uids.contains(peer.uid) || gids.contains(peer.gid) }
 }
 
+/// How much a connection may hold for a peer that does not read, and for how long.
+///
+/// Responses never pile up per stream (each SDS stream keeps at most one response in the transport and merges later
+/// changes into the next one), so what a connection can hold is bounded by its streams; these bounds cut off a peer
+/// that makes even that much wait.
+public struct OutboundLimits: Sendable, Equatable {
+    /// Bytes a connection may have waiting for its peer (HTTP/2 stream queues plus the socket's write queue).
+    /// Why 16 MiB: the largest legitimate burst is one response per stream on a full connection — 1,000 streams
+    /// (our SETTINGS_MAX_CONCURRENT_STREAMS) of a few KiB each — with room for large trust bundles.
+    public static let defaultMaxQueuedBytes = 16 << 20
+    /// Why 30 s: Envoy reads continuously; a peer whose data has waited this long without it taking a byte is
+    /// stuck or hostile, and a reconnecting Envoy gets the current state at once.
+    public static let defaultWriteStallTimeout: Double = 30
+
+    public var maxQueuedBytes: Int
+    /// A peer that takes no byte for this long while data waits for it is disconnected (checked by a timer armed
+    /// when data starts waiting: the cut comes between one and two timeouts after the peer's last read).
+    public var writeStallTimeout: Double
+
+    public init(
+        maxQueuedBytes: Int = OutboundLimits.defaultMaxQueuedBytes,
+        writeStallTimeout: Double = OutboundLimits.defaultWriteStallTimeout
+    ) {
+        self.maxQueuedBytes = maxQueuedBytes
+        self.writeStallTimeout = writeStallTimeout
+    }
+}
+
 /// The socket side of the agent: accepts Unix-socket connections and runs one HTTP/2 + gRPC session per
 /// connection on the event loop.
 ///
@@ -37,18 +65,20 @@ public final class SDSServer {
     /// is bounded so that many identities cannot grow it.
     private var reportedRefusals: Set<UInt64> = []
     public private(set) var refusedPeerCount = 0
+    let limits: OutboundLimits
     /// Stop pulling bytes from nghttp2 while this much is queued in user space for the socket.
     static let writeHighWater = 256 * 1024
 
     public init(
         loop: EventLoop, router: GRPCRouter, logger: Logger, admission: PeerAdmission,
-        h2Configuration: H2Configuration = H2Configuration()
+        h2Configuration: H2Configuration = H2Configuration(), limits: OutboundLimits = OutboundLimits()
     ) {
         self.loop = loop
         self.router = router
         self.logger = logger
         self.admission = admission
         self.h2Configuration = h2Configuration
+        self.limits = limits
     }
 
     public var connectionCount: Int { connections.count }
@@ -93,7 +123,7 @@ public final class SDSServer {
         }
         connectionCounter += 1
         let connection = ServerConnection(
-            id: connectionCounter, router: router, configuration: h2Configuration, server: self)
+            id: connectionCounter, router: router, configuration: h2Configuration, server: self, loop: loop)
         connection.grpc.peer = peer.description
         do {
             connection.socket = try Connection(fd: fd, loop: loop, delegate: connection)
@@ -134,8 +164,21 @@ public final class SDSServer {
     /// Distinct refused identities logged; beyond, refusals are only counted (`refusedPeerCount`).
     static let maxReportedRefusals = 256
 
+    /// The peer stopped taking bytes or made too many wait: closed now, logged once (Envoy reconnects and gets the
+    /// current state).
+    fileprivate func cutOff(_ connection: ServerConnection, reason: String) {
+        logger.warning(
+            "disconnecting a peer that does not read",
+            metadata: [
+                "connection": "\(connection.id)", "reason": "\(reason)", "queued_bytes": "\(connection.queuedBytes)",
+            ])
+        connection.close()
+        closed(connection, reason: reason)
+    }
+
     fileprivate func closed(_ connection: ServerConnection, reason: String) {
         guard connections.removeValue(forKey: ObjectIdentifier(connection)) != nil else { return }
+        connection.stopStallWatch()
         connection.grpc.connectionLost()
         logger.info("connection closed", metadata: ["connection": "\(connection.id)", "reason": "\(reason)"])
         if connections.isEmpty { onAllConnectionsClosed?() }
@@ -148,22 +191,51 @@ final class ServerConnection: ConnectionDelegate {
     let grpc: GRPCServerConnection
     var socket: Connection?
     private unowned let server: SDSServer
+    private let loop: EventLoop
     private var outputBuffer: [UInt8] = []
+    /// Bytes handed to the socket since the connection opened; minus what it still queues, what the peer took.
+    private var bytesHanded: UInt64 = 0
+    private var stallTimer: EventLoop.Timer?
+    /// What the peer had taken when the stall timer was armed.
+    private var takenAtArming: UInt64 = 0
+    /// The session finished; the socket closes once its queue is written (or the drain timeout ends it).
+    private var closing = false
 
-    init(id: UInt64, router: GRPCRouter, configuration: H2Configuration, server: SDSServer) {
+    init(id: UInt64, router: GRPCRouter, configuration: H2Configuration, server: SDSServer, loop: EventLoop) {
         self.id = id
-        self.grpc = GRPCServerConnection(router: router, configuration: configuration)
+        self.loop = loop
+        // Deadlines (`grpc-timeout`) run on the loop's timers; what an expiry writes is flushed right after.
+        let flusher = WeakFlusher()
+        self.grpc = GRPCServerConnection(
+            router: router, configuration: configuration,
+            scheduler: { seconds, action in
+                let timer = loop.schedule(after: seconds) {
+                    action()
+                    flusher.connection?.flush()
+                }
+                return { timer.cancel() }
+            })
         self.server = server
+        flusher.connection = self
     }
+
+    /// Lets the deadline timers reach this connection without keeping it alive.
+    private final class WeakFlusher {
+        weak var connection: ServerConnection?
+    }
+
+    /// Bytes waiting for the peer: HTTP/2 stream queues plus the socket's write queue.
+    var queuedBytes: Int { grpc.session.totalQueuedBytes + (socket?.pendingWriteBytes ?? 0) }
+
+    private var bytesTaken: UInt64 { bytesHanded - UInt64(socket?.pendingWriteBytes ?? 0) }
 
     func connection(_ connection: Connection, received bytes: UnsafeRawBufferPointer) {
         do {
             try grpc.session.receive(bytes)
         } catch {
-            // A protocol violation: nghttp2 queued a GOAWAY; write it and close.
+            // A protocol violation: nghttp2 queued a GOAWAY; write it, then close.
             flush()
-            socket?.closeAfterWrites()
-            server.closed(self, reason: "protocol error: \(error)")
+            closeAfterWrites(reason: "protocol error: \(error)")
             return
         }
         flush()
@@ -172,24 +244,65 @@ final class ServerConnection: ConnectionDelegate {
     func connectionDrained(_ connection: Connection) { flush() }
 
     func connectionClosed(_ connection: Connection, error: SystemError?) {
-        server.closed(self, reason: error.map { "\($0)" } ?? "peer closed")
+        server.closed(self, reason: error.map { "\($0)" } ?? (closing ? "session finished" : "peer closed"))
     }
 
     /// Moves session output to the socket until the session has nothing more or the socket backs up.
     func flush() {
-        guard let socket, !socket.isClosed else { return }
+        guard let socket, !socket.isClosed, !closing else { return }
         while socket.pendingWriteBytes < SDSServer.writeHighWater {
             outputBuffer.removeAll(keepingCapacity: true)
             if grpc.session.takeOutput(into: &outputBuffer, maxBytes: 64 * 1024) == 0 { break }
+            bytesHanded += UInt64(outputBuffer.count)
             socket.write(outputBuffer)
         }
         if grpc.session.isClosed {
-            socket.closeAfterWrites()
-            server.closed(self, reason: "session finished")
+            closeAfterWrites(reason: "session finished")
+            return
+        }
+        if queuedBytes > server.limits.maxQueuedBytes {
+            server.cutOff(self, reason: "more than \(server.limits.maxQueuedBytes) bytes queued")
+            return
+        }
+        watchForStall()
+    }
+
+    /// Closes once the socket has written everything (GOAWAY and trailers included); the server forgets the
+    /// connection only then, so a drain waits for those bytes.
+    private func closeAfterWrites(reason: String) {
+        guard let socket, !closing else { return }
+        closing = true
+        stopStallWatch()
+        socket.closeAfterWrites()
+        if socket.isClosed { server.closed(self, reason: reason) }
+    }
+
+    /// Arms the stall timer when data starts waiting; it fires after the timeout and cuts the peer off if it took
+    /// nothing meanwhile (else it re-arms).
+    private func watchForStall() {
+        guard stallTimer == nil, queuedBytes > 0 else { return }
+        takenAtArming = bytesTaken
+        stallTimer = loop.schedule(after: server.limits.writeStallTimeout) { [weak self] in
+            guard let self else { return }
+            self.stallTimer = nil
+            guard self.queuedBytes > 0, self.socket?.isClosed == false else { return }
+            if self.bytesTaken == self.takenAtArming {
+                self.server.cutOff(
+                    self,
+                    reason: "took no byte for \(DurationText.format(seconds: self.server.limits.writeStallTimeout))")
+            } else {
+                self.watchForStall()
+            }
         }
     }
 
+    func stopStallWatch() {
+        stallTimer?.cancel()
+        stallTimer = nil
+    }
+
     func close() {
+        stopStallWatch()
         socket?.close()
         grpc.connectionLost()
     }

@@ -8,6 +8,10 @@ import XDS
 ///
 /// This class only moves messages between gRPC calls and the pure machines, and pushes cache changes to every open
 /// stream; all protocol decisions are the machines'. It runs on the event loop thread.
+///
+/// Outbound is pull-style: after a response is queued the machine is told (`responseAwaitsTransport`) and holds
+/// further changes in its own state; when the call reports the queue drained (`onWritable`) the machine builds one
+/// response merging them (`transportReady`). A peer that stops reading therefore costs one response per stream.
 public final class SecretDiscoveryService {
     public private(set) var cache: SecretCache
     private let logger: Logger
@@ -131,9 +135,6 @@ public final class SecretDiscoveryService {
         let call: GRPCServerCall
         var machine: SotWStream
         let id: UInt64
-        /// Responses the peer's flow control did not take yet; SotW responses are full state, so only the newest
-        /// matters.
-        var unsent: DiscoveryResponse?
         init(call: GRPCServerCall, id: UInt64) {
             self.call = call
             self.id = id
@@ -168,11 +169,10 @@ public final class SecretDiscoveryService {
                 self.holdNames(stream.machine.subscribedNames, for: ObjectIdentifier(call))
             }
         }
+        // Pull-style: the machine holds changes while its last response is in the transport and builds the merged
+        // one when the transport took it.
         call.onWritable = { [unowned self, unowned stream] in
-            if let response = stream.unsent {
-                stream.unsent = nil
-                self.send(response, on: stream)
-            }
+            self.perform(stream.machine.transportReady(self.cache), on: stream)
         }
     }
 
@@ -204,6 +204,7 @@ public final class SecretDiscoveryService {
     private func send(_ response: DiscoveryResponse, on stream: SotWCall) {
         switch stream.call.send(response.wireBytes()) {
         case .queued:
+            stream.machine.responseAwaitsTransport()
             logger.info(
                 "push",
                 metadata: [
@@ -211,7 +212,8 @@ public final class SecretDiscoveryService {
                     "nonce": "\(response.nonce)",
                 ])
         case .wouldExceed:
-            stream.unsent = response
+            // One response alone is larger than the stream's queue bound: it can never be sent.
+            fail(stream.call, key: ObjectIdentifier(stream.call), Self.responseTooLarge)
         case .closed:
             sotwStreams.removeValue(forKey: ObjectIdentifier(stream.call))
         }
@@ -223,8 +225,6 @@ public final class SecretDiscoveryService {
         let call: GRPCServerCall
         var machine: DeltaStream
         let id: UInt64
-        /// Delta responses are increments: all must arrive, in order.
-        var unsent: [DeltaDiscoveryResponse] = []
         init(call: GRPCServerCall, id: UInt64) {
             self.call = call
             self.id = id
@@ -232,9 +232,9 @@ public final class SecretDiscoveryService {
         }
     }
 
-    /// A Delta client that stops reading while this many responses pile up is cut off (it would otherwise grow
-    /// our memory with every rotation).
-    static let maxUnsentDeltaResponses = 64
+    /// Only one response per stream is ever in the transport, so the queue bound is only crossed by a single
+    /// response larger than it.
+    static let responseTooLarge = GRPCStatus(.resourceExhausted, "response larger than the stream's send queue")
 
     private func openDelta(_ call: GRPCServerCall) {
         let stream = DeltaCall(call: call, id: nextStreamID())
@@ -260,9 +260,7 @@ public final class SecretDiscoveryService {
             }
         }
         call.onWritable = { [unowned self, unowned stream] in
-            let pending = stream.unsent
-            stream.unsent = []
-            for response in pending { self.send(response, on: stream) }
+            self.perform(stream.machine.transportReady(self.cache), on: stream)
         }
     }
 
@@ -292,12 +290,9 @@ public final class SecretDiscoveryService {
     }
 
     private func send(_ response: DeltaDiscoveryResponse, on stream: DeltaCall) {
-        if !stream.unsent.isEmpty {
-            queueUnsent(response, on: stream)
-            return
-        }
         switch stream.call.send(response.wireBytes()) {
         case .queued:
+            stream.machine.responseAwaitsTransport()
             logger.info(
                 "push",
                 metadata: [
@@ -306,18 +301,9 @@ public final class SecretDiscoveryService {
                     "removed": "\(response.removedResources)", "nonce": "\(response.nonce)",
                 ])
         case .wouldExceed:
-            queueUnsent(response, on: stream)
+            fail(stream.call, key: ObjectIdentifier(stream.call), Self.responseTooLarge)
         case .closed:
             deltaStreams.removeValue(forKey: ObjectIdentifier(stream.call))
-        }
-    }
-
-    private func queueUnsent(_ response: DeltaDiscoveryResponse, on stream: DeltaCall) {
-        stream.unsent.append(response)
-        if stream.unsent.count > Self.maxUnsentDeltaResponses {
-            fail(
-                stream.call, key: ObjectIdentifier(stream.call),
-                GRPCStatus(.resourceExhausted, "client is not reading its responses"))
         }
     }
 

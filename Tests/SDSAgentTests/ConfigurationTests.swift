@@ -54,6 +54,20 @@ import Testing
         #expect(config.rotateRatio == 0.25)
     }
 
+    @Test func outboundBoundsHaveDefaultsAndAcceptTheirLimits() throws {
+        let defaults = try resolve { _ in }
+        #expect(defaults.writeStallTimeout == OutboundLimits.defaultWriteStallTimeout)
+        #expect(defaults.maxQueuedBytes == OutboundLimits.defaultMaxQueuedBytes)
+        let edge = try resolve {
+            $0.drainTimeout = "10m"
+            $0.writeStallTimeout = "500ms"
+            $0.maxQueuedBytes = "65536"
+        }
+        #expect(edge.drainTimeout == 600)
+        #expect(edge.writeStallTimeout == 0.5)
+        #expect(edge.maxQueuedBytes == 65536)
+    }
+
     @Test func flagsWinOverEnvironment() throws {
         let config = try resolve({ $0.trustDomain = "a.org" }, env: ["TRUST_DOMAIN": "b.org"])
         #expect(config.trustDomain == "a.org")
@@ -72,6 +86,16 @@ import Testing
             ("--issuer", { $0.issuer = "vault" }),
             ("--socket", { $0.socket = "/proc/nonexistent/agent.sock" }),
             ("--ca-key", { $0.caCert = "/x.pem" }),
+            ("--drain-timeout", { $0.drainTimeout = "inf" }),
+            ("--drain-timeout", { $0.drainTimeout = "601s" }),
+            ("--drain-timeout", { $0.drainTimeout = "1e300" }),
+            ("--drain-timeout", { $0.drainTimeout = "nan" }),
+            ("--write-stall-timeout", { $0.writeStallTimeout = "inf" }),
+            ("--write-stall-timeout", { $0.writeStallTimeout = "11m" }),
+            ("--write-stall-timeout", { $0.writeStallTimeout = "99ms" }),
+            ("--max-queued-bytes", { $0.maxQueuedBytes = "1" }),
+            ("--max-queued-bytes", { $0.maxQueuedBytes = "2147483648" }),
+            ("--max-queued-bytes", { $0.maxQueuedBytes = "16MiB" }),
         ]
         for (flag, edit) in cases {
             do {
