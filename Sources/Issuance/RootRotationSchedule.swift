@@ -76,6 +76,13 @@ public struct RootRotationSchedule: Sendable, Hashable {
         public var bundle: [Role]
         /// When the answer changes next (the one timer to arm); nil when `due` is set.
         public var nextEventAt: Timestamp?
+
+        public init(due: Action?, signer: Role, bundle: [Role], nextEventAt: Timestamp?) {
+            self.due = due
+            self.signer = signer
+            self.bundle = bundle
+            self.nextEventAt = nextEventAt
+        }
     }
 
     /// The three instants of the current root's timeline (see the diagram).
