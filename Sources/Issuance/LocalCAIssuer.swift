@@ -154,6 +154,8 @@ public final class LocalCAIssuer: Issuer {
                     successor: roots.successor.map(LocalCARoots.scheduleRoot))
             }
             var decision = decide()
+            // These write the state dir (fsync included) on the event loop: a few milliseconds, twice per root
+            // lifetime, where a worker thread would cost more than it saves.
             // At most two changes per tick (an agent stopped past a root's expiry creates and retires at once);
             // the bound keeps a schedule bug from spinning here.
             var changes = 0

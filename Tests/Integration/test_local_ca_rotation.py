@@ -174,3 +174,17 @@ def test_a_state_dir_or_key_file_that_is_not_ours_is_refused(agent_factory, sds_
     assert f"{path} {reason}" in lines[0]
     assert not socket_path.exists(), "no socket is left behind"
     assert (state / "ca.key").read_bytes() == key_before, "nothing in the state dir was replaced"
+
+
+def test_a_ca_ttl_too_short_to_hold_the_rotation_is_refused_with_exit_2(sds_agent_bin, short_dir):
+    """6 x --svid-ttl is the minimum (RootRotationSchedule); 2m for 20 s SVIDs passes (the test above), 1m does not."""
+    state = short_dir / "state"
+    result = subprocess.run(
+        [str(sds_agent_bin), "run", "--socket", str(short_dir / "s.sock"), "--state-dir", str(state),
+         "--trust-domain", TRUST_DOMAIN, "--ca-ttl", "1m", "--svid-ttl", "20s"],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "--ca-ttl" in lines[0] and "6 × --svid-ttl" in lines[0], lines[0]
+    assert not state.exists(), "nothing was created"
