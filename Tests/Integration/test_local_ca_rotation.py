@@ -7,7 +7,8 @@ One sds-agent with `--ca-ttl 2m --svid-ttl 20s` serves two Envoy pairs at once, 
 
 RootRotationSchedule for these values: the successor root is published in ROOTCA at ~60 s, signs from ~90 s (30 s
 later: one SVID lifetime plus half of one), and the old root leaves ROOTCA at ~110 s (20 s after the switch, when the
-last SVID it signed has expired). The test sends requests through both pairs the whole time and counts failures.
+last SVID it signed has expired). The agent is killed and restarted between publication and switch. The test sends
+requests through both pairs the whole time and counts failures.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ SVID_TTL = 20
 MARGIN = SVID_TTL // 2
 # Observations are polls, and the agent's timers work on whole seconds: allow this much on each measured interval.
 SLACK = 3.0
+# The agent is killed and restarted this long after the successor appeared (before it signs, at +30 s).
+RESTART_AFTER_PUBLISH = 10
 # The whole rotation takes ROOT_TTL from the agent's start; this bounds the loop (with Envoy start-up and polls).
 ROTATION_DEADLINE = ROOT_TTL + 45
 
@@ -70,7 +73,7 @@ def test_root_rotates_with_overlap_while_two_envoy_pairs_keep_doing_mtls(agent_f
             assert envoy.ca_serials() == {serial(old_root)}, f"{envoy.name} before the rotation"
 
         requests, failures = 0, []
-        published_at = switched_at = retired_at = None
+        published_at = switched_at = retired_at = restarted_at = None
         new_root = None
         last_old_leaf: x509.Certificate | None = None
         done_at = None
@@ -87,6 +90,14 @@ def test_root_rotates_with_overlap_while_two_envoy_pairs_keep_doing_mtls(agent_f
             if published_at is None and len(roots) == 2:
                 published_at, new_root = now, roots[1]
                 assert roots[0] == old_root, "the old root stays first in the bundle"
+            if restarted_at is None and published_at is not None and now - published_at > RESTART_AFTER_PUBLISH:
+                # A crash between publication and switch: the restarted agent resumes from its state dir (the same
+                # successor, not a new one) while the Envoys keep handshaking with what they hold.
+                agent.kill()
+                agent.start()
+                restarted_at = time.monotonic()
+                assert served_roots(socket_path) == [old_root, new_root], "the restart lost or replaced a root"
+                continue
             if signed_by(leaf, old_root):
                 last_old_leaf = leaf
             elif switched_at is None:
@@ -109,6 +120,7 @@ def test_root_rotates_with_overlap_while_two_envoy_pairs_keep_doing_mtls(agent_f
             f"rotation not seen within {ROTATION_DEADLINE}s: published={published_at} switched={switched_at} "
             f"retired={retired_at}\n{agent.log_tail()}")
         assert failures == [], f"{len(failures)} of {requests} requests failed: {failures[:10]}"
+        assert restarted_at is not None and restarted_at < switched_at, (restarted_at, switched_at)
         # Phase lengths as the peers saw them: the successor was trusted one SVID lifetime plus a margin before it
         # signed, and the old root stayed one SVID lifetime after the switch.
         assert switched_at - published_at >= SVID_TTL + MARGIN - SLACK, (published_at, switched_at)
@@ -121,7 +133,8 @@ def test_root_rotates_with_overlap_while_two_envoy_pairs_keep_doing_mtls(agent_f
             # ROOTCA changed twice (published, retired): Envoy took both.
             assert envoy.sds_counter("update_success").get("ROOTCA", 0) >= 3, envoy.sds_stats()
         print(f"\n{requests} requests, 0 failed; published {published_at - started:.1f}s, "
-              f"switched {switched_at - started:.1f}s, retired {retired_at - started:.1f}s after the agent started")
+              f"restarted {restarted_at - started:.1f}s, switched {switched_at - started:.1f}s, "
+              f"retired {retired_at - started:.1f}s after the agent started")
     finally:
         for envoy in reversed(stack):
             envoy.stop()
