@@ -125,32 +125,65 @@ public final class Agent {
         return 0
     }
 
-    /// The embedded CA issuer for this configuration (state dir or operator-supplied CA).
+    /// The embedded CA issuer for this configuration: an operator-supplied CA (warned about before it expires) or
+    /// the state dir's self-made roots (rotated on `RootRotationSchedule`).
     public func makeLocalCAIssuer() throws -> any Issuer {
         let trustDomain = try TrustDomain(configuration.trustDomain)
         let spiffeID = try SPIFFEID(parsing: configuration.spiffeID)
         let now = clock.now()
-        let ca: LocalCA
+        let ttl = Int64(configuration.svidTTL.rounded(.up))
+        let scheduler = EventLoopScheduler(loop: loop)
+        let rotation = RotationPolicy(gracePeriodRatio: configuration.rotateRatio)
+        let onEvent: (LocalCAIssuer.Event) -> Void = { [logger] event in Agent.log(event, logger) }
         if let certPath = configuration.caCertPath, let keyPath = configuration.caKeyPath {
-            ca = try LocalCA.operatorSupplied(
+            let ca = try LocalCA.operatorSupplied(
                 certificateChainPath: certPath, keyPath: keyPath, trustDomain: trustDomain, now: now)
             logger.info(
-                "CA loaded", metadata: ["certificate": "\(certPath)", "subject": "\(ca.signingCertificate.subject)"])
-        } else {
-            ca = try LocalCA.openOrCreate(
-                stateDirectory: configuration.stateDir, trustDomain: trustDomain, now: now,
-                rootLifetime: Int64(configuration.caTTL))
-            logger.info(
-                ca.createdNewRoot ? "CA created" : "CA loaded",
+                "CA loaded",
                 metadata: [
-                    "state_dir": "\(configuration.stateDir)", "serial": "\(ca.signingCertificate.serialHex)",
+                    "certificate": "\(certPath)", "subject": "\(ca.signingCertificate.subject)",
                     "not_after": "\(ca.signingCertificate.notAfter)",
                 ])
+            return LocalCAIssuer(
+                ca: ca, spiffeID: spiffeID, ttl: ttl, clock: clock, scheduler: scheduler, rotation: rotation,
+                onEvent: onEvent)
         }
+        let roots = try LocalCARoots.open(
+            stateDirectory: configuration.stateDir, trustDomain: trustDomain, now: now,
+            rootLifetime: Int64(configuration.caTTL.rounded(.up)))
+        if roots.finishedInterruptedRetirement {
+            logger.warning(
+                "CA root retirement was interrupted; finished it", metadata: ["state_dir": "\(configuration.stateDir)"])
+        }
+        var metadata: Logger.Metadata = [
+            "state_dir": "\(configuration.stateDir)", "serial": "\(roots.current.signingCertificate.serialHex)",
+            "not_after": "\(roots.current.signingCertificate.notAfter)",
+        ]
+        if let successor = roots.successor {
+            metadata["successor_serial"] = "\(successor.signingCertificate.serialHex)"
+        }
+        logger.info(roots.createdNewRoot ? "CA created" : "CA loaded", metadata: metadata)
         return LocalCAIssuer(
-            ca: ca, spiffeID: spiffeID, ttl: Int64(configuration.svidTTL), clock: clock,
-            scheduler: EventLoopScheduler(loop: loop),
-            rotation: RotationPolicy(gracePeriodRatio: configuration.rotateRatio))
+            roots: roots, spiffeID: spiffeID, ttl: ttl, clock: clock, scheduler: scheduler, rotation: rotation,
+            onEvent: onEvent)
+    }
+
+    private static func log(_ event: LocalCAIssuer.Event, _ logger: Logger) {
+        switch event {
+        case .successorPublished(let serial, let signsFrom):
+            logger.info(
+                "CA successor root published in the bundle",
+                metadata: ["serial": "\(serial)", "signs_from": "\(signsFrom)"])
+        case .signingSwitched(let serial):
+            logger.info("CA now signs with the successor root", metadata: ["serial": "\(serial)"])
+        case .rootRetired(let serial):
+            logger.info(
+                "CA root retired from the bundle (every SVID it signed has expired)", metadata: ["serial": "\(serial)"])
+        case .operatorCAExpiring(let serial, let notAfter):
+            logger.warning(
+                "operator CA expires soon and sds-agent cannot rotate it: replace --ca-cert/--ca-key",
+                metadata: ["serial": "\(serial)", "not_after": "\(notAfter)"])
+        }
     }
 
     /// The SPIRE Workload API client for this configuration (`--issuer workload-api`).

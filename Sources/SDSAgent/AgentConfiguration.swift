@@ -1,4 +1,5 @@
 import Glibc
+import Issuance
 import Logging
 import Transport
 
@@ -43,6 +44,9 @@ public struct AgentConfiguration: Sendable {
     /// Why 1 GiB: the budget is per connection; more than that means a misplaced unit, not a need.
     public static let maxQueuedBytesLimit = 1 << 30
 
+    /// Shorter SVIDs are for tests and demos of rotation; below 10 s an SVID could expire between Envoy's first
+    /// reconnect attempts to a restarting agent (its xDS backoff starts at 0.5 s and doubles).
+    public static let minimumSVIDTTL: Double = 10
     public static let defaultSocket = "/run/secrets/workload-spiffe-uds/socket"
     public static let defaultStateDir = "/var/lib/sds-agent"
     public static let defaultUpstreamSocket = "unix:///run/spire/sockets/agent.sock"
@@ -131,11 +135,11 @@ extension AgentConfiguration {
         }
 
         let ttl = try duration(pick(options.svidTTL, "SECRET_TTL", "1h"), flag: "--svid-ttl (SECRET_TTL)")
-        guard ttl >= 60 else {
+        guard ttl >= minimumSVIDTTL else {
             throw ConfigurationError(
                 flag: "--svid-ttl (SECRET_TTL)",
                 problem:
-                    "must be at least 1m, got \(DurationText.format(seconds: ttl)) (an SVID must outlive Envoy's reconnect backoff)"
+                    "must be at least \(DurationText.format(seconds: minimumSVIDTTL)), got \(DurationText.format(seconds: ttl)) (an SVID must outlive Envoy's first reconnect attempts)"
             )
         }
         let ratioText = pick(options.rotateRatio, "SECRET_GRACE_PERIOD_RATIO", "0.5")
@@ -144,22 +148,29 @@ extension AgentConfiguration {
                 flag: "--rotate-ratio (SECRET_GRACE_PERIOD_RATIO)",
                 problem: "'\(ratioText)' must be a number between 0 and 1 (0.5 rotates at half-life)")
         }
-        let caTTL = try duration(pick(options.caTTL, "SDS_CA_TTL", "8760h"), flag: "--ca-ttl")
-        guard caTTL > ttl else {
-            throw ConfigurationError(flag: "--ca-ttl", problem: "must be longer than --svid-ttl")
-        }
-
         let caCert = pickOptional(options.caCert, "SDS_CA_CERT")
         let caKey = pickOptional(options.caKey, "SDS_CA_KEY")
         if (caCert == nil) != (caKey == nil) {
             throw ConfigurationError(
                 flag: caCert == nil ? "--ca-cert" : "--ca-key", problem: "--ca-cert and --ca-key go together")
         }
-
+        let caTTL = try duration(pick(options.caTTL, "SDS_CA_TTL", "8760h"), flag: "--ca-ttl")
         let issuerText = pick(options.issuer, "SDS_ISSUER", "local")
         guard let issuer = IssuerKind(rawValue: issuerText) else {
             throw ConfigurationError(flag: "--issuer", problem: "'\(issuerText)' is not one of: local, workload-api")
         }
+        // A self-made root must hold its rotation: the successor in the bundle an SVID lifetime and a margin before
+        // it signs, the old root kept until its last SVID expires (RootRotationSchedule). An operator CA (or
+        // SPIRE) is not rotated here, so --ca-ttl does not apply to it.
+        let rootRatio = Double(RootRotationSchedule.minimumRootToSVIDLifetimeRatio)
+        if issuer == .local && caCert == nil && caTTL < rootRatio * ttl.rounded(.up) {
+            throw ConfigurationError(
+                flag: "--ca-ttl",
+                problem:
+                    "must be at least \(Int(rootRatio)) × --svid-ttl (\(DurationText.format(seconds: rootRatio * ttl.rounded(.up)))) so the root can rotate with overlap, got \(DurationText.format(seconds: caTTL))"
+            )
+        }
+
         let upstreamText = pick(options.upstreamSocket, "UPSTREAM_SPIFFE_ENDPOINT_SOCKET", defaultUpstreamSocket)
         let upstream: UnixSocketAddress
         do { upstream = try UnixSocketAddress(upstreamText) } catch {

@@ -42,17 +42,19 @@ public enum AgentCommandLine {
             set: { $0.spiffeID = $1 }),
         Flag(
             name: "svid-ttl", valueName: "duration", environment: "SECRET_TTL",
-            help: "SVID lifetime, e.g. 1h, 30m, 24h (default 1h).", set: { $0.svidTTL = $1 }),
+            help: "SVID lifetime, e.g. 1h, 30m, 24h (default 1h; at least 10s).", set: { $0.svidTTL = $1 }),
         Flag(
             name: "rotate-ratio", valueName: "ratio", environment: "SECRET_GRACE_PERIOD_RATIO",
             help: "Rotate when this fraction of the lifetime is left (default 0.5).", set: { $0.rotateRatio = $1 }),
         Flag(
             name: "state-dir", valueName: "dir", environment: "SDS_STATE_DIR",
-            help: "Where the local CA keeps ca.pem and ca.key, 0600 (default /var/lib/sds-agent).",
+            help:
+                "Where the local CA keeps ca.pem, ca.key (and ca-next.* while rotating), 0600; must be ours and not group/world-writable (default /var/lib/sds-agent).",
             set: { $0.stateDir = $1 }),
         Flag(
             name: "ca-ttl", valueName: "duration", environment: "SDS_CA_TTL",
-            help: "Lifetime of a newly created local CA root (default 8760h).", set: { $0.caTTL = $1 }),
+            help: "Lifetime of each local CA root, rotated with overlap; at least 6 x --svid-ttl (default 8760h).",
+            set: { $0.caTTL = $1 }),
         Flag(
             name: "ca-cert", valueName: "pem", environment: "SDS_CA_CERT",
             help: "Operator CA certificate to sign with (then its chain), instead of a self-made root.",

@@ -107,4 +107,36 @@ import Testing
             }
         }
     }
+
+    /// The root must hold its rotation (RootRotationSchedule.minimumRootToSVIDLifetimeRatio = 6); the integration
+    /// test's short values pass, one second less does not; an operator CA is not rotated, so no ratio applies.
+    @Test func caTTLMustHoldTheRootRotation() throws {
+        let short = try resolve {
+            $0.caTTL = "2m"
+            $0.svidTTL = "20s"
+        }
+        #expect(short.caTTL == 120 && short.svidTTL == 20)
+        do {
+            _ = try resolve {
+                $0.caTTL = "119s"
+                $0.svidTTL = "20s"
+            }
+            Issue.record("a CA lifetime of 119 s cannot hold the overlap of 20 s SVIDs")
+        } catch {
+            #expect(error.flag == "--ca-ttl")
+            #expect(error.problem.contains("at least 6 × --svid-ttl (2m)"))
+        }
+        let operatorCA = try resolve {
+            $0.caTTL = "1m"
+            $0.svidTTL = "20s"
+            $0.caCert = "/ca.pem"
+            $0.caKey = "/ca.key"
+        }
+        #expect(operatorCA.caTTL == 60)
+    }
+
+    @Test func svidTTLHasAFloorOf10s() throws {
+        #expect(try resolve { $0.svidTTL = "10s" }.svidTTL == 10)
+        #expect(throws: ConfigurationError.self) { try resolve { $0.svidTTL = "9s" } }
+    }
 }
