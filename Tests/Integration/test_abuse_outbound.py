@@ -34,7 +34,8 @@ FETCH_PATH = "/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets"
 DELTA_PATH = "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets"
 # A name the agent serves but can never produce: a file-backed certificate whose files do not exist (held, not
 # refused, as istio-agent holds mounted files that have not appeared yet).
-NEVER_READY = "file-cert:/nonexistent/sds-it/cert.pem~/nonexistent/sds-it/key.pem"
+# Inside a default --file-dirs directory but never created: held (as a mount that has not appeared yet), not refused.
+NEVER_READY = "file-cert:/etc/certs/sds-it-never/cert.pem~/etc/certs/sds-it-never/key.pem"
 
 GRPC_DEADLINE_EXCEEDED = 4
 GRPC_INTERNAL = 13
