@@ -22,16 +22,24 @@ import Testing
     }
 }
 
+/// Resolves options as `sds-agent run` would, with simple stand-ins for the SPIFFE rules and a fixed own UID.
+func resolveConfiguration(
+    _ edit: (inout RawAgentOptions) -> Void = { _ in }, env: [String: String] = [:], ownUID: UInt32 = 4242
+) throws(ConfigurationError) -> AgentConfiguration {
+    var options = RawAgentOptions()
+    options.socket = "/tmp/sds-config-test/agent.sock"
+    edit(&options)
+    return try AgentConfiguration.resolve(
+        options, environment: env, validateTrustDomain: { $0.contains("_") ? "bad character" : nil },
+        validateSPIFFEID: { id, td in id.hasPrefix("spiffe://\(td)/") ? nil : "not in trust domain \(td)" },
+        ownUID: ownUID)
+}
+
 @Suite struct AgentConfigurationTests {
     private func resolve(_ edit: (inout RawAgentOptions) -> Void = { _ in }, env: [String: String] = [:])
         throws(ConfigurationError) -> AgentConfiguration
     {
-        var options = RawAgentOptions()
-        options.socket = "/tmp/sds-config-test/agent.sock"
-        edit(&options)
-        return try AgentConfiguration.resolve(
-            options, environment: env, validateTrustDomain: { $0.contains("_") ? "bad character" : nil },
-            validateSPIFFEID: { id, td in id.hasPrefix("spiffe://\(td)/") ? nil : "not in trust domain \(td)" })
+        try resolveConfiguration(edit, env: env)
     }
 
     @Test func defaultsFollowIstioAgent() throws {
