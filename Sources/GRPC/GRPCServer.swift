@@ -1,5 +1,9 @@
 public import H2
 
+/// Runs `action` once after `seconds` on the thread driving the connection; returns what cancels it. The owner
+/// passes its event loop's timers (tests pass a fake), so deadlines need no clock here.
+public typealias GRPCTimerScheduler = (_ seconds: Double, _ action: @escaping () -> Void) -> (() -> Void)
+
 /// Creates the handling of one call: the factory sets the call's callbacks and may send or finish at once.
 public typealias GRPCCallHandler = (GRPCServerCall) -> Void
 
@@ -38,11 +42,14 @@ public final class GRPCServerCall {
     public var onHalfClose: (() -> Void)?
     /// The call ended without `finish`: RST_STREAM from the client, or the connection died. No more sends.
     public var onCancel: (() -> Void)?
-    /// The outbound queue drained after a `.wouldExceed`-prone burst: a good time to send more.
+    /// The stream's queue drained: the peer took everything sent so far. A good time to send more (SDS streams
+    /// build their next, merged response here rather than queue one per change).
     public var onWritable: (() -> Void)?
 
     weak var connection: GRPCServerConnection?
     var state = ServerCallStateMachine()
+    /// Cancels the `grpc-timeout` timer, if one is armed.
+    var cancelDeadline: (() -> Void)?
     var decoder: GRPCMessageDecoder
 
     init(streamID: H2StreamID, path: String, metadata: [(String, String)], maxMessageBytes: Int) {
@@ -54,6 +61,9 @@ public final class GRPCServerCall {
 
     /// True once finished or cancelled.
     public var isClosed: Bool { state.state == .closed }
+
+    /// Who is on the other end, as the transport describes it (for logs); see `GRPCServerConnection.peer`.
+    public var peer: String { connection?.peer ?? "" }
 
     /// Bytes queued on this call's stream, not yet accepted by the peer's flow-control window.
     public var queuedBytes: Int { connection?.session.queuedBytes(streamID: streamID) ?? 0 }
@@ -98,13 +108,24 @@ public final class GRPCServerConnection: H2SessionDelegate {
     public var onLimitExceeded: ((H2Limit) -> Void)?
     /// A call was ended RESOURCE_EXHAUSTED because `maxBufferedRequestBytes` would have been passed: for the log.
     public var onBufferBudgetExceeded: (() -> Void)?
+    /// Who is on the other end, as the transport describes it (e.g. `pid=… uid=… gid=…`); logs name it.
+    public var peer = ""
+    private let scheduler: GRPCTimerScheduler?
 
+    /// A `grpc-timeout` longer than this arms no timer: nothing here lives that long, and an event loop timer in
+    /// nanoseconds would overflow near the header's maximum (99999999H).
+    public static let longestHonouredTimeout: Double = 30 * 24 * 3600
+
+    /// `scheduler` arms `grpc-timeout` deadlines; without one they are parsed (a malformed one still fails the
+    /// call) but not enforced.
     public init(
         router: GRPCRouter, configuration: H2Configuration = H2Configuration(),
         maxMessageBytes: Int = GRPCMessageFraming.defaultMaxMessageBytes,
-        maxBufferedRequestBytes: Int = GRPCServerConnection.defaultMaxBufferedRequestBytes
+        maxBufferedRequestBytes: Int = GRPCServerConnection.defaultMaxBufferedRequestBytes,
+        scheduler: GRPCTimerScheduler? = nil
     ) {
         self.router = router
+        self.scheduler = scheduler
         self.maxMessageBytes = maxMessageBytes
         self.maxBufferedRequestBytes = maxBufferedRequestBytes
         self.session = H2ServerSession(configuration: configuration)
@@ -118,12 +139,14 @@ public final class GRPCServerConnection: H2SessionDelegate {
     /// 128 × 1 MiB messages would pin.
     public static let defaultMaxBufferedRequestBytes = 16 << 20
 
-    /// Graceful drain: GOAWAY with the last stream already opened. Calls in flight go on until they finish;
-    /// the session closes (`session.isClosed`) once they have. Pass `finishCalls` to end them now with it.
+    /// Graceful drain: the two-step GOAWAY (see `H2ServerSession.beginGracefulShutdown`). Calls in flight go on
+    /// until they finish; a call arriving meanwhile is answered UNAVAILABLE; the session closes
+    /// (`session.isClosed`) once every call has ended and the final GOAWAY is out. Pass `finishCalls` to end the
+    /// calls now with it.
     public func beginDrain(finishCalls status: GRPCStatus? = nil) {
         guard !isDraining else { return }
         isDraining = true
-        session.sendGoAway(errorCode: .noError, graceful: true)
+        session.beginGracefulShutdown()
         if let status {
             for call in calls.values { call.finish(status) }
         }
@@ -135,6 +158,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
         calls.removeAll()
         bufferedRequestBytes = 0
         for call in open.values {
+            call.cancelDeadline?()
             if call.state.streamClosed() == .notifyCancelled { call.onCancel?() }
             call.releaseCallbacks()
         }
@@ -156,8 +180,30 @@ public final class GRPCServerConnection: H2SessionDelegate {
         case .reject(let httpStatus, let status):
             sendTrailersOnly(streamID: streamID, httpStatus: httpStatus, status: status)
         case .accept:
+            if isDraining {
+                // Between the shutdown notice and the final GOAWAY: this server will not serve it; retry elsewhere.
+                sendTrailersOnly(
+                    streamID: streamID, httpStatus: 200, status: GRPCStatus(.unavailable, "server is shutting down"))
+                return
+            }
+            var timeout: GRPCTimeout?
+            if let text = headers.value(for: "grpc-timeout") {
+                guard let parsed = GRPCTimeout(headerValue: text) else {
+                    sendTrailersOnly(
+                        streamID: streamID, httpStatus: 200,
+                        status: GRPCStatus(.internal, "malformed grpc-timeout '\(text)'"))
+                    return
+                }
+                timeout = parsed
+            }
             call.connection = self
             calls[streamID] = call
+            if let timeout, timeout.seconds <= Self.longestHonouredTimeout, let scheduler {
+                call.cancelDeadline = scheduler(timeout.seconds) { [weak self, weak call] in
+                    guard let self, let call else { return }
+                    self.deadlineExpired(call, timeout: timeout)
+                }
+            }
             handler?(call)
             if endStream { h2DataReceived(streamID: streamID, bytes: [], endStream: true) }
         }
@@ -202,6 +248,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
     public func h2StreamClosed(streamID: H2StreamID, errorCode: H2ErrorCode) {
         guard let call = calls.removeValue(forKey: streamID) else { return }
         bufferedRequestBytes -= call.decoder.bufferCapacity
+        call.cancelDeadline?()
         if call.state.streamClosed() == .notifyCancelled { call.onCancel?() }
         call.releaseCallbacks()
     }
@@ -215,6 +262,16 @@ public final class GRPCServerConnection: H2SessionDelegate {
     }
 
     // MARK: Actions
+
+    /// The client's deadline passed before the handler finished: DEADLINE_EXCEEDED, and the handler hears the call
+    /// is over (`onCancel`), as for any end it did not choose.
+    private func deadlineExpired(_ call: GRPCServerCall, timeout: GRPCTimeout) {
+        guard calls[call.streamID] === call else { return }
+        let finish = call.state.finish(GRPCStatus(.deadlineExceeded, "deadline exceeded (grpc-timeout \(timeout))"))
+        guard finish != .none else { return }
+        perform(finish, on: call)
+        call.onCancel?()
+    }
 
     private func perform(_ action: ServerCallStateMachine.InboundAction, on call: GRPCServerCall) {
         switch action {

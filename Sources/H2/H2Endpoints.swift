@@ -106,6 +106,13 @@ public final class H2ServerSession: H2Endpoint {
     public func sendGoAway(errorCode: H2ErrorCode = .noError, graceful: Bool = true) {
         core.submitGoAway(errorCode: errorCode, graceful: graceful)
     }
+
+    /// Two-step graceful GOAWAY: first last-stream-id 2^31-1 (new requests stop), then, once our PING comes back
+    /// (one round trip, so requests in flight have arrived), the final GOAWAY with the last stream processed.
+    /// Streams already open finish normally; the session closes when they have.
+    public func beginGracefulShutdown() {
+        core.beginGracefulShutdown()
+    }
 }
 
 /// The client end of one HTTP/2 connection (see `H2Endpoint`). Queues the connection preface and SETTINGS at

@@ -43,6 +43,10 @@ final class H2SessionCore {
     private var outbound: [H2StreamID: OutboundStream] = [:]
     private var inbound: [H2StreamID: InboundStream] = [:]
     private var drainedStreams: [H2StreamID] = []
+    /// Sum of every stream's queue, kept as it changes so the connection's budget check is O(1).
+    private(set) var totalQueuedBytes = 0
+    /// The shutdown notice went out with a PING; its ACK (one round trip later) sends the final GOAWAY.
+    private var awaitingShutdownPing = false
     private(set) var failure: H2Error?
     /// An error raised inside a callback, reported by the `receive` that triggered it.
     private var callbackError: H2Error?
@@ -234,6 +238,7 @@ final class H2SessionCore {
             throw .wouldExceed(queued: stream.queue.count, adding: bytes.count, limit: limit)
         }
         stream.queue.append(bytes)
+        totalQueuedBytes += bytes.count
         let wasParked = stream.parked
         stream.parked = false
         outbound[streamID] = stream
@@ -257,6 +262,7 @@ final class H2SessionCore {
         guard rc == 0 else { throw .sessionFailed(code: rc, reason: Self.describe(rc)) }
         if var stream = outbound[streamID] {
             // Nothing queued will be sent any more; release it now rather than at close.
+            totalQueuedBytes -= stream.queue.count
             stream.queue = ByteQueue()
             outbound[streamID] = stream
         }
@@ -284,8 +290,20 @@ final class H2SessionCore {
         }
     }
 
+    /// Two-step graceful shutdown (RFC 9113 §6.8): a GOAWAY with last-stream-id 2^31-1 warns the client at once;
+    /// one round trip later (our PING's ACK) the final GOAWAY names the last stream processed, so a request already
+    /// in flight when the warning left is still served rather than refused.
+    func beginGracefulShutdown() {
+        guard failure == nil, isServer, !awaitingShutdownPing else { return }
+        guard nghttp2_submit_shutdown_notice(session) == 0 else {
+            submitGoAway(errorCode: .noError, graceful: true)
+            return
+        }
+        awaitingShutdownPing = true
+        _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
+    }
+
     func queuedBytes(streamID: H2StreamID) -> Int { outbound[streamID]?.queue.count ?? 0 }
-    var totalQueuedBytes: Int { outbound.values.reduce(0) { $0 + $1.queue.count } }
     var openStreamCount: Int { Set(outbound.keys).union(inbound.keys).count }
 
     /// How many bytes the peer currently lets us send on the stream (min of stream and connection windows).
@@ -346,7 +364,9 @@ final class H2SessionCore {
 
     fileprivate func onStreamClose(streamID: H2StreamID, errorCode: UInt32) {
         let known = inbound.removeValue(forKey: streamID) != nil
-        let knownOut = outbound.removeValue(forKey: streamID) != nil
+        let removedOut = outbound.removeValue(forKey: streamID)
+        totalQueuedBytes -= removedOut?.queue.count ?? 0
+        let knownOut = removedOut != nil
         if known || knownOut {
             delegate?.h2StreamClosed(streamID: streamID, errorCode: H2ErrorCode(rawValue: errorCode))
         }
@@ -372,6 +392,12 @@ final class H2SessionCore {
         }
     }
 
+    fileprivate func onPingAck() {
+        guard awaitingShutdownPing else { return }
+        awaitingShutdownPing = false
+        submitGoAway(errorCode: .noError, graceful: true)
+    }
+
     fileprivate func onGoAway(lastStreamID: H2StreamID, errorCode: UInt32) {
         delegate?.h2GoAwayReceived(lastStreamID: lastStreamID, errorCode: H2ErrorCode(rawValue: errorCode))
     }
@@ -385,6 +411,7 @@ final class H2SessionCore {
         }
         let wasNonEmpty = stream.queue.count > 0
         let written = stream.queue.read(into: buffer, maxCount: length)
+        totalQueuedBytes -= written
         if stream.queue.count == 0 {
             switch stream.end {
             case .open:
@@ -458,6 +485,8 @@ final class H2SessionCore {
                 core.onDataFrameEnd(streamID: header.stream_id)
             case NGHTTP2_SETTINGS.rawValue where header.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) == 0:
                 core.notePeerSettings()
+            case NGHTTP2_PING.rawValue where header.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0:
+                core.onPingAck()
             case NGHTTP2_GOAWAY.rawValue:
                 let goaway = frame.pointee.goaway
                 core.onGoAway(lastStreamID: goaway.last_stream_id, errorCode: goaway.error_code)

@@ -12,9 +12,9 @@ public struct LocalCAError: Error, Sendable, Equatable, CustomStringConvertible 
 
 /// The embedded certificate authority: signs X509-SVIDs of one trust domain in process.
 ///
-/// Its signing key is either a self-signed root kept in a state directory (`ca.pem`, `ca.key`; created on
-/// first start, reloaded afterwards, never silently replaced) or an operator-supplied CA (+ chain to a
-/// root). Immutable after creation, so one instance can be shared.
+/// Its signing key is either a self-signed root kept in a state directory (see `LocalCARoots`, which also rotates
+/// it) or an operator-supplied CA (+ chain to a root). One instance is one signing key: immutable, so it can be
+/// shared.
 public final class LocalCA: Sendable {
     /// One year.
     public static let defaultRootLifetime: Int64 = 365 * 86_400
@@ -35,7 +35,7 @@ public final class LocalCA: Sendable {
     /// True when this start created a new root (first start on an empty state directory).
     public let createdNewRoot: Bool
 
-    private init(
+    init(
         trustDomain: TrustDomain, signingCertificate: Certificate, signingKey: PrivateKey,
         intermediates: [Certificate], roots: [Certificate], createdNewRoot: Bool
     ) {
@@ -49,68 +49,21 @@ public final class LocalCA: Sendable {
 
     // MARK: - Creating and loading
 
-    /// Loads the root from `stateDirectory`, or creates one there when the directory holds neither file.
-    /// Any damage (a missing half, unparsable or truncated file, key not matching the certificate, a root of
-    /// another trust domain, an expired root) throws a one-line `LocalCAError` naming the file; nothing is
-    /// overwritten.
+    /// The current root of `stateDirectory` (see `LocalCARoots.open`), refused when it has expired: for tools and
+    /// tests that want one fixed root. The agent itself uses `LocalCARoots`, which rotates it.
     public static func openOrCreate(
         stateDirectory: String, trustDomain: TrustDomain, now: Timestamp,
         rootLifetime: Int64 = defaultRootLifetime, nameConstrained: Bool = false
     ) throws -> LocalCA {
-        do throws(SystemError) {
-            try Files.ensureDirectory(stateDirectory)
-        } catch {
-            throw LocalCAError("state dir \(stateDirectory): \(error)")
-        }
-        let certificatePath = stateDirectory + "/" + certificateFileName
-        let keyPath = stateDirectory + "/" + keyFileName
-        switch (Files.exists(certificatePath), Files.exists(keyPath)) {
-        case (false, false):
-            let root = try makeRoot(
-                trustDomain: trustDomain, now: now, lifetime: rootLifetime, nameConstrained: nameConstrained)
-            let keyPEM = try root.key.pkcs8PEM()
-            do throws(SystemError) {
-                // Key first: a crash between the two renames leaves ca.key without ca.pem, which the next start
-                // reports instead of issuing from a certificate whose key is lost.
-                try Files.writeAtomically(
-                    directory: stateDirectory, name: keyFileName, bytes: Array(keyPEM.utf8),
-                    mode: 0o600)
-                try Files.writeAtomically(
-                    directory: stateDirectory, name: certificateFileName, bytes: Array(root.certificate.pem.utf8),
-                    mode: 0o600)
-            } catch {
-                throw LocalCAError("state dir \(stateDirectory): \(error)")
-            }
-            return LocalCA(
-                trustDomain: trustDomain, signingCertificate: root.certificate, signingKey: root.key,
-                intermediates: [], roots: [root.certificate], createdNewRoot: true)
-        case (true, false):
-            throw LocalCAError("\(keyPath) is missing but \(certificatePath) exists; restore it or remove both")
-        case (false, true):
+        let roots = try LocalCARoots.open(
+            stateDirectory: stateDirectory, trustDomain: trustDomain, now: now, rootLifetime: rootLifetime,
+            nameConstrained: nameConstrained)
+        let certificate = roots.current.signingCertificate
+        guard now < certificate.notAfter else {
             throw LocalCAError(
-                "\(certificatePath) is missing but \(keyPath) exists (interrupted first start?); restore it or remove both"
-            )
-        case (true, true):
-            let certificate = try readCertificate(certificatePath)
-            let key = try readKey(keyPath)
-            guard certificate.publicKeyMatches(key) else {
-                throw LocalCAError("\(keyPath) does not match the certificate in \(certificatePath)")
-            }
-            guard certificate.isCA, certificate.keyUsage?.contains(.keyCertSign) == true else {
-                throw LocalCAError("\(certificatePath) is not a CA certificate (needs CA:TRUE and keyCertSign)")
-            }
-            let domains = certificate.uriSANs.compactMap { try? SPIFFEID(parsing: $0).trustDomain }
-            guard domains.contains(trustDomain) else {
-                let found = domains.isEmpty ? "no trust domain" : "trust domain \(domains[0])"
-                throw LocalCAError("\(certificatePath) is the CA of \(found), not \(trustDomain)")
-            }
-            guard now < certificate.notAfter else {
-                throw LocalCAError("\(certificatePath) expired at \(certificate.notAfter)")
-            }
-            return LocalCA(
-                trustDomain: trustDomain, signingCertificate: certificate, signingKey: key, intermediates: [],
-                roots: [certificate], createdNewRoot: false)
+                "\(stateDirectory)/\(certificateFileName) expired at \(certificate.notAfter)")
         }
+        return roots.current
     }
 
     /// A root kept in memory only (tests, benchmarks).
@@ -184,7 +137,7 @@ public final class LocalCA: Sendable {
         }
     }
 
-    private static func makeRoot(
+    static func makeRoot(
         trustDomain: TrustDomain, now: Timestamp, lifetime: Int64, nameConstrained: Bool
     ) throws -> (certificate: Certificate, key: PrivateKey) {
         let key = try PrivateKey.generate(.ecdsaP256)
@@ -197,7 +150,7 @@ public final class LocalCA: Sendable {
         return (try builder.sign(issuer: nil, issuerKey: key), key)
     }
 
-    private static func readCertificate(_ path: String) throws -> Certificate {
+    static func readCertificate(_ path: String) throws -> Certificate {
         let bytes: [UInt8]
         do throws(SystemError) {
             bytes = try Files.read(path)
@@ -217,7 +170,7 @@ public final class LocalCA: Sendable {
         }
     }
 
-    private static func readKey(_ path: String) throws -> PrivateKey {
+    static func readKey(_ path: String) throws -> PrivateKey {
         let bytes: [UInt8]
         do throws(SystemError) {
             bytes = try Files.read(path)
@@ -230,6 +183,9 @@ public final class LocalCA: Sendable {
             throw LocalCAError("\(path) is not a valid PEM private key (corrupt or truncated): \(error)")
         }
     }
+
+    /// The signing key as PKCS#8 PEM, for saving a root (`LocalCARoots`).
+    func signingKeyPEM() throws -> String { try signingKey.pkcs8PEM() }
 
     // MARK: - Issuing
 

@@ -62,7 +62,11 @@ public indirect enum JSONValue: Sendable, Equatable {
             case "\u{08}": out += "\\b"
             case "\u{0C}": out += "\\f"
             // U+2028/2029 are valid JSON but end lines in JavaScript; escaping them keeps JSON Lines safe anywhere.
-            case _ where scalar.value < 0x20 || scalar.value == 0x2028 || scalar.value == 0x2029:
+            // DEL and the C1 controls are valid JSON too, but a terminal acts on them: escaped, a log line cannot
+            // move the cursor or hide text.
+            case _
+            where scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar.value == 0x2028
+                || scalar.value == 0x2029:
                 let digits = Array("0123456789abcdef")
                 var escape = "\\u"
                 for shift in stride(from: 12, through: 0, by: -4) {

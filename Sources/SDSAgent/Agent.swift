@@ -23,13 +23,7 @@ public final class Agent {
     let server: SDSServer
     private var issuer: (any Issuer)?
     private let clock: any WallClock
-    private var fileWatcher: FileWatcher?
-    /// Every watched file → the file-backed names that read it (a name reads one or two files).
-    private var namesByFile: [String: Set<String>] = [:]
-    /// File-backed names subscribed so far.
-    private var fileNames: Set<String> = []
-    /// The last load error per file-backed name: a lasting problem is logged once, not on every file event.
-    private var fileErrors: [String: String] = [:]
+    let fileNames: FileBackedNames
     private var federatedNames: Set<String> = []
     private var current: IdentityUpdate?
     private var lastIssuerError: IssuerError?
@@ -46,22 +40,49 @@ public final class Agent {
         self.logger = logger
         self.clock = clock
         self.loop = try EventLoop()
+        LogSink.standardError.attach(to: loop)
         let ownID = configuration.spiffeID
         let ownTD = configuration.trustDomain
         self.ownID = ownID
         self.ownTrustDomain = ownTD
+        let classify: @Sendable (String) -> SecretName = { name in
+            SecretName(name, ownID: ownID, ownTrustDomain: ownTD)
+        }
+        let fileNames = FileBackedNames(
+            policy: FileAccessPolicy(
+                allowedDirectories: configuration.fileDirectories,
+                protectedPaths: [configuration.stateDir] + (configuration.caKeyPath.map { [$0] } ?? []),
+                allowedFiles: [SecretName.systemTrustStore]),
+            loop: loop, logger: logger, clock: clock, classify: classify)
+        self.fileNames = fileNames
         // Names we will serve once they exist are "served" (held while pending); everything else is never served.
+        let refusals = fileNames.refusals
         let classifier: SecretCache.NameClassifier = { name in
-            switch SecretName(name, ownID: ownID, ownTrustDomain: ownTD) {
-            case .workloadCertificate, .ownBundle, .allBundles, .fileCertificate, .fileRoot: return .served
+            switch classify(name) {
+            case .workloadCertificate, .ownBundle, .allBundles: return .served
+            case .fileCertificate, .fileRoot: return refusals.byName[name] == nil ? .served : .neverServed
             case .federatedBundle, .unknown: return .neverServed
             }
         }
         self.service = SecretDiscoveryService(classifier: classifier, logger: logger)
         let router = GRPCRouter()
         service.register(on: router)
-        self.server = SDSServer(loop: loop, router: router, logger: logger, limits: configuration.limits)
-        service.onSubscribe = { [unowned self] names in self.loadFileNames(names) }
+        self.server = SDSServer(
+            loop: loop, router: router, logger: logger,
+            admission: PeerAdmission(uids: configuration.allowedUIDs, gids: configuration.allowedGIDs),
+            limits: OutboundLimits(
+                maxQueuedBytes: configuration.maxQueuedBytes, writeStallTimeout: configuration.writeStallTimeout),
+            inboundLimits: configuration.limits)
+        service.onSubscribe = { [unowned self] names, peer in self.fileNames.subscribe(names, peer: peer) }
+        service.onRelease = { [unowned self] names in self.fileNames.release(names) }
+        fileNames.publish = { [unowned self] secrets in
+            if !self.service.publish(secrets).isEmpty { self.server.flushAll() }
+        }
+        fileNames.unpublish = { [unowned self] names in self.service.unpublish(names) }
+        fileNames.reclassify = { [unowned self] in
+            self.service.reclassify()
+            self.server.flushAll()
+        }
     }
 
     /// Binds the socket, starts the issuer and serves until SIGTERM/SIGINT. Returns the exit code.
@@ -105,32 +126,65 @@ public final class Agent {
         return 0
     }
 
-    /// The embedded CA issuer for this configuration (state dir or operator-supplied CA).
+    /// The embedded CA issuer for this configuration: an operator-supplied CA (warned about before it expires) or
+    /// the state dir's self-made roots (rotated on `RootRotationSchedule`).
     public func makeLocalCAIssuer() throws -> any Issuer {
         let trustDomain = try TrustDomain(configuration.trustDomain)
         let spiffeID = try SPIFFEID(parsing: configuration.spiffeID)
         let now = clock.now()
-        let ca: LocalCA
+        let ttl = Int64(configuration.svidTTL.rounded(.up))
+        let scheduler = EventLoopScheduler(loop: loop)
+        let rotation = RotationPolicy(gracePeriodRatio: configuration.rotateRatio)
+        let onEvent: (LocalCAIssuer.Event) -> Void = { [logger] event in Agent.log(event, logger) }
         if let certPath = configuration.caCertPath, let keyPath = configuration.caKeyPath {
-            ca = try LocalCA.operatorSupplied(
+            let ca = try LocalCA.operatorSupplied(
                 certificateChainPath: certPath, keyPath: keyPath, trustDomain: trustDomain, now: now)
             logger.info(
-                "CA loaded", metadata: ["certificate": "\(certPath)", "subject": "\(ca.signingCertificate.subject)"])
-        } else {
-            ca = try LocalCA.openOrCreate(
-                stateDirectory: configuration.stateDir, trustDomain: trustDomain, now: now,
-                rootLifetime: Int64(configuration.caTTL))
-            logger.info(
-                ca.createdNewRoot ? "CA created" : "CA loaded",
+                "CA loaded",
                 metadata: [
-                    "state_dir": "\(configuration.stateDir)", "serial": "\(ca.signingCertificate.serialHex)",
+                    "certificate": "\(certPath)", "subject": "\(ca.signingCertificate.subject)",
                     "not_after": "\(ca.signingCertificate.notAfter)",
                 ])
+            return LocalCAIssuer(
+                ca: ca, spiffeID: spiffeID, ttl: ttl, clock: clock, scheduler: scheduler, rotation: rotation,
+                onEvent: onEvent)
         }
+        let roots = try LocalCARoots.open(
+            stateDirectory: configuration.stateDir, trustDomain: trustDomain, now: now,
+            rootLifetime: Int64(configuration.caTTL.rounded(.up)))
+        if roots.finishedInterruptedRetirement {
+            logger.warning(
+                "CA root retirement was interrupted; finished it", metadata: ["state_dir": "\(configuration.stateDir)"])
+        }
+        var metadata: Logger.Metadata = [
+            "state_dir": "\(configuration.stateDir)", "serial": "\(roots.current.signingCertificate.serialHex)",
+            "not_after": "\(roots.current.signingCertificate.notAfter)",
+        ]
+        if let successor = roots.successor {
+            metadata["successor_serial"] = "\(successor.signingCertificate.serialHex)"
+        }
+        logger.info(roots.createdNewRoot ? "CA created" : "CA loaded", metadata: metadata)
         return LocalCAIssuer(
-            ca: ca, spiffeID: spiffeID, ttl: Int64(configuration.svidTTL), clock: clock,
-            scheduler: EventLoopScheduler(loop: loop),
-            rotation: RotationPolicy(gracePeriodRatio: configuration.rotateRatio))
+            roots: roots, spiffeID: spiffeID, ttl: ttl, clock: clock, scheduler: scheduler, rotation: rotation,
+            onEvent: onEvent)
+    }
+
+    private static func log(_ event: LocalCAIssuer.Event, _ logger: Logger) {
+        switch event {
+        case .successorPublished(let serial, let signsFrom):
+            logger.info(
+                "CA successor root published in the bundle",
+                metadata: ["serial": "\(serial)", "signs_from": "\(signsFrom)"])
+        case .signingSwitched(let serial):
+            logger.info("CA now signs with the successor root", metadata: ["serial": "\(serial)"])
+        case .rootRetired(let serial):
+            logger.info(
+                "CA root retired from the bundle (every SVID it signed has expired)", metadata: ["serial": "\(serial)"])
+        case .operatorCAExpiring(let serial, let notAfter):
+            logger.warning(
+                "operator CA expires soon and sds-agent cannot rotate it: replace --ca-cert/--ca-key",
+                metadata: ["serial": "\(serial)", "not_after": "\(notAfter)"])
+        }
     }
 
     /// The SPIRE Workload API client for this configuration (`--issuer workload-api`).
@@ -199,7 +253,7 @@ public final class Agent {
     private func rotateNow() {
         logger.info("SIGHUP: rotating now")
         issuer?.rotateNow()
-        reloadFileNames(fileNames)
+        fileNames.reloadAll()
     }
 
     private func drain(signal: String) {
@@ -212,8 +266,9 @@ public final class Agent {
         logger.info("draining", metadata: ["signal": "\(signal)", "connections": "\(server.connectionCount)"])
         server.stopListening()
         issuer?.stop()
-        service.finishAll(GRPCStatus(.unavailable, "sds-agent is shutting down"))
+        // The shutdown notice first, then every call's trailers; the final GOAWAY follows one round trip later.
         server.beginDrain()
+        service.finishAll(GRPCStatus(.unavailable, "sds-agent is shutting down"))
         server.flushAll()
         if server.connectionCount == 0 {
             loop.stop()
@@ -228,57 +283,5 @@ public final class Agent {
             deadline.cancel()
             self.loop.stop()
         }
-    }
-
-    // MARK: File-backed names
-
-    private func loadFileNames(_ names: [String]) {
-        var fresh: Set<String> = []
-        for name in names where !fileNames.contains(name) {
-            let paths: [String]
-            switch SecretName(name, ownID: ownID, ownTrustDomain: ownTrustDomain) {
-            case .fileCertificate(let cert, let key): paths = [cert, key]
-            case .fileRoot(let path): paths = [path]
-            default: continue
-            }
-            fileNames.insert(name)
-            for path in paths { namesByFile[path, default: []].insert(name) }
-            watch(paths)
-            fresh.insert(name)
-        }
-        if !fresh.isEmpty { reloadFileNames(fresh) }
-    }
-
-    private func watch(_ paths: [String]) {
-        do {
-            if fileWatcher == nil {
-                fileWatcher = try FileWatcher(loop: loop) { [unowned self] changed in self.filesChanged(changed) }
-            }
-            for path in paths { try fileWatcher?.watch(file: path) }
-        } catch {
-            logger.warning("cannot watch files (changes need SIGHUP)", metadata: ["error": "\(error)"])
-        }
-    }
-
-    private func filesChanged(_ paths: Set<String>) {
-        reloadFileNames(Set(paths.flatMap { namesByFile[$0] ?? [] }))
-    }
-
-    private func reloadFileNames(_ names: Set<String>) {
-        var secrets: [Secret] = []
-        for name in names.sorted() {
-            let kind = SecretName(name, ownID: ownID, ownTrustDomain: ownTrustDomain)
-            do {
-                secrets.append(try FileSecrets.load(name, kind: kind, now: clock.now()))
-                fileErrors[name] = nil
-            } catch {
-                // Held, not failed: istio-agent also waits for mounted files to appear.
-                if fileErrors[name] != error.description {
-                    logger.warning("file-backed secret not ready", metadata: ["name": "\(name)", "error": "\(error)"])
-                }
-                fileErrors[name] = error.description
-            }
-        }
-        if !service.publish(secrets).isEmpty { server.flushAll() }
     }
 }

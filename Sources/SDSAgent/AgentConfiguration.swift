@@ -1,4 +1,5 @@
 import Glibc
+import Issuance
 import Logging
 import Transport
 
@@ -25,21 +26,41 @@ public struct AgentConfiguration: Sendable {
     public var logLevel: Logger.Level
     public var logFormat: LogOutput.Format
     public var drainTimeout: Double
+    /// Directories `file-cert:`/`file-root:` names may read from (see `FileAccessPolicy`).
+    public var fileDirectories: [String]
+    /// Peers admitted on the socket: by user ID, or by group ID (either admits).
+    public var allowedUIDs: Set<UInt32>
+    public var allowedGIDs: Set<UInt32>
+    public var writeStallTimeout: Double = OutboundLimits.defaultWriteStallTimeout
+    public var maxQueuedBytes: Int = OutboundLimits.defaultMaxQueuedBytes
     /// Bounds on what peers of the socket can make the agent hold (`--max-request-bytes`, `--max-connections`).
-    public var limits: InboundLimits
+    public var limits = InboundLimits()
 
+    /// Why 10 min: a drain only waits for peers to take the last bytes; Kubernetes' default grace period is 30 s,
+    /// and an unbounded (or `inf`) drain would keep a dead pod's sidecar alive forever.
+    public static let maxDrainTimeout: Double = 600
+    /// Why 10 min: longer only keeps a stuck peer's memory; shorter than ~1 s would cut off a busy but healthy Envoy.
+    public static let maxWriteStallTimeout: Double = 600
+    /// Why 100 ms: below that, an ordinary scheduling delay of a healthy Envoy would count as a stall.
+    public static let minWriteStallTimeout: Double = 0.1
+    /// Why 1 GiB: the budget is per connection; more than that means a misplaced unit, not a need.
+    public static let maxQueuedBytesLimit = 1 << 30
+
+    /// Shorter SVIDs are for tests and demos of rotation; below 10 s an SVID could expire between Envoy's first
+    /// reconnect attempts to a restarting agent (its xDS backoff starts at 0.5 s and doubles).
+    public static let minimumSVIDTTL: Double = 10
     public static let defaultSocket = "/run/secrets/workload-spiffe-uds/socket"
     public static let defaultStateDir = "/var/lib/sds-agent"
     public static let defaultUpstreamSocket = "unix:///run/spire/sockets/agent.sock"
 
     /// The range each duration flag accepts. Every duration is finite and positive; the upper ends catch unit
     /// mistakes (`--svid-ttl 3600h` meant as seconds) and keep every derived timer and certificate date in range.
-    /// SVIDs: at least 1m (an SVID must outlive Envoy's reconnect backoff), at most 90 days (istiod's maximum
-    /// workload certificate lifetime). CA root: at most 10 years. Drain: at most 1h (Kubernetes kills a pod after
-    /// its termination grace period, 30 s by default, long before).
-    public static let svidTTLRange: ClosedRange<Double> = 60...(90 * 86400)
-    public static let caTTLRange: ClosedRange<Double> = 60...(10 * 365 * 86400)
-    public static let drainTimeoutRange: ClosedRange<Double> = 0.001...3600
+    /// SVIDs: from `minimumSVIDTTL` to 90 days (istiod's maximum workload certificate lifetime). CA root: at most 10
+    /// years (and at least its rotation ratio times the SVID lifetime, checked with the issuer). Drain: at most
+    /// `maxDrainTimeout`.
+    public static let svidTTLRange: ClosedRange<Double> = minimumSVIDTTL...(90 * 86400)
+    public static let caTTLRange: ClosedRange<Double> = minimumSVIDTTL...(10 * 365 * 86400)
+    public static let drainTimeoutRange: ClosedRange<Double> = 0.001...maxDrainTimeout
 }
 
 /// Flag values as typed by the user (nil when absent). The executable fills it; `resolve` does the rest.
@@ -61,6 +82,11 @@ public struct RawAgentOptions: Sendable, Equatable {
     public var drainTimeout: String?
     public var maxRequestBytes: String?
     public var maxConnections: String?
+    public var fileDirs: String?
+    public var allowUIDs: String?
+    public var allowGIDs: String?
+    public var writeStallTimeout: String?
+    public var maxQueuedBytes: String?
     public init() {}
 }
 
@@ -80,7 +106,8 @@ extension AgentConfiguration {
     /// (the SPIFFE rules live in the SPIFFE module; the caller passes them in).
     public static func resolve(
         _ options: RawAgentOptions, environment: [String: String],
-        validateTrustDomain: (String) -> String?, validateSPIFFEID: (String, String) -> String?
+        validateTrustDomain: (String) -> String?, validateSPIFFEID: (String, String) -> String?,
+        ownUID: UInt32 = geteuid()
     ) throws(ConfigurationError) -> AgentConfiguration {
         func pick(_ flag: String?, _ env: String?, _ fallback: String) -> String {
             if let flag { return flag }
@@ -122,30 +149,37 @@ extension AgentConfiguration {
 
         let ttl = try duration(
             pick(options.svidTTL, "SECRET_TTL", "1h"), flag: "--svid-ttl (SECRET_TTL)", range: svidTTLRange,
-            why: "an SVID must outlive Envoy's reconnect backoff; istiod issues at most 90 days")
+            why: "an SVID must outlive Envoy's first reconnect attempts; istiod issues at most 90 days")
         let ratioText = pick(options.rotateRatio, "SECRET_GRACE_PERIOD_RATIO", "0.5")
         guard let ratio = Double(ratioText), ratio > 0, ratio < 1 else {
             throw ConfigurationError(
                 flag: "--rotate-ratio (SECRET_GRACE_PERIOD_RATIO)",
                 problem: "'\(ratioText)' must be a number between 0 and 1 (0.5 rotates at half-life)")
         }
-        let caTTL = try duration(
-            pick(options.caTTL, "SDS_CA_TTL", "8760h"), flag: "--ca-ttl", range: caTTLRange, why: "at most 10 years")
-        guard caTTL > ttl else {
-            throw ConfigurationError(flag: "--ca-ttl", problem: "must be longer than --svid-ttl")
-        }
-
         let caCert = pickOptional(options.caCert, "SDS_CA_CERT")
         let caKey = pickOptional(options.caKey, "SDS_CA_KEY")
         if (caCert == nil) != (caKey == nil) {
             throw ConfigurationError(
                 flag: caCert == nil ? "--ca-cert" : "--ca-key", problem: "--ca-cert and --ca-key go together")
         }
-
+        let caTTL = try duration(
+            pick(options.caTTL, "SDS_CA_TTL", "8760h"), flag: "--ca-ttl", range: caTTLRange, why: "at most 10 years")
         let issuerText = pick(options.issuer, "SDS_ISSUER", "local")
         guard let issuer = IssuerKind(rawValue: issuerText) else {
             throw ConfigurationError(flag: "--issuer", problem: "'\(issuerText)' is not one of: local, workload-api")
         }
+        // A self-made root must hold its rotation: the successor in the bundle an SVID lifetime and a margin before
+        // it signs, the old root kept until its last SVID expires (RootRotationSchedule). An operator CA (or
+        // SPIRE) is not rotated here, so --ca-ttl does not apply to it.
+        let rootRatio = Double(RootRotationSchedule.minimumRootToSVIDLifetimeRatio)
+        if issuer == .local && caCert == nil && caTTL < rootRatio * ttl.rounded(.up) {
+            throw ConfigurationError(
+                flag: "--ca-ttl",
+                problem:
+                    "must be at least \(Int(rootRatio)) × --svid-ttl (\(DurationText.format(seconds: rootRatio * ttl.rounded(.up)))) so the root can rotate with overlap, got \(DurationText.format(seconds: caTTL))"
+            )
+        }
+
         let upstreamText = pick(options.upstreamSocket, "UPSTREAM_SPIFFE_ENDPOINT_SOCKET", defaultUpstreamSocket)
         let upstream: UnixSocketAddress
         do { upstream = try UnixSocketAddress(upstreamText) } catch {
@@ -164,7 +198,18 @@ extension AgentConfiguration {
         }
         let drain = try duration(
             pick(options.drainTimeout, "SDS_DRAIN_TIMEOUT", "5s"), flag: "--drain-timeout", range: drainTimeoutRange,
-            why: "Kubernetes stops a pod long before an hour")
+            why: "a drain only waits for peers to take the last bytes")
+        let stall = try duration(
+            pick(options.writeStallTimeout, "SDS_WRITE_STALL_TIMEOUT", "30s"), flag: "--write-stall-timeout",
+            range: minWriteStallTimeout...maxWriteStallTimeout,
+            why: "shorter cuts off a healthy Envoy, longer only keeps a stuck peer's memory")
+        let queuedText = pick(
+            options.maxQueuedBytes, "SDS_MAX_QUEUED_BYTES", String(OutboundLimits.defaultMaxQueuedBytes))
+        guard let queued = Int(queuedText), queued >= 64 << 10, queued <= maxQueuedBytesLimit else {
+            throw ConfigurationError(
+                flag: "--max-queued-bytes",
+                problem: "'\(queuedText)' must be a byte count from \(64 << 10) to \(maxQueuedBytesLimit)")
+        }
 
         var limits = InboundLimits()
         limits.maxRequestBytes = try count(
@@ -174,11 +219,61 @@ extension AgentConfiguration {
             pick(options.maxConnections, "SDS_MAX_CONNECTIONS", String(InboundLimits.defaultMaxConnections)),
             flag: "--max-connections", range: InboundLimits.maxConnectionsRange)
 
-        return AgentConfiguration(
+        let fileDirs = try directories(
+            pick(options.fileDirs, "SDS_FILE_DIRS", FileAccessPolicy.defaultDirectories.joined(separator: ",")))
+        let uids = try ids(pickOptional(options.allowUIDs, "SDS_ALLOW_UIDS"), flag: "--allow-uid (SDS_ALLOW_UIDS)")
+        let gids = try ids(pickOptional(options.allowGIDs, "SDS_ALLOW_GIDS"), flag: "--allow-gid (SDS_ALLOW_GIDS)")
+
+        var configuration = AgentConfiguration(
             socket: socket, socketMode: mode, trustDomain: trustDomain, spiffeID: spiffeID, svidTTL: ttl,
             rotateRatio: ratio, stateDir: pick(options.stateDir, "SDS_STATE_DIR", defaultStateDir), caTTL: caTTL,
             caCertPath: caCert, caKeyPath: caKey, issuer: issuer, upstreamSocket: upstream, logLevel: level,
-            logFormat: format, drainTimeout: drain, limits: limits)
+            logFormat: format, drainTimeout: drain, fileDirectories: fileDirs,
+            // The agent's own user is always admitted (it can read the agent's files anyway, and probes run as it);
+            // by default no one else, matching the socket's 0600 default.
+            allowedUIDs: Set(uids ?? []).union([ownUID]), allowedGIDs: Set(gids ?? []))
+        configuration.writeStallTimeout = stall
+        configuration.maxQueuedBytes = queued
+        configuration.limits = limits
+        return configuration
+    }
+
+    /// `--file-dirs`: absolute directories, comma-separated. `/` is refused: it would let any client read any file
+    /// the agent can read.
+    private static func directories(_ text: String) throws(ConfigurationError) -> [String] {
+        let flag = "--file-dirs (SDS_FILE_DIRS)"
+        var result: [String] = []
+        for part in text.split(separator: ",", omittingEmptySubsequences: true) {
+            var path = String(part)
+            while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
+            guard path.hasPrefix("/") else {
+                throw ConfigurationError(flag: flag, problem: "'\(part)' is not an absolute directory")
+            }
+            guard path != "/" else {
+                throw ConfigurationError(
+                    flag: flag,
+                    problem: "'/' would serve every file the agent can read; name the certificate directories")
+            }
+            guard !path.split(separator: "/").contains("..") else {
+                throw ConfigurationError(flag: flag, problem: "'\(part)' contains '..'")
+            }
+            result.append(path)
+        }
+        return result
+    }
+
+    /// `--allow-uid` / `--allow-gid`: decimal IDs, comma-separated; nil when not given.
+    private static func ids(_ text: String?, flag: String) throws(ConfigurationError) -> [UInt32]? {
+        guard let text else { return nil }
+        var result: [UInt32] = []
+        for part in text.split(separator: ",", omittingEmptySubsequences: false) {
+            let trimmed = part.trimmingPrefix(" ")
+            guard let id = UInt32(trimmed), id != UInt32.max else {
+                throw ConfigurationError(flag: flag, problem: "'\(part)' is not a numeric ID (e.g. 1337,1000)")
+            }
+            result.append(id)
+        }
+        return result
     }
 
     private static func duration(_ text: String, flag: String, range: ClosedRange<Double>, why: String)

@@ -1,6 +1,7 @@
 import Glibc
 import Logging
 import SPIFFE
+import Transport
 
 /// Entry point of `sds-agent run`: resolves the configuration, then runs the agent until a stop signal.
 public enum AgentMain {
@@ -17,6 +18,7 @@ public enum AgentMain {
         }
         let level = configuration.logLevel
         let format = configuration.logFormat
+        LogOutput.bootstrap(format: format)
         LoggingSystem.bootstrap { label in LogOutput(label: label, format: format, level: level) }
         let logger = Logger(label: "sds-agent")
         let agent: Agent
@@ -26,12 +28,15 @@ public enum AgentMain {
             printError("sds-agent: \(error)")
             return 1
         }
-        return agent.run { agent in
+        let code = agent.run { agent in
             switch agent.configuration.issuer {
             case .local: return try agent.makeLocalCAIssuer()
             case .workloadAPI: return try agent.makeWorkloadAPIIssuer()
             }
         }
+        // The last lines (why it stopped) matter most; wait for stderr a bounded time, the loop is done by now.
+        LogSink.standardError.flush(timeout: 1)
+        return code
     }
 
     static func validateTrustDomain(_ text: String) -> String? {

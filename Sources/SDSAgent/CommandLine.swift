@@ -42,17 +42,19 @@ public enum AgentCommandLine {
             set: { $0.spiffeID = $1 }),
         Flag(
             name: "svid-ttl", valueName: "duration", environment: "SECRET_TTL",
-            help: "SVID lifetime, e.g. 1h, 30m, 24h (default 1h; 1m to 2160h).", set: { $0.svidTTL = $1 }),
+            help: "SVID lifetime, e.g. 1h, 30m, 24h (default 1h; 10s to 2160h).", set: { $0.svidTTL = $1 }),
         Flag(
             name: "rotate-ratio", valueName: "ratio", environment: "SECRET_GRACE_PERIOD_RATIO",
             help: "Rotate when this fraction of the lifetime is left (default 0.5).", set: { $0.rotateRatio = $1 }),
         Flag(
             name: "state-dir", valueName: "dir", environment: "SDS_STATE_DIR",
-            help: "Where the local CA keeps ca.pem and ca.key, 0600 (default /var/lib/sds-agent).",
+            help:
+                "Where the local CA keeps ca.pem, ca.key (and ca-next.* while rotating), 0600; must be ours and not group/world-writable (default /var/lib/sds-agent).",
             set: { $0.stateDir = $1 }),
         Flag(
             name: "ca-ttl", valueName: "duration", environment: "SDS_CA_TTL",
-            help: "Lifetime of a newly created local CA root (default 8760h; at most 87600h).",
+            help:
+                "Lifetime of each local CA root, rotated with overlap; 6 x --svid-ttl to 87600h (default 8760h).",
             set: { $0.caTTL = $1 }),
         Flag(
             name: "ca-cert", valueName: "pem", environment: "SDS_CA_CERT",
@@ -77,9 +79,30 @@ public enum AgentCommandLine {
             name: "log-format", valueName: "format", environment: "LOG_FORMAT",
             help: "text (default) or json.", set: { $0.logFormat = $1 }),
         Flag(
+            name: "file-dirs", valueName: "dir,dir", environment: "SDS_FILE_DIRS",
+            help:
+                "Directories file-cert:/file-root: names may read (default /etc/certs,/etc/istio,/var/run/secrets/istio).",
+            set: { $0.fileDirs = $1 }),
+        Flag(
+            name: "allow-uid", valueName: "uid,uid", environment: "SDS_ALLOW_UIDS",
+            help: "User IDs admitted on the socket, checked by SO_PEERCRED (the agent's own UID always is).",
+            set: { $0.allowUIDs = $1 }),
+        Flag(
+            name: "allow-gid", valueName: "gid,gid", environment: "SDS_ALLOW_GIDS",
+            help: "Group IDs admitted on the socket, besides --allow-uid (default: none).",
+            set: { $0.allowGIDs = $1 }),
+        Flag(
             name: "drain-timeout", valueName: "duration", environment: "SDS_DRAIN_TIMEOUT",
-            help: "How long SIGTERM waits for peers to take the last bytes (default 5s; at most 1h).",
+            help: "How long SIGTERM waits for peers to take the last bytes (default 5s, at most 10m).",
             set: { $0.drainTimeout = $1 }),
+        Flag(
+            name: "write-stall-timeout", valueName: "duration", environment: "SDS_WRITE_STALL_TIMEOUT",
+            help: "Disconnect a peer that takes no byte this long while data waits for it (default 30s, 100ms to 10m).",
+            set: { $0.writeStallTimeout = $1 }),
+        Flag(
+            name: "max-queued-bytes", valueName: "bytes", environment: "SDS_MAX_QUEUED_BYTES",
+            help: "Disconnect a peer that lets more than this wait for it, per connection (default 16777216).",
+            set: { $0.maxQueuedBytes = $1 }),
         Flag(
             name: "max-request-bytes", valueName: "bytes", environment: "SDS_MAX_REQUEST_BYTES",
             help:
@@ -158,6 +181,13 @@ public enum AgentCommandLine {
             SIGNALS:
               SIGHUP           rotate the SVID now and push it to every stream
               SIGTERM, SIGINT  stop accepting, GOAWAY, end streams UNAVAILABLE, remove the socket, exit 0
+
+            SECURITY:
+              The socket is created with --socket-mode (0600 by default). Every connection's peer, as the kernel
+              records it (SO_PEERCRED), must be the agent's own UID or named in --allow-uid/--allow-gid; others are
+              closed before any byte is read. file-cert:/file-root: names read only regular files below --file-dirs
+              (symlinks resolved), never the state dir or --ca-key. --ca-cert/--ca-key in every pod lets every pod
+              mint any identity of the trust domain: a dev or single-node mode; a mesh uses --issuer workload-api.
 
             EXIT CODES: 0 clean stop, 1 runtime failure (e.g. damaged --state-dir), 2 bad flag or value.
 

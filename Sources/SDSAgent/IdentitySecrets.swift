@@ -45,31 +45,45 @@ enum IdentitySecrets {
 }
 
 /// Istio's file-backed names (`file-cert:<cert>~<key>`, `file-root:<ca>`): read, validated, served as inline PEM
-/// so Envoy never needs access to the files.
+/// so Envoy never needs access to the files. Reading goes through the caller's `read`, which enforces the
+/// `FileAccessPolicy`.
 enum FileSecrets {
-    struct Failure: Error, CustomStringConvertible {
-        let description: String
+    enum Failure: Error, CustomStringConvertible {
+        /// The policy refuses a file of this name: never served.
+        case refused(FileAccessPolicy.Refusal)
+        /// Missing, unreadable or invalid for now: held until the files change.
+        case notReady(String)
+
+        var description: String {
+            switch self {
+            case .refused(let refusal): return refusal.description
+            case .notReady(let problem): return problem
+            }
+        }
     }
 
-    static func load(_ name: String, kind: SecretName, now: Timestamp) throws(Failure) -> Secret {
+    static func load(
+        _ name: String, kind: SecretName, now: Timestamp, read: (String) throws(Failure) -> [UInt8]
+    ) throws(Failure) -> Secret {
+        func text(_ path: String) throws(Failure) -> String { String(decoding: try read(path), as: UTF8.self) }
         switch kind {
         case .fileCertificate(let certificatePath, let keyPath):
-            let chainPEM = try read(certificatePath)
-            let keyPEM = try read(keyPath)
+            let chainPEM = try text(certificatePath)
+            let keyPEM = try text(keyPath)
             let chain: [Certificate]
             let key: PrivateKey
             do {
                 chain = try Certificate.parseChain(pem: chainPEM)
                 key = try PrivateKey(pem: keyPEM)
             } catch {
-                throw Failure(description: "\(name): \(error)")
+                throw .notReady("\(name): \(error)")
             }
-            guard let leaf = chain.first else { throw Failure(description: "\(certificatePath): no certificate") }
+            guard let leaf = chain.first else { throw .notReady("\(certificatePath): no certificate") }
             guard leaf.publicKeyMatches(key) else {
-                throw Failure(description: "\(keyPath) does not match the certificate in \(certificatePath)")
+                throw .notReady("\(keyPath) does not match the certificate in \(certificatePath)")
             }
             guard now <= leaf.notAfter else {
-                throw Failure(description: "\(certificatePath) expired at \(leaf.notAfter)")
+                throw .notReady("\(certificatePath) expired at \(leaf.notAfter)")
             }
             return Secret(
                 name: name,
@@ -79,30 +93,15 @@ enum FileSecrets {
                         privateKey: .inlineBytes(Array(keyPEM.utf8)))
                 ))
         case .fileRoot(let path):
-            let pem = try read(path)
-            do {
-                guard !(try Certificate.parseChain(pem: pem)).isEmpty else {
-                    throw Failure(description: "\(path): no certificate")
-                }
-            } catch let failure as Failure {
-                throw failure
-            } catch {
-                throw Failure(description: "\(path): \(error)")
-            }
+            let pem = try text(path)
+            let chain: [Certificate]
+            do { chain = try Certificate.parseChain(pem: pem) } catch { throw .notReady("\(path): \(error)") }
+            guard !chain.isEmpty else { throw .notReady("\(path): no certificate") }
             return Secret(
                 name: name,
                 kind: .validationContext(CertificateValidationContext(trustedCA: .inlineBytes(Array(pem.utf8)))))
         default:
-            throw Failure(description: "\(name) is not a file-backed name")
-        }
-    }
-
-    /// Certificates and keys are kilobytes; the 1 MiB cap only stops a wrong path from reading something huge.
-    static func read(_ path: String) throws(Failure) -> String {
-        do throws(SystemError) {
-            return String(decoding: try Files.read(path, limit: 1 << 20), as: UTF8.self)
-        } catch {
-            throw Failure(description: "\(error)")
+            throw .notReady("\(name) is not a file-backed name")
         }
     }
 }

@@ -1,9 +1,14 @@
 import Glibc
 import JSONText
 import Logging
+import Transport
 
 /// A swift-log handler writing one line per event to stderr, as text or JSON — what `kubectl logs` and log shippers
 /// expect from a sidecar. Timestamps come from the wall clock here (this is the I/O edge, not logic).
+///
+/// Values often come from clients (secret names, node IDs, error details), so one event is always exactly one line:
+/// in text, a value holding a space, quote, `=`, backslash or any control character is written as a quoted, escaped
+/// string; in JSON every string is escaped. Lines go through `LogSink`, which never blocks.
 public struct LogOutput: LogHandler {
     public enum Format: String, Sendable, CaseIterable {
         case text, json
@@ -35,8 +40,8 @@ public struct LogOutput: LogHandler {
         var out: String
         switch format {
         case .text:
-            out = "\(Self.timestamp()) \(level.rawValue.uppercased()) \(message)"
-            for key in keys { out += " \(key)=\(Self.textValue(merged[key]!))" }
+            out = "\(Self.timestamp()) \(level.rawValue.uppercased()) \(Self.textMessage("\(message)"))"
+            for key in keys { out += " \(Self.textValue(key))=\(Self.textValue("\(merged[key]!)"))" }
         case .json:
             out =
                 "{\"time\":\"\(Self.timestamp())\",\"level\":\"\(level.rawValue)\",\"msg\":\(Self.jsonString("\(message)"))"
@@ -44,13 +49,44 @@ public struct LogOutput: LogHandler {
             out += "}"
         }
         out += "\n"
-        // One write(2) per line so lines from a crash-time flush never interleave.
-        _ = out.withCString { write(2, $0, strlen($0)) }
+        LogSink.standardError.write(line: out)
     }
 
-    static func textValue(_ value: Logger.MetadataValue) -> String {
-        let text = "\(value)"
-        return text.contains(" ") || text.isEmpty ? jsonString(text) : text
+    /// Sets up stderr for non-blocking logging; the notice for dropped lines comes out in `format`.
+    public static func bootstrap(format: Format) {
+        LogSink.standardError.useStandardError()
+        LogSink.standardError.dropNotice = { count in
+            let message = "\(count) log lines dropped: stderr was not being read"
+            switch format {
+            case .text: return "\(timestamp()) WARNING \(message)\n"
+            case .json:
+                return "{\"time\":\"\(timestamp())\",\"level\":\"warning\",\"msg\":\(jsonString(message))}\n"
+            }
+        }
+    }
+
+    /// A metadata key or value: bare when it is plain, else quoted and escaped so it cannot end the line or pose
+    /// as another field.
+    static func textValue(_ text: String) -> String {
+        needsQuoting(text, allowSpaces: false) ? jsonString(text) : text
+    }
+
+    /// The message: ours, but it may embed client text; spaces are fine there, line breaks and controls are not.
+    static func textMessage(_ text: String) -> String {
+        needsQuoting(text, allowSpaces: true) ? jsonString(text) : text
+    }
+
+    static func needsQuoting(_ text: String, allowSpaces: Bool) -> Bool {
+        if text.isEmpty { return !allowSpaces }
+        return text.unicodeScalars.contains { scalar in
+            switch scalar {
+            case " ": return !allowSpaces
+            case "\"", "=", "\\": return !allowSpaces
+            default:
+                return scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar.value == 0x2028
+                    || scalar.value == 0x2029
+            }
+        }
     }
 
     static func jsonString(_ text: String) -> String { JSONValue.quoted(text) }

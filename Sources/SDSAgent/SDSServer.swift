@@ -4,6 +4,49 @@ import H2
 import Logging
 import Transport
 
+/// Which peers may use the socket, by the kernel's record of who connected (`SO_PEERCRED`): a peer is admitted
+/// when its user ID is in `uids` or its group ID is in `gids`. The socket's file mode decides who can connect at
+/// all; this decides who is served, so a mode opened to a group (0660) does not open it to every member's process.
+public struct PeerAdmission: Sendable, Equatable {
+    public var uids: Set<UInt32>
+    public var gids: Set<UInt32>
+
+    public init(uids: Set<UInt32>, gids: Set<UInt32> = []) {
+        self.uids = uids
+        self.gids = gids
+    }
+
+    public func admits(_ peer: PeerCredentials) -> Bool { uids.contains(peer.uid) || gids.contains(peer.gid) }
+}
+
+/// How much a connection may hold for a peer that does not read, and for how long.
+///
+/// Responses never pile up per stream (each SDS stream keeps at most one response in the transport and merges later
+/// changes into the next one), so what a connection can hold is bounded by its streams; these bounds cut off a peer
+/// that makes even that much wait.
+public struct OutboundLimits: Sendable, Equatable {
+    /// Bytes a connection may have waiting for its peer (HTTP/2 stream queues plus the socket's write queue).
+    /// Why 16 MiB: the largest legitimate burst is one response per stream on a full connection — 1,000 streams
+    /// (our SETTINGS_MAX_CONCURRENT_STREAMS) of a few KiB each — with room for large trust bundles.
+    public static let defaultMaxQueuedBytes = 16 << 20
+    /// Why 30 s: Envoy reads continuously; a peer whose data has waited this long without it taking a byte is
+    /// stuck or hostile, and a reconnecting Envoy gets the current state at once.
+    public static let defaultWriteStallTimeout: Double = 30
+
+    public var maxQueuedBytes: Int
+    /// A peer that takes no byte for this long while data waits for it is disconnected (checked by a timer armed
+    /// when data starts waiting: the cut comes between one and two timeouts after the peer's last read).
+    public var writeStallTimeout: Double
+
+    public init(
+        maxQueuedBytes: Int = OutboundLimits.defaultMaxQueuedBytes,
+        writeStallTimeout: Double = OutboundLimits.defaultWriteStallTimeout
+    ) {
+        self.maxQueuedBytes = maxQueuedBytes
+        self.writeStallTimeout = writeStallTimeout
+    }
+}
+
 /// The socket side of the agent: accepts Unix-socket connections and runs one HTTP/2 + gRPC session per
 /// connection on the event loop.
 ///
@@ -17,17 +60,29 @@ public final class SDSServer {
     private var connections: [ObjectIdentifier: ServerConnection] = [:]
     private var connectionCounter: UInt64 = 0
     private let h2Configuration: H2Configuration
-    let limits: InboundLimits
+    private let admission: PeerAdmission
+    /// Refused (uid, gid) pairs already logged: a refused peer that reconnects in a loop is logged once, and the set
+    /// is bounded so that many identities cannot grow it.
+    private var reportedRefusals: Set<UInt64> = []
+    public private(set) var refusedPeerCount = 0
+    let limits: OutboundLimits
+    /// What a peer may make the agent hold or do (see `InboundLimits`).
+    let inboundLimits: InboundLimits
     private var refusals = RefusalLog()
     /// Stop pulling bytes from nghttp2 while this much is queued in user space for the socket.
     static let writeHighWater = 256 * 1024
 
-    public init(loop: EventLoop, router: GRPCRouter, logger: Logger, limits: InboundLimits = InboundLimits()) {
+    public init(
+        loop: EventLoop, router: GRPCRouter, logger: Logger, admission: PeerAdmission,
+        limits: OutboundLimits = OutboundLimits(), inboundLimits: InboundLimits = InboundLimits()
+    ) {
         self.loop = loop
         self.router = router
         self.logger = logger
+        self.admission = admission
+        self.h2Configuration = inboundLimits.h2Configuration
         self.limits = limits
-        self.h2Configuration = limits.h2Configuration
+        self.inboundLimits = inboundLimits
     }
 
     public var connectionCount: Int { connections.count }
@@ -71,12 +126,13 @@ public final class SDSServer {
         connections.removeAll()
     }
 
-    /// The connection cap: past `limits.maxConnections` a new connection is closed at once, before any byte is
+    /// The connection cap: past `inboundLimits.maxConnections` a new connection is closed at once, before any byte is
     /// read or written (the peer sees EOF), so a flood of connections costs one accept and close each.
-    private func admit(_ fd: Int32) -> Bool {
-        guard connections.count < limits.maxConnections else {
+    private func admitUnderConnectionCap(_ fd: Int32) -> Bool {
+        guard connections.count < inboundLimits.maxConnections else {
             Glibc.close(fd)
-            refused("connection limit (\(limits.maxConnections)) reached: closing new connections", metadata: [:])
+            refused(
+                "connection limit (\(inboundLimits.maxConnections)) reached: closing new connections", metadata: [:])
             return false
         }
         return true
@@ -91,11 +147,16 @@ public final class SDSServer {
     }
 
     private func accept(_ fd: Int32) {
-        guard admit(fd) else { return }
+        guard admitUnderConnectionCap(fd) else { return }
+        guard let peer = admit(fd) else {
+            Glibc.close(fd)
+            return
+        }
         connectionCounter += 1
         let connection = ServerConnection(
-            id: connectionCounter, router: router, configuration: h2Configuration,
-            limits: limits, server: self)
+            id: connectionCounter, router: router, configuration: h2Configuration, inboundLimits: inboundLimits,
+            server: self, loop: loop)
+        connection.grpc.peer = peer.description
         do {
             connection.socket = try Connection(fd: fd, loop: loop, delegate: connection)
         } catch {
@@ -104,26 +165,66 @@ public final class SDSServer {
             return
         }
         connections[ObjectIdentifier(connection)] = connection
-        logger.info("connection opened", metadata: ["connection": "\(connection.id)"])
+        logger.info(
+            "connection opened",
+            metadata: [
+                "connection": "\(connection.id)", "peer_pid": "\(peer.pid)", "peer_uid": "\(peer.uid)",
+                "peer_gid": "\(peer.gid)",
+            ])
         connection.grpc.onLimitExceeded = { [unowned self] limit in
             self.refused("HTTP/2 \(limit.rawValue) limit crossed: stream refused", metadata: [:])
         }
         connection.grpc.onBufferBudgetExceeded = { [unowned self] in
-            let budget = self.limits.maxBufferedRequestBytesPerConnection
+            let budget = self.inboundLimits.maxBufferedRequestBytesPerConnection
             self.refused("partial requests on one connection past \(budget) bytes: stream ended", metadata: [:])
         }
-        connection.prefaceTimer = loop.schedule(after: limits.prefaceTimeout) { [weak self, weak connection] in
+        connection.prefaceTimer = loop.schedule(after: inboundLimits.prefaceTimeout) { [weak self, weak connection] in
             guard let self, let connection, !connection.grpc.session.prefaceReceived else { return }
-            self.refused("no HTTP/2 preface within \(self.limits.prefaceTimeout) s: closing", metadata: [:])
+            self.refused("no HTTP/2 preface within \(self.inboundLimits.prefaceTimeout) s: closing", metadata: [:])
             connection.close()
             self.closed(connection, reason: "no HTTP/2 preface")
         }
         connection.flush()  // the server preface, now
     }
 
+    /// The peer's credentials when it may be served; nil (logged once per uid/gid) when it may not. Checked before a
+    /// byte is read: a refused peer never reaches HTTP/2 or gRPC.
+    private func admit(_ fd: Int32) -> PeerCredentials? {
+        let peer: PeerCredentials
+        do { peer = try PeerCredentials(socket: fd) } catch {
+            logger.error("connection refused: cannot read peer credentials", metadata: ["error": "\(error)"])
+            return nil
+        }
+        if admission.admits(peer) { return peer }
+        refusedPeerCount += 1
+        let key = UInt64(peer.uid) << 32 | UInt64(peer.gid)
+        if reportedRefusals.count < Self.maxReportedRefusals, reportedRefusals.insert(key).inserted {
+            logger.warning(
+                "connection refused: peer not allowed (--allow-uid/--allow-gid)",
+                metadata: ["peer_pid": "\(peer.pid)", "peer_uid": "\(peer.uid)", "peer_gid": "\(peer.gid)"])
+        }
+        return nil
+    }
+
+    /// Distinct refused identities logged; beyond, refusals are only counted (`refusedPeerCount`).
+    static let maxReportedRefusals = 256
+
+    /// The peer stopped taking bytes or made too many wait: closed now, logged once (Envoy reconnects and gets the
+    /// current state).
+    fileprivate func cutOff(_ connection: ServerConnection, reason: String) {
+        logger.warning(
+            "disconnecting a peer that does not read",
+            metadata: [
+                "connection": "\(connection.id)", "reason": "\(reason)", "queued_bytes": "\(connection.queuedBytes)",
+            ])
+        connection.close()
+        closed(connection, reason: reason)
+    }
+
     fileprivate func closed(_ connection: ServerConnection, reason: String) {
         guard connections.removeValue(forKey: ObjectIdentifier(connection)) != nil else { return }
         connection.prefaceTimer?.cancel()
+        connection.stopStallWatch()
         connection.grpc.connectionLost()
         // A descriptor is free again: a listener paused on EMFILE may accept now.
         listener?.resume()
@@ -138,27 +239,57 @@ final class ServerConnection: ConnectionDelegate {
     let grpc: GRPCServerConnection
     var socket: Connection?
     private unowned let server: SDSServer
+    private let loop: EventLoop
     private var outputBuffer: [UInt8] = []
     /// Closes the connection if the peer's HTTP/2 preface has not arrived in time (`InboundLimits.prefaceTimeout`).
     var prefaceTimer: EventLoop.Timer?
+    /// Bytes handed to the socket since the connection opened; minus what it still queues, what the peer took.
+    private var bytesHanded: UInt64 = 0
+    private var stallTimer: EventLoop.Timer?
+    /// What the peer had taken when the stall timer was armed.
+    private var takenAtArming: UInt64 = 0
+    /// The session finished; the socket closes once its queue is written (or the drain timeout ends it).
+    private var closing = false
 
-    init(id: UInt64, router: GRPCRouter, configuration: H2Configuration, limits: InboundLimits, server: SDSServer) {
+    init(
+        id: UInt64, router: GRPCRouter, configuration: H2Configuration, inboundLimits: InboundLimits,
+        server: SDSServer, loop: EventLoop
+    ) {
         self.id = id
+        self.loop = loop
+        // Deadlines (`grpc-timeout`) run on the loop's timers; what an expiry writes is flushed right after.
+        let flusher = WeakFlusher()
         self.grpc = GRPCServerConnection(
-            router: router, configuration: configuration, maxMessageBytes: limits.maxRequestBytes,
-            maxBufferedRequestBytes: limits.maxBufferedRequestBytesPerConnection)
+            router: router, configuration: configuration, maxMessageBytes: inboundLimits.maxRequestBytes,
+            maxBufferedRequestBytes: inboundLimits.maxBufferedRequestBytesPerConnection,
+            scheduler: { seconds, action in
+                let timer = loop.schedule(after: seconds) {
+                    action()
+                    flusher.connection?.flush()
+                }
+                return { timer.cancel() }
+            })
         self.server = server
+        flusher.connection = self
     }
+
+    /// Lets the deadline timers reach this connection without keeping it alive.
+    private final class WeakFlusher {
+        weak var connection: ServerConnection?
+    }
+
+    /// Bytes waiting for the peer: HTTP/2 stream queues plus the socket's write queue.
+    var queuedBytes: Int { grpc.session.totalQueuedBytes + (socket?.pendingWriteBytes ?? 0) }
+
+    private var bytesTaken: UInt64 { bytesHanded - UInt64(socket?.pendingWriteBytes ?? 0) }
 
     func connection(_ connection: Connection, received bytes: UnsafeRawBufferPointer) {
         do {
             try grpc.session.receive(bytes)
         } catch {
-            // A protocol violation or a crossed bound: a GOAWAY is queued; write it and close. Recorded first, so
-            // the log gives this reason rather than flush's "session finished".
-            server.closed(self, reason: "protocol error: \(error)")
+            // A protocol violation: nghttp2 queued a GOAWAY; write it, then close.
             flush()
-            socket?.closeAfterWrites()
+            closeAfterWrites(reason: "protocol error: \(error)")
             return
         }
         flush()
@@ -167,25 +298,66 @@ final class ServerConnection: ConnectionDelegate {
     func connectionDrained(_ connection: Connection) { flush() }
 
     func connectionClosed(_ connection: Connection, error: SystemError?) {
-        server.closed(self, reason: error.map { "\($0)" } ?? "peer closed")
+        server.closed(self, reason: error.map { "\($0)" } ?? (closing ? "session finished" : "peer closed"))
     }
 
     /// Moves session output to the socket until the session has nothing more or the socket backs up.
     func flush() {
-        guard let socket, !socket.isClosed else { return }
+        guard let socket, !socket.isClosed, !closing else { return }
         while socket.pendingWriteBytes < SDSServer.writeHighWater {
             outputBuffer.removeAll(keepingCapacity: true)
             if grpc.session.takeOutput(into: &outputBuffer, maxBytes: 64 * 1024) == 0 { break }
+            bytesHanded += UInt64(outputBuffer.count)
             socket.write(outputBuffer)
         }
         if grpc.session.isClosed {
-            socket.closeAfterWrites()
-            server.closed(self, reason: "session finished")
+            closeAfterWrites(reason: "session finished")
+            return
         }
+        if queuedBytes > server.limits.maxQueuedBytes {
+            server.cutOff(self, reason: "more than \(server.limits.maxQueuedBytes) bytes queued")
+            return
+        }
+        watchForStall()
+    }
+
+    /// Closes once the socket has written everything (GOAWAY and trailers included); the server forgets the
+    /// connection only then, so a drain waits for those bytes.
+    private func closeAfterWrites(reason: String) {
+        guard let socket, !closing else { return }
+        closing = true
+        stopStallWatch()
+        socket.closeAfterWrites()
+        if socket.isClosed { server.closed(self, reason: reason) }
+    }
+
+    /// Arms the stall timer when data starts waiting; it fires after the timeout and cuts the peer off if it took
+    /// nothing meanwhile (else it re-arms).
+    private func watchForStall() {
+        guard stallTimer == nil, queuedBytes > 0 else { return }
+        takenAtArming = bytesTaken
+        stallTimer = loop.schedule(after: server.limits.writeStallTimeout) { [weak self] in
+            guard let self else { return }
+            self.stallTimer = nil
+            guard self.queuedBytes > 0, self.socket?.isClosed == false else { return }
+            if self.bytesTaken == self.takenAtArming {
+                self.server.cutOff(
+                    self,
+                    reason: "took no byte for \(DurationText.format(seconds: self.server.limits.writeStallTimeout))")
+            } else {
+                self.watchForStall()
+            }
+        }
+    }
+
+    func stopStallWatch() {
+        stallTimer?.cancel()
+        stallTimer = nil
     }
 
     func close() {
         prefaceTimer?.cancel()
+        stopStallWatch()
         socket?.close()
         grpc.connectionLost()
     }

@@ -8,6 +8,10 @@ import XDS
 ///
 /// This class only moves messages between gRPC calls and the pure machines, and pushes cache changes to every open
 /// stream; all protocol decisions are the machines'. It runs on the event loop thread.
+///
+/// Outbound is pull-style: after a response is queued the machine is told (`responseAwaitsTransport`) and holds
+/// further changes in its own state; when the call reports the queue drained (`onWritable`) the machine builds one
+/// response merging them (`transportReady`). A peer that stops reading therefore costs one response per stream.
 public final class SecretDiscoveryService {
     public private(set) var cache: SecretCache
     private let logger: Logger
@@ -15,9 +19,15 @@ public final class SecretDiscoveryService {
     private var deltaStreams: [ObjectIdentifier: DeltaCall] = [:]
     private var heldFetches: [ObjectIdentifier: (call: GRPCServerCall, request: DiscoveryRequest)] = [:]
     private var streamCounter: UInt64 = 0
-    /// Called after a request subscribed names, so the owner can load secrets that are produced on demand
-    /// (file-backed names).
-    public var onSubscribe: (([String]) -> Void)?
+    /// The names each open call holds (its part of `subscriptions`).
+    private var namesByCall: [ObjectIdentifier: [String]] = [:]
+    /// Called after a request subscribed names, with the peer that asked (for logs), so the owner can load
+    /// secrets that are produced on demand (file-backed names).
+    public var onSubscribe: ((_ names: [String], _ peer: String) -> Void)?
+    /// Called with names that no stream or held fetch holds any more, so on-demand secrets can be released.
+    public var onRelease: (([String]) -> Void)?
+    /// Which names open streams and held fetches hold.
+    public private(set) var subscriptions = SubscriptionCounts()
 
     public init(classifier: @escaping SecretCache.NameClassifier, logger: Logger) {
         self.cache = SecretCache(classifier: classifier)
@@ -65,8 +75,11 @@ public final class SecretDiscoveryService {
     private func pushCacheChange() {
         for stream in sotwStreams.values { perform(stream.machine.cacheChanged(cache), on: stream) }
         for stream in deltaStreams.values { perform(stream.machine.cacheChanged(cache), on: stream) }
-        for (key, held) in heldFetches {
-            if answerFetch(held.call, held.request) { heldFetches.removeValue(forKey: key) }
+        var answered: [ObjectIdentifier] = []
+        for (key, held) in heldFetches where answerFetch(held.call, held.request) { answered.append(key) }
+        for key in answered {
+            heldFetches.removeValue(forKey: key)
+            holdNames([], for: key)
         }
     }
 
@@ -78,6 +91,9 @@ public final class SecretDiscoveryService {
         sotwStreams.removeAll()
         deltaStreams.removeAll()
         heldFetches.removeAll()
+        let held = Array(subscriptions.names)
+        subscriptions = SubscriptionCounts()
+        if !held.isEmpty { onRelease?(held) }
     }
 
     // MARK: Opening streams (SotW and Delta alike)
@@ -108,6 +124,7 @@ public final class SecretDiscoveryService {
         call.onCancel = { [unowned self] in
             self.sotwStreams.removeValue(forKey: key)
             self.deltaStreams.removeValue(forKey: key)
+            self.holdNames([], for: key)
             self.logger.debug("stream closed by peer", metadata: ["stream": "\(streamID)"])
         }
     }
@@ -118,9 +135,6 @@ public final class SecretDiscoveryService {
         let call: GRPCServerCall
         var machine: SotWStream
         let id: UInt64
-        /// Responses the peer's flow control did not take yet; SotW responses are full state, so only the newest
-        /// matters.
-        var unsent: DiscoveryResponse?
         init(call: GRPCServerCall, id: UInt64) {
             self.call = call
             self.id = id
@@ -149,14 +163,16 @@ public final class SecretDiscoveryService {
             if subscribed {
                 // After `perform`: loading on-demand secrets pushes through `cacheChanged`, which must come after
                 // the response this request produced.
-                self.onSubscribe?(stream.machine.subscribedNames)
+                self.onSubscribe?(stream.machine.subscribedNames, call.peer)
+            }
+            if subscribed, self.sotwStreams[ObjectIdentifier(call)] != nil {
+                self.holdNames(stream.machine.subscribedNames, for: ObjectIdentifier(call))
             }
         }
+        // Pull-style: the machine holds changes while its last response is in the transport and builds the merged
+        // one when the transport took it.
         call.onWritable = { [unowned self, unowned stream] in
-            if let response = stream.unsent {
-                stream.unsent = nil
-                self.send(response, on: stream)
-            }
+            self.perform(stream.machine.transportReady(self.cache), on: stream)
         }
     }
 
@@ -188,6 +204,7 @@ public final class SecretDiscoveryService {
     private func send(_ response: DiscoveryResponse, on stream: SotWCall) {
         switch stream.call.send(response.wireBytes()) {
         case .queued:
+            stream.machine.responseAwaitsTransport()
             logger.info(
                 "push",
                 metadata: [
@@ -195,7 +212,8 @@ public final class SecretDiscoveryService {
                     "nonce": "\(response.nonce)",
                 ])
         case .wouldExceed:
-            stream.unsent = response
+            // One response alone is larger than the stream's queue bound: it can never be sent.
+            fail(stream.call, key: ObjectIdentifier(stream.call), Self.responseTooLarge)
         case .closed:
             sotwStreams.removeValue(forKey: ObjectIdentifier(stream.call))
         }
@@ -207,8 +225,6 @@ public final class SecretDiscoveryService {
         let call: GRPCServerCall
         var machine: DeltaStream
         let id: UInt64
-        /// Delta responses are increments: all must arrive, in order.
-        var unsent: [DeltaDiscoveryResponse] = []
         init(call: GRPCServerCall, id: UInt64) {
             self.call = call
             self.id = id
@@ -216,9 +232,9 @@ public final class SecretDiscoveryService {
         }
     }
 
-    /// A Delta client that stops reading while this many responses pile up is cut off (it would otherwise grow
-    /// our memory with every rotation).
-    static let maxUnsentDeltaResponses = 64
+    /// Only one response per stream is ever in the transport, so the queue bound is only crossed by a single
+    /// response larger than it.
+    static let responseTooLarge = GRPCStatus(.resourceExhausted, "response larger than the stream's send queue")
 
     private func openDelta(_ call: GRPCServerCall) {
         let stream = DeltaCall(call: call, id: nextStreamID())
@@ -237,13 +253,14 @@ public final class SecretDiscoveryService {
             }
             self.perform(actions, on: stream)
             if changed {
-                self.onSubscribe?(request.resourceNamesSubscribe)
+                self.onSubscribe?(request.resourceNamesSubscribe, call.peer)
+                if self.deltaStreams[ObjectIdentifier(call)] != nil {
+                    self.holdNames(stream.machine.subscribedNames, for: ObjectIdentifier(call))
+                }
             }
         }
         call.onWritable = { [unowned self, unowned stream] in
-            let pending = stream.unsent
-            stream.unsent = []
-            for response in pending { self.send(response, on: stream) }
+            self.perform(stream.machine.transportReady(self.cache), on: stream)
         }
     }
 
@@ -273,12 +290,9 @@ public final class SecretDiscoveryService {
     }
 
     private func send(_ response: DeltaDiscoveryResponse, on stream: DeltaCall) {
-        if !stream.unsent.isEmpty {
-            queueUnsent(response, on: stream)
-            return
-        }
         switch stream.call.send(response.wireBytes()) {
         case .queued:
+            stream.machine.responseAwaitsTransport()
             logger.info(
                 "push",
                 metadata: [
@@ -287,18 +301,9 @@ public final class SecretDiscoveryService {
                     "removed": "\(response.removedResources)", "nonce": "\(response.nonce)",
                 ])
         case .wouldExceed:
-            queueUnsent(response, on: stream)
+            fail(stream.call, key: ObjectIdentifier(stream.call), Self.responseTooLarge)
         case .closed:
             deltaStreams.removeValue(forKey: ObjectIdentifier(stream.call))
-        }
-    }
-
-    private func queueUnsent(_ response: DeltaDiscoveryResponse, on stream: DeltaCall) {
-        stream.unsent.append(response)
-        if stream.unsent.count > Self.maxUnsentDeltaResponses {
-            fail(
-                stream.call, key: ObjectIdentifier(stream.call),
-                GRPCStatus(.resourceExhausted, "client is not reading its responses"))
         }
     }
 
@@ -321,10 +326,18 @@ public final class SecretDiscoveryService {
                 call.finish(GRPCStatus(.invalidArgument, "FetchSecrets needs a DiscoveryRequest"))
                 return
             }
-            self.onSubscribe?(request.resourceNames)
-            if !self.answerFetch(call, request) { self.heldFetches[key] = (call, request) }
+            self.holdNames(request.resourceNames, for: key)
+            self.onSubscribe?(request.resourceNames, call.peer)
+            if self.answerFetch(call, request) {
+                self.holdNames([], for: key)
+            } else {
+                self.heldFetches[key] = (call, request)
+            }
         }
-        call.onCancel = { [unowned self] in self.heldFetches.removeValue(forKey: key) }
+        call.onCancel = { [unowned self] in
+            self.heldFetches.removeValue(forKey: key)
+            self.holdNames([], for: key)
+        }
     }
 
     /// Answers a FetchSecrets call if it can; returns false while its names are still being issued.
@@ -356,7 +369,16 @@ public final class SecretDiscoveryService {
         sotwStreams.removeValue(forKey: key)
         deltaStreams.removeValue(forKey: key)
         heldFetches.removeValue(forKey: key)
+        holdNames([], for: key)
         call.finish(status)
+    }
+
+    /// Records that the call `key` now holds `names`; names nobody holds any more go to `onRelease`.
+    private func holdNames(_ names: [String], for key: ObjectIdentifier) {
+        let old = namesByCall[key] ?? []
+        if names.isEmpty { namesByCall.removeValue(forKey: key) } else { namesByCall[key] = names }
+        let released = subscriptions.update(from: old, to: names)
+        if !released.isEmpty { onRelease?(released) }
     }
 }
 

@@ -39,6 +39,13 @@ public final class EventLoop {
     /// Timers ordered by (deadline, sequence); few in number, so a sorted array beats a heap in code and speed.
     private var timers: [Timer] = []
     private var timerSequence: UInt64 = 0
+    /// Cancelled timers leave the array lazily (when they reach the front); once it grows to this size the cancelled
+    /// ones are swept. Without it a peer opening and cancelling calls with long deadlines (`grpc-timeout: 1H`) would
+    /// grow the array by one dead timer per call until each deadline passed.
+    private var timerSweepThreshold = EventLoop.minimumTimerSweepThreshold
+    static let minimumTimerSweepThreshold = 64
+    /// Timer slots in use, cancelled ones included (for tests of the sweep).
+    var timerSlotCount: Int { timers.count }
     private var signalFD: Int32 = -1
     private var signalHandlers: [Int32: () -> Void] = [:]
     private var stopping = false
@@ -91,6 +98,11 @@ public final class EventLoop {
         let delay = UInt64(max(0, seconds) * 1_000_000_000)
         timerSequence &+= 1
         let timer = Timer(deadline: Self.monotonicNanos() &+ delay, sequence: timerSequence, action: action)
+        if timers.count >= timerSweepThreshold {
+            timers.removeAll { !$0.isPending }
+            // Twice the live timers: sweeping stays amortised O(1) per schedule.
+            timerSweepThreshold = max(Self.minimumTimerSweepThreshold, timers.count * 2)
+        }
         let index = timers.firstIndex { ($0.deadline, $0.sequence) > (timer.deadline, timer.sequence) }
         timers.insert(timer, at: index ?? timers.endIndex)
         return timer

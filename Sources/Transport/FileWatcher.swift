@@ -40,6 +40,25 @@ public final class FileWatcher {
         watchedFiles[directory, default: []].insert(path)
     }
 
+    /// Stops watching `path`; the directory's watch is removed with its last file, so a client that asked for many
+    /// names cannot leave inotify watches behind.
+    public func unwatch(file path: String) {
+        let directory = Self.directory(of: path)
+        guard var files = watchedFiles[directory], files.remove(path) != nil else { return }
+        if !files.isEmpty {
+            watchedFiles[directory] = files
+            return
+        }
+        watchedFiles.removeValue(forKey: directory)
+        if let wd = directories.first(where: { $0.value == directory })?.key {
+            _ = inotify_rm_watch(fd, wd)
+            directories.removeValue(forKey: wd)
+        }
+    }
+
+    /// Directories watched now (one inotify watch each).
+    public var watchedDirectoryCount: Int { directories.count }
+
     private func drain() {
         var changed = Set<String>()
         let size = 4096

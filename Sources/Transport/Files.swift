@@ -21,23 +21,16 @@ public enum Files {
     }
 
     /// The whole file; more than `limit` bytes is an error (EFBIG), so a wrong path cannot make us read a disk.
+    /// Only regular files are read (see `RegularFile`): a FIFO or a device named by mistake is an error, not a hang.
     public static func read(_ path: String, limit: Int = .max) throws(SystemError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw SystemError.last("open", detail: path) }
-        defer { close(fd) }
-        var out: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 16_384)
-        while true {
-            let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw SystemError.last("read", detail: path)
-            }
-            if count == 0 { break }
-            out.append(contentsOf: buffer[0..<count])
-            guard out.count <= limit else { throw SystemError("read", errno: EFBIG, detail: path) }
-        }
-        return out
+        try RegularFile(path: path).readAll(limit: limit)
+    }
+
+    /// The canonical absolute path of `path`: every symlink, `.` and `..` resolved (`realpath(3)`).
+    public static func realPath(_ path: String) throws(SystemError) -> String {
+        guard let resolved = realpath(path, nil) else { throw SystemError.last("realpath", detail: path) }
+        defer { free(resolved) }
+        return String(cString: resolved)
     }
 
     /// Writes `bytes` to `directory/name` so that a crash leaves either the old file or the complete new one:
@@ -86,5 +79,62 @@ public enum Files {
         guard directoryFD >= 0 else { throw SystemError.last("open", detail: directory) }
         defer { close(directoryFD) }
         guard fsync(directoryFD) == 0 else { throw SystemError.last("fsync", detail: directory) }
+    }
+}
+
+/// An open regular file, owned by this value (closed in `deinit`).
+///
+/// Opened with `O_NONBLOCK` and checked with `fstat` before a byte is read: opening a FIFO that way returns at once
+/// instead of waiting for a writer, and a FIFO, socket or device is refused — the event loop never blocks on a file
+/// it was asked to read. `realPath` is where the descriptor really points (`/proc/self/fd`), so a caller can check a
+/// policy against what was opened, not against a path that may have been swapped since it was resolved.
+public final class RegularFile {
+    public let path: String
+    public let realPath: String
+    public let size: Int
+    private let fd: Int32
+
+    public init(path: String) throws(SystemError) {
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemError.last("open", detail: path) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            let error = SystemError.last("stat", detail: path)
+            close(fd)
+            throw error
+        }
+        guard (info.st_mode & S_IFMT) == S_IFREG else {
+            close(fd)
+            throw SystemError("open", errno: EINVAL, detail: "\(path) (not a regular file)")
+        }
+        self.fd = fd
+        self.path = path
+        self.size = Int(info.st_size)
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let length = readlink("/proc/self/fd/\(fd)", &buffer, buffer.count - 1)
+        self.realPath =
+            length > 0 ? String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self) : path
+    }
+
+    deinit { close(fd) }
+
+    /// Reads the whole file; more than `limit` bytes is EFBIG (checked against the size first, then while reading,
+    /// since a file can grow).
+    public func readAll(limit: Int = .max) throws(SystemError) -> [UInt8] {
+        guard size <= limit else { throw SystemError("read", errno: EFBIG, detail: path) }
+        var out: [UInt8] = []
+        out.reserveCapacity(size)
+        var buffer = [UInt8](repeating: 0, count: 16_384)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw SystemError.last("read", detail: path)
+            }
+            if count == 0 { break }
+            out.append(contentsOf: buffer[0..<count])
+            guard out.count <= limit else { throw SystemError("read", errno: EFBIG, detail: path) }
+        }
+        return out
     }
 }

@@ -99,6 +99,24 @@ public struct DeltaStream: Sendable {
     /// The error that failed the stream, if one did.
     public var failure: XDSProtocolError? { lifecycle.failure }
 
+    /// True while a change waits for the transport to take the response before it (see `OutboundGate`).
+    public var holdsUnsentChange: Bool { lifecycle.outbound.owed }
+
+    /// The service handed the latest `.send` to a transport that has not taken it yet: until `transportReady`, changes
+    /// are held in this stream's per-name views and merged into one response then (every name whose state changed
+    /// since the response in flight, at its current version, and every name removed since).
+    public mutating func responseAwaitsTransport() {
+        lifecycle.outbound.busy = true
+    }
+
+    /// The transport took the response in flight: returns the response merging every change held since, if any.
+    public mutating func transportReady(_ cache: SecretCache) -> [Action] {
+        guard lifecycle.outbound.ready(), case .open(var session) = lifecycle.state else { return [] }
+        lifecycle.state = .modifying
+        defer { lifecycle.state = .open(session) }
+        return respondIfChanged(&session, cache: cache).map { [.send($0)] } ?? []
+    }
+
     /// A request arrived on the stream.
     public mutating func receive(_ request: DeltaDiscoveryRequest, cache: SecretCache) -> [Action] {
         var session: Session
@@ -162,6 +180,8 @@ public struct DeltaStream: Sendable {
     /// A response with what changed for the client across its subscriptions, or nil when nothing did.
     private mutating func respondIfChanged(_ session: inout Session, cache: SecretCache) -> DeltaDiscoveryResponse? {
         session.evaluatedRevision = cache.revision
+        // Views change only when a response is built, so a held-back evaluation later yields the merged difference.
+        guard lifecycle.outbound.mayRespond() else { return nil }
         var resources: [Resource] = []
         var removed: [String] = []
         // Mutating through `values` by index keeps the dictionary's storage (no copy while iterating).

@@ -92,6 +92,23 @@ public struct SotWStream: Sendable {
     /// The error that failed the stream, if one did.
     public var failure: XDSProtocolError? { lifecycle.failure }
 
+    /// True while a change waits for the transport to take the response before it (see `OutboundGate`).
+    public var holdsUnsentChange: Bool { lifecycle.outbound.owed }
+
+    /// The service handed the latest `.send` to a transport that has not taken it yet: until `transportReady`, changes
+    /// are held in this stream's state and merged into one response then (SotW: the latest snapshot).
+    public mutating func responseAwaitsTransport() {
+        lifecycle.outbound.busy = true
+    }
+
+    /// The transport took the response in flight: returns the response merging every change held since, if any.
+    public mutating func transportReady(_ cache: SecretCache) -> [Action] {
+        guard lifecycle.outbound.ready(), case .open(var subscription) = lifecycle.state else { return [] }
+        lifecycle.state = .modifying
+        defer { lifecycle.state = .open(subscription) }
+        return respondIfChanged(&subscription, cache: cache).map { [$0] } ?? []
+    }
+
     /// A request arrived on the stream.
     public mutating func receive(_ request: DiscoveryRequest, cache: SecretCache) -> [Action] {
         switch lifecycle.admit(typeURL: request.typeURL, node: request.node) {
@@ -157,7 +174,7 @@ public struct SotWStream: Sendable {
     /// A response with every subscribed name, if all are cached and their versions differ from the last response.
     private mutating func respondIfChanged(_ subscription: inout Subscription, cache: SecretCache) -> Action? {
         subscription.evaluatedRevision = cache.revision
-        guard !subscription.names.isEmpty else { return nil }
+        guard !subscription.names.isEmpty, lifecycle.outbound.mayRespond() else { return nil }
 
         var resources: [AnyMessage] = []
         var pairs: [(name: String, version: String)] = []

@@ -41,6 +41,8 @@ struct StreamLifecycle<Payload: Sendable>: Sendable {
     var node: Node?
     /// The most recent NACK on the stream.
     var lastRejection: RPCStatus?
+    /// Pull-style output, shared by both protocols: see `OutboundGate`.
+    var outbound = OutboundGate()
 
     init(nonces: NonceSequence) {
         self.nonces = nonces
@@ -76,5 +78,39 @@ struct StreamLifecycle<Payload: Sendable>: Sendable {
         guard case .open(let payload) = state else { return .first }
         state = .modifying
         return .open(payload)
+    }
+}
+
+/// At most one response of a stream sits in the transport at a time; later changes wait in the stream's own state
+/// (what it last sent versus the cache) instead of as queued responses, so a client that stops reading costs one
+/// response of memory however often secrets rotate.
+///
+/// ```
+///               send (service: responseAwaitsTransport)
+///   ┌──────┐ ─────────────────────────────────────────▶ ┌──────────────────────────────┐
+///   │ idle │                                            │ busy(owed: a change came in) │
+///   └──────┘ ◀───────────────────────────────────────── └──────────────────────────────┘
+///               transportReady: if owed, evaluate now (one response merging every change since)
+/// ```
+///
+/// Nonces stay right: a response that was never built never had a nonce, so the client can only echo nonces of
+/// responses it got or will get (the one in the transport).
+struct OutboundGate: Sendable {
+    /// The transport still holds the latest response (the peer has not taken it).
+    var busy = false
+    /// A change came in while busy: evaluate when the transport is ready.
+    var owed = false
+
+    /// Whether an evaluation may build a response now; records the debt when it may not.
+    mutating func mayRespond() -> Bool {
+        if busy { owed = true }
+        return !busy
+    }
+
+    /// The transport took the response; true when a held-back change must be evaluated now.
+    mutating func ready() -> Bool {
+        busy = false
+        defer { owed = false }
+        return owed
     }
 }

@@ -242,6 +242,37 @@ func requestResponseWithTrailersRoundTrips(feedMode: InMemoryPair.FeedMode) thro
     #expect(server.isClosed)
 }
 
+@Test func twoStepShutdownWarnsFirstThenNamesTheLastStreamOneRoundTripLater() throws {
+    let fixture = Fixture()
+    let server = fixture.server
+    let first = try fixture.client.startRequest(headers: requestHeaders)
+    fixture.pair.pump()
+    fixture.pair.clientReads = false
+    server.beginGracefulShutdown()
+    // A request already on its way when the notice left.
+    let inFlight = try fixture.client.startRequest(headers: requestHeaders)
+    fixture.pair.pump()
+    #expect(!fixture.clientEvents.events.contains { if case .goAway = $0 { true } else { false } })
+
+    // The client reads: the notice (2^31-1), then our PING comes back and the final GOAWAY names the request that
+    // was in flight, which the server therefore still serves.
+    fixture.pair.clientReads = true
+    fixture.pair.pump()
+    let goAways = fixture.clientEvents.events.compactMap { event -> H2StreamID? in
+        if case .goAway(let lastStreamID, _) = event { lastStreamID } else { nil }
+    }
+    #expect(goAways == [Int32.max, inFlight])
+    #expect(
+        fixture.serverEvents.events.contains { if case .headers(inFlight, _, .request, _) = $0 { true } else { false } }
+    )
+    #expect(!server.isClosed)
+    for stream in [first, inFlight] {
+        try server.sendResponseHeaders(streamID: stream, headers: [H2Header(":status", "200")], endStream: true)
+    }
+    fixture.pair.pump()
+    #expect(server.isClosed)
+}
+
 @Test func hundredConcurrentStreamsOnOneConnection() throws {
     let fixture = Fixture()
     let server = fixture.server

@@ -32,7 +32,7 @@ def test_file_cert_and_root_are_served_and_replaced_files_are_pushed(agent_facto
     write_atomically(certs / "cert.pem", pem_cert(cert))
     write_atomically(certs / "key.pem", pem_key(key))
     write_atomically(certs / "root.pem", pem_cert(ca.cert))
-    agent = agent_factory.start("files", f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/files")
+    agent = agent_factory.start("files", f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/files", ["--file-dirs", str(certs)])
 
     cert_name = f"file-cert:{certs}/cert.pem~{certs}/key.pem"
     root_name = f"file-root:{certs}/root.pem"
@@ -79,7 +79,7 @@ def test_missing_or_mismatched_files_are_held_not_errored(agent_factory, short_d
     certs.mkdir()
     write_atomically(certs / "cert.pem", pem_cert(cert))
     write_atomically(certs / "key.pem", pem_key(other_key))  # does not match the certificate
-    agent = agent_factory.start("files", f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/files")
+    agent = agent_factory.start("files", f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/files", ["--file-dirs", str(certs)])
 
     mismatched = f"file-cert:{certs}/cert.pem~{certs}/key.pem"
     missing = f"file-root:{certs}/absent.pem"

@@ -4,7 +4,9 @@
 - sds-agent is a native sidecar (init container, restartPolicy Always, startupProbe): it serves before istio-proxy
   starts, which is when istio-agent decides whether the SDS socket is someone else's.
 - The socket is Istio's path (/var/run/secrets/workload-spiffe-uds/socket), on one emptyDir mounted in sds-agent and
-  istio-proxy, and sds-agent runs as istio-proxy's UID 1337 (the socket is 0600).
+  istio-proxy; sds-agent runs under a UID of its own with istio-proxy's group, the socket is 0660 and --allow-uid
+  admits istio-proxy's UID 1337; no volume sds-agent keeps secrets on is mounted in istio-proxy, and no CA key is
+  handed to any pod.
 - TRUST_DOMAIN, POD_NAMESPACE and SERVICE_ACCOUNT reach sds-agent (the last two from the downward API).
 - Every flag is one `sds-agent run --help` / `sds-dump --help` lists, and each probe's sds-dump --timeout is shorter
   than the probe's timeoutSeconds.
@@ -13,7 +15,6 @@
 """
 from __future__ import annotations
 
-import datetime
 import os
 import pathlib
 import re
@@ -22,9 +23,6 @@ import subprocess
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from envoy_harness import EXAMPLES, START_TIMEOUT, wait_for
 from sds_servers import fetch_when_served, socket_accepts
@@ -155,12 +153,21 @@ def test_socket_is_istios_path_on_a_shared_empty_dir(name):
 
 
 @pytest.mark.parametrize("name", MANIFESTS)
-def test_sds_agent_runs_as_istio_proxys_uid(name):
+def test_sds_agent_runs_as_its_own_uid_and_shares_only_the_socket(name):
     spec = pod_spec(name)
     agent, proxy = sds_agent(name), container(spec, "istio-proxy")
-    assert agent["securityContext"]["runAsUser"] == ISTIO_PROXY_UID == proxy["securityContext"]["runAsUser"]
+    assert proxy["securityContext"]["runAsUser"] == ISTIO_PROXY_UID
+    assert agent["securityContext"]["runAsUser"] != ISTIO_PROXY_UID, "the proxy's UID must not read the agent's files"
+    assert agent["securityContext"]["runAsGroup"] == proxy["securityContext"]["runAsGroup"], "the socket's group"
     assert agent["securityContext"]["runAsNonRoot"] is True
     assert agent["securityContext"]["allowPrivilegeEscalation"] is False
+    flags = agent_flags(agent)
+    assert flags["--socket-mode"] == "0660"
+    assert str(ISTIO_PROXY_UID) in flags["--allow-uid"].split(",")
+    assert "fsGroup" not in spec.get("securityContext", {}), "fsGroup adds a group to every container"
+    shared = {mounts(agent)[SOCKET_DIR]}
+    assert set(mounts(proxy).values()) & set(mounts(agent).values()) == shared, "only the socket's volume is shared"
+    assert "--ca-key" not in flags, "a CA key in every pod lets every pod mint any identity"
 
 
 @pytest.mark.parametrize("name", MANIFESTS)
@@ -179,11 +186,8 @@ def test_issuer_and_its_volumes(name):
     if MANIFESTS[name] == "local":
         assert "--issuer" not in flags or flags["--issuer"] == "local"
         assert volume(spec, mount_of(agent, flags["--state-dir"])).get("emptyDir") is not None
-        for flag in ("--ca-cert", "--ca-key"):
-            secret = volume(spec, mount_of(agent, flags[flag])).get("secret")
-            assert secret, f"{flag} comes from a Secret"
-            # Secret files are root-owned: UID 1337 reads them through fsGroup and group read permission.
-            assert spec["securityContext"]["fsGroup"] == ISTIO_PROXY_UID and secret["defaultMode"] & 0o040
+        # The state dir is one the agent creates (0700), not the emptyDir's world-writable mount point itself.
+        assert flags["--state-dir"] not in mounts(agent)
     else:
         assert flags["--issuer"] == "workload-api" and flags["--upstream-socket"] == SPIRE_SOCKET
         socket_volume = volume(spec, mount_of(agent, SPIRE_SOCKET.removeprefix("unix://")))
@@ -293,38 +297,11 @@ class Rehearsal:
                 self.process.wait()
 
 
-def write_operator_ca(directory: pathlib.Path, trust_domain: str) -> None:
-    """What the Secret sds-agent-ca would hold: tls.crt (a CA of the trust domain) and tls.key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rehearsal"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, f"{trust_domain} operator CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]),
-                       critical=False)
-        # RFC 5280 4.2.1.2: a CA certificate carries its key identifier (sds-agent needs it for the SVIDs' AKI).
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path = directory / "tls.key"
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o440)  # the Secret's defaultMode
-
-
 def assert_serves_the_pod_identity(r: Rehearsal) -> None:
     for kind in probes(r.agent):
         result = r.probe(kind)
         assert result.returncode == 0, f"{kind} failed ({result.returncode}):\n{result.stdout}{result.stderr}\n{r.log()}"
-    assert os.stat(r.local(SOCKET)).st_mode & 0o777 == 0o600, "only istio-proxy's UID may connect"
+    assert os.stat(r.local(SOCKET)).st_mode & 0o777 == 0o660, "shared with istio-proxy's group, no one else"
     secret = fetch_when_served(r.local(SOCKET), ["default"])["default"]
     pem = secret.tls_certificate.certificate_chain.inline_bytes
     leaf = x509.load_pem_x509_certificates(pem)[0]
@@ -338,8 +315,6 @@ def assert_serves_the_pod_identity(r: Rehearsal) -> None:
 def test_istio_manifest_rehearsal(short_dir, sds_agent_bin, sds_dump_bin):
     name = "sds-agent-istio.yaml"
     r = Rehearsal(name, short_dir, sds_agent_bin, sds_dump_bin)
-    flags = agent_flags(r.agent)
-    write_operator_ca(pathlib.Path(r.local(flags["--ca-cert"])).parent, r.env()["TRUST_DOMAIN"])
     try:
         r.start()
         assert_serves_the_pod_identity(r)

@@ -25,16 +25,24 @@ import Testing
     }
 }
 
+/// Resolves options as `sds-agent run` would, with simple stand-ins for the SPIFFE rules and a fixed own UID.
+func resolveConfiguration(
+    _ edit: (inout RawAgentOptions) -> Void = { _ in }, env: [String: String] = [:], ownUID: UInt32 = 4242
+) throws(ConfigurationError) -> AgentConfiguration {
+    var options = RawAgentOptions()
+    options.socket = "/tmp/sds-config-test/agent.sock"
+    edit(&options)
+    return try AgentConfiguration.resolve(
+        options, environment: env, validateTrustDomain: { $0.contains("_") ? "bad character" : nil },
+        validateSPIFFEID: { id, td in id.hasPrefix("spiffe://\(td)/") ? nil : "not in trust domain \(td)" },
+        ownUID: ownUID)
+}
+
 @Suite struct AgentConfigurationTests {
     private func resolve(_ edit: (inout RawAgentOptions) -> Void = { _ in }, env: [String: String] = [:])
         throws(ConfigurationError) -> AgentConfiguration
     {
-        var options = RawAgentOptions()
-        options.socket = "/tmp/sds-config-test/agent.sock"
-        edit(&options)
-        return try AgentConfiguration.resolve(
-            options, environment: env, validateTrustDomain: { $0.contains("_") ? "bad character" : nil },
-            validateSPIFFEID: { id, td in id.hasPrefix("spiffe://\(td)/") ? nil : "not in trust domain \(td)" })
+        try resolveConfiguration(edit, env: env)
     }
 
     @Test func defaultsFollowIstioAgent() throws {
@@ -57,6 +65,20 @@ import Testing
         #expect(config.rotateRatio == 0.25)
     }
 
+    @Test func outboundBoundsHaveDefaultsAndAcceptTheirLimits() throws {
+        let defaults = try resolve { _ in }
+        #expect(defaults.writeStallTimeout == OutboundLimits.defaultWriteStallTimeout)
+        #expect(defaults.maxQueuedBytes == OutboundLimits.defaultMaxQueuedBytes)
+        let edge = try resolve {
+            $0.drainTimeout = "10m"
+            $0.writeStallTimeout = "500ms"
+            $0.maxQueuedBytes = "65536"
+        }
+        #expect(edge.drainTimeout == 600)
+        #expect(edge.writeStallTimeout == 0.5)
+        #expect(edge.maxQueuedBytes == 65536)
+    }
+
     @Test func flagsWinOverEnvironment() throws {
         let config = try resolve({ $0.trustDomain = "a.org" }, env: ["TRUST_DOMAIN": "b.org"])
         #expect(config.trustDomain == "a.org")
@@ -75,6 +97,16 @@ import Testing
             ("--issuer", { $0.issuer = "vault" }),
             ("--socket", { $0.socket = "/proc/nonexistent/agent.sock" }),
             ("--ca-key", { $0.caCert = "/x.pem" }),
+            ("--drain-timeout", { $0.drainTimeout = "inf" }),
+            ("--drain-timeout", { $0.drainTimeout = "601s" }),
+            ("--drain-timeout", { $0.drainTimeout = "1e300" }),
+            ("--drain-timeout", { $0.drainTimeout = "nan" }),
+            ("--write-stall-timeout", { $0.writeStallTimeout = "inf" }),
+            ("--write-stall-timeout", { $0.writeStallTimeout = "11m" }),
+            ("--write-stall-timeout", { $0.writeStallTimeout = "99ms" }),
+            ("--max-queued-bytes", { $0.maxQueuedBytes = "1" }),
+            ("--max-queued-bytes", { $0.maxQueuedBytes = "2147483648" }),
+            ("--max-queued-bytes", { $0.maxQueuedBytes = "16MiB" }),
         ]
         for (flag, edit) in cases {
             do {
@@ -87,13 +119,45 @@ import Testing
         }
     }
 
+    /// The root must hold its rotation (RootRotationSchedule.minimumRootToSVIDLifetimeRatio = 6); the integration
+    /// test's short values pass, one second less does not; an operator CA is not rotated, so no ratio applies.
+    @Test func caTTLMustHoldTheRootRotation() throws {
+        let short = try resolve {
+            $0.caTTL = "2m"
+            $0.svidTTL = "20s"
+        }
+        #expect(short.caTTL == 120 && short.svidTTL == 20)
+        do {
+            _ = try resolve {
+                $0.caTTL = "119s"
+                $0.svidTTL = "20s"
+            }
+            Issue.record("a CA lifetime of 119 s cannot hold the overlap of 20 s SVIDs")
+        } catch {
+            #expect(error.flag == "--ca-ttl")
+            #expect(error.problem.contains("at least 6 × --svid-ttl (2m)"))
+        }
+        let operatorCA = try resolve {
+            $0.caTTL = "1m"
+            $0.svidTTL = "20s"
+            $0.caCert = "/ca.pem"
+            $0.caKey = "/ca.key"
+        }
+        #expect(operatorCA.caTTL == 60)
+    }
+
+    @Test func svidTTLHasAFloorOf10s() throws {
+        #expect(try resolve { $0.svidTTL = "10s" }.svidTTL == 10)
+        #expect(throws: ConfigurationError.self) { try resolve { $0.svidTTL = "9s" } }
+    }
+
     /// Every duration flag is finite and within its range; each bad value is one line naming the flag.
     @Test(arguments: [
         ("--svid-ttl (SECRET_TTL)", "inf"), ("--svid-ttl (SECRET_TTL)", "nan"), ("--svid-ttl (SECRET_TTL)", "-1h"),
-        ("--svid-ttl (SECRET_TTL)", "59s"), ("--svid-ttl (SECRET_TTL)", "2161h"),
+        ("--svid-ttl (SECRET_TTL)", "9s"), ("--svid-ttl (SECRET_TTL)", "2161h"),
         ("--svid-ttl (SECRET_TTL)", "999999999999999999999999h"),
         ("--ca-ttl", "inf"), ("--ca-ttl", "0"), ("--ca-ttl", "87601h"),
-        ("--drain-timeout", "inf"), ("--drain-timeout", "0"), ("--drain-timeout", "-1s"), ("--drain-timeout", "61m"),
+        ("--drain-timeout", "inf"), ("--drain-timeout", "0"), ("--drain-timeout", "-1s"), ("--drain-timeout", "11m"),
         ("--drain-timeout", "NaN"),
     ])
     func durationFlagsAreFiniteAndBounded(flag: String, value: String) {
@@ -116,9 +180,9 @@ import Testing
         let config = try resolve {
             $0.svidTTL = "2160h"
             $0.caTTL = "87600h"
-            $0.drainTimeout = "1h"
+            $0.drainTimeout = "10m"
         }
-        #expect(config.svidTTL == 90 * 86400 && config.caTTL == 3650 * 86400 && config.drainTimeout == 3600)
+        #expect(config.svidTTL == 90 * 86400 && config.caTTL == 3650 * 86400 && config.drainTimeout == 600)
         #expect(try resolve { $0.svidTTL = "1m" }.svidTTL == 60)
     }
 

@@ -16,7 +16,7 @@ final class ServiceHarness {
     let client: GRPCClientConnection
     let pair: InMemoryPair
 
-    init(feedMode: InMemoryPair.FeedMode = .whole) {
+    init(feedMode: InMemoryPair.FeedMode = .whole, clientConfiguration: H2Configuration = H2Configuration()) {
         service = SecretDiscoveryService(
             classifier: {
                 SecretName($0, ownID: "spiffe://example.org/ns/a/sa/b", ownTrustDomain: "example.org") == .unknown
@@ -26,7 +26,7 @@ final class ServiceHarness {
         let router = GRPCRouter()
         service.register(on: router)
         server = GRPCServerConnection(router: router)
-        client = GRPCClientConnection(authority: "sds-grpc")
+        client = GRPCClientConnection(authority: "sds-grpc", configuration: clientConfiguration)
         pair = InMemoryPair(client: client.session, server: server.session, feedMode: feedMode)
         pair.pump()
     }
@@ -156,5 +156,49 @@ private func open(_ h: ServiceHarness, _ method: SecretDiscoveryServiceMethod) t
         h.pair.pump()
         #expect(received.status?.code == .unavailable)
         #expect(h.service.openStreamCount == 0)
+    }
+
+    /// A client whose window lets almost nothing through and that stops reading: rotations must not pile up as
+    /// queued responses; when it reads again it gets the one it took first and then only the latest.
+    @Test(arguments: [SecretDiscoveryServiceMethod.streamSecrets, .deltaSecrets])
+    func stalledClientCostsOneResponseAndThenGetsTheLatest(method: SecretDiscoveryServiceMethod) throws {
+        var tinyWindow = H2Configuration()
+        tinyWindow.initialWindowSize = 64
+        let h = ServiceHarness(clientConfiguration: tinyWindow)
+        let (call, received) = try open(h, method)
+        if method == .streamSecrets {
+            call.send(DiscoveryRequest(resourceNames: ["default"], typeURL: SDS.secretTypeURL).wireBytes())
+        } else {
+            call.send(
+                DeltaDiscoveryRequest(typeURL: SDS.secretTypeURL, resourceNamesSubscribe: ["default"]).wireBytes())
+        }
+        h.pair.pump()
+        h.pair.clientReads = false
+        h.service.publish([h.secret("default", "version-0")])
+        h.pair.pump()
+        let oneResponse = h.server.session.totalQueuedBytes
+        #expect(oneResponse > 0, "the first response waits for the window")
+        for version in 1...200 {
+            h.service.publish([h.secret("default", "version-\(version)")])
+            h.pair.pump()
+            #expect(h.server.session.totalQueuedBytes <= oneResponse)
+        }
+
+        h.pair.clientReads = true
+        h.pair.pump()
+        #expect(received.messages.count == 2, "the response in flight, then one merged response")
+        let contents = try received.messages.map { bytes -> String in
+            let secret: Secret
+            if method == .streamSecrets {
+                secret = try DiscoveryResponse(wireBytes: bytes).resources[0].unpack(Secret.self)
+            } else {
+                secret = try DeltaDiscoveryResponse(wireBytes: bytes).resources[0].resource!.unpack(Secret.self)
+            }
+            guard case .tlsCertificate(let certificate) = secret.kind,
+                case .inlineBytes(let chain) = certificate.certificateChain
+            else { return "" }
+            return String(decoding: chain, as: UTF8.self)
+        }
+        #expect(contents == ["version-0", "version-200"])
     }
 }

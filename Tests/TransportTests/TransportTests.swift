@@ -193,3 +193,16 @@ private final class Recorder: ConnectionDelegate {
         #expect(loop.run(until: { seen.contains(target) }, timeout: 5))
     }
 }
+
+@Suite struct EventLoopTimerTests {
+    @Test func cancelledTimersDoNotAccumulate() throws {
+        let loop = try EventLoop()
+        let live = loop.schedule(after: 3600) {}
+        for _ in 0..<10_000 {
+            loop.schedule(after: 3600) {}.cancel()
+        }
+        #expect(loop.timerSlotCount <= 2 * EventLoop.minimumTimerSweepThreshold)
+        #expect(live.isPending)
+        live.cancel()
+    }
+}
