@@ -26,8 +26,8 @@ public struct PeerAdmission: Sendable, Equatable {
 /// that makes even that much wait.
 public struct OutboundLimits: Sendable, Equatable {
     /// Bytes a connection may have waiting for its peer (HTTP/2 stream queues plus the socket's write queue).
-    /// Why 16 MiB: the largest legitimate burst is one response per stream on a full connection — 1,000 streams
-    /// (our SETTINGS_MAX_CONCURRENT_STREAMS) of a few KiB each — with room for large trust bundles.
+    /// Why 16 MiB: the largest legitimate burst is one response per stream on a full connection — 128 streams
+    /// (our SETTINGS_MAX_CONCURRENT_STREAMS) of a few KiB each — with ample room for large trust bundles.
     public static let defaultMaxQueuedBytes = 16 << 20
     /// Why 30 s: Envoy reads continuously; a peer whose data has waited this long without it taking a byte is
     /// stuck or hostile, and a reconnecting Envoy gets the current state at once.
