@@ -52,10 +52,12 @@ let package = Package(
         .target(
             name: "WorkloadAPI",
             dependencies: ["Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport"]),
+        // JWT-SVIDs: ES256 tokens, JWKS, the state dir's rotating signing keys.
+        .target(name: "JWT", dependencies: ["PKI", "SPIFFE", "JSONText", "Issuance", "Transport"]),
         .target(
             name: "SDSAgent",
             dependencies: [
-                "Wire", "XDS", "GRPC", "H2", "Transport", "Issuance", "SPIFFE", "PKI", "JSONText", "WorkloadAPI",
+                "Wire", "XDS", "GRPC", "H2", "Transport", "Issuance", "SPIFFE", "PKI", "JSONText", "WorkloadAPI", "JWT",
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
@@ -102,6 +104,7 @@ let package = Package(
             ]),
         .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "JSONText", "Wire", "GRPC", "PKI", "TestSupport"]),
         .testTarget(name: "BenchTests", dependencies: ["Bench"]),
+        .testTarget(name: "JWTTests", dependencies: ["JWT", "PKI", "SPIFFE", "JSONText", "Issuance", "TestSupport"]),
     ]
 )
 

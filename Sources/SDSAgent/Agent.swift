@@ -1,6 +1,7 @@
 import GRPC
 import Glibc
 import Issuance
+import JWT
 import Logging
 import PKI
 import SPIFFE
@@ -20,6 +21,8 @@ public final class Agent {
     let loop: EventLoop
     let logger: Logger
     let service: SecretDiscoveryService
+    /// The SPIFFE Workload API for the applications beside Envoy, on the same socket.
+    let workloadAPI: WorkloadAPIService
     let server: SDSServer
     private var issuer: (any Issuer)?
     private let clock: any WallClock
@@ -31,6 +34,8 @@ public final class Agent {
     private var expiryTimer: EventLoop.Timer?
     private let ownID: String
     private let ownTrustDomain: String
+    private var jwtAuthority: LocalJWTAuthority?
+    private var jwtKeyTimer: EventLoop.Timer?
 
     /// Builds the agent; binds nothing yet.
     public init(configuration: AgentConfiguration, logger: Logger, clock: any WallClock = SystemWallClock())
@@ -67,6 +72,8 @@ public final class Agent {
         self.service = SecretDiscoveryService(classifier: classifier, logger: logger)
         let router = GRPCRouter()
         service.register(on: router)
+        self.workloadAPI = WorkloadAPIService(logger: logger)
+        workloadAPI.register(on: router)
         self.server = SDSServer(
             loop: loop, router: router, logger: logger,
             admission: PeerAdmission(uids: configuration.allowedUIDs, gids: configuration.allowedGIDs),
@@ -94,6 +101,10 @@ public final class Agent {
             issuer = try makeIssuer(self)
         } catch {
             logger.critical("cannot start the issuer", metadata: ["error": "\(error)"])
+            return 1
+        }
+        do { try setUpJWT() } catch {
+            logger.critical("cannot set up JWT-SVID signing", metadata: ["error": "\(error)"])
             return 1
         }
         do {
@@ -169,6 +180,47 @@ public final class Agent {
             onEvent: onEvent)
     }
 
+    /// The JWT half of the Workload API: the local CA mints JWT-SVIDs with the state dir's rotating keys.
+    private func setUpJWT() throws {
+        guard configuration.issuer == .local else {
+            workloadAPI.jwtUnavailable = GRPCStatus(
+                .unavailable, "JWT-SVIDs are not served with --issuer \(configuration.issuer.rawValue)")
+            return
+        }
+        let ttl = Int64(configuration.jwtTTL.rounded(.up))
+        // The key schedule needs a key lifetime of at least 6 token lifetimes (RootRotationSchedule); the CA's
+        // root lifetime is the default, as SPIRE uses its CA TTL for JWT keys.
+        let keyLifetime = max(
+            Int64(configuration.caTTL.rounded(.up)), RootRotationSchedule.minimumRootToSVIDLifetimeRatio * ttl)
+        let keys = try JWTSigningKeys.open(
+            stateDirectory: configuration.stateDir, now: clock.now(), keyLifetime: keyLifetime, tokenLifetime: ttl)
+        logger.info(
+            keys.createdNewKey ? "JWT signing key created" : "JWT signing key loaded",
+            metadata: ["kid": "\(keys.current.kid)", "not_after": "\(keys.current.notAfter)"])
+        let authority = try LocalJWTAuthority(
+            keys: keys, spiffeID: try SPIFFEID(parsing: configuration.spiffeID), ttl: ttl, clock: clock)
+        authority.onBundleChanged = { [unowned self] bundles in
+            self.logger.info("JWT bundle changed", metadata: ["kids": "\(authority.bundle.map(\.kid))"])
+            self.workloadAPI.publishJWTBundles(bundles)
+            self.server.flushAll()
+        }
+        jwtAuthority = authority
+        workloadAPI.jwt = authority
+        workloadAPI.publishJWTBundles(try authority.bundles())
+        armJWTKeyTimer(try authority.advance())
+    }
+
+    private func armJWTKeyTimer(_ at: Timestamp?) {
+        jwtKeyTimer?.cancel()
+        guard let at else { return }
+        jwtKeyTimer = loop.schedule(after: Double(max(0, at - clock.now()))) { [unowned self] in
+            do { self.armJWTKeyTimer(try self.jwtAuthority?.advance()) } catch {
+                self.logger.error("JWT key rotation failed; retrying in 60 s", metadata: ["error": "\(error)"])
+                self.armJWTKeyTimer(self.clock.now() + 60)
+            }
+        }
+    }
+
     private static func log(_ event: LocalCAIssuer.Event, _ logger: Logger) {
         switch event {
         case .successorPublished(let serial, let signsFrom):
@@ -210,6 +262,9 @@ public final class Agent {
         }
         current = update
         let changed = service.publish(secrets)
+        do { try workloadAPI.publish(update) } catch {
+            logger.error("cannot encode the SVID for the Workload API", metadata: ["error": "\(error)"])
+        }
         // Federated bundles that disappeared: Delta streams hear `removed_resources`.
         let nowFederated = Set(
             update.bundles.map { $0.trustDomain.idString }.filter { $0 != "spiffe://" + ownTrustDomain })
@@ -239,6 +294,7 @@ public final class Agent {
                 "SVID expired; holding requests until the issuer delivers a new one",
                 metadata: ["serial": "\(current.svid.leaf.serialHex)", "not_after": "\(current.svid.notAfter)"])
             self.current = nil
+            self.workloadAPI.withdrawSVID()
             self.service.unpublish([SecretName.istioWorkload, current.svid.spiffeID.uri])
             self.server.flushAll()
         }
@@ -269,6 +325,7 @@ public final class Agent {
         // The shutdown notice first, then every call's trailers; the final GOAWAY follows one round trip later.
         server.beginDrain()
         service.finishAll(GRPCStatus(.unavailable, "sds-agent is shutting down"))
+        workloadAPI.finishAll(GRPCStatus(.unavailable, "sds-agent is shutting down"))
         server.flushAll()
         if server.connectionCount == 0 {
             loop.stop()

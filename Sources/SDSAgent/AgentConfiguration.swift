@@ -35,6 +35,13 @@ public struct AgentConfiguration: Sendable {
     public var maxQueuedBytes: Int = OutboundLimits.defaultMaxQueuedBytes
     /// Bounds on what peers of the socket can make the agent hold (`--max-request-bytes`, `--max-connections`).
     public var limits = InboundLimits()
+    /// Lifetime of the JWT-SVIDs the local CA mints (`--jwt-ttl`), in seconds.
+    public var jwtTTL: Double = AgentConfiguration.defaultJWTTTL
+
+    /// 5 minutes: SPIRE's default JWT-SVID lifetime; a bearer token should not live long.
+    public static let defaultJWTTTL: Double = 300
+    /// From 10 s (tests and demos of re-minting) to 24 h (a bearer token living longer is a leak waiting to happen).
+    public static let jwtTTLRange: ClosedRange<Double> = 10...86400
 
     /// Why 10 min: a drain only waits for peers to take the last bytes; Kubernetes' default grace period is 30 s,
     /// and an unbounded (or `inf`) drain would keep a dead pod's sidecar alive forever.
@@ -87,6 +94,7 @@ public struct RawAgentOptions: Sendable, Equatable {
     public var allowGIDs: String?
     public var writeStallTimeout: String?
     public var maxQueuedBytes: String?
+    public var jwtTTL: String?
     public init() {}
 }
 
@@ -235,6 +243,9 @@ extension AgentConfiguration {
         configuration.writeStallTimeout = stall
         configuration.maxQueuedBytes = queued
         configuration.limits = limits
+        configuration.jwtTTL = try duration(
+            pick(options.jwtTTL, "SDS_JWT_TTL", "5m"), flag: "--jwt-ttl", range: jwtTTLRange,
+            why: "a bearer token should not live long")
         return configuration
     }
 

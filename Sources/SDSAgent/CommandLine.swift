@@ -57,6 +57,10 @@ public enum AgentCommandLine {
                 "Lifetime of each local CA root, rotated with overlap; 6 x --svid-ttl to 87600h (default 8760h).",
             set: { $0.caTTL = $1 }),
         Flag(
+            name: "jwt-ttl", valueName: "duration", environment: "SDS_JWT_TTL",
+            help: "Lifetime of the JWT-SVIDs the local CA mints, re-minted at half-life (default 5m; 10s to 24h).",
+            set: { $0.jwtTTL = $1 }),
+        Flag(
             name: "ca-cert", valueName: "pem", environment: "SDS_CA_CERT",
             help: "Operator CA certificate to sign with (then its chain), instead of a self-made root.",
             set: { $0.caCert = $1 }),

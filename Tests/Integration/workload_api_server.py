@@ -141,10 +141,11 @@ class WorkloadAPIServer:
     """A grpcio Workload API server on a Unix socket that can be stopped and started again with the same CA."""
 
     def __init__(self, socket_path: str, spiffe_id: str, trust_domain: str | None = None,
-                 svid_ttl: datetime.timedelta = datetime.timedelta(hours=1)):
+                 svid_ttl: datetime.timedelta = datetime.timedelta(hours=1), ca: TestCA | None = None):
+        """`ca`: another server's CA, so that workloads of both trust each other (two upstreams, one trust domain)."""
         self.socket_path = socket_path
         trust_domain = trust_domain or spiffe_id.split("/")[2]
-        self.ca = TestCA(trust_domain)
+        self.ca = ca or TestCA(trust_domain)
         self.state = WorkloadAPIState(spiffe_id, self.ca, svid_ttl)
         self.server = None
         self.stopping = threading.Event()

@@ -1,0 +1,147 @@
+public import JSONText
+public import PKI
+public import SPIFFE
+
+/// A key that signs JWT-SVIDs: ES256 (P-256), named by `kid` in every token header and in the JWT bundle.
+public struct JWTSigningKey: Sendable {
+    public let kid: String
+    public let privateKey: PrivateKey
+    public let createdAt: Timestamp
+    public let notAfter: Timestamp
+
+    public init(kid: String, privateKey: PrivateKey, createdAt: Timestamp, notAfter: Timestamp) {
+        self.kid = kid
+        self.privateKey = privateKey
+        self.createdAt = createdAt
+        self.notAfter = notAfter
+    }
+
+    /// A fresh key with a random `kid` (24 random bytes, base64url: 32 characters).
+    public static func generate(now: Timestamp, lifetime: Int64) throws -> JWTSigningKey {
+        JWTSigningKey(
+            kid: Base64URL.encode(try RandomBytes.make(24)), privateKey: try PrivateKey.generate(), createdAt: now,
+            notAfter: now + lifetime)
+    }
+}
+
+/// What a validated JWT-SVID says.
+public struct JWTSVIDClaims: Sendable, Equatable {
+    public var subject: SPIFFEID
+    public var audiences: [String]
+    public var issuedAt: Timestamp?
+    public var expiresAt: Timestamp
+    public var keyID: String
+}
+
+/// Why a token is not a valid JWT-SVID (for the caller's status message).
+public struct JWTSVIDError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var description: String { reason }
+}
+
+/// JWT-SVIDs (SPIFFE JWT-SVID spec, RFC 7519 compact JWS): minting and validating. Pure (time is a parameter);
+/// the fuzz targets can call `validate` directly.
+public enum JWTSVIDToken {
+    /// Tokens longer than this are refused before any decoding: ours are ~400 bytes; 8 KiB is far more than a
+    /// JWT-SVID with many audiences needs, and bounds what an untrusted `ValidateJWTSVID` caller makes us parse.
+    public static let maxTokenBytes = 8 * 1024
+
+    /// A signed JWT-SVID: header `{"alg":"ES256","kid":…,"typ":"JWT"}`, claims `sub`, `aud` (a string for one
+    /// audience, else an array), `exp`, `iat`.
+    public static func mint(
+        subject: SPIFFEID, audiences: [String], issuedAt: Timestamp, expiresAt: Timestamp, key: JWTSigningKey
+    ) throws -> String {
+        let header = JSONValue.object([
+            ("alg", .string("ES256")), ("kid", .string(key.kid)), ("typ", .string("JWT")),
+        ])
+        let audience: JSONValue =
+            audiences.count == 1 ? .string(audiences[0]) : .array(audiences.map { .string($0) })
+        let claims = JSONValue.object([
+            ("aud", audience), ("exp", .int(expiresAt.secondsSinceEpoch)), ("iat", .int(issuedAt.secondsSinceEpoch)),
+            ("sub", .string(subject.uri)),
+        ])
+        let signingInput =
+            Base64URL.encode(Array(header.rendered.utf8)) + "." + Base64URL.encode(Array(claims.rendered.utf8))
+        let signature = try key.privateKey.signES256(Array(signingInput.utf8))
+        return signingInput + "." + Base64URL.encode(signature)
+    }
+
+    /// Validates `token` as a JWT-SVID for `audience` at `now`: ES256 only, a `kid` found in `keys` whose
+    /// signature matches, `sub` a SPIFFE ID of `trustDomain`, `aud` containing `audience`, not expired (`exp`
+    /// required). `keys` maps key IDs to the public keys of the trust domain's JWT bundle.
+    public static func validate(
+        _ token: String, audience: String, keys: [String: PublicKey], trustDomain: TrustDomain, now: Timestamp
+    ) throws(JWTSVIDError) -> JWTSVIDClaims {
+        guard token.utf8.count <= maxTokenBytes else { throw JWTSVIDError("token longer than \(maxTokenBytes) bytes") }
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3 else { throw JWTSVIDError("not a compact JWS (header.payload.signature)") }
+        guard let headerBytes = Base64URL.decode(parts[0]), let claimBytes = Base64URL.decode(parts[1]),
+            let signature = Base64URL.decode(parts[2])
+        else { throw JWTSVIDError("malformed base64url") }
+        let header: JSONValue
+        let claims: JSONValue
+        do throws(JSONParseError) {
+            header = try JSONValue.parse(headerBytes)
+            claims = try JSONValue.parse(claimBytes)
+        } catch {
+            throw JWTSVIDError("malformed JSON: \(error)")
+        }
+        guard case .string("ES256") = header["alg"] else { throw JWTSVIDError("unsupported alg (ES256 only)") }
+        if let typ = header["typ"], typ != .string("JWT"), typ != .string("JOSE") {
+            throw JWTSVIDError("unsupported typ")
+        }
+        guard case .string(let kid) = header["kid"] else { throw JWTSVIDError("no kid in the header") }
+        guard let key = keys[kid] else { throw JWTSVIDError("unknown kid \"\(kid)\" (not in the JWT bundle)") }
+        let signingInput = Array(token.utf8.prefix(parts[0].utf8.count + 1 + parts[1].utf8.count))
+        guard key.verifyES256(signingInput, signature: signature) else { throw JWTSVIDError("bad signature") }
+
+        guard case .string(let sub) = claims["sub"], let subject = try? SPIFFEID(parsing: sub) else {
+            throw JWTSVIDError("sub is not a SPIFFE ID")
+        }
+        guard subject.trustDomain == trustDomain else {
+            throw JWTSVIDError("sub \(sub) is not in trust domain \(trustDomain)")
+        }
+        let audiences: [String]
+        switch claims["aud"] {
+        case .string(let one): audiences = [one]
+        case .array(let many):
+            audiences = try many.map { value throws(JWTSVIDError) in
+                guard case .string(let text) = value else { throw JWTSVIDError("aud holds a non-string") }
+                return text
+            }
+        default: throw JWTSVIDError("no aud")
+        }
+        guard audiences.contains(audience) else { throw JWTSVIDError("audience \"\(audience)\" not in aud") }
+        guard case .int(let exp) = claims["exp"] else { throw JWTSVIDError("no exp") }
+        guard now.secondsSinceEpoch < exp else { throw JWTSVIDError("token expired") }
+        var issuedAt: Timestamp?
+        if case .int(let iat) = claims["iat"] { issuedAt = Timestamp(secondsSinceEpoch: iat) }
+        return JWTSVIDClaims(
+            subject: subject, audiences: audiences, issuedAt: issuedAt, expiresAt: Timestamp(secondsSinceEpoch: exp),
+            keyID: kid)
+    }
+
+    /// The claims of `token` without checking anything but its shape (sds-dump's view of a served token).
+    public static func unverifiedClaims(_ token: String) -> JSONValue? {
+        guard token.utf8.count <= maxTokenBytes else { return nil }
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3, let bytes = Base64URL.decode(parts[1]) else { return nil }
+        return try? JSONValue.parse(bytes)
+    }
+}
+
+/// A JWT bundle as the Workload API carries it: a JWKS document (RFC 7517) of EC P-256 keys with `use` set to
+/// `jwt-svid` (SPIFFE Trust Domain and Bundle spec).
+public enum JWKS {
+    public static func document(_ keys: [JWTSigningKey]) throws -> [UInt8] {
+        let entries = try keys.map { key -> JSONValue in
+            let (x, y) = try key.privateKey.publicKey.ecCoordinates()
+            return .object([
+                ("kty", .string("EC")), ("kid", .string(key.kid)), ("crv", .string("P-256")),
+                ("x", .string(Base64URL.encode(x))), ("y", .string(Base64URL.encode(y))), ("use", .string("jwt-svid")),
+            ])
+        }
+        return Array(JSONValue.object([("keys", .array(entries))]).rendered.utf8)
+    }
+}

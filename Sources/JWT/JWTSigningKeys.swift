@@ -1,0 +1,172 @@
+import Glibc
+public import Issuance
+public import PKI
+import Transport
+
+/// The local CA's JWT signing keys in its state directory: the current key (`jwt-key.pem`) and, during a rotation,
+/// its successor (`jwt-key-next.pem`), on `RootRotationSchedule` with the JWT-SVID lifetime as the SVID lifetime:
+/// the successor is in the JWT bundle at least one token lifetime and a half before it signs, and the old key stays
+/// in the bundle until every token it signed has expired.
+///
+///     files:   jwt-key.pem  ──createSuccessor──►  jwt-key.pem + jwt-key-next.pem  ──retireCurrent──►  jwt-key.pem
+///
+/// Each file is 0600, written atomically (temporary file, fsync, rename): a few `name=value` lines (`kid`,
+/// `created_at`, `not_after`) followed by the PKCS#8 PEM key. Retiring writes the successor over `jwt-key.pem` and
+/// then removes `jwt-key-next.pem`; a start that finds both with the same `kid` finishes that retirement.
+public final class JWTSigningKeys {
+    public static let currentFileName = "jwt-key.pem"
+    public static let successorFileName = "jwt-key-next.pem"
+    /// A key file longer than this is not ours: a P-256 PKCS#8 PEM and three short lines are ~350 bytes.
+    static let maxFileBytes = 8 * 1024
+
+    public let stateDirectory: String
+    /// Lifetime of each key created from now on, in seconds.
+    public let keyLifetime: Int64
+    public let schedule: RootRotationSchedule
+    public private(set) var current: JWTSigningKey
+    public private(set) var successor: JWTSigningKey?
+    public let createdNewKey: Bool
+
+    private init(
+        stateDirectory: String, keyLifetime: Int64, schedule: RootRotationSchedule, current: JWTSigningKey,
+        successor: JWTSigningKey?, createdNewKey: Bool
+    ) {
+        self.stateDirectory = stateDirectory
+        self.keyLifetime = keyLifetime
+        self.schedule = schedule
+        self.current = current
+        self.successor = successor
+        self.createdNewKey = createdNewKey
+    }
+
+    /// Loads the keys of `stateDirectory` or creates the first one. A damaged file throws a one-line error naming
+    /// it; nothing is overwritten.
+    public static func open(stateDirectory: String, now: Timestamp, keyLifetime: Int64, tokenLifetime: Int64) throws
+        -> JWTSigningKeys
+    {
+        do throws(SystemError) {
+            try Files.ensureDirectory(stateDirectory)
+        } catch {
+            throw JWTSVIDError("state dir \(stateDirectory): \(error)")
+        }
+        let schedule = RootRotationSchedule(svidLifetime: tokenLifetime)
+        let currentPath = stateDirectory + "/" + currentFileName
+        let successorPath = stateDirectory + "/" + successorFileName
+        var successor = Files.exists(successorPath) ? try read(successorPath) : nil
+        guard Files.exists(currentPath) else {
+            if successor != nil {
+                throw JWTSVIDError("\(successorPath) exists but \(currentPath) is missing; restore it or remove both")
+            }
+            let key = try JWTSigningKey.generate(now: now, lifetime: keyLifetime)
+            try write(stateDirectory, currentFileName, key)
+            return JWTSigningKeys(
+                stateDirectory: stateDirectory, keyLifetime: keyLifetime, schedule: schedule, current: key,
+                successor: nil, createdNewKey: true)
+        }
+        let current = try read(currentPath)
+        if successor?.kid == current.kid {
+            // A retirement was interrupted after the successor replaced the current key.
+            try remove(successorPath)
+            successor = nil
+        }
+        return JWTSigningKeys(
+            stateDirectory: stateDirectory, keyLifetime: keyLifetime, schedule: schedule, current: current,
+            successor: successor, createdNewKey: false)
+    }
+
+    /// What the schedule says at `now`: performs a due change (creating or retiring a key) and returns the decision
+    /// after it, with whether the set of keys changed.
+    public func advance(now: Timestamp) throws -> (signer: JWTSigningKey, bundle: [JWTSigningKey], changed: Bool) {
+        var changed = false
+        for _ in 0..<2 {
+            let decision = schedule.decide(now: now, current: root(current), successor: successor.map(root))
+            switch decision.due {
+            case .createSuccessor:
+                let key = try JWTSigningKey.generate(now: now, lifetime: keyLifetime)
+                try Self.write(stateDirectory, Self.successorFileName, key)
+                successor = key
+                changed = true
+            case .retireCurrent:
+                guard let next = successor else { break }
+                try Self.write(stateDirectory, Self.currentFileName, next)
+                try Self.remove(stateDirectory + "/" + Self.successorFileName)
+                current = next
+                successor = nil
+                changed = true
+            case nil:
+                let signer = decision.signer == .current ? current : (successor ?? current)
+                let bundle = decision.bundle.map { $0 == .current ? current : (successor ?? current) }
+                return (signer, bundle, changed)
+            }
+        }
+        let decision = schedule.decide(now: now, current: root(current), successor: successor.map(root))
+        let signer = decision.signer == .current ? current : (successor ?? current)
+        return (signer, [current] + (successor.map { [$0] } ?? []), changed)
+    }
+
+    /// When the schedule's answer next changes (the timer to arm).
+    public func nextEventAt(now: Timestamp) -> Timestamp? {
+        schedule.decide(now: now, current: root(current), successor: successor.map(root)).nextEventAt
+    }
+
+    private func root(_ key: JWTSigningKey) -> RootRotationSchedule.Root {
+        RootRotationSchedule.Root(createdAt: key.createdAt, notAfter: key.notAfter)
+    }
+
+    // MARK: Files
+
+    static func encode(_ key: JWTSigningKey) throws -> [UInt8] {
+        let text =
+            "kid=\(key.kid)\ncreated_at=\(key.createdAt.secondsSinceEpoch)\nnot_after=\(key.notAfter.secondsSinceEpoch)\n"
+            + (try key.privateKey.pkcs8PEM())
+        return Array(text.utf8)
+    }
+
+    static func decode(_ bytes: [UInt8], path: String) throws -> JWTSigningKey {
+        guard let text = String(validating: bytes, as: UTF8.self) else { throw JWTSVIDError("\(path): not UTF-8") }
+        var fields: [String: String] = [:]
+        var pemStart = text.startIndex
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.hasPrefix("-----BEGIN") { break }
+            pemStart = text.index(line.endIndex, offsetBy: 1, limitedBy: text.endIndex) ?? text.endIndex
+            guard let equals = line.firstIndex(of: "=") else { continue }
+            fields[String(line[..<equals])] = String(line[line.index(after: equals)...])
+        }
+        guard let kid = fields["kid"], !kid.isEmpty, let created = fields["created_at"].flatMap({ Int64($0) }),
+            let notAfter = fields["not_after"].flatMap({ Int64($0) })
+        else { throw JWTSVIDError("\(path): missing kid, created_at or not_after") }
+        let key: PrivateKey
+        do { key = try PrivateKey(pem: String(text[pemStart...])) } catch {
+            throw JWTSVIDError("\(path): \(error)")
+        }
+        return JWTSigningKey(
+            kid: kid, privateKey: key, createdAt: Timestamp(secondsSinceEpoch: created),
+            notAfter: Timestamp(secondsSinceEpoch: notAfter))
+    }
+
+    private static func read(_ path: String) throws -> JWTSigningKey {
+        let bytes: [UInt8]
+        do throws(SystemError) {
+            bytes = try Files.read(path, limit: maxFileBytes + 1)
+        } catch {
+            throw JWTSVIDError("\(path): \(error)")
+        }
+        guard bytes.count <= maxFileBytes else { throw JWTSVIDError("\(path): longer than \(maxFileBytes) bytes") }
+        return try decode(bytes, path: path)
+    }
+
+    private static func write(_ directory: String, _ name: String, _ key: JWTSigningKey) throws {
+        let bytes = try encode(key)
+        do throws(SystemError) {
+            try Files.writeAtomically(directory: directory, name: name, bytes: bytes, mode: 0o600)
+        } catch {
+            throw JWTSVIDError("state dir \(directory): \(error)")
+        }
+    }
+
+    private static func remove(_ path: String) throws {
+        guard unlink(path) == 0 || errno == ENOENT else {
+            throw JWTSVIDError("cannot remove \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+}

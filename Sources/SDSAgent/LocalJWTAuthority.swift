@@ -1,0 +1,112 @@
+import GRPC
+import Issuance
+import JWT
+import PKI
+import SPIFFE
+import Wire
+
+/// JWT-SVIDs from the local CA: the state dir's rotating ES256 keys (`JWTSigningKeys`), one token per audience set
+/// (`JWTSVIDCache`, re-minted at half-life), the JWT bundle as JWKS, and validation against that bundle.
+/// Runs on the event loop thread; every answer is immediate.
+final class LocalJWTAuthority: JWTProvider {
+    /// A request naming more audiences than this is refused: a token carries them all, and a JWT-SVID is sent in
+    /// a header (Envoy's default header limit is 60 KiB in total).
+    static let maxAudiences = 32
+    /// An audience longer than this is refused, for the same reason.
+    static let maxAudienceBytes = 512
+
+    private let keys: JWTSigningKeys
+    private let spiffeID: SPIFFEID
+    private let ttl: Int64
+    private let clock: any WallClock
+    private var cache = JWTSVIDCache()
+    private(set) var bundle: [JWTSigningKey] = []
+    private(set) var signer: JWTSigningKey
+    /// The JWT bundle changed (a key was added or retired): JWKS per trust domain ID.
+    var onBundleChanged: (([String: [UInt8]]) -> Void)?
+
+    init(keys: JWTSigningKeys, spiffeID: SPIFFEID, ttl: Int64, clock: any WallClock) throws {
+        self.keys = keys
+        self.spiffeID = spiffeID
+        self.ttl = ttl
+        self.clock = clock
+        let decision = try keys.advance(now: clock.now())
+        self.signer = decision.signer
+        self.bundle = decision.bundle
+    }
+
+    /// The JWT bundles to publish: this trust domain's JWKS.
+    func bundles() throws -> [String: [UInt8]] {
+        [spiffeID.trustDomain.idString: try JWKS.document(bundle)]
+    }
+
+    /// Applies the key schedule at the current time; returns when it should be asked again.
+    @discardableResult
+    func advance() throws -> Timestamp? {
+        let now = clock.now()
+        let decision = try keys.advance(now: now)
+        signer = decision.signer
+        let changed = decision.bundle.map(\.kid) != bundle.map(\.kid)
+        bundle = decision.bundle
+        if changed { onBundleChanged?(try bundles()) }
+        return keys.nextEventAt(now: now)
+    }
+
+    /// A token for `audiences` now (from the cache while in its first half-life).
+    func token(for audiences: [String]) throws -> (token: String, expiresAt: Timestamp) {
+        try advance()
+        let subject = spiffeID
+        let result = try cache.token(for: audiences, now: clock.now(), ttl: ttl, signer: signer) {
+            audiences, issuedAt, expiresAt in
+            try JWTSVIDToken.mint(
+                subject: subject, audiences: audiences, issuedAt: issuedAt, expiresAt: expiresAt, key: signer)
+        }
+        return (result.token, result.expiresAt)
+    }
+
+    static func checkAudiences(_ audiences: [String]) -> GRPCStatus? {
+        if audiences.isEmpty { return GRPCStatus(.invalidArgument, "audience must be specified") }
+        if audiences.count > maxAudiences {
+            return GRPCStatus(.invalidArgument, "more than \(maxAudiences) audiences")
+        }
+        if audiences.contains(where: { $0.isEmpty || $0.utf8.count > maxAudienceBytes }) {
+            return GRPCStatus(.invalidArgument, "an audience is empty or longer than \(maxAudienceBytes) bytes")
+        }
+        return nil
+    }
+
+    func fetchJWTSVID(_ request: JWTSVIDRequest, reply: @escaping (Result<JWTSVIDResponse, GRPCStatus>) -> Void) {
+        if let problem = Self.checkAudiences(request.audience) { return reply(.failure(problem)) }
+        if !request.spiffeID.isEmpty, request.spiffeID != spiffeID.uri {
+            return reply(.failure(GRPCStatus(.permissionDenied, "no identity issued for \(request.spiffeID)")))
+        }
+        do {
+            let minted = try token(for: request.audience)
+            reply(.success(JWTSVIDResponse(svids: [JWTSVIDMessage(spiffeID: spiffeID.uri, svid: minted.token)])))
+        } catch {
+            reply(.failure(GRPCStatus(.internal, "cannot mint a JWT-SVID: \(error)")))
+        }
+    }
+
+    func validateJWTSVID(
+        _ request: ValidateJWTSVIDRequest, reply: @escaping (Result<ValidateJWTSVIDResponse, GRPCStatus>) -> Void
+    ) {
+        guard !request.audience.isEmpty else {
+            return reply(.failure(GRPCStatus(.invalidArgument, "audience must be specified")))
+        }
+        guard !request.svid.isEmpty else {
+            return reply(.failure(GRPCStatus(.invalidArgument, "svid must be specified")))
+        }
+        _ = try? advance()
+        var publicKeys: [String: PublicKey] = [:]
+        for key in bundle { publicKeys[key.kid] = key.privateKey.publicKey }
+        do throws(JWTSVIDError) {
+            let claims = try JWTSVIDToken.validate(
+                request.svid, audience: request.audience, keys: publicKeys, trustDomain: spiffeID.trustDomain,
+                now: clock.now())
+            reply(.success(ValidateJWTSVIDResponse(spiffeID: claims.subject.uri)))
+        } catch {
+            reply(.failure(GRPCStatus(.invalidArgument, "invalid JWT-SVID: \(error)")))
+        }
+    }
+}

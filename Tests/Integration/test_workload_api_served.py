@@ -1,0 +1,283 @@
+"""Acceptance tests of the SPIFFE Workload API sds-agent serves on its SDS socket, to the applications beside Envoy,
+through clients we did not write: py-spiffe (`X509Source`, `WorkloadApiClient`), spiffe-tls, raw grpcio.
+
+    app (py-spiffe / spiffe-tls) --FetchX509SVID, FetchX509Bundles--> sds-agent (socket S) --issuer--> local CA
+                                                                                                    or upstream fake
+Every test runs twice: with the local CA (`--issuer local-ca`; SIGHUP rotates) and with `--issuer workload-api`
+against the upstream fake (workload_api_server.py; its rotate() rotates): the app must see the same either way.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import grpc
+import pytest
+from cryptography import x509
+from spiffe import TrustDomain, X509Source
+from spiffe._proto import workload_pb2, workload_pb2_grpc
+
+from envoy_harness import wait_for
+from sds_servers import HERE, TRUST_DOMAIN, ProcessServer, fetch_when_served, leaf_serial
+from workload_api_server import WorkloadAPIServer
+
+APP_ID = f"spiffe://{TRUST_DOMAIN}/ns/apps/sa/app"
+SERVER_ID = f"spiffe://{TRUST_DOMAIN}/ns/apps/sa/server"
+CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/apps/sa/client"
+SOURCE_TIMEOUT = 20.0  # seconds for an X509Source's first SVID
+ROTATION_TIMEOUT = 20.0  # seconds for a rotation to reach an app
+SECURITY_HEADER = ("workload.spiffe.io", "true")
+
+
+@dataclass
+class Served:
+    """One agent serving the Workload API, and how to rotate the identity it serves."""
+    agent: ProcessServer
+    rotate: Callable[[], object]
+    upstream: WorkloadAPIServer | None = None
+
+    @property
+    def socket(self) -> str:
+        return str(self.agent.socket_path)
+
+    def sds_serial(self) -> str:
+        """The leaf serial SDS serves right now (what Envoy beside the app gets)."""
+        return leaf_serial(fetch_when_served(self.socket, ["default"])["default"])
+
+
+@dataclass
+class ServedFactory:
+    issuer: str
+    start: Callable[[str, str], Served]
+    upstreams: list[WorkloadAPIServer] = field(default_factory=list)
+
+
+@pytest.fixture(params=["local-ca", "workload-api"])
+def served(request, agent_factory, short_dir):
+    """Starts agents (one SPIFFE ID each, one trust domain) with the issuer of this run."""
+    upstreams: list[WorkloadAPIServer] = []
+
+    def start(label: str, spiffe_id: str) -> Served:
+        if request.param == "local-ca":
+            agent = agent_factory.start(label, spiffe_id)
+            return Served(agent, agent.rotate)
+        ca = upstreams[0].ca if upstreams else None
+        upstream = WorkloadAPIServer(str(short_dir / f"{label}-up.sock"), spiffe_id, ca=ca).start()
+        upstreams.append(upstream)
+        agent = agent_factory.start(
+            label, spiffe_id, ["--issuer", "workload-api", "--upstream-socket", f"unix://{upstream.socket_path}"])
+        return Served(agent, upstream.rotate, upstream)
+
+    try:
+        yield ServedFactory(request.param, start, upstreams)
+    finally:
+        agent_factory.stop_all()
+        for upstream in upstreams:
+            upstream.stop()
+
+
+def serial_of(cert: x509.Certificate) -> str:
+    return format(cert.serial_number, "x")
+
+
+def stub(socket_path: str) -> workload_pb2_grpc.SpiffeWorkloadAPIStub:
+    return workload_pb2_grpc.SpiffeWorkloadAPIStub(grpc.insecure_channel(f"unix:{socket_path}"))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# py-spiffe
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_x509_source_gets_svid_and_bundle_and_sees_rotation(served):
+    app = served.start("app", APP_ID)
+    with X509Source(socket_path=f"unix:{app.socket}", timeout_in_seconds=SOURCE_TIMEOUT) as source:
+        svid = source.svid
+        assert str(svid.spiffe_id) == APP_ID
+        old = serial_of(svid.leaf)
+        assert old == app.sds_serial(), "the app and Envoy get the same SVID"
+        bundle = source.get_bundle_for_trust_domain(TrustDomain(TRUST_DOMAIN))
+        assert bundle is not None and bundle.x509_authorities, "no bundle for the own trust domain"
+        top = svid.cert_chain[-1]
+        assert any(_issued_by(top, ca) for ca in bundle.x509_authorities), "the bundle does not anchor the SVID"
+        assert svid.private_key.public_key().public_numbers() == svid.leaf.public_key().public_numbers()
+
+        updates = []
+        source.subscribe_for_updates(lambda: updates.append(serial_of(source.svid.leaf)))
+        app.rotate()
+        new = wait_for(lambda: (s := serial_of(source.svid.leaf)) != old and s, ROTATION_TIMEOUT,
+                       "the X509Source to see the rotation", app.agent.log_tail)
+        assert new == app.sds_serial(), "the app's SVID after rotation is the one Envoy gets"
+        assert updates and updates[-1] == new
+        assert not source.is_closed()
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not this issuer"
+        return False
+
+
+def test_x509_bundles_stream(served):
+    app = served.start("app", APP_ID)
+    first = wait_for(lambda: next(stub(app.socket).FetchX509Bundles(
+        workload_pb2.X509BundlesRequest(), metadata=[SECURITY_HEADER], timeout=5)), SOURCE_TIMEOUT, "bundles")
+    assert set(first.bundles) == {f"spiffe://{TRUST_DOMAIN}"}
+    with X509Source(socket_path=f"unix:{app.socket}", timeout_in_seconds=SOURCE_TIMEOUT) as source:
+        svid_bundle = source.get_bundle_for_trust_domain(TrustDomain(TRUST_DOMAIN))
+        der = b"".join(c.public_bytes(serialization_der()) for c in svid_bundle.x509_authorities)
+        assert first.bundles[f"spiffe://{TRUST_DOMAIN}"] == der, "both streams carry the same bundle"
+
+
+def serialization_der():
+    from cryptography.hazmat.primitives import serialization
+    return serialization.Encoding.DER
+
+
+@pytest.mark.parametrize("method,request_message", [
+    ("FetchX509SVID", workload_pb2.X509SVIDRequest()),
+    ("FetchX509Bundles", workload_pb2.X509BundlesRequest()),
+    ("FetchJWTBundles", workload_pb2.JWTBundlesRequest()),
+    ("FetchJWTSVID", workload_pb2.JWTSVIDRequest(audience=["a"])),
+    ("ValidateJWTSVID", workload_pb2.ValidateJWTSVIDRequest(audience="a", svid="x.y.z")),
+])
+def test_call_without_security_header_is_invalid_argument(served, method, request_message):
+    app = served.start("app", APP_ID)
+    app.sds_serial()  # serving: the refusal is not a wait for the first SVID
+    call = getattr(stub(app.socket), method)
+    with pytest.raises(grpc.RpcError) as raised:
+        response = call(request_message, timeout=5)
+        if method.startswith("FetchX509") or method == "FetchJWTBundles":
+            next(response)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value
+    assert "workload.spiffe.io" in raised.value.details()
+    # The same call with the header is served (or, for JWT, at least not refused for the header).
+    if method == "FetchX509SVID":
+        assert next(call(request_message, metadata=[SECURITY_HEADER], timeout=5)).svids
+
+
+def test_stream_waits_for_the_first_svid(agent_factory, short_dir):
+    """Before the first SVID exists the stream is held open, not failed; the SVID goes out when it arrives."""
+    upstream = WorkloadAPIServer(str(short_dir / "up.sock"), APP_ID).start()
+    try:
+        upstream.set_has_identity(False)
+        agent = agent_factory.start(
+            "app", APP_ID, ["--issuer", "workload-api", "--upstream-socket", f"unix://{upstream.socket_path}"])
+        responses = stub(str(agent.socket_path)).FetchX509SVID(
+            workload_pb2.X509SVIDRequest(), metadata=[SECURITY_HEADER], timeout=60)
+        received: queue.Queue = queue.Queue()
+
+        def read():
+            try:
+                for response in responses:
+                    received.put(response)
+            except grpc.RpcError as error:
+                received.put(error)
+
+        threading.Thread(target=read, daemon=True).start()
+        held_for = 2.0  # the upstream refuses for this long: nothing (no error either) may reach the app
+        with pytest.raises(queue.Empty):
+            received.get(timeout=held_for)
+        upstream.set_has_identity(True)
+        first = received.get(timeout=ROTATION_TIMEOUT)
+        assert not isinstance(first, grpc.RpcError), first
+        assert first.svids[0].spiffe_id == APP_ID
+        responses.cancel()
+    finally:
+        upstream.stop()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# spiffe-tls: two applications, mTLS with SVIDs from our socket
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class Peer:
+    """spiffe_tls_peer.py as a child process; its JSON stdout lines are collected by a thread."""
+
+    def __init__(self, *args: str):
+        self.process = subprocess.Popen([sys.executable, str(HERE / "spiffe_tls_peer.py"), *args],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: list[dict] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.lines.put(line.strip())
+
+    def next_line(self, timeout: float) -> str:
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no output in {timeout}s; stderr: {self.stderr()}") from None
+
+    def wait_json(self, predicate, timeout: float, what: str) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                record = json.loads(self.lines.get(timeout=max(0.01, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+            self.seen.append(record)
+            if predicate(record):
+                return record
+        raise AssertionError(f"timed out waiting for {what}; last lines: {self.seen[-5:]}")
+
+    def stderr(self) -> str:
+        if self.process.poll() is None:
+            return "(running)"
+        return self.process.stderr.read()[-2000:]
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+def test_spiffe_tls_mtls_keeps_connecting_after_rotation(served):
+    server_agent = served.start("srv", SERVER_ID)
+    client_agent = served.start("cli", CLIENT_ID)
+    peers: list[Peer] = []
+    try:
+        server = Peer("server", server_agent.socket, CLIENT_ID)
+        peers.append(server)
+        line = server.next_line(SOURCE_TIMEOUT)
+        assert line.startswith("port "), line
+        port = line.split()[1]
+
+        # A client that expects another server ID is refused by its own authorize_id.
+        wrong = Peer("client", client_agent.socket, CLIENT_ID, port, "1")
+        peers.append(wrong)
+        refused = wrong.wait_json(lambda r: True, SOURCE_TIMEOUT, "the wrong-ID client's first attempt")
+        assert "error" in refused, refused
+
+        client = Peer("client", client_agent.socket, SERVER_ID, port, "90")
+        peers.append(client)
+        first = client.wait_json(lambda r: "server_serial" in r, SOURCE_TIMEOUT, "a first mTLS exchange")
+        assert first["seen_server_serial"] == first["server_serial"] == server_agent.sds_serial()
+        assert first["client_serial"] == first["own_serial"] == client_agent.sds_serial()
+
+        server_agent.rotate()
+        client_agent.rotate()
+        after = client.wait_json(
+            lambda r: "server_serial" in r and r["server_serial"] != first["server_serial"]
+            and r["client_serial"] != first["client_serial"],
+            ROTATION_TIMEOUT, "an mTLS exchange with both rotated SVIDs")
+        assert after["seen_server_serial"] == after["server_serial"] == server_agent.sds_serial()
+        assert after["client_serial"] == after["own_serial"] == client_agent.sds_serial()
+        # And it keeps connecting.
+        client.wait_json(lambda r: "server_serial" in r, 5, "another exchange")
+        errors = [r for r in client.seen if "error" in r]
+        assert not errors, f"connections failed around the rotation: {errors}"
+    finally:
+        for peer in peers:
+            peer.stop()
