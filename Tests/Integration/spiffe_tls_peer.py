@@ -11,11 +11,16 @@ Both sides take their SVID and bundle from the socket only; the test rotates the
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import sys
+import threading
 import time
 
+from OpenSSL import SSL
+
 from spiffe import SpiffeId, X509Source
-from spiffetls import ListenOptions, dial, listen
+from spiffetls import create_ssl_context, dial
 from spiffetls.tlsconfig.authorize import authorize_id
 
 CONNECT_INTERVAL = 0.2  # seconds between client connections
@@ -28,10 +33,26 @@ def own_serial(source: X509Source) -> str:
 
 def serve(socket_path: str, client_id: str) -> int:
     source = X509Source(socket_path=f"unix:{socket_path}", timeout_in_seconds=SOURCE_TIMEOUT)
-    server = listen("127.0.0.1:0", source, ListenOptions(authorize_fn=authorize_id(SpiffeId(client_id))))
-    print(f"port {server.getsockname()[1]}", flush=True)
+    authorize = authorize_id(SpiffeId(client_id))
+    verify = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+
+    # spiffe-tls's listen() reloads its one SSL context when the source rotates, which pyOpenSSL >= 25 refuses for
+    # a context already in use ("it cannot be mutated again"): its server would keep the first SVID for ever. So this
+    # server builds a fresh context with spiffe-tls's create_ssl_context after each rotation instead.
+    rotated = threading.Event()
+    source.subscribe_for_updates(rotated.set)
+    context = create_ssl_context(SSL.TLS_SERVER_METHOD, source, authorize, verify)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    print(f"port {listener.getsockname()[1]}", flush=True)
     while True:
-        conn, _ = server.accept()
+        raw, _ = listener.accept()
+        if rotated.is_set():
+            rotated.clear()
+            context = create_ssl_context(SSL.TLS_SERVER_METHOD, source, authorize, verify)
+        conn = SSL.Connection(context, raw)
+        conn.set_accept_state()
         try:
             conn.do_handshake()
             peer = conn.get_peer_certificate()
@@ -80,4 +101,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    # spiffe-tls logs its failed in-place reloads (see serve); the fresh contexts make them harmless.
+    logging.getLogger("spiffetls").setLevel(logging.CRITICAL)
     sys.exit(main(sys.argv))

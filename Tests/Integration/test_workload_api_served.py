@@ -67,6 +67,8 @@ def served(request, agent_factory, short_dir):
         if request.param == "local-ca":
             agent = agent_factory.start(label, spiffe_id)
             return Served(agent, agent.rotate)
+        # No CA state to share (the upstream issues): an own state dir, not a copy of the first agent's.
+        (short_dir / f"{label}.state").mkdir(mode=0o700, exist_ok=True)
         ca = upstreams[0].ca if upstreams else None
         upstream = WorkloadAPIServer(str(short_dir / f"{label}-up.sock"), spiffe_id, ca=ca).start()
         upstreams.append(upstream)
@@ -98,7 +100,7 @@ def stub(socket_path: str) -> workload_pb2_grpc.SpiffeWorkloadAPIStub:
 def test_x509_source_gets_svid_and_bundle_and_sees_rotation(served):
     app = served.start("app", APP_ID)
     with X509Source(socket_path=f"unix:{app.socket}", timeout_in_seconds=SOURCE_TIMEOUT) as source:
-        svid = source.svid
+        svid = source.get_x509_context().default_svid
         assert str(svid.spiffe_id) == APP_ID
         old = serial_of(svid.leaf)
         assert old == app.sds_serial(), "the app and Envoy get the same SVID"
@@ -109,9 +111,9 @@ def test_x509_source_gets_svid_and_bundle_and_sees_rotation(served):
         assert svid.private_key.public_key().public_numbers() == svid.leaf.public_key().public_numbers()
 
         updates = []
-        source.subscribe_for_updates(lambda: updates.append(serial_of(source.svid.leaf)))
+        source.subscribe_for_updates(lambda: updates.append(serial_of(source.get_x509_context().default_svid.leaf)))
         app.rotate()
-        new = wait_for(lambda: (s := serial_of(source.svid.leaf)) != old and s, ROTATION_TIMEOUT,
+        new = wait_for(lambda: (s := serial_of(source.get_x509_context().default_svid.leaf)) != old and s, ROTATION_TIMEOUT,
                        "the X509Source to see the rotation", app.agent.log_tail)
         assert new == app.sds_serial(), "the app's SVID after rotation is the one Envoy gets"
         assert updates and updates[-1] == new
@@ -269,10 +271,11 @@ def test_spiffe_tls_mtls_keeps_connecting_after_rotation(served):
         server_agent.rotate()
         client_agent.rotate()
         after = client.wait_json(
-            lambda r: "server_serial" in r and r["server_serial"] != first["server_serial"]
+            # The server's SSL context follows its X509Source a moment after the source itself changed.
+            lambda r: "server_serial" in r and r["seen_server_serial"] == r["server_serial"] != first["server_serial"]
             and r["client_serial"] != first["client_serial"],
             ROTATION_TIMEOUT, "an mTLS exchange with both rotated SVIDs")
-        assert after["seen_server_serial"] == after["server_serial"] == server_agent.sds_serial()
+        assert after["seen_server_serial"] == after["server_serial"] == server_agent.sds_serial(), after
         assert after["client_serial"] == after["own_serial"] == client_agent.sds_serial()
         # And it keeps connecting.
         client.wait_json(lambda r: "server_serial" in r, 5, "another exchange")
@@ -281,3 +284,112 @@ def test_spiffe_tls_mtls_keeps_connecting_after_rotation(served):
     finally:
         for peer in peers:
             peer.stop()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# JWT-SVIDs (local CA)
+# ------------------------------------------------------------------------------------------------------------------
+
+import datetime  # noqa: E402 - the JWT section's own imports
+import pathlib  # noqa: E402
+
+import jwt as pyjwt  # noqa: E402 - PyJWT, independent of py-spiffe's use of it
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from spiffe import JwtBundle, WorkloadApiClient  # noqa: E402
+from spiffe.svid.jwt_svid import JwtSvid  # noqa: E402
+
+AUDIENCE = "spiffe://example.org/ns/db/sa/postgres"
+
+
+def jwks_document(socket_path: str) -> bytes:
+    """The JWT bundle of our trust domain as FetchJWTBundles streams it (raw JWKS bytes)."""
+    response = next(stub(socket_path).FetchJWTBundles(
+        workload_pb2.JWTBundlesRequest(), metadata=[SECURITY_HEADER], timeout=5))
+    assert set(response.bundles) == {f"spiffe://{TRUST_DOMAIN}"}
+    return response.bundles[f"spiffe://{TRUST_DOMAIN}"]
+
+
+def local_signing_key(state_dir: pathlib.Path) -> tuple[str, ec.EllipticCurvePrivateKey]:
+    """The agent's current JWT key from its state dir (kid line, then PEM): to forge tokens only the agent could
+    sign, differing from a real one in one claim."""
+    text = (state_dir / "jwt-key.pem").read_text()
+    kid = next(line[4:] for line in text.splitlines() if line.startswith("kid="))
+    return kid, serialization.load_pem_private_key(text[text.index("-----BEGIN"):].encode(), None)
+
+
+@pytest.fixture
+def jwt_agent(agent_factory):
+    return agent_factory.start("app", APP_ID, ["--jwt-ttl", "20s"])
+
+
+def test_jwt_svid_validates_with_the_jwt_bundle(jwt_agent):
+    with WorkloadApiClient(f"unix:{jwt_agent.socket_path}") as client:
+        svid = wait_for(lambda: client.fetch_jwt_svid({AUDIENCE}), SOURCE_TIMEOUT, "a JWT-SVID")
+        assert str(svid.spiffe_id) == APP_ID
+        # py-spiffe's own verification, with the bundle from FetchJWTBundles.
+        bundle = client.fetch_jwt_bundles().get_bundle_for_trust_domain(TrustDomain(TRUST_DOMAIN))
+        checked = JwtSvid.parse_and_validate(svid.token, bundle, {AUDIENCE})
+        assert str(checked.spiffe_id) == APP_ID and checked.audience == {AUDIENCE}
+    # Independently, PyJWT with the raw JWKS document.
+    jwks = pyjwt.PyJWKSet.from_json(jwks_document(str(jwt_agent.socket_path)).decode())
+    kid = pyjwt.get_unverified_header(svid.token)["kid"]
+    key = next(k for k in jwks.keys if k.key_id == kid)
+    claims = pyjwt.decode(svid.token, key.key, algorithms=["ES256"], audience=AUDIENCE)
+    assert claims["sub"] == APP_ID
+    assert 0 < claims["exp"] - claims["iat"] <= 20, "--jwt-ttl 20s"
+    assert JwtBundle.parse(TrustDomain(TRUST_DOMAIN), jwks_document(str(jwt_agent.socket_path))).jwt_authorities
+
+
+def test_jwt_svid_is_cached_and_re_minted_at_half_life(jwt_agent):
+    with WorkloadApiClient(f"unix:{jwt_agent.socket_path}") as client:
+        first = wait_for(lambda: client.fetch_jwt_svid({AUDIENCE}), SOURCE_TIMEOUT, "a JWT-SVID")
+        assert client.fetch_jwt_svid({AUDIENCE}).token == first.token, "cached within its first half-life"
+        other = client.fetch_jwt_svid({"another-audience"})
+        assert other.token != first.token and other.audience == {"another-audience"}
+        renewed = wait_for(lambda: (s := client.fetch_jwt_svid({AUDIENCE})).token != first.token and s,
+                           15, "a re-minted JWT-SVID after half of 20 s")
+        assert renewed.expiry > first.expiry
+
+
+def test_validate_jwt_svid_accepts_ours_and_rejects_forgeries(jwt_agent):
+    kid, our_key = local_signing_key(jwt_agent.state_dir)
+    now = int(time.time())
+
+    def sign(key, claims, key_id=kid):
+        return pyjwt.encode(claims, key, algorithm="ES256", headers={"kid": key_id, "typ": "JWT"})
+
+    good_claims = {"sub": APP_ID, "aud": AUDIENCE, "iat": now, "exp": now + 60}
+    with WorkloadApiClient(f"unix:{jwt_agent.socket_path}") as client:
+        ours = wait_for(lambda: client.fetch_jwt_svid({AUDIENCE}), SOURCE_TIMEOUT, "a JWT-SVID")
+        assert str(client.validate_jwt_svid(ours.token, AUDIENCE).spiffe_id) == APP_ID
+        # The forging harness is right: a token it signs with our key and good claims is accepted.
+        assert str(client.validate_jwt_svid(sign(our_key, good_claims), AUDIENCE).spiffe_id) == APP_ID
+
+    raw = stub(str(jwt_agent.socket_path))
+    forgeries = {
+        "signed by another key": sign(ec.generate_private_key(ec.SECP256R1()), good_claims),
+        "for another audience": ours.token,  # validated below against "web"
+        "expired": sign(our_key, {**good_claims, "iat": now - 120, "exp": now - 60}),
+        "unknown kid": sign(ec.generate_private_key(ec.SECP256R1()), good_claims, key_id="nope"),
+    }
+    for what, token in forgeries.items():
+        audience = "web" if what == "for another audience" else AUDIENCE
+        with pytest.raises(grpc.RpcError) as raised:
+            raw.ValidateJWTSVID(workload_pb2.ValidateJWTSVIDRequest(audience=audience, svid=token),
+                                metadata=[SECURITY_HEADER], timeout=5)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {raised.value}"
+
+
+def test_jwt_calls_with_workload_api_issuer_are_unavailable_naming_why(agent_factory, short_dir):
+    upstream = WorkloadAPIServer(str(short_dir / "up.sock"), APP_ID).start()
+    try:
+        agent = agent_factory.start(
+            "app", APP_ID, ["--issuer", "workload-api", "--upstream-socket", f"unix://{upstream.socket_path}"])
+        with pytest.raises(grpc.RpcError) as raised:
+            stub(str(agent.socket_path)).FetchJWTSVID(
+                workload_pb2.JWTSVIDRequest(audience=["a"]), metadata=[SECURITY_HEADER], timeout=5)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "workload-api" in raised.value.details()
+    finally:
+        upstream.stop()
