@@ -103,7 +103,7 @@ public final class Agent {
             logger.critical("cannot start the issuer", metadata: ["error": "\(error)"])
             return 1
         }
-        do { try setUpJWT() } catch {
+        do { try setUpJWT(issuer) } catch {
             logger.critical("cannot set up JWT-SVID signing", metadata: ["error": "\(error)"])
             return 1
         }
@@ -180,8 +180,19 @@ public final class Agent {
             onEvent: onEvent)
     }
 
-    /// The JWT half of the Workload API: the local CA mints JWT-SVIDs with the state dir's rotating keys.
-    private func setUpJWT() throws {
+    /// The JWT half of the Workload API: relayed to an upstream Workload API, or minted by the local CA with the
+    /// state dir's rotating keys.
+    private func setUpJWT(_ issuer: any Issuer) throws {
+        workloadAPI.flushReplies = { [unowned self] in self.server.flushAll() }
+        if let upstream = issuer as? WorkloadAPIIssuer {
+            // The upstream (a SPIRE agent) serves JWT-SVIDs itself: relay them.
+            workloadAPI.jwt = UpstreamJWTRelay(issuer: upstream)
+            upstream.onJWTBundles = { [unowned self] bundles in
+                self.workloadAPI.publishJWTBundles(bundles)
+                self.server.flushAll()
+            }
+            return
+        }
         guard configuration.issuer == .local else {
             workloadAPI.jwtUnavailable = GRPCStatus(
                 .unavailable, "JWT-SVIDs are not served with --issuer \(configuration.issuer.rawValue)")

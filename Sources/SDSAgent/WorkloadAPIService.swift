@@ -41,6 +41,8 @@ public final class WorkloadAPIService {
     private var streams: [ObjectIdentifier: StreamCall] = [:]
     /// The JWT methods: served by `jwt` when set, else answered with this status.
     var jwt: (any JWTProvider)?
+    /// Called after a reply that arrived later than its request (a relayed call): the server must flush it.
+    var flushReplies: (() -> Void)?
     /// Why JWT calls fail when `jwt` is nil (e.g. the issuer has no JWT source).
     var jwtUnavailable = GRPCStatus(.unavailable, "this sds-agent serves no JWT-SVIDs")
 
@@ -211,6 +213,7 @@ public final class WorkloadAPIService {
             guard let request else {
                 return self.refuse(call, GRPCStatus(.invalidArgument, "\(call.path) needs a request message"))
             }
+            var answering = true
             answer(request) { [weak call] result in
                 guard let call, !call.isClosed else { return }
                 switch result {
@@ -220,7 +223,9 @@ public final class WorkloadAPIService {
                 case .failure(let status):
                     self.refuse(call, status)
                 }
+                if !answering { self.flushReplies?() }
             }
+            answering = false
         }
     }
 }

@@ -1,11 +1,11 @@
-import GRPC
+public import GRPC
 import Glibc
 import H2
 public import Issuance
 import PKI
 public import SPIFFE
 public import Transport
-import Wire
+public import Wire
 
 /// An `Issuer` that relays the SVID and bundles a SPIRE agent (any SPIFFE Workload API server) streams to us.
 ///
@@ -93,6 +93,32 @@ public final class WorkloadAPIIssuer: Issuer {
     }
 
     public func rotateNow() { perform(machine.rotateNow()) }
+
+    // MARK: JWT relay (the upstream speaks the whole Workload API)
+
+    /// The JWT bundles the upstream streams (`FetchJWTBundles`: JWKS per trust domain ID), on every change. The
+    /// JWT stream is best effort beside the X.509 ones: an upstream that ends it (e.g. UNIMPLEMENTED) does not
+    /// cost the connection.
+    public var onJWTBundles: (([String: [UInt8]]) -> Void)?
+
+    /// Relays one unary Workload API call (`FetchJWTSVID`, `ValidateJWTSVID`) over the upstream connection;
+    /// `reply` gets the response message or the upstream's status, on the loop thread, later. Not connected:
+    /// UNAVAILABLE at once.
+    public func relay(
+        _ method: SpiffeWorkloadAPIMethod, request: [UInt8],
+        reply: @escaping (Result<[UInt8], GRPCStatus>) -> Void
+    ) {
+        guard let connection else {
+            reply(.failure(GRPCStatus(.unavailable, "the upstream Workload API \(socket.path) is not connected")))
+            return
+        }
+        connection.unary(method, request, reply)
+    }
+
+    fileprivate func receivedJWTBundles(_ message: [UInt8]) {
+        guard let response = try? JWTBundlesResponse(wireBytes: message) else { return }
+        onJWTBundles?(response.bundles)
+    }
 
     public func stop() {
         perform(machine.stop())
@@ -273,6 +299,11 @@ final class UpstreamConnection: ConnectionDelegate {
     var socket: Connection?
     private weak var issuer: WorkloadAPIIssuer?
     private var calls: [GRPCClientCall] = []
+    /// Relayed unary calls waiting for the upstream's answer.
+    private var relays: [ObjectIdentifier: (Result<[UInt8], GRPCStatus>) -> Void] = [:]
+    /// More relayed calls than this at once are refused: each holds a stream of this connection, whose streams
+    /// the upstream bounds too (SPIRE: 100 by default), and the X.509 streams must keep theirs.
+    static let maxRelays = 64
     private var outputBuffer: [UInt8] = []
     private var closed = false
     /// Stop pulling bytes from nghttp2 while this much waits in user space for the socket.
@@ -304,6 +335,51 @@ final class UpstreamConnection: ConnectionDelegate {
             call.send(request)
             call.closeSend()
         }
+        let jwtBundles = try grpc.startCall(
+            path: SpiffeWorkloadAPIMethod.fetchJWTBundles.path, metadata: [(header.name, header.value)])
+        jwtBundles.onMessage = { [weak self] message in
+            guard let self, !self.closed else { return }
+            self.issuer?.receivedJWTBundles(message)
+        }
+        calls.append(jwtBundles)
+        jwtBundles.send(JWTBundlesRequest().wireBytes())
+        jwtBundles.closeSend()
+    }
+
+    func unary(
+        _ method: SpiffeWorkloadAPIMethod, _ request: [UInt8], _ reply: @escaping (Result<[UInt8], GRPCStatus>) -> Void
+    ) {
+        guard relays.count < Self.maxRelays else {
+            reply(.failure(GRPCStatus(.resourceExhausted, "more than \(Self.maxRelays) calls relayed to the upstream")))
+            return
+        }
+        let header = SpiffeWorkloadAPIMethod.securityHeader
+        let call: GRPCClientCall
+        do throws(GRPCStatus) {
+            call = try grpc.startCall(path: method.path, metadata: [(header.name, header.value)])
+        } catch {
+            reply(.failure(GRPCStatus(.unavailable, "upstream Workload API: \(error)")))
+            return
+        }
+        let key = ObjectIdentifier(call)
+        relays[key] = reply
+        var response: [UInt8]?
+        call.onMessage = { message in
+            if response == nil { response = message }
+        }
+        call.onFinish = { [weak self, weak call] status, _ in
+            guard let self, let reply = self.relays.removeValue(forKey: key) else { return }
+            self.calls.removeAll { $0 === call }
+            if status.code == .ok, let response {
+                reply(.success(response))
+            } else {
+                reply(.failure(status.code == .ok ? GRPCStatus(.internal, "the upstream sent no response") : status))
+            }
+        }
+        calls.append(call)
+        call.send(request)
+        call.closeSend()
+        flush()
     }
 
     func connection(_ connection: Connection, received bytes: UnsafeRawBufferPointer) {
@@ -346,7 +422,12 @@ final class UpstreamConnection: ConnectionDelegate {
             call.onFinish = nil
         }
         calls.removeAll()
+        let waiting = relays.values
+        relays.removeAll()
         socket?.close()
         grpc.connectionLost()
+        for reply in waiting {
+            reply(.failure(GRPCStatus(.unavailable, "the upstream Workload API connection closed")))
+        }
     }
 }

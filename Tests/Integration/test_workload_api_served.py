@@ -54,7 +54,7 @@ class Served:
 @dataclass
 class ServedFactory:
     issuer: str
-    start: Callable[[str, str], Served]
+    start: Callable[..., Served]
     upstreams: list[WorkloadAPIServer] = field(default_factory=list)
 
 
@@ -63,9 +63,9 @@ def served(request, agent_factory, short_dir):
     """Starts agents (one SPIFFE ID each, one trust domain) with the issuer of this run."""
     upstreams: list[WorkloadAPIServer] = []
 
-    def start(label: str, spiffe_id: str) -> Served:
+    def start(label: str, spiffe_id: str, extra: list[str] | None = None) -> Served:
         if request.param == "local-ca":
-            agent = agent_factory.start(label, spiffe_id)
+            agent = agent_factory.start(label, spiffe_id, extra)
             return Served(agent, agent.rotate)
         # No CA state to share (the upstream issues): an own state dir, not a copy of the first agent's.
         (short_dir / f"{label}.state").mkdir(mode=0o700, exist_ok=True)
@@ -73,7 +73,8 @@ def served(request, agent_factory, short_dir):
         upstream = WorkloadAPIServer(str(short_dir / f"{label}-up.sock"), spiffe_id, ca=ca).start()
         upstreams.append(upstream)
         agent = agent_factory.start(
-            label, spiffe_id, ["--issuer", "workload-api", "--upstream-socket", f"unix://{upstream.socket_path}"])
+            label, spiffe_id,
+            ["--issuer", "workload-api", "--upstream-socket", f"unix://{upstream.socket_path}", *(extra or [])])
         return Served(agent, upstream.rotate, upstream)
 
     try:
@@ -287,11 +288,10 @@ def test_spiffe_tls_mtls_keeps_connecting_after_rotation(served):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# JWT-SVIDs (local CA)
+# JWT-SVIDs: minted by the local CA, or relayed from the upstream (which mints its own)
 # ------------------------------------------------------------------------------------------------------------------
 
-import datetime  # noqa: E402 - the JWT section's own imports
-import pathlib  # noqa: E402
+import pathlib  # noqa: E402 - the JWT section's own imports
 
 import jwt as pyjwt  # noqa: E402 - PyJWT, independent of py-spiffe's use of it
 from cryptography.hazmat.primitives import serialization  # noqa: E402
@@ -300,6 +300,7 @@ from spiffe import JwtBundle, WorkloadApiClient  # noqa: E402
 from spiffe.svid.jwt_svid import JwtSvid  # noqa: E402
 
 AUDIENCE = "spiffe://example.org/ns/db/sa/postgres"
+JWT_TTL = 20  # seconds (--jwt-ttl of the local CA runs)
 
 
 def jwks_document(socket_path: str) -> bytes:
@@ -311,85 +312,105 @@ def jwks_document(socket_path: str) -> bytes:
 
 
 def local_signing_key(state_dir: pathlib.Path) -> tuple[str, ec.EllipticCurvePrivateKey]:
-    """The agent's current JWT key from its state dir (kid line, then PEM): to forge tokens only the agent could
-    sign, differing from a real one in one claim."""
+    """The agent's current JWT key from its state dir (kid line, then PEM)."""
     text = (state_dir / "jwt-key.pem").read_text()
     kid = next(line[4:] for line in text.splitlines() if line.startswith("kid="))
     return kid, serialization.load_pem_private_key(text[text.index("-----BEGIN"):].encode(), None)
 
 
-@pytest.fixture
-def jwt_agent(agent_factory):
-    return agent_factory.start("app", APP_ID, ["--jwt-ttl", "20s"])
+def issuing_key(app: Served) -> tuple[str, ec.EllipticCurvePrivateKey]:
+    """The key whose tokens the app's Workload API accepts: to forge tokens that differ from a real one in one
+    claim only."""
+    if app.upstream is not None:
+        return app.upstream.state.jwt_kid, app.upstream.state.jwt_key
+    return local_signing_key(app.agent.state_dir)
 
 
-def test_jwt_svid_validates_with_the_jwt_bundle(jwt_agent):
-    with WorkloadApiClient(f"unix:{jwt_agent.socket_path}") as client:
+def test_jwt_svid_validates_with_the_jwt_bundle(served):
+    app = served.start("app", APP_ID, ["--jwt-ttl", f"{JWT_TTL}s"])
+    with WorkloadApiClient(f"unix:{app.socket}") as client:
         svid = wait_for(lambda: client.fetch_jwt_svid({AUDIENCE}), SOURCE_TIMEOUT, "a JWT-SVID")
         assert str(svid.spiffe_id) == APP_ID
         # py-spiffe's own verification, with the bundle from FetchJWTBundles.
-        bundle = client.fetch_jwt_bundles().get_bundle_for_trust_domain(TrustDomain(TRUST_DOMAIN))
+        bundles = wait_for(client.fetch_jwt_bundles, SOURCE_TIMEOUT, "JWT bundles")
+        bundle = bundles.get_bundle_for_trust_domain(TrustDomain(TRUST_DOMAIN))
         checked = JwtSvid.parse_and_validate(svid.token, bundle, {AUDIENCE})
         assert str(checked.spiffe_id) == APP_ID and checked.audience == {AUDIENCE}
     # Independently, PyJWT with the raw JWKS document.
-    jwks = pyjwt.PyJWKSet.from_json(jwks_document(str(jwt_agent.socket_path)).decode())
+    document = jwks_document(app.socket)
+    jwks = pyjwt.PyJWKSet.from_json(document.decode())
     kid = pyjwt.get_unverified_header(svid.token)["kid"]
     key = next(k for k in jwks.keys if k.key_id == kid)
     claims = pyjwt.decode(svid.token, key.key, algorithms=["ES256"], audience=AUDIENCE)
     assert claims["sub"] == APP_ID
-    assert 0 < claims["exp"] - claims["iat"] <= 20, "--jwt-ttl 20s"
-    assert JwtBundle.parse(TrustDomain(TRUST_DOMAIN), jwks_document(str(jwt_agent.socket_path))).jwt_authorities
+    assert JwtBundle.parse(TrustDomain(TRUST_DOMAIN), document).jwt_authorities
+    if app.upstream is None:
+        assert 0 < claims["exp"] - claims["iat"] <= JWT_TTL, "--jwt-ttl"
+    else:
+        assert kid == app.upstream.state.jwt_kid, "relayed: the upstream's token"
 
 
-def test_jwt_svid_is_cached_and_re_minted_at_half_life(jwt_agent):
-    with WorkloadApiClient(f"unix:{jwt_agent.socket_path}") as client:
-        first = wait_for(lambda: client.fetch_jwt_svid({AUDIENCE}), SOURCE_TIMEOUT, "a JWT-SVID")
-        assert client.fetch_jwt_svid({AUDIENCE}).token == first.token, "cached within its first half-life"
-        other = client.fetch_jwt_svid({"another-audience"})
-        assert other.token != first.token and other.audience == {"another-audience"}
-        renewed = wait_for(lambda: (s := client.fetch_jwt_svid({AUDIENCE})).token != first.token and s,
-                           15, "a re-minted JWT-SVID after half of 20 s")
-        assert renewed.expiry > first.expiry
-
-
-def test_validate_jwt_svid_accepts_ours_and_rejects_forgeries(jwt_agent):
-    kid, our_key = local_signing_key(jwt_agent.state_dir)
+def test_validate_jwt_svid_accepts_ours_and_rejects_forgeries(served):
+    app = served.start("app", APP_ID)
+    kid, real_key = issuing_key(app)
     now = int(time.time())
 
     def sign(key, claims, key_id=kid):
         return pyjwt.encode(claims, key, algorithm="ES256", headers={"kid": key_id, "typ": "JWT"})
 
     good_claims = {"sub": APP_ID, "aud": AUDIENCE, "iat": now, "exp": now + 60}
-    with WorkloadApiClient(f"unix:{jwt_agent.socket_path}") as client:
+    with WorkloadApiClient(f"unix:{app.socket}") as client:
         ours = wait_for(lambda: client.fetch_jwt_svid({AUDIENCE}), SOURCE_TIMEOUT, "a JWT-SVID")
         assert str(client.validate_jwt_svid(ours.token, AUDIENCE).spiffe_id) == APP_ID
-        # The forging harness is right: a token it signs with our key and good claims is accepted.
-        assert str(client.validate_jwt_svid(sign(our_key, good_claims), AUDIENCE).spiffe_id) == APP_ID
+        # The forging harness is right: a token it signs with the real key and good claims is accepted.
+        assert str(client.validate_jwt_svid(sign(real_key, good_claims), AUDIENCE).spiffe_id) == APP_ID
 
-    raw = stub(str(jwt_agent.socket_path))
+    raw = stub(app.socket)
     forgeries = {
-        "signed by another key": sign(ec.generate_private_key(ec.SECP256R1()), good_claims),
-        "for another audience": ours.token,  # validated below against "web"
-        "expired": sign(our_key, {**good_claims, "iat": now - 120, "exp": now - 60}),
-        "unknown kid": sign(ec.generate_private_key(ec.SECP256R1()), good_claims, key_id="nope"),
+        "signed by another key": (sign(ec.generate_private_key(ec.SECP256R1()), good_claims), AUDIENCE),
+        "for another audience": (ours.token, "web"),
+        "expired": (sign(real_key, {**good_claims, "iat": now - 120, "exp": now - 60}), AUDIENCE),
     }
-    for what, token in forgeries.items():
-        audience = "web" if what == "for another audience" else AUDIENCE
+    for what, (token, audience) in forgeries.items():
         with pytest.raises(grpc.RpcError) as raised:
             raw.ValidateJWTSVID(workload_pb2.ValidateJWTSVIDRequest(audience=audience, svid=token),
                                 metadata=[SECURITY_HEADER], timeout=5)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {raised.value}"
+    if app.upstream is not None:
+        with app.upstream.state.cond:
+            assert app.upstream.state.jwt_calls >= 2 + len(forgeries), "every JWT call went to the upstream"
 
 
-def test_jwt_calls_with_workload_api_issuer_are_unavailable_naming_why(agent_factory, short_dir):
+def test_jwt_svid_is_cached_and_re_minted_at_half_life(agent_factory):
+    agent = agent_factory.start("app", APP_ID, ["--jwt-ttl", f"{JWT_TTL}s"])
+    with WorkloadApiClient(f"unix:{agent.socket_path}") as client:
+        first = wait_for(lambda: client.fetch_jwt_svid({AUDIENCE}), SOURCE_TIMEOUT, "a JWT-SVID")
+        assert client.fetch_jwt_svid({AUDIENCE}).token == first.token, "cached within its first half-life"
+        other = client.fetch_jwt_svid({"another-audience"})
+        assert other.token != first.token and other.audience == {"another-audience"}
+        renewed = wait_for(lambda: (s := client.fetch_jwt_svid({AUDIENCE})).token != first.token and s,
+                           JWT_TTL, "a re-minted JWT-SVID after half of --jwt-ttl")
+        assert renewed.expiry > first.expiry
+
+
+def test_relayed_jwt_call_without_upstream_is_unavailable_naming_it(agent_factory, short_dir):
     upstream = WorkloadAPIServer(str(short_dir / "up.sock"), APP_ID).start()
     try:
         agent = agent_factory.start(
             "app", APP_ID, ["--issuer", "workload-api", "--upstream-socket", f"unix://{upstream.socket_path}"])
-        with pytest.raises(grpc.RpcError) as raised:
-            stub(str(agent.socket_path)).FetchJWTSVID(
-                workload_pb2.JWTSVIDRequest(audience=["a"]), metadata=[SECURITY_HEADER], timeout=5)
-        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "workload-api" in raised.value.details()
+        fetch = lambda: stub(str(agent.socket_path)).FetchJWTSVID(  # noqa: E731
+            workload_pb2.JWTSVIDRequest(audience=["a"]), metadata=[SECURITY_HEADER], timeout=5)
+        wait_for(fetch, SOURCE_TIMEOUT, "a relayed JWT-SVID")
+        upstream.stop()
+
+        def unavailable():
+            try:
+                fetch()
+                return None
+            except grpc.RpcError as error:
+                return error if error.code() == grpc.StatusCode.UNAVAILABLE else None
+
+        error = wait_for(unavailable, SOURCE_TIMEOUT, "UNAVAILABLE once the upstream is gone")
+        assert upstream.socket_path in error.details() or "upstream" in error.details(), error.details()
     finally:
         upstream.stop()

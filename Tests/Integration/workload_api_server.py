@@ -10,13 +10,16 @@ Usable in-process (pytest fixtures drive `rotate()`, `set_federated()`, `stop()`
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import sys
 import threading
 from concurrent import futures
 
 import grpc
+import jwt as pyjwt
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 import spiffe_test_ca as test_ca
@@ -61,6 +64,11 @@ class WorkloadAPIState:
         self.key_der = b""
         self.calls_without_header = 0
         self.calls = 0
+        # JWT-SVIDs, as a SPIRE agent serves them: an ES256 key named by a kid, tokens living jwt_ttl.
+        self.jwt_key = ec.generate_private_key(ec.SECP256R1())
+        self.jwt_kid = "upstream-jwt-key"
+        self.jwt_ttl = datetime.timedelta(minutes=5)
+        self.jwt_calls = 0
         self.rotate()
 
     def rotate(self):
@@ -102,6 +110,18 @@ class WorkloadAPIState:
         return workload_pb2.X509BundlesResponse(bundles=bundles)
 
 
+    def mint_jwt(self, audiences: list[str]) -> str:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        claims = {"sub": self.spiffe_id, "aud": audiences, "iat": now, "exp": now + self.jwt_ttl}
+        return pyjwt.encode(claims, self.jwt_key, algorithm="ES256", headers={"kid": self.jwt_kid, "typ": "JWT"})
+
+    def jwt_bundles_response(self) -> workload_pb2.JWTBundlesResponse:
+        jwk = pyjwt.algorithms.ECAlgorithm.to_jwk(self.jwt_key.public_key(), as_dict=True)
+        jwk.update(kid=self.jwt_kid, use="jwt-svid")
+        jwks = json.dumps({"keys": [jwk]}).encode()
+        return workload_pb2.JWTBundlesResponse(bundles={"spiffe://" + self.ca.trust_domain: jwks})
+
+
 class WorkloadAPIServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     def __init__(self, state: WorkloadAPIState, stopping: threading.Event):
         self.state = state
@@ -135,6 +155,29 @@ class WorkloadAPIServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
 
     def FetchX509Bundles(self, request, context):
         yield from self._stream(context, self.state.bundles_response)
+
+    def FetchJWTBundles(self, request, context):
+        yield from self._stream(context, self.state.jwt_bundles_response)
+
+    def FetchJWTSVID(self, request, context):
+        self._check_header(context)
+        with self.state.cond:
+            self.state.jwt_calls += 1
+            if not self.state.has_identity:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, "no identity issued")
+            token = self.state.mint_jwt(list(request.audience))
+        return workload_pb2.JWTSVIDResponse(svids=[workload_pb2.JWTSVID(spiffe_id=self.state.spiffe_id, svid=token)])
+
+    def ValidateJWTSVID(self, request, context):
+        self._check_header(context)
+        with self.state.cond:
+            self.state.jwt_calls += 1
+            key = self.state.jwt_key.public_key()
+        try:
+            claims = pyjwt.decode(request.svid, key, algorithms=["ES256"], audience=request.audience)
+        except pyjwt.PyJWTError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid JWT-SVID: {error}")
+        return workload_pb2.ValidateJWTSVIDResponse(spiffe_id=claims["sub"])
 
 
 class WorkloadAPIServer:
