@@ -52,6 +52,51 @@ void   envoy__extensions__transport_sockets__tls__v3__secret__free_unpacked
   assert(message->base.descriptor == &envoy__extensions__transport_sockets__tls__v3__secret__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   envoy__extensions__transport_sockets__tls__v3__generic_secret__init
+                     (Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret         *message)
+{
+  static const Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret init_value = ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__GENERIC_SECRET__INIT;
+  *message = init_value;
+}
+size_t envoy__extensions__transport_sockets__tls__v3__generic_secret__get_packed_size
+                     (const Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret *message)
+{
+  assert(message->base.descriptor == &envoy__extensions__transport_sockets__tls__v3__generic_secret__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t envoy__extensions__transport_sockets__tls__v3__generic_secret__pack
+                     (const Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &envoy__extensions__transport_sockets__tls__v3__generic_secret__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t envoy__extensions__transport_sockets__tls__v3__generic_secret__pack_to_buffer
+                     (const Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &envoy__extensions__transport_sockets__tls__v3__generic_secret__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret *
+       envoy__extensions__transport_sockets__tls__v3__generic_secret__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret *)
+     protobuf_c_message_unpack (&envoy__extensions__transport_sockets__tls__v3__generic_secret__descriptor,
+                                allocator, len, data);
+}
+void   envoy__extensions__transport_sockets__tls__v3__generic_secret__free_unpacked
+                     (Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &envoy__extensions__transport_sockets__tls__v3__generic_secret__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   envoy__extensions__transport_sockets__tls__v3__tls_certificate__init
                      (Envoy__Extensions__TransportSockets__Tls__V3__TlsCertificate         *message)
 {
@@ -193,7 +238,7 @@ void   envoy__extensions__transport_sockets__tls__v3__spiffecert_validator_confi
   assert(message->base.descriptor == &envoy__extensions__transport_sockets__tls__v3__spiffecert_validator_config__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor envoy__extensions__transport_sockets__tls__v3__secret__field_descriptors[3] =
+static const ProtobufCFieldDescriptor envoy__extensions__transport_sockets__tls__v3__secret__field_descriptors[4] =
 {
   {
     "name",
@@ -231,8 +276,21 @@ static const ProtobufCFieldDescriptor envoy__extensions__transport_sockets__tls_
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "generic_secret",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Envoy__Extensions__TransportSockets__Tls__V3__Secret, type_case),
+    offsetof(Envoy__Extensions__TransportSockets__Tls__V3__Secret, generic_secret),
+    &envoy__extensions__transport_sockets__tls__v3__generic_secret__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned envoy__extensions__transport_sockets__tls__v3__secret__field_indices_by_name[] = {
+  3,   /* field[3] = generic_secret */
   0,   /* field[0] = name */
   1,   /* field[1] = tls_certificate */
   2,   /* field[2] = validation_context */
@@ -241,7 +299,7 @@ static const ProtobufCIntRange envoy__extensions__transport_sockets__tls__v3__se
 {
   { 1, 0 },
   { 4, 2 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor envoy__extensions__transport_sockets__tls__v3__secret__descriptor =
 {
@@ -251,11 +309,49 @@ const ProtobufCMessageDescriptor envoy__extensions__transport_sockets__tls__v3__
   "Envoy__Extensions__TransportSockets__Tls__V3__Secret",
   "envoy.extensions.transport_sockets.tls.v3",
   sizeof(Envoy__Extensions__TransportSockets__Tls__V3__Secret),
-  3,
+  4,
   envoy__extensions__transport_sockets__tls__v3__secret__field_descriptors,
   envoy__extensions__transport_sockets__tls__v3__secret__field_indices_by_name,
   2,  envoy__extensions__transport_sockets__tls__v3__secret__number_ranges,
   (ProtobufCMessageInit) envoy__extensions__transport_sockets__tls__v3__secret__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor envoy__extensions__transport_sockets__tls__v3__generic_secret__field_descriptors[1] =
+{
+  {
+    "secret",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret, secret),
+    &envoy__config__core__v3__data_source__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned envoy__extensions__transport_sockets__tls__v3__generic_secret__field_indices_by_name[] = {
+  0,   /* field[0] = secret */
+};
+static const ProtobufCIntRange envoy__extensions__transport_sockets__tls__v3__generic_secret__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor envoy__extensions__transport_sockets__tls__v3__generic_secret__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "envoy.extensions.transport_sockets.tls.v3.GenericSecret",
+  "GenericSecret",
+  "Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret",
+  "envoy.extensions.transport_sockets.tls.v3",
+  sizeof(Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret),
+  1,
+  envoy__extensions__transport_sockets__tls__v3__generic_secret__field_descriptors,
+  envoy__extensions__transport_sockets__tls__v3__generic_secret__field_indices_by_name,
+  1,  envoy__extensions__transport_sockets__tls__v3__generic_secret__number_ranges,
+  (ProtobufCMessageInit) envoy__extensions__transport_sockets__tls__v3__generic_secret__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor envoy__extensions__transport_sockets__tls__v3__tls_certificate__field_descriptors[2] =

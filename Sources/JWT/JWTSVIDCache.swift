@@ -29,10 +29,10 @@ public struct JWTSVIDCache: Sendable {
     public mutating func token(
         for audiences: [String], now: Timestamp, ttl: Int64, signer: JWTSigningKey,
         mint: (_ audiences: [String], _ issuedAt: Timestamp, _ expiresAt: Timestamp) throws -> String
-    ) rethrows -> (token: String, expiresAt: Timestamp, minted: Bool) {
+    ) rethrows -> (token: String, issuedAt: Timestamp, expiresAt: Timestamp, minted: Bool) {
         let key = Self.key(audiences)
         if let entry = entries[key], entry.kid == signer.kid, now < Self.renewAt(entry) {
-            return (entry.token, entry.expiresAt, false)
+            return (entry.token, entry.issuedAt, entry.expiresAt, false)
         }
         let expiresAt = min(now + ttl, signer.notAfter)
         let token = try mint(key, now, expiresAt)
@@ -41,11 +41,14 @@ public struct JWTSVIDCache: Sendable {
             entries.removeValue(forKey: oldest)
         }
         entries[key] = Entry(token: token, kid: signer.kid, issuedAt: now, expiresAt: expiresAt)
-        return (token, expiresAt, true)
+        return (token, now, expiresAt, true)
     }
 
     /// Half-life: when a cached token is replaced.
-    static func renewAt(_ entry: Entry) -> Timestamp {
-        entry.issuedAt + (entry.expiresAt - entry.issuedAt) / 2
+    static func renewAt(_ entry: Entry) -> Timestamp { renewAt(issuedAt: entry.issuedAt, expiresAt: entry.expiresAt) }
+
+    /// Half-life of a token issued at `issuedAt` expiring at `expiresAt`.
+    public static func renewAt(issuedAt: Timestamp, expiresAt: Timestamp) -> Timestamp {
+        issuedAt + (expiresAt - issuedAt) / 2
     }
 }

@@ -36,6 +36,8 @@ public final class Agent {
     private let ownTrustDomain: String
     private var jwtAuthority: LocalJWTAuthority?
     private var jwtKeyTimer: EventLoop.Timer?
+    /// `jwt-svid:<audience>` names served over SDS (local CA only).
+    private var jwtNames: JWTSecretNames?
 
     /// Builds the agent; binds nothing yet.
     public init(configuration: AgentConfiguration, logger: Logger, clock: any WallClock = SystemWallClock())
@@ -66,6 +68,7 @@ public final class Agent {
             switch classify(name) {
             case .workloadCertificate, .ownBundle, .allBundles: return .served
             case .fileCertificate, .fileRoot: return refusals.byName[name] == nil ? .served : .neverServed
+            case .jwtSVID: return configuration.issuer == .local ? .served : .neverServed
             case .federatedBundle, .unknown: return .neverServed
             }
         }
@@ -80,8 +83,14 @@ public final class Agent {
             limits: OutboundLimits(
                 maxQueuedBytes: configuration.maxQueuedBytes, writeStallTimeout: configuration.writeStallTimeout),
             inboundLimits: configuration.limits)
-        service.onSubscribe = { [unowned self] names, peer in self.fileNames.subscribe(names, peer: peer) }
-        service.onRelease = { [unowned self] names in self.fileNames.release(names) }
+        service.onSubscribe = { [unowned self] names, peer in
+            self.fileNames.subscribe(names, peer: peer)
+            self.jwtNames?.subscribe(names)
+        }
+        service.onRelease = { [unowned self] names in
+            self.fileNames.release(names)
+            self.jwtNames?.release(names)
+        }
         fileNames.publish = { [unowned self] secrets in
             if !self.service.publish(secrets).isEmpty { self.server.flushAll() }
         }
@@ -217,6 +226,12 @@ public final class Agent {
         }
         jwtAuthority = authority
         workloadAPI.jwt = authority
+        let names = JWTSecretNames(authority: authority, loop: loop, clock: clock, logger: logger)
+        names.publish = { [unowned self] secrets in
+            if !self.service.publish(secrets).isEmpty { self.server.flushAll() }
+        }
+        names.unpublish = { [unowned self] gone in self.service.unpublish(gone) }
+        jwtNames = names
         workloadAPI.publishJWTBundles(try authority.bundles())
         armJWTKeyTimer(try authority.advance())
     }

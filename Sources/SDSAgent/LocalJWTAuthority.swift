@@ -53,7 +53,7 @@ final class LocalJWTAuthority: JWTProvider {
     }
 
     /// A token for `audiences` now (from the cache while in its first half-life).
-    func token(for audiences: [String]) throws -> (token: String, expiresAt: Timestamp) {
+    func token(for audiences: [String]) throws -> (token: String, issuedAt: Timestamp, expiresAt: Timestamp) {
         try advance()
         let subject = spiffeID
         let result = try cache.token(for: audiences, now: clock.now(), ttl: ttl, signer: signer) {
@@ -61,7 +61,7 @@ final class LocalJWTAuthority: JWTProvider {
             try JWTSVIDToken.mint(
                 subject: subject, audiences: audiences, issuedAt: issuedAt, expiresAt: expiresAt, key: signer)
         }
-        return (result.token, result.expiresAt)
+        return (result.token, result.issuedAt, result.expiresAt)
     }
 
     static func checkAudiences(_ audiences: [String]) -> GRPCStatus? {

@@ -13,8 +13,14 @@ public enum SecretName: Equatable, Hashable, Sendable {
     case fileCertificate(certificatePath: String, keyPath: String)
     /// `file-root:<ca>` (Istio): a CA bundle read from a file; `file-root:system` is the OS trust store.
     case fileRoot(path: String)
+    /// `jwt-svid:<audience>`: a JWT-SVID for one audience as a `generic_secret` (Envoy's credential_injector). The
+    /// audience is everything after the prefix, verbatim: audiences contain `:`, `/` and `,`, so nothing in it is a
+    /// separator, and one name is one audience.
+    case jwtSVID(audience: String)
     /// Anything else — another workload's SPIFFE ID, an unknown scheme. Never served.
     case unknown
+
+    public static let jwtSVIDPrefix = "jwt-svid:"
 
     public static let istioWorkload = "default"
     public static let istioRoot = "ROOTCA"
@@ -46,6 +52,9 @@ public enum SecretName: Equatable, Hashable, Sendable {
                 } else {
                     self = path.isEmpty ? .unknown : .fileRoot(path: path)
                 }
+            } else if name.hasPrefix(Self.jwtSVIDPrefix) {
+                let audience = String(name.dropFirst(Self.jwtSVIDPrefix.count))
+                self = audience.isEmpty ? .unknown : .jwtSVID(audience: audience)
             } else if name.hasPrefix("spiffe://") {
                 let rest = name.dropFirst("spiffe://".count)
                 // A bare trust domain names a bundle; a path names a workload — not ours, so never served.

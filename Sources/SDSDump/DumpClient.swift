@@ -259,6 +259,9 @@ enum PEMFiles {
         case .validationContext(let cas):
             try Files.writeAtomically(
                 directory: directory, name: base + ".bundle.pem", bytes: Array(Certificate.pem(cas).utf8), mode: 0o644)
+        case .generic(let bytes):
+            // A bearer token: readable by the owner only, like a private key.
+            try Files.writeAtomically(directory: directory, name: base + ".secret", bytes: bytes, mode: 0o600)
         }
     }
 }

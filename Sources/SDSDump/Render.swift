@@ -37,6 +37,22 @@ public enum DumpRenderer {
                 ("certificates", .array(report.certificates.map { json($0, at: time) })),
                 ("chain_verified", .null),
             ]
+        case .generic(let summary):
+            var jwt: JSONValue = .null
+            if summary.jwtSubject != nil || summary.jwtExpiresAt != nil {
+                jwt = .object([
+                    ("sub", summary.jwtSubject.map(JSONValue.string) ?? .null),
+                    ("aud", .array(summary.jwtAudiences.map(JSONValue.string))),
+                    ("exp", summary.jwtExpiresAt.map { .string($0.description) } ?? .null),
+                    ("expires_in_seconds", summary.jwtExpiresAt.map { .int($0 - time) } ?? .null),
+                ])
+            }
+            members += [
+                ("kind", .string("generic_secret")),
+                ("version", .string(report.version)),
+                ("length", .int(Int64(summary.length))),
+                ("jwt", jwt),
+            ]
         }
         return .object(members)
     }
@@ -70,12 +86,23 @@ public enum DumpRenderer {
                 lines.append("\(report.name): certificate (version \(report.version))")
             case .validationContext:
                 lines.append("\(report.name): validation context (version \(report.version))")
+            case .generic(let summary):
+                lines.append(
+                    "\(report.name): generic secret (version \(report.version)), \(summary.length) bytes (not shown)")
+                if let sub = summary.jwtSubject {
+                    lines.append("  JWT sub: \(sub)")
+                    lines.append("  JWT aud: \(summary.jwtAudiences.joined(separator: ", "))")
+                }
+                if let exp = summary.jwtExpiresAt {
+                    lines.append("  JWT exp: \(exp) (\(expiresText(exp - update.time)))")
+                }
             }
             for (index, certificate) in report.certificates.enumerated() {
                 let role: String
                 switch report.kind {
                 case .certificate: role = index == 0 ? "leaf" : "intermediate"
                 case .validationContext: role = "CA"
+                case .generic: role = "?"
                 }
                 lines.append("  [\(index)] \(role)")
                 lines += human(certificate, at: update.time, colors: colors).map { "      " + $0 }

@@ -1,5 +1,43 @@
+import JSONText
 public import PKI
 public import Wire
+
+/// What sds-dump shows of a generic secret: its size and, when it is a JWT, the claims that say what it is for —
+/// never the token itself (it is a bearer credential); `--pem-dir` writes it out when asked.
+public struct GenericSecretSummary: Sendable, Equatable {
+    public var length: Int
+    /// For a JWT (compact JWS): its `sub`, `aud` and `exp`, read without verifying the signature.
+    public var jwtSubject: String?
+    public var jwtAudiences: [String]
+    public var jwtExpiresAt: Timestamp?
+
+    public init(length: Int, jwtSubject: String?, jwtAudiences: [String], jwtExpiresAt: Timestamp?) {
+        self.length = length
+        self.jwtSubject = jwtSubject
+        self.jwtAudiences = jwtAudiences
+        self.jwtExpiresAt = jwtExpiresAt
+    }
+
+    public init(_ bytes: [UInt8]) {
+        self.init(length: bytes.count, jwtSubject: nil, jwtAudiences: [], jwtExpiresAt: nil)
+        let parts = bytes.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false)
+        guard parts.count == 3,
+            let claimBytes = Base64URL.decode(Substring(String(decoding: parts[1], as: UTF8.self))),
+            let claims = try? JSONValue.parse(claimBytes)
+        else { return }
+        if case .string(let sub)? = claims["sub"] { jwtSubject = sub }
+        switch claims["aud"] {
+        case .string(let one)?: jwtAudiences = [one]
+        case .array(let many)?:
+            jwtAudiences = many.compactMap {
+                if case .string(let text) = $0 { return text }
+                return nil
+            }
+        default: break
+        }
+        if case .int(let exp)? = claims["exp"] { jwtExpiresAt = Timestamp(secondsSinceEpoch: exp) }
+    }
+}
 
 /// What sds-dump shows of one certificate; every field already in its printed form except the times.
 public struct CertificateReport: Sendable, Equatable {
@@ -50,6 +88,8 @@ public struct SecretReport: Sendable, Equatable {
         case certificate(privateKeyType: String)
         /// A `validation_context`: the trusted CA certificates.
         case validationContext
+        /// A `generic_secret`: what it is, never its content.
+        case generic(GenericSecretSummary)
     }
 
     /// The result of verifying a certificate's chain against the fetched bundles.
@@ -85,6 +125,7 @@ public struct ReceivedSecret: Sendable {
     public enum Material: Sendable {
         case certificate(chain: [Certificate], privateKey: [UInt8])
         case validationContext(trustedCAs: [Certificate])
+        case generic(secret: [UInt8])
     }
 
     public init(name: String, version: String, material: Material) {
@@ -111,6 +152,11 @@ public struct ReceivedSecret: Sendable {
                 throw Rejection(description: "secret \(secret.name): private_key is not inline")
             }
             material = .certificate(chain: try Self.certificates(chainBytes, secret.name), privateKey: key)
+        case .genericSecret(let source)?:
+            guard let bytes = source.inlineContent else {
+                throw Rejection(description: "secret \(secret.name): generic_secret is not inline")
+            }
+            material = .generic(secret: bytes)
         case .validationContext(let context)?:
             var bytes: [[UInt8]] = []
             if let trusted = context.trustedCA {
@@ -186,6 +232,10 @@ public struct ReceivedSecret: Sendable {
         case .validationContext(let cas):
             return SecretReport(
                 name: name, version: version, kind: .validationContext, certificates: cas.map(CertificateReport.init),
+                chainVerdict: nil)
+        case .generic(let bytes):
+            return SecretReport(
+                name: name, version: version, kind: .generic(GenericSecretSummary(bytes)), certificates: [],
                 chainVerdict: nil)
         }
     }

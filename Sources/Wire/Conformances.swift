@@ -20,6 +20,7 @@ typealias CInitialResourceVersionsEntry =
 typealias CDeltaDiscoveryResponse = Envoy__Service__Discovery__V3__DeltaDiscoveryResponse
 typealias CResource = Envoy__Service__Discovery__V3__Resource
 typealias CSecret = Envoy__Extensions__TransportSockets__Tls__V3__Secret
+typealias CGenericSecret = Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret
 typealias CTLSCertificate = Envoy__Extensions__TransportSockets__Tls__V3__TlsCertificate
 typealias CCertificateValidationContext = Envoy__Extensions__TransportSockets__Tls__V3__CertificateValidationContext
 typealias CSPIFFECertValidatorConfig = Envoy__Extensions__TransportSockets__Tls__V3__SPIFFECertValidatorConfig
@@ -612,6 +613,10 @@ extension Secret: WireMessage {
                     if let v = m.validation_context {
                         kind = .validationContext(try CertificateValidationContext(c: v))
                     }
+                case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_GENERIC_SECRET:
+                    if let g = m.generic_secret {
+                        kind = .genericSecret(try DataSource.optional(g.pointee.secret) ?? .inlineBytes([]))
+                    }
                 default:
                     kind = nil
                 }
@@ -636,6 +641,12 @@ extension Secret: WireMessage {
                     c.pointee.type_case =
                         ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_VALIDATION_CONTEXT
                     c.pointee.validation_context = context.build(in: arena)
+                case .genericSecret(let source):
+                    c.pointee.type_case = ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_GENERIC_SECRET
+                    let generic = arena.make(CGenericSecret.self)
+                    envoy__extensions__transport_sockets__tls__v3__generic_secret__init(generic)
+                    generic.pointee.secret = source.build(in: arena)
+                    c.pointee.generic_secret = generic
                 case nil:
                     break
                 }

@@ -295,6 +295,8 @@ public struct Secret: Sendable, Equatable {
     public enum Kind: Sendable, Equatable {
         case tlsCertificate(TLSCertificate)
         case validationContext(CertificateValidationContext)
+        /// `generic_secret.secret`: opaque bytes (a JWT-SVID for Envoy's credential_injector).
+        case genericSecret(DataSource)
     }
     public var name: String
     public var kind: Kind?

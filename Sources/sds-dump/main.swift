@@ -32,7 +32,9 @@ struct SDSDumpCommand: ParsableCommand {
     @Flag(help: "One JSON document per update (JSON Lines).")
     var json = false
 
-    @Option(name: .customLong("pem-dir"), help: "Write <name>.cert.pem, <name>.key.pem (0600), <name>.bundle.pem here.")
+    @Option(
+        name: .customLong("pem-dir"),
+        help: "Write <name>.cert.pem, <name>.key.pem (0600), <name>.bundle.pem, <name>.secret (0600) here.")
     var pemDir: String?
 
     @Flag(help: "Keep the streams open and print every update until interrupted or --count updates.")

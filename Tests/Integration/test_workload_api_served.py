@@ -414,3 +414,73 @@ def test_relayed_jwt_call_without_upstream_is_unavailable_naming_it(agent_factor
         assert upstream.socket_path in error.details() or "upstream" in error.details(), error.details()
     finally:
         upstream.stop()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# JWT-SVIDs for Envoy over SDS: `jwt-svid:<audience>` as a generic_secret
+# ------------------------------------------------------------------------------------------------------------------
+
+from sds_client import SecretStream, unpack_secrets  # noqa: E402
+from test_sds_dump import dump  # noqa: E402
+
+JWT_NAME = f"jwt-svid:{AUDIENCE}"  # the audience verbatim after the prefix, its ':' and '/' included
+
+
+def token_of(secret) -> str:
+    assert secret.HasField("generic_secret"), secret
+    source = secret.generic_secret.secret
+    return (source.inline_bytes or source.inline_string.encode()).decode()
+
+
+def verify_with_jwks(token: str, socket_path: str) -> dict:
+    jwks = pyjwt.PyJWKSet.from_json(jwks_document(socket_path).decode())
+    kid = pyjwt.get_unverified_header(token)["kid"]
+    key = next(k for k in jwks.keys if k.key_id == kid)
+    return pyjwt.decode(token, key.key, algorithms=["ES256"], audience=AUDIENCE)
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["GRPC", "DELTA_GRPC"])
+def test_jwt_svid_served_over_sds_as_generic_secret_and_re_minted(agent_factory, delta):
+    agent = agent_factory.start("app", APP_ID, ["--jwt-ttl", "10s"])
+    socket_path = str(agent.socket_path)
+    with SecretStream(socket_path, delta=delta) as stream:
+        if delta:
+            stream.send(resource_names_subscribe=[JWT_NAME])
+        else:
+            stream.send(resource_names=[JWT_NAME])
+        first = stream.recv()
+        secrets = unpack_secrets(first.resources)
+        first_token = token_of(secrets[JWT_NAME])
+        claims = verify_with_jwks(first_token, socket_path)
+        assert claims["sub"] == APP_ID and claims["aud"] == AUDIENCE
+        ack = {"response_nonce": first.nonce}
+        if not delta:
+            ack.update(version_info=first.version_info, resource_names=[JWT_NAME])
+        stream.send(**ack)
+        # Pushed again before expiry: re-minted at half-life (5 s of 10 s).
+        second = stream.recv(timeout=10)
+        second_token = token_of(unpack_secrets(second.resources)[JWT_NAME])
+        assert second_token != first_token
+        renewed = verify_with_jwks(second_token, socket_path)
+        assert renewed["exp"] > claims["exp"] and renewed["iat"] < claims["exp"], "pushed before the old one expired"
+
+
+def test_sds_dump_shows_a_jwt_svid_without_the_token(agent_factory, sds_dump_bin, short_dir):
+    agent = agent_factory.start("app", APP_ID)
+    run = dump(sds_dump_bin, "--socket", agent.socket_path, "--json", JWT_NAME)
+    assert run.code == 0, run
+    [document] = run.documents()
+    [report] = [s for s in document["secrets"] if s["name"] == JWT_NAME]
+    assert report["kind"] == "generic_secret"
+    assert report["jwt"]["sub"] == APP_ID and report["jwt"]["aud"] == [AUDIENCE]
+    assert 0 < report["jwt"]["expires_in_seconds"] <= 300
+    assert "eyJ" not in run.out, "the token itself is never printed"
+    human = dump(sds_dump_bin, "--socket", agent.socket_path, JWT_NAME)
+    assert f"JWT sub: {APP_ID}" in human.out and "eyJ" not in human.out
+    pem_dir = short_dir / "pems"
+    pem_dir.mkdir()
+    written = dump(sds_dump_bin, "--socket", agent.socket_path, "--pem-dir", pem_dir, JWT_NAME)
+    assert written.code == 0, written
+    [path] = list(pem_dir.glob("*.secret"))
+    assert (path.stat().st_mode & 0o777) == 0o600
+    verify_with_jwks(path.read_text(), str(agent.socket_path))

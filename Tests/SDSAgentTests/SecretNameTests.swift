@@ -7,6 +7,14 @@ import Testing
         SecretName(name, ownID: "spiffe://example.org/ns/default/sa/web", ownTrustDomain: "example.org")
     }
 
+    @Test func jwtSVIDNamesTakeTheAudienceVerbatim() {
+        #expect(
+            classify("jwt-svid:spiffe://example.org/ns/db/sa/pg")
+                == .jwtSVID(audience: "spiffe://example.org/ns/db/sa/pg"))
+        #expect(classify("jwt-svid:a,b:c/d") == .jwtSVID(audience: "a,b:c/d"), "one audience: no separators inside")
+        #expect(classify("jwt-svid:") == .unknown)
+    }
+
     @Test func istioAndSpireNamesForTheSameThings() {
         #expect(classify("default") == .workloadCertificate)
         #expect(classify("spiffe://example.org/ns/default/sa/web") == .workloadCertificate)

@@ -5,6 +5,23 @@ import TestSupport
 import Testing
 import Wire
 
+@Suite struct GenericSecretReportTests {
+    @Test func jwtClaimsAreShownNeverTheToken() throws {
+        let claims = #"{"aud":["db","cache"],"exp":1800000300,"sub":"spiffe://example.org/app"}"#
+        let token = "eyJhbGciOiJFUzI1NiJ9." + Base64URL.encode(Array(claims.utf8)) + ".c2ln"
+        let summary = GenericSecretSummary(Array(token.utf8))
+        #expect(summary.jwtSubject == "spiffe://example.org/app")
+        #expect(summary.jwtAudiences == ["db", "cache"])
+        #expect(summary.jwtExpiresAt == Timestamp(secondsSinceEpoch: 1_800_000_300))
+        #expect(summary.length == token.utf8.count)
+    }
+
+    @Test func opaqueSecretIsOnlyItsLength() {
+        let summary = GenericSecretSummary(Array("not a jwt".utf8))
+        #expect(summary == GenericSecretSummary(length: 9, jwtSubject: nil, jwtAudiences: [], jwtExpiresAt: nil))
+    }
+}
+
 @Suite struct RenderTests {
     let fixtures: Fixtures
     init() throws { fixtures = try Fixtures() }

@@ -12,6 +12,11 @@ import Wire
         try M(wireBytes: message.wireBytes())
     }
 
+    @Test func genericSecret() throws {
+        let secret = Secret(name: "jwt-svid:aud", kind: .genericSecret(.inlineBytes(Array("a.b.c".utf8))))
+        #expect(try Secret(wireBytes: secret.wireBytes()) == secret)
+    }
+
     @Test func anyMessage() throws {
         let any = AnyMessage(typeURL: "type.googleapis.com/x.Y", value: pattern(2, 100))
         #expect(try roundTrip(any) == any)

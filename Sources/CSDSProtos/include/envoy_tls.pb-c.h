@@ -17,6 +17,7 @@ PROTOBUF_C__BEGIN_DECLS
 #include "envoy_core.pb-c.h"
 
 typedef struct Envoy__Extensions__TransportSockets__Tls__V3__Secret Envoy__Extensions__TransportSockets__Tls__V3__Secret;
+typedef struct Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret;
 typedef struct Envoy__Extensions__TransportSockets__Tls__V3__TlsCertificate Envoy__Extensions__TransportSockets__Tls__V3__TlsCertificate;
 typedef struct Envoy__Extensions__TransportSockets__Tls__V3__CertificateValidationContext Envoy__Extensions__TransportSockets__Tls__V3__CertificateValidationContext;
 typedef struct Envoy__Extensions__TransportSockets__Tls__V3__SPIFFECertValidatorConfig Envoy__Extensions__TransportSockets__Tls__V3__SPIFFECertValidatorConfig;
@@ -31,7 +32,8 @@ typedef struct Envoy__Extensions__TransportSockets__Tls__V3__SPIFFECertValidator
 typedef enum {
   ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE__NOT_SET = 0,
   ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_TLS_CERTIFICATE = 2,
-  ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_VALIDATION_CONTEXT = 4
+  ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_VALIDATION_CONTEXT = 4,
+  ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_GENERIC_SECRET = 5
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE__CASE)
 } Envoy__Extensions__TransportSockets__Tls__V3__Secret__TypeCase;
 
@@ -43,14 +45,31 @@ struct  Envoy__Extensions__TransportSockets__Tls__V3__Secret
   union {
     Envoy__Extensions__TransportSockets__Tls__V3__TlsCertificate *tls_certificate;
     /*
-     * 3: session_ticket_keys, 5: generic_secret, not modelled.
+     * 3: session_ticket_keys, not modelled.
      */
     Envoy__Extensions__TransportSockets__Tls__V3__CertificateValidationContext *validation_context;
+    Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret *generic_secret;
   };
 };
 #define ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&envoy__extensions__transport_sockets__tls__v3__secret__descriptor) \
     , (char *)protobuf_c_empty_string, ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE__NOT_SET, {0} }
+
+
+/*
+ * An opaque secret (sds-agent: a JWT-SVID for Envoy's credential_injector).
+ */
+struct  Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret
+{
+  ProtobufCMessage base;
+  /*
+   * 2: secrets (map), not modelled.
+   */
+  Envoy__Config__Core__V3__DataSource *secret;
+};
+#define ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__GENERIC_SECRET__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&envoy__extensions__transport_sockets__tls__v3__generic_secret__descriptor) \
+    , NULL }
 
 
 struct  Envoy__Extensions__TransportSockets__Tls__V3__TlsCertificate
@@ -127,6 +146,25 @@ Envoy__Extensions__TransportSockets__Tls__V3__Secret *
 void   envoy__extensions__transport_sockets__tls__v3__secret__free_unpacked
                      (Envoy__Extensions__TransportSockets__Tls__V3__Secret *message,
                       ProtobufCAllocator *allocator);
+/* Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret methods */
+void   envoy__extensions__transport_sockets__tls__v3__generic_secret__init
+                     (Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret         *message);
+size_t envoy__extensions__transport_sockets__tls__v3__generic_secret__get_packed_size
+                     (const Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret   *message);
+size_t envoy__extensions__transport_sockets__tls__v3__generic_secret__pack
+                     (const Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret   *message,
+                      uint8_t             *out);
+size_t envoy__extensions__transport_sockets__tls__v3__generic_secret__pack_to_buffer
+                     (const Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret   *message,
+                      ProtobufCBuffer     *buffer);
+Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret *
+       envoy__extensions__transport_sockets__tls__v3__generic_secret__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   envoy__extensions__transport_sockets__tls__v3__generic_secret__free_unpacked
+                     (Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret *message,
+                      ProtobufCAllocator *allocator);
 /* Envoy__Extensions__TransportSockets__Tls__V3__TlsCertificate methods */
 void   envoy__extensions__transport_sockets__tls__v3__tls_certificate__init
                      (Envoy__Extensions__TransportSockets__Tls__V3__TlsCertificate         *message);
@@ -192,6 +230,9 @@ void   envoy__extensions__transport_sockets__tls__v3__spiffecert_validator_confi
 typedef void (*Envoy__Extensions__TransportSockets__Tls__V3__Secret_Closure)
                  (const Envoy__Extensions__TransportSockets__Tls__V3__Secret *message,
                   void *closure_data);
+typedef void (*Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret_Closure)
+                 (const Envoy__Extensions__TransportSockets__Tls__V3__GenericSecret *message,
+                  void *closure_data);
 typedef void (*Envoy__Extensions__TransportSockets__Tls__V3__TlsCertificate_Closure)
                  (const Envoy__Extensions__TransportSockets__Tls__V3__TlsCertificate *message,
                   void *closure_data);
@@ -211,6 +252,7 @@ typedef void (*Envoy__Extensions__TransportSockets__Tls__V3__SPIFFECertValidator
 /* --- descriptors --- */
 
 extern const ProtobufCMessageDescriptor envoy__extensions__transport_sockets__tls__v3__secret__descriptor;
+extern const ProtobufCMessageDescriptor envoy__extensions__transport_sockets__tls__v3__generic_secret__descriptor;
 extern const ProtobufCMessageDescriptor envoy__extensions__transport_sockets__tls__v3__tls_certificate__descriptor;
 extern const ProtobufCMessageDescriptor envoy__extensions__transport_sockets__tls__v3__certificate_validation_context__descriptor;
 extern const ProtobufCMessageDescriptor envoy__extensions__transport_sockets__tls__v3__spiffecert_validator_config__descriptor;
