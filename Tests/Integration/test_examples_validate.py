@@ -2,10 +2,13 @@
 and keeps the shape ENVOY-SDS-FACTS.md prescribes."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from envoy_harness import EXAMPLES, substitute
 
@@ -13,8 +16,10 @@ STYLES = ("istio", "spire", "spire-all")
 EXPECTED = sorted(f"{style}-{mode}/{role}-envoy.yaml"
                   for style in STYLES for mode in ("sotw", "delta") for role in ("server", "client"))
 # Examples/kubernetes/ holds Kubernetes manifests, not Envoy bootstraps: test_examples_kubernetes.py checks them.
+# Examples/jwt-svid/ is about JWT-SVIDs (credential_injector, jwt_authn), not SDS TLS contexts: validated below.
+JWT_BOOTSTRAPS = ["jwt-svid/client-envoy.yaml", "jwt-svid/server-envoy.yaml"]
 BOOTSTRAPS = sorted(p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*.yaml")
-                    if p.relative_to(EXAMPLES).parts[0] != "kubernetes")
+                    if p.relative_to(EXAMPLES).parts[0] not in ("kubernetes", "jwt-svid"))
 
 SAMPLE_VALUES = {
     "SDS_SOCKET": "/run/sds-agent/sds.sock",
@@ -24,6 +29,12 @@ SAMPLE_VALUES = {
     "PEER_SPIFFE_ID": "spiffe://example.org/ns/default/sa/peer",
     "SPIFFE_ID": "spiffe://example.org/ns/default/sa/default",
     "TRUST_DOMAIN": "example.org",
+    "API_TYPE": "GRPC",
+    "APP_PORT": "10002",
+    "AUDIENCE": "spiffe://example.org/ns/db/sa/postgres",
+    # jwt_authn refuses a JWKS without a usable key: a fresh P-256 public key, as FetchJWTBundles carries one.
+    "JWKS": json.dumps({"keys": [{**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(
+        ec.generate_private_key(ec.SECP256R1()).public_key())), "kid": "sample", "use": "jwt-svid"}]}),
 }
 
 
@@ -36,7 +47,7 @@ def test_every_bootstrap_is_a_known_variant():
     assert [b for b in BOOTSTRAPS if b not in EXPECTED] == []
 
 
-@pytest.mark.parametrize("bootstrap", BOOTSTRAPS)
+@pytest.mark.parametrize("bootstrap", BOOTSTRAPS + JWT_BOOTSTRAPS)
 def test_example_passes_envoy_validate(bootstrap, envoy_bin, tmp_path):
     config = tmp_path / "bootstrap.yaml"
     config.write_text(substitute((EXAMPLES / bootstrap).read_text(), SAMPLE_VALUES))

@@ -484,3 +484,105 @@ def test_sds_dump_shows_a_jwt_svid_without_the_token(agent_factory, sds_dump_bin
     [path] = list(pem_dir.glob("*.secret"))
     assert (path.stat().st_mode & 0o777) == 0o600
     verify_with_jwks(path.read_text(), str(agent.socket_path))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Real Envoys: credential_injector takes the JWT-SVID from SDS, jwt_authn verifies it with our JWT bundle
+# ------------------------------------------------------------------------------------------------------------------
+
+import http.server  # noqa: E402
+
+from envoy_harness import EXAMPLES, Envoy, substitute  # noqa: E402
+
+
+class App:
+    """The application behind the server Envoy: records each request's headers, answers 200."""
+
+    def __init__(self):
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen.append({k.lower(): v for k, v in self.headers.items()})
+                self.send_response(200)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
+def test_envoy_injects_our_jwt_svid_and_the_server_envoy_verifies_it(agent_factory, envoy_bin, short_dir, api_type):
+    agent = agent_factory.start("app", APP_ID, ["--jwt-ttl", "10s"])
+    socket_path = str(agent.socket_path)
+    jwks = jwks_document(socket_path).decode()
+    app = App()
+    envoys: list[Envoy] = []
+    try:
+        server = Envoy(envoy_bin, "server", substitute((EXAMPLES / "jwt-svid" / "server-envoy.yaml").read_text(), {
+            "ADMIN_PORT": "0", "LISTENER_PORT": "0", "APP_PORT": str(app.port), "AUDIENCE": AUDIENCE,
+            "JWKS": jwks}), short_dir / "envoy-server")
+        envoys.append(server.start())
+        server_port = server.listener_port("http_in")
+        client = Envoy(envoy_bin, "client", substitute((EXAMPLES / "jwt-svid" / "client-envoy.yaml").read_text(), {
+            "SDS_SOCKET": socket_path, "API_TYPE": api_type, "ADMIN_PORT": "0", "LISTENER_PORT": "0",
+            "UPSTREAM_PORT": str(server_port), "AUDIENCE": AUDIENCE}), short_dir / "envoy-client")
+        envoys.append(client.start())
+        client_port = client.listener_port("http_in")
+
+        # The app sends no credential; the client Envoy adds ours, the server Envoy verifies it.
+        response = wait_for(lambda: (r := client.get(client_port, "/hello")).status == 200 and r, SOURCE_TIMEOUT,
+                            "a request through both Envoys", client.diagnostics)
+        assert response.status == 200
+        first = app.seen[-1]
+        assert first["x-spiffe-id"] == APP_ID, "the app sees our SPIFFE ID, verified by jwt_authn"
+        assert "authorization" not in first, "jwt_authn keeps the token (forward: false)"
+
+        # After a re-mint, Envoy sends the new token: the claims the server Envoy verified are the new token's.
+        def current_token():
+            return token_of(fetch_when_served(socket_path, [JWT_NAME])[JWT_NAME])
+
+        def verified_claims():
+            assert client.get(client_port, "/again").status == 200
+            return json.loads(base64url_decode(app.seen[-1]["x-jwt-payload"]))
+
+        old = current_token()
+        assert verified_claims() == json.loads(base64url_decode(old.split(".")[1])), "Envoy sent the agent's token"
+        renewed = wait_for(lambda: (t := current_token()) != old and t, 15, "a re-minted JWT-SVID")
+        renewed_claims = json.loads(base64url_decode(renewed.split(".")[1]))
+        wait_for(lambda: verified_claims() == renewed_claims, SOURCE_TIMEOUT, "Envoy to send the re-minted token",
+                 client.diagnostics)
+        assert app.seen[-1]["x-spiffe-id"] == APP_ID
+
+        # A tampered token straight to the server Envoy is rejected; the real one is accepted.
+        header, payload, signature = renewed.split(".")
+        claims = json.loads(base64url_decode(payload))
+        claims["sub"] = f"spiffe://{TRUST_DOMAIN}/ns/apps/sa/admin"
+        forged = ".".join([header, base64url_encode(json.dumps(claims).encode()), signature])
+        assert server.get(server_port, "/", {"authorization": f"Bearer {forged}"}).status == 401
+        assert server.get(server_port, "/", {"authorization": f"Bearer {renewed}"}).status in (200,)
+        assert server.get(server_port, "/").status == 401, "no token, no entry"
+    finally:
+        for envoy in reversed(envoys):
+            envoy.stop()
+        app.stop()
+
+
+def base64url_decode(text: str) -> bytes:
+    import base64
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def base64url_encode(data: bytes) -> str:
+    import base64
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
