@@ -75,7 +75,8 @@ let package = Package(
         // `make bench`: the load client and issuance benchmark, and the RSS floor (same libraries, no agent).
         .target(name: "Bench", dependencies: ["JSONText"]),
         .executableTarget(
-            name: "sds-bench", dependencies: ["Bench", "Wire", "GRPC", "H2", "Transport", "Issuance"]),
+            name: "sds-bench",
+            dependencies: ["Bench", "Wire", "GRPC", "H2", "Transport", "Issuance", "JWT", "PKI", "SPIFFE"]),
         // The floor links only the C libraries the agent links, with the static Swift stdlib: what the agent's RSS
         // is measured against.
         .executableTarget(name: "sds-floor", dependencies: ["CNGHTTP2", "COpenSSL", "CProtobufC"]),

@@ -3,6 +3,9 @@ import GRPC
 import Glibc
 import H2
 import Issuance
+import JWT
+import PKI
+import SPIFFE
 import Transport
 import Wire
 
@@ -166,6 +169,38 @@ func runIssue(_ arguments: Arguments) {
     object.set("svids_per_s", result.svidsPerSecond)
     object.set("cpu_ms", ownCPUMillis() - cpuBefore)
     emit(object)
+}
+
+// MARK: jwt
+
+/// JWT-SVID minting: ES256 signature, base64url and JSON for distinct audience sets (no cache hits).
+func runJWT(_ arguments: Arguments) {
+    let count = arguments.int("count", default: 2000)
+    let cpuBefore = ownCPUMillis()
+    do {
+        let now = Timestamp(secondsSinceEpoch: Int64(realtimeNanos() / 1_000_000_000))
+        let key = try JWTSigningKey.generate(now: now, lifetime: 86_400)
+        let subject = try SPIFFEID(parsing: "spiffe://example.org/ns/bench/sa/bench")
+        let started = monotonicNanos()
+        var bytes = 0
+        for index in 0..<count {
+            let token = try JWTSVIDToken.mint(
+                subject: subject, audiences: ["spiffe://example.org/ns/db/sa/\(index)"], issuedAt: now,
+                expiresAt: now + 300, key: key)
+            bytes += token.utf8.count
+        }
+        let seconds = Double(monotonicNanos() - started) / 1e9
+        var object = JSONObject()
+        object.set("event", "jwt")
+        object.set("count", count)
+        object.set("seconds", seconds)
+        object.set("tokens_per_s", Double(count) / seconds)
+        object.set("token_bytes", bytes / max(count, 1))
+        object.set("cpu_ms", ownCPUMillis() - cpuBefore)
+        emit(object)
+    } catch {
+        fail("jwt: \(error)")
+    }
 }
 
 // MARK: first
@@ -332,10 +367,11 @@ func runHold(_ arguments: Arguments) {
 // MARK: main
 
 let argv = CommandLine.arguments
-guard argv.count >= 2 else { fail("usage: sds-bench issue|first|hold [--flag value]...") }
+guard argv.count >= 2 else { fail("usage: sds-bench issue|jwt|first|hold [--flag value]...") }
 let arguments = Arguments(argv.dropFirst(2))
 switch argv[1] {
 case "issue": runIssue(arguments)
+case "jwt": runJWT(arguments)
 case "first": runFirst(arguments)
 case "hold": runHold(arguments)
 default: fail("unknown command \(argv[1])")

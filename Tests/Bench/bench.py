@@ -209,6 +209,14 @@ def measure_issuance():
          baseline_name="openssl speed ecdsap256 sign/s", count=ours["count"], seconds=round(ours["seconds"], 4))
 
 
+def measure_jwt_minting():
+    out = subprocess.run([str(CLIENT), "jwt", "--count", "5000"], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    ours = json.loads(out)
+    emit("jwt_mint_per_s", round(ours["tokens_per_s"]), "JWT-SVIDs/s", count=ours["count"],
+         seconds=round(ours["seconds"], 4), token_bytes=ours["token_bytes"])
+
+
 def measure_floor():
     process = subprocess.Popen([str(FLOOR)], stdout=subprocess.PIPE, text=True)
     try:
@@ -251,6 +259,9 @@ def main():
 
         log("issuance (sds-bench issue, openssl speed)")
         measure_issuance()
+
+        log("JWT-SVID minting (sds-bench jwt)")
+        measure_jwt_minting()
 
         log("RSS floor (sds-floor)")
         floor_kb, floor_split = measure_floor()
