@@ -1,0 +1,97 @@
+import Foundation
+import GRPC
+import Issuance
+import JWT
+import PKI
+import SPIFFE
+import TestSupport
+import Testing
+import Wire
+
+@testable import SDSAgent
+
+/// The local CA's JWT-SVIDs through the Workload API service, in memory, on a fake clock.
+@Suite struct LocalJWTAuthorityTests {
+    let clock = FakeClock()
+    let dir = NSTemporaryDirectory() + "sds-jwt-authority-" + UUID().uuidString
+    let id = try! SPIFFEID(parsing: "spiffe://example.org/app")
+
+    func authority(keyLifetime: Int64 = 6000) throws -> LocalJWTAuthority {
+        let keys = try JWTSigningKeys.open(
+            stateDirectory: dir, now: clock.now(), keyLifetime: keyLifetime, tokenLifetime: 300)
+        return try LocalJWTAuthority(keys: keys, spiffeID: id, ttl: 300, clock: clock)
+    }
+
+    func harness(_ authority: LocalJWTAuthority) throws -> WorkloadHarness {
+        let h = try WorkloadHarness()
+        h.service.jwt = authority
+        h.service.publishJWTBundles(try authority.bundles())
+        return h
+    }
+
+    @Test func fetchValidateAndBundleThroughTheService() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let h = try harness(try authority())
+        let (_, fetched) = try h.open(.fetchJWTSVID, request: JWTSVIDRequest(audience: ["db"]).wireBytes())
+        #expect(fetched.status == .ok)
+        let token = try JWTSVIDResponse(wireBytes: fetched.messages[0]).svids[0].svid
+
+        let (_, valid) = try h.open(
+            .validateJWTSVID, request: ValidateJWTSVIDRequest(audience: "db", svid: token).wireBytes())
+        #expect(try ValidateJWTSVIDResponse(wireBytes: valid.messages[0]).spiffeID == id.uri)
+        let (_, wrongAudience) = try h.open(
+            .validateJWTSVID, request: ValidateJWTSVIDRequest(audience: "web", svid: token).wireBytes())
+        #expect(wrongAudience.status?.code == .invalidArgument)
+
+        let (_, bundles) = try h.open(.fetchJWTBundles)
+        let jwks = try JWTBundlesResponse(wireBytes: bundles.messages[0]).bundles["spiffe://example.org"]
+        #expect(jwks.map { String(decoding: $0, as: UTF8.self).contains("\"use\":\"jwt-svid\"") } == true)
+        #expect(bundles.status == nil, "the bundles stream stays open")
+    }
+
+    @Test func requestBoundsAndAnotherIDAreRefused() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let h = try harness(try authority())
+        let cases: [(JWTSVIDRequest, GRPCStatus.Code)] = [
+            (JWTSVIDRequest(audience: []), .invalidArgument),
+            (JWTSVIDRequest(audience: (0...LocalJWTAuthority.maxAudiences).map { "a\($0)" }), .invalidArgument),
+            (
+                JWTSVIDRequest(audience: [String(repeating: "x", count: LocalJWTAuthority.maxAudienceBytes + 1)]),
+                .invalidArgument
+            ),
+            (JWTSVIDRequest(audience: ["db"], spiffeID: "spiffe://example.org/other"), .permissionDenied),
+        ]
+        for (request, code) in cases {
+            let (_, received) = try h.open(.fetchJWTSVID, request: request.wireBytes())
+            #expect(received.status?.code == code)
+        }
+        let (_, atBound) = try h.open(
+            .fetchJWTSVID,
+            request: JWTSVIDRequest(audience: (1...LocalJWTAuthority.maxAudiences).map { "a\($0)" }).wireBytes())
+        #expect(atBound.status == .ok)
+    }
+
+    @Test func keyRotationPublishesBothKeysThenOnlyTheNewOne() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let authority = try authority()
+        var published: [[String: [UInt8]]] = []
+        authority.onBundleChanged = { published.append($0) }
+        let first = authority.signer.kid
+        var next = try #require(try authority.advance())
+        clock.set(next)
+        next = try #require(try authority.advance())
+        #expect(published.count == 1 && authority.bundle.count == 2, "successor published beside the old key")
+        #expect(authority.signer.kid == first, "the old key still signs")
+        let oldToken = try authority.token(for: ["db"]).token
+        clock.set(next)
+        next = try #require(try authority.advance())
+        #expect(authority.signer.kid != first, "the successor signs")
+        #expect(authority.bundle.count == 2, "the old key stays while its tokens live")
+        let newToken = try authority.token(for: ["db"]).token
+        #expect(newToken != oldToken, "a new signer re-mints at once")
+        clock.set(next)
+        try authority.advance()
+        #expect(authority.bundle.map(\.kid) == [authority.signer.kid], "the old key is retired")
+        #expect(published.count == 2)
+    }
+}
