@@ -1219,7 +1219,7 @@ const ProtobufCMessageDescriptor validate_jwtsvidrequest__descriptor =
   (ProtobufCMessageInit) validate_jwtsvidrequest__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor validate_jwtsvidresponse__field_descriptors[1] =
+static const ProtobufCFieldDescriptor validate_jwtsvidresponse__field_descriptors[2] =
 {
   {
     "spiffe_id",
@@ -1233,14 +1233,27 @@ static const ProtobufCFieldDescriptor validate_jwtsvidresponse__field_descriptor
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "claims",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(ValidateJWTSVIDResponse, claims),
+    &google__protobuf__struct__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned validate_jwtsvidresponse__field_indices_by_name[] = {
+  1,   /* field[1] = claims */
   0,   /* field[0] = spiffe_id */
 };
 static const ProtobufCIntRange validate_jwtsvidresponse__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 2 }
 };
 const ProtobufCMessageDescriptor validate_jwtsvidresponse__descriptor =
 {
@@ -1250,7 +1263,7 @@ const ProtobufCMessageDescriptor validate_jwtsvidresponse__descriptor =
   "ValidateJWTSVIDResponse",
   "",
   sizeof(ValidateJWTSVIDResponse),
-  1,
+  2,
   validate_jwtsvidresponse__field_descriptors,
   validate_jwtsvidresponse__field_indices_by_name,
   1,  validate_jwtsvidresponse__number_ranges,

@@ -181,7 +181,7 @@ public final class LocalCARoots {
 
     /// Refuses a path another user owns or can write: whoever can replace the CA key can mint SVIDs, and whoever
     /// can write the directory can swap the files.
-    static func checkOwnedByUs(_ path: String, what: String, directory: Bool) throws {
+    public static func checkOwnedByUs(_ path: String, what: String, directory: Bool) throws {
         var info = stat()
         guard stat(path, &info) == 0 else {
             throw LocalCAError("\(what) \(path): \(String(cString: strerror(errno)))")

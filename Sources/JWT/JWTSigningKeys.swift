@@ -52,6 +52,11 @@ public final class JWTSigningKeys {
         let schedule = RootRotationSchedule(svidLifetime: tokenLifetime)
         let currentPath = stateDirectory + "/" + currentFileName
         let successorPath = stateDirectory + "/" + successorFileName
+        // Whoever can replace a signing key can mint JWT-SVIDs: the same ownership rules as the CA's key files.
+        try LocalCARoots.checkOwnedByUs(stateDirectory, what: "state dir", directory: true)
+        for path in [currentPath, successorPath] where Files.exists(path) {
+            try LocalCARoots.checkOwnedByUs(path, what: "JWT key file", directory: false)
+        }
         var successor = Files.exists(successorPath) ? try read(successorPath) : nil
         guard Files.exists(currentPath) else {
             if successor != nil {

@@ -104,7 +104,12 @@ final class LocalJWTAuthority: JWTProvider {
             let claims = try JWTSVIDToken.validate(
                 request.svid, audience: request.audience, keys: publicKeys, trustDomain: spiffeID.trustDomain,
                 now: clock.now())
-            reply(.success(ValidateJWTSVIDResponse(spiffeID: claims.subject.uri)))
+            var fields: [String: ProtoValue] = [
+                "sub": .string(claims.subject.uri), "aud": .list(claims.audiences.map { .string($0) }),
+                "exp": .number(Double(claims.expiresAt.secondsSinceEpoch)),
+            ]
+            if let issuedAt = claims.issuedAt { fields["iat"] = .number(Double(issuedAt.secondsSinceEpoch)) }
+            reply(.success(ValidateJWTSVIDResponse(spiffeID: claims.subject.uri, claims: fields)))
         } catch {
             reply(.failure(GRPCStatus(.invalidArgument, "invalid JWT-SVID: \(error)")))
         }

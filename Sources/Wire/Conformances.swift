@@ -979,7 +979,9 @@ extension ValidateJWTSVIDResponse: WireMessage {
             wireBuffer, limit: limit, protoName: Self.protoName, unpack: validate_jwtsvidresponse__unpack,
             convert: { (c) throws(WireError) in
                 ValidateJWTSVIDResponse(
-                    spiffeID: try swiftString(c.pointee.spiffe_id, field: "ValidateJWTSVIDResponse.spiffe_id"))
+                    spiffeID: try swiftString(c.pointee.spiffe_id, field: "ValidateJWTSVIDResponse.spiffe_id"),
+                    claims: try c.pointee.claims.map { (s) throws(WireError) in try ProtoValue.fields(s, depth: 0) }
+                        ?? [:])
             })
     }
 
@@ -990,7 +992,100 @@ extension ValidateJWTSVIDResponse: WireMessage {
                 let c = arena.make(CValidateJWTSVIDResponse.self)
                 validate_jwtsvidresponse__init(c)
                 c.pointee.spiffe_id = arena.cString(spiffeID)
+                if !claims.isEmpty { c.pointee.claims = ProtoValue.build(fields: claims, in: arena) }
                 return c
             })
+    }
+}
+
+// MARK: - google.protobuf.Struct
+
+typealias CStruct = Google__Protobuf__Struct
+typealias CStructEntry = Google__Protobuf__Struct__FieldsEntry
+typealias CValue = Google__Protobuf__Value
+typealias CListValue = Google__Protobuf__ListValue
+
+extension ProtoValue {
+    static func fields(_ c: UnsafeMutablePointer<CStruct>, depth: Int) throws(WireError) -> [String: ProtoValue] {
+        guard depth < maxDepth else { throw .malformed(message: "Struct nested deeper than \(maxDepth)") }
+        var out: [String: ProtoValue] = [:]
+        for index in 0..<c.pointee.n_fields {
+            guard let entry = c.pointee.fields[index] else { continue }
+            let key = try swiftString(entry.pointee.key, field: "Struct.fields.key")
+            out[key] =
+                try entry.pointee.value.map { (v) throws(WireError) in try ProtoValue(v, depth: depth + 1) } ?? .null
+        }
+        return out
+    }
+
+    init(_ c: UnsafeMutablePointer<CValue>, depth: Int) throws(WireError) {
+        guard depth < Self.maxDepth else { throw .malformed(message: "Value nested deeper than \(Self.maxDepth)") }
+        let value = c.pointee
+        switch value.kind_case {
+        case GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE: self = .number(value.number_value)
+        case GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE:
+            self = .string(try swiftString(value.string_value, field: "Value.string_value"))
+        case GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE: self = .bool(value.bool_value != 0)
+        case GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE:
+            self = .structValue(
+                try value.struct_value.map { (s) throws(WireError) in try Self.fields(s, depth: depth + 1) } ?? [:])
+        case GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE:
+            var items: [ProtoValue] = []
+            if let list = value.list_value {
+                for index in 0..<list.pointee.n_values {
+                    guard let item = list.pointee.values[index] else { continue }
+                    items.append(try ProtoValue(item, depth: depth + 1))
+                }
+            }
+            self = .list(items)
+        default: self = .null
+        }
+    }
+
+    static func build(fields: [String: ProtoValue], in arena: CArena) -> UnsafeMutablePointer<CStruct> {
+        let c = arena.make(CStruct.self)
+        google__protobuf__struct__init(c)
+        let entries = arena.make(UnsafeMutablePointer<CStructEntry>?.self, count: fields.count)
+        for (index, (key, value)) in fields.sorted(by: { $0.key < $1.key }).enumerated() {
+            let entry = arena.make(CStructEntry.self)
+            google__protobuf__struct__fields_entry__init(entry)
+            entry.pointee.key = arena.cString(key)
+            entry.pointee.value = value.build(in: arena)
+            entries[index] = entry
+        }
+        c.pointee.n_fields = fields.count
+        c.pointee.fields = entries
+        return c
+    }
+
+    func build(in arena: CArena) -> UnsafeMutablePointer<CValue> {
+        let c = arena.make(CValue.self)
+        google__protobuf__value__init(c)
+        switch self {
+        case .null:
+            c.pointee.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NULL_VALUE
+        case .number(let number):
+            c.pointee.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE
+            c.pointee.number_value = number
+        case .string(let text):
+            c.pointee.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE
+            c.pointee.string_value = arena.cString(text)
+        case .bool(let flag):
+            c.pointee.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE
+            c.pointee.bool_value = flag ? 1 : 0
+        case .structValue(let fields):
+            c.pointee.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE
+            c.pointee.struct_value = Self.build(fields: fields, in: arena)
+        case .list(let items):
+            c.pointee.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE
+            let list = arena.make(CListValue.self)
+            google__protobuf__list_value__init(list)
+            let values = arena.make(UnsafeMutablePointer<CValue>?.self, count: items.count)
+            for (index, item) in items.enumerated() { values[index] = item.build(in: arena) }
+            list.pointee.n_values = items.count
+            list.pointee.values = values
+            c.pointee.list_value = list
+        }
+        return c
     }
 }

@@ -413,8 +413,27 @@ public struct ValidateJWTSVIDRequest: Sendable, Equatable {
     }
 }
 
-/// `ValidateJWTSVIDResponse`; its `claims` Struct is not modelled (dropped on decode).
+/// `ValidateJWTSVIDResponse`: the token's SPIFFE ID and its claims.
 public struct ValidateJWTSVIDResponse: Sendable, Equatable {
     public var spiffeID: String
-    public init(spiffeID: String) { self.spiffeID = spiffeID }
+    /// The JWT claims (`google.protobuf.Struct`).
+    public var claims: [String: ProtoValue]
+    public init(spiffeID: String, claims: [String: ProtoValue] = [:]) {
+        self.spiffeID = spiffeID
+        self.claims = claims
+    }
+}
+
+/// `google.protobuf.Value`: what a `Struct` field holds (JSON's data model; numbers are doubles).
+public indirect enum ProtoValue: Sendable, Equatable {
+    case null
+    case number(Double)
+    case string(String)
+    case bool(Bool)
+    case structValue([String: ProtoValue])
+    case list([ProtoValue])
+
+    /// Nesting deeper than this is refused when decoding: claims are flat, and the bound keeps the recursive
+    /// conversion's stack small whatever a peer sends.
+    public static let maxDepth = 16
 }

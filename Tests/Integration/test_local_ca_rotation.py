@@ -139,11 +139,11 @@ def test_root_rotates_with_overlap_while_two_envoy_pairs_keep_doing_mtls(agent_f
         for envoy in reversed(stack):
             envoy.stop()
 
-    # The state dir holds the new root alone, 0600.
+    # The state dir holds the new root alone (beside the JWT-SVID signing key), 0600.
     state = agent.state_dir
-    assert sorted(os.listdir(state)) == ["ca.key", "ca.pem"]
+    assert sorted(os.listdir(state)) == ["ca.key", "ca.pem", "jwt-key.pem"]
     assert x509.load_pem_x509_certificate((state / "ca.pem").read_bytes()).serial_number == new_root.serial_number
-    for name in ("ca.key", "ca.pem"):
+    for name in ("ca.key", "ca.pem", "jwt-key.pem"):
         assert (state / name).stat().st_mode & 0o777 == 0o600
 
 

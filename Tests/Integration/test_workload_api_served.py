@@ -366,6 +366,13 @@ def test_validate_jwt_svid_accepts_ours_and_rejects_forgeries(served):
         assert str(client.validate_jwt_svid(sign(real_key, good_claims), AUDIENCE).spiffe_id) == APP_ID
 
     raw = stub(app.socket)
+    if app.upstream is None:
+        # The claims come back too (google.protobuf.Struct), as SPIRE returns them.
+        validated = raw.ValidateJWTSVID(workload_pb2.ValidateJWTSVIDRequest(audience=AUDIENCE, svid=ours.token),
+                                        metadata=[SECURITY_HEADER], timeout=5)
+        assert validated.spiffe_id == APP_ID
+        assert validated.claims["sub"] == APP_ID and list(validated.claims["aud"]) == [AUDIENCE]
+        assert validated.claims["exp"] == pyjwt.decode(ours.token, options={"verify_signature": False})["exp"]
     forgeries = {
         "signed by another key": (sign(ec.generate_private_key(ec.SECP256R1()), good_claims), AUDIENCE),
         "for another audience": (ours.token, "web"),

@@ -271,6 +271,17 @@ private func keys(_ keys: JWTSigningKey...) -> [String: PublicKey] {
         #expect(keys.current.kid == new && keys.successor == nil)
     }
 
+    @Test func keyFileWritableByOthersIsRefused() throws {
+        let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = try JWTSigningKeys.open(stateDirectory: dir, now: now, keyLifetime: 6000, tokenLifetime: 300)
+        try FileManager.default.setAttributes(
+            [.posixPermissions: 0o622], ofItemAtPath: dir + "/" + JWTSigningKeys.currentFileName)
+        #expect(throws: LocalCAError.self) {
+            try JWTSigningKeys.open(stateDirectory: dir, now: now, keyLifetime: 6000, tokenLifetime: 300)
+        }
+    }
+
     @Test func damagedFileIsAOneLineError() throws {
         let dir = tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }

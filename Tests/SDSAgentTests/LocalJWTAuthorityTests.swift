@@ -38,7 +38,11 @@ import Wire
 
         let (_, valid) = try h.open(
             .validateJWTSVID, request: ValidateJWTSVIDRequest(audience: "db", svid: token).wireBytes())
-        #expect(try ValidateJWTSVIDResponse(wireBytes: valid.messages[0]).spiffeID == id.uri)
+        let validated = try ValidateJWTSVIDResponse(wireBytes: valid.messages[0])
+        #expect(validated.spiffeID == id.uri)
+        #expect(validated.claims["sub"] == .string(id.uri))
+        #expect(validated.claims["aud"] == .list([.string("db")]))
+        #expect(validated.claims["exp"] == .number(Double(clock.now().secondsSinceEpoch + 300)))
         let (_, wrongAudience) = try h.open(
             .validateJWTSVID, request: ValidateJWTSVIDRequest(audience: "web", svid: token).wireBytes())
         #expect(wrongAudience.status?.code == .invalidArgument)

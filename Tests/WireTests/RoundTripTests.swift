@@ -12,6 +12,23 @@ import Wire
         try M(wireBytes: message.wireBytes())
     }
 
+    @Test func validateResponseClaims() throws {
+        let response = ValidateJWTSVIDResponse(
+            spiffeID: "spiffe://example.org/a",
+            claims: [
+                "sub": .string("spiffe://example.org/a"), "aud": .list([.string("x"), .string("y")]),
+                "exp": .number(1_800_000_000), "extra": .structValue(["flag": .bool(true), "none": .null]),
+            ])
+        #expect(try ValidateJWTSVIDResponse(wireBytes: response.wireBytes()) == response)
+    }
+
+    @Test func claimsNestedPastTheBoundAreRefused() {
+        var value = ProtoValue.null
+        for _ in 0...ProtoValue.maxDepth { value = .list([value]) }
+        let response = ValidateJWTSVIDResponse(spiffeID: "x", claims: ["deep": value])
+        #expect(throws: WireError.self) { try ValidateJWTSVIDResponse(wireBytes: response.wireBytes()) }
+    }
+
     @Test func genericSecret() throws {
         let secret = Secret(name: "jwt-svid:aud", kind: .genericSecret(.inlineBytes(Array("a.b.c".utf8))))
         #expect(try Secret(wireBytes: secret.wireBytes()) == secret)
