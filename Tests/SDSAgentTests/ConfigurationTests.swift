@@ -159,6 +159,7 @@ func resolveConfiguration(
         ("--ca-ttl", "inf"), ("--ca-ttl", "0"), ("--ca-ttl", "87601h"),
         ("--drain-timeout", "inf"), ("--drain-timeout", "0"), ("--drain-timeout", "-1s"), ("--drain-timeout", "11m"),
         ("--drain-timeout", "NaN"),
+        ("--jwt-ttl", "9s"), ("--jwt-ttl", "25h"), ("--jwt-ttl", "inf"), ("--jwt-ttl", "5 minutes"),
     ])
     func durationFlagsAreFiniteAndBounded(flag: String, value: String) {
         do {
@@ -166,6 +167,7 @@ func resolveConfiguration(
                 switch flag {
                 case "--ca-ttl": options.caTTL = value
                 case "--drain-timeout": options.drainTimeout = value
+                case "--jwt-ttl": options.jwtTTL = value
                 default: options.svidTTL = value
                 }
             }
@@ -174,6 +176,12 @@ func resolveConfiguration(
             #expect(error.flag == flag)
             #expect(!error.description.contains("\n"))
         }
+    }
+
+    @Test func jwtTTLDefaultsToFiveMinutesAndTakesItsBounds() throws {
+        #expect(try resolve { _ in }.jwtTTL == 300)
+        #expect(try resolve { $0.jwtTTL = "10s" }.jwtTTL == 10)
+        #expect(try resolve { $0.jwtTTL = "24h" }.jwtTTL == 86400)
     }
 
     @Test func durationFlagsAtTheirBoundsAreAccepted() throws {
