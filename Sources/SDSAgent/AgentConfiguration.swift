@@ -33,6 +33,9 @@ public struct AgentConfiguration: Sendable {
     public var allowedGIDs: Set<UInt32>
     public var writeStallTimeout: Double = OutboundLimits.defaultWriteStallTimeout
     public var maxQueuedBytes: Int = OutboundLimits.defaultMaxQueuedBytes
+    /// The HTTP status listener (`/live`, `/ready`, `/metrics`); nil (the default) binds no port. See
+    /// `StatusServer` for why it is off unless asked for.
+    public var statusAddress: TCPAddress?
 
     /// Why 10 min: a drain only waits for peers to take the last bytes; Kubernetes' default grace period is 30 s,
     /// and an unbounded (or `inf`) drain would keep a dead pod's sidecar alive forever.
@@ -74,6 +77,7 @@ public struct RawAgentOptions: Sendable, Equatable {
     public var allowGIDs: String?
     public var writeStallTimeout: String?
     public var maxQueuedBytes: String?
+    public var statusAddress: String?
     public init() {}
 }
 
@@ -203,6 +207,13 @@ extension AgentConfiguration {
                 problem: "'\(queuedText)' must be a byte count from \(64 << 10) to \(maxQueuedBytesLimit)")
         }
 
+        var statusAddress: TCPAddress?
+        if let text = pickOptional(options.statusAddress, "SDS_STATUS_ADDR"), text != "off" {
+            do { statusAddress = try TCPAddress(text) } catch {
+                throw ConfigurationError(flag: "--status-addr", problem: error.description)
+            }
+        }
+
         let fileDirs = try directories(
             pick(options.fileDirs, "SDS_FILE_DIRS", FileAccessPolicy.defaultDirectories.joined(separator: ",")))
         let uids = try ids(pickOptional(options.allowUIDs, "SDS_ALLOW_UIDS"), flag: "--allow-uid (SDS_ALLOW_UIDS)")
@@ -218,6 +229,7 @@ extension AgentConfiguration {
             allowedUIDs: Set(uids ?? []).union([ownUID]), allowedGIDs: Set(gids ?? []))
         configuration.writeStallTimeout = stall
         configuration.maxQueuedBytes = queued
+        configuration.statusAddress = statusAddress
         return configuration
     }
 

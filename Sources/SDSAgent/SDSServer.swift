@@ -65,6 +65,8 @@ public final class SDSServer {
     /// is bounded so that many identities cannot grow it.
     private var reportedRefusals: Set<UInt64> = []
     public private(set) var refusedPeerCount = 0
+    /// Refusals by reason, for `/metrics`.
+    var metrics: AgentMetrics?
     let limits: OutboundLimits
     /// Stop pulling bytes from nghttp2 while this much is queued in user space for the socket.
     static let writeHighWater = 256 * 1024
@@ -152,6 +154,7 @@ public final class SDSServer {
         }
         if admission.admits(peer) { return peer }
         refusedPeerCount += 1
+        metrics?.countRefusal(.peer)
         let key = UInt64(peer.uid) << 32 | UInt64(peer.gid)
         if reportedRefusals.count < Self.maxReportedRefusals, reportedRefusals.insert(key).inserted {
             logger.warning(
@@ -167,6 +170,7 @@ public final class SDSServer {
     /// The peer stopped taking bytes or made too many wait: closed now, logged once (Envoy reconnects and gets the
     /// current state).
     fileprivate func cutOff(_ connection: ServerConnection, reason: String) {
+        metrics?.countRefusal(.limits)
         logger.warning(
             "disconnecting a peer that does not read",
             metadata: [
