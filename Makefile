@@ -5,7 +5,7 @@ SHELL        := /bin/bash
 .DEFAULT_GOAL := help
 
 APT_PACKAGES := libssl-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler \
-                nghttp2-client openssl pkg-config python3 python3-venv
+                nghttp2-client openssl pkg-config python3 python3-venv prometheus curl
 VENV         := .venv
 PYTHON       := $(VENV)/bin/python
 SWIFT_BUILD_FLAGS ?=

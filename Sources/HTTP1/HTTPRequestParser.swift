@@ -22,6 +22,13 @@ public struct HTTPRequestParser: Sendable {
         /// Header names, lowercased, in arrival order (values are not needed by the status listener).
         public var headerNames: [String]
 
+        public init(method: String, target: String, minorVersion: Int, headerNames: [String]) {
+            self.method = method
+            self.target = target
+            self.minorVersion = minorVersion
+            self.headerNames = headerNames
+        }
+
         /// The target's path, without the query.
         public var path: String {
             guard let query = target.firstIndex(of: "?") else { return target }

@@ -170,16 +170,24 @@ final class StatusConnection: ConnectionDelegate {
         }
     }
 
+    /// Writes the response, then half-closes once it is out (a "lingering close"): the client reads the whole answer
+    /// and its EOF, and whatever it still sends (a body, the rest of an oversized head) is read and dropped until it
+    /// closes. Closing outright with unread input would send RST, and the client could lose the answer. The
+    /// connection deadline bounds how long this lasts.
     private func answer(_ response: HTTPResponse, on connection: Connection) {
         answered = true
         connection.write(response.bytes)
-        // Closed once written (`Connection: close` told the client). Bytes it sent past the head are not read: one
-        // request per connection.
-        connection.closeAfterWrites()
-        if connection.isClosed { server.closed(self) }
+        if connection.pendingWriteBytes == 0 { shutdownWrites(connection) }
     }
 
-    func connectionDrained(_ connection: Connection) {}
+    private func shutdownWrites(_ connection: Connection) {
+        guard !connection.isClosed else { return }
+        _ = shutdown(connection.fd, Int32(SHUT_WR))
+    }
+
+    func connectionDrained(_ connection: Connection) {
+        if answered { shutdownWrites(connection) }
+    }
 
     func connectionClosed(_ connection: Connection, error: SystemError?) { server.closed(self) }
 

@@ -8,8 +8,8 @@
   admits istio-proxy's UID 1337; no volume sds-agent keeps secrets on is mounted in istio-proxy, and no CA key is
   handed to any pod.
 - TRUST_DOMAIN, POD_NAMESPACE and SERVICE_ACCOUNT reach sds-agent (the last two from the downward API).
-- Every flag is one `sds-agent run --help` / `sds-dump --help` lists, and each probe's sds-dump --timeout is shorter
-  than the probe's timeoutSeconds.
+- Every flag is one `sds-agent run --help` lists; every probe is `sds-agent healthcheck --socket <the socket>` (gRPC
+  health, no port), whose own 2 s limit is shorter than the probe's timeoutSeconds.
 - A rehearsal runs each manifest's own command, env and probe against the real binaries, with every volume mapped to
   a scratch directory: the probe passes and the SVID names the pod's namespace and service account.
 """
@@ -213,18 +213,19 @@ def test_flags_and_env_are_sds_agents(name, sds_agent_bin):
         assert re.search(rf"\b{env['name']}\b", text), f"sds-agent run --help never mentions {env['name']}"
 
 
+# HealthCheckClient.timeout: how long `sds-agent healthcheck` waits for an answer before it exits 1.
+HEALTHCHECK_TIMEOUT = 2.0
+
+
 @pytest.mark.parametrize("name", MANIFESTS)
-def test_probes_are_sds_dump_calls_within_their_timeout(name, sds_dump_bin):
-    text = help_text(sds_dump_bin)
+def test_probes_are_sds_agent_healthchecks_within_their_timeout(name, sds_agent_bin):
+    text = help_text(sds_agent_bin)
+    assert "sds-agent healthcheck [--socket <path>]" in text
     for kind, probe in probes(sds_agent(name)).items():
         argv = probe["exec"]["command"]
-        assert argv[0].endswith("/sds-dump"), kind
-        for option in (a for a in argv[1:] if a.startswith("--")):
-            assert re.search(rf"^\s+{re.escape(option)}\b", text, re.M), f"sds-dump has no {option}"
-        assert "--fetch" in argv, f"{kind}: FetchSecrets, no stream left open by a probe"
-        timeout = seconds(argv[argv.index("--timeout") + 1])
-        assert timeout < probe.get("timeoutSeconds", 1), f"{kind}: --timeout must end before the probe gives up"
-        assert argv[-1] == "default", f"{kind}: ask for what istio-proxy asks"
+        assert argv[0].endswith("/sds-agent") and argv[1] == "healthcheck", f"{kind}: {argv}"
+        assert argv[2:] == ["--socket", SOCKET], f"{kind}: the only flag is the socket"
+        assert HEALTHCHECK_TIMEOUT < probe.get("timeoutSeconds", 1), f"{kind}: must end before the probe gives up"
 
 
 # ------------------------------------------------------------------------------------------------------------------
