@@ -299,9 +299,15 @@ class Rehearsal:
 
 
 def assert_serves_the_pod_identity(r: Rehearsal) -> None:
+    # As kubelet does: the startup probe is retried every periodSeconds, up to failureThreshold times (the first SVID
+    # may take a moment, e.g. from SPIRE); once it passed, readiness and liveness must pass at once.
+    startup = r.agent["startupProbe"]
+    budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+    wait_for(lambda: r.probe("startupProbe").returncode == 0, min(budget, START_TIMEOUT), "the startup probe", r.log)
     for kind in probes(r.agent):
         result = r.probe(kind)
         assert result.returncode == 0, f"{kind} failed ({result.returncode}):\n{result.stdout}{result.stderr}\n{r.log()}"
+        assert result.stdout.count("\n") == 1 and "SERVING" in result.stdout, f"{kind}: one line"
     assert os.stat(r.local(SOCKET)).st_mode & 0o777 == 0o660, "shared with istio-proxy's group, no one else"
     secret = fetch_when_served(r.local(SOCKET), ["default"])["default"]
     pem = secret.tls_certificate.certificate_chain.inline_bytes
