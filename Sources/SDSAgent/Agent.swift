@@ -373,7 +373,8 @@ public final class Agent {
     }
 
     private func rotateNow() {
-        logger.info("SIGHUP: rotating now")
+        // Debug: the wave's own info line (`rotated reason=signal`) says it; one info line per rotation.
+        logger.debug("SIGHUP: rotating now")
         pendingRotationReason = .signal
         issuer?.rotateNow()
         fileNames.reloadAll()

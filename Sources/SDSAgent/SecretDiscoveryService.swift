@@ -32,7 +32,7 @@ public final class SecretDiscoveryService {
     /// Pushes, NACKs and refused names are counted here (for `/metrics`).
     public let metrics: AgentMetrics
     /// Names never served that were already warned about; bounded so that a client inventing names cannot grow it.
-    private var warnedNeverServed: Set<String> = []
+    private(set) var warnedNeverServed: Set<String> = []
     /// Why 256: a pod's bootstraps name a handful of secrets; more distinct refused names is a client making them
     /// up, and it is counted (`refusals{reason="names"}`), not logged.
     static let maxWarnedNeverServed = 256
