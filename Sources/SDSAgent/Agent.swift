@@ -114,10 +114,21 @@ public final class Agent {
             signal(SIGPIPE, SIG_IGN)
             // Bind before any SVID exists: the HTTP/2 handshake must complete at once (pilot-agent's 1 s probe).
             try server.listen(on: configuration.socket, mode: configuration.socketMode)
-            if let address = configuration.statusAddress { try startStatusListener(on: address) }
         } catch {
             logger.critical("cannot serve", metadata: ["socket": "\(configuration.socket)", "error": "\(error)"])
             return 1
+        }
+        if let address = configuration.statusAddress {
+            do throws(SystemError) {
+                try startStatusListener(on: address)
+            } catch {
+                // Asked for and unavailable (e.g. the port is taken): a probe or scrape relying on it would fail
+                // later with less context, so the agent does not start. The socket it bound goes too.
+                logger.critical(
+                    "cannot listen on --status-addr", metadata: ["address": "\(address)", "error": "\(error)"])
+                server.stopListening()
+                return 1
+            }
         }
         logger.info(
             "listening",

@@ -135,7 +135,9 @@ public final class SDSServer {
             return
         }
         connections[ObjectIdentifier(connection)] = connection
-        logger.info(
+        // Debug, like the close: an exec probe (`sds-agent healthcheck`) opens a connection every period, and the
+        // connections gauge (`/metrics`) is what tracks them; refusals and cut-offs stay at warning.
+        logger.debug(
             "connection opened",
             metadata: [
                 "connection": "\(connection.id)", "peer_pid": "\(peer.pid)", "peer_uid": "\(peer.uid)",
@@ -184,7 +186,7 @@ public final class SDSServer {
         guard connections.removeValue(forKey: ObjectIdentifier(connection)) != nil else { return }
         connection.stopStallWatch()
         connection.grpc.connectionLost()
-        logger.info("connection closed", metadata: ["connection": "\(connection.id)", "reason": "\(reason)"])
+        logger.debug("connection closed", metadata: ["connection": "\(connection.id)", "reason": "\(reason)"])
         if connections.isEmpty { onAllConnectionsClosed?() }
     }
 }

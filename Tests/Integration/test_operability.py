@@ -336,3 +336,23 @@ def test_status_listener_is_off_by_default(factory):
     fds = pathlib.Path(f"/proc/{agent.process.pid}/fd")
     ours = {str(p.readlink()) for p in fds.iterdir()}
     assert not any(f"socket:[{inode}]" in ours for inode in inodes), "no TCP listener without --status-addr"
+
+
+def test_status_port_taken_fails_the_start_and_leaves_no_socket(sds_agent_bin, short_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        socket_path = short_dir / "s.sock"
+        run = subprocess.run([str(sds_agent_bin), "run", "--socket", str(socket_path), "--state-dir",
+                              str(short_dir / "state"), "--trust-domain", TRUST_DOMAIN, "--status-addr",
+                              f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert run.returncode == 1, run
+    assert "--status-addr" in run.stderr and "in use" in run.stderr, run.stderr
+    assert not socket_path.exists(), "the SDS socket it bound is removed again"
+
+
+def test_bad_status_address_is_a_usage_error(sds_agent_bin, short_dir):
+    run = subprocess.run([str(sds_agent_bin), "run", "--socket", str(short_dir / "s.sock"), "--status-addr",
+                          "example.org:80"], capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert run.returncode == 2 and one_line(run.stderr) and "--status-addr" in run.stderr, run
