@@ -37,6 +37,8 @@ public final class Agent {
     private(set) var status: StatusServer?
     /// Why the next identity update happens: SIGHUP sets `.signal` until the update it asked for arrives.
     private var pendingRotationReason: AgentMetrics.RotationReason?
+    /// Expiry of each served `file-cert:` certificate, by name (read when the file is loaded, not per scrape).
+    private var fileCertificateExpiry: [String: Int64] = [:]
 
     /// Builds the agent; binds nothing yet.
     public init(configuration: AgentConfiguration, logger: Logger, clock: any WallClock = SystemWallClock())
@@ -83,12 +85,16 @@ public final class Agent {
         service.onSubscribe = { [unowned self] names, peer in self.fileNames.subscribe(names, peer: peer) }
         service.onRelease = { [unowned self] names in self.fileNames.release(names) }
         fileNames.publish = { [unowned self] secrets in
+            for secret in secrets { self.fileCertificateExpiry[secret.name] = Self.leafNotAfter(secret) }
             if !self.service.publish(secrets).isEmpty {
                 self.metrics.countRotation(.file, at: self.clock.now().secondsSinceEpoch)
                 self.server.flushAll()
             }
         }
-        fileNames.unpublish = { [unowned self] names in self.service.unpublish(names) }
+        fileNames.unpublish = { [unowned self] names in
+            for name in names { self.fileCertificateExpiry.removeValue(forKey: name) }
+            self.service.unpublish(names)
+        }
         fileNames.reclassify = { [unowned self] in
             self.service.reclassify()
             self.server.flushAll()
@@ -253,6 +259,9 @@ public final class Agent {
                 out.sample("sds_agent_certificate_expiry_timestamp_seconds", ["secret": name], notAfter)
             }
         }
+        for (name, notAfter) in fileCertificateExpiry.sorted(by: { $0.key < $1.key }) {
+            out.sample("sds_agent_certificate_expiry_timestamp_seconds", ["secret": name], notAfter)
+        }
         out.family(
             "sds_agent_root_expiry_timestamp_seconds", .gauge,
             "Expiry (notAfter) of each trust bundle root, by trust domain and serial, in seconds since the epoch.")
@@ -301,6 +310,14 @@ public final class Agent {
             out.sample("sds_agent_refusals_total", ["reason": reason.rawValue], metrics.refusals[reason] ?? 0)
         }
         return out.text
+    }
+
+    /// The leaf's notAfter of a certificate secret with an inline PEM chain; nil for anything else.
+    static func leafNotAfter(_ secret: Secret) -> Int64? {
+        guard case .tlsCertificate(let tls) = secret.kind, case .inlineBytes(let pem) = tls.certificateChain,
+            let leaf = try? Certificate.parseChain(pem: String(decoding: pem, as: UTF8.self)).first
+        else { return nil }
+        return leaf.notAfter.secondsSinceEpoch
     }
 
     // MARK: Events

@@ -356,3 +356,29 @@ def test_bad_status_address_is_a_usage_error(sds_agent_bin, short_dir):
     run = subprocess.run([str(sds_agent_bin), "run", "--socket", str(short_dir / "s.sock"), "--status-addr",
                           "example.org:80"], capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert run.returncode == 2 and one_line(run.stderr) and "--status-addr" in run.stderr, run
+
+
+def test_file_cert_expiry_is_exported_while_served(factory, short_dir):
+    """A `file-cert:` name's certificate expiry is a served certificate's: exported by name while a stream holds it."""
+    from spiffe_test_ca import SpiffeRoot, organization, pem_cert, pem_key
+    from sds_client import SecretStream
+
+    ca = SpiffeRoot.create("files.example", organization("file CA"), datetime.timedelta(days=1),
+                           datetime.timedelta(minutes=1))
+    cert, key = ca.issue("spiffe://files.example/gw", organization("gw"), datetime.timedelta(days=1),
+                         datetime.timedelta(minutes=1))
+    certs = short_dir / "certs"
+    certs.mkdir()
+    (certs / "cert.pem").write_bytes(pem_cert(cert))
+    (certs / "key.pem").write_bytes(pem_key(key))
+    agent = start_agent(factory, ["--file-dirs", str(certs)])
+    name = f"file-cert:{certs}/cert.pem~{certs}/key.pem"
+    stream = SecretStream(agent.socket_path, delta=True)
+    try:
+        stream.send(resource_names_subscribe=[name])
+        assert [r.name for r in stream.recv().resources] == [name]
+        expected = f'sds_agent_certificate_expiry_timestamp_seconds{{secret="{name}"}} ' \
+                   f'{int(cert.not_valid_after_utc.timestamp())}\n'
+        assert expected in curl(agent.status_port, "/metrics")[1]
+    finally:
+        stream.close()
