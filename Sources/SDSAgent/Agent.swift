@@ -226,9 +226,9 @@ public final class Agent {
 
     // MARK: Status
 
-    /// SERVING / ready: an SVID is held and has not expired.
+    /// SERVING / ready: an SVID is held and has not expired, and the agent is not draining (it no longer accepts).
     var isServing: Bool {
-        guard let current else { return false }
+        guard let current, !draining else { return false }
         return current.svid.notAfter > clock.now()
     }
 

@@ -26,7 +26,7 @@ public final class HealthCheckClient: ConnectionDelegate {
             case .serving:
                 return "sds-agent healthcheck: SERVING (\(socket))"
             case .notServing(let status):
-                let why = status == .notServing ? ": no valid SVID held yet (issuer has not delivered)" : ""
+                let why = status == .notServing ? ": no valid SVID held (not issued yet, or expired)" : ""
                 return "sds-agent healthcheck: \(Self.name(status))\(why) (\(socket))"
             case .callFailed(let status):
                 return "sds-agent healthcheck: health call failed: \(status) (\(socket))"

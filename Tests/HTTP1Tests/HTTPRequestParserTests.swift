@@ -135,3 +135,65 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
             String(decoding: response.bytes, as: UTF8.self).hasSuffix("Content-Length: 3\r\nConnection: close\r\n\r\n"))
     }
 }
+
+/// Properties over many generated inputs (a deterministic generator: a failure reproduces). The libFuzzer target
+/// can call `HTTPRequestParser.parse(_:)` the same way.
+@Suite struct HTTPRequestParserPropertyTests {
+    /// SplitMix64: small, deterministic, good enough to vary inputs.
+    struct Generator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+        mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+    }
+
+    /// Inputs built from request-like fragments, so that many get past the request line.
+    static func input(_ g: inout Generator) -> [UInt8] {
+        let fragments = [
+            "GET ", "HEAD ", "/metrics", "/live?x", " HTTP/1.1", " HTTP/1.0", "\r\n", "\n", "Host: a", ": ", "X",
+            "Content-Length: 0", "Content-Length: 7", "Transfer-Encoding: chunked", " ", "\t", "\u{7F}", "\0", "\r",
+        ]
+        var bytes: [UInt8] = []
+        for _ in 0..<g.below(24) {
+            if g.below(5) == 0 {
+                bytes.append(UInt8(truncatingIfNeeded: g.next()))
+            } else {
+                bytes += Array(fragments[g.below(fragments.count)].utf8)
+            }
+        }
+        return bytes
+    }
+
+    @Test func anySplitGivesTheSameVerdictAsTheWholeInput() {
+        var g = Generator(state: 14)
+        for _ in 0..<5_000 {
+            let bytes = Self.input(&g)
+            let whole = HTTPRequestParser.parse(bytes, maxHeadBytes: 64)
+            var parser = HTTPRequestParser(maxHeadBytes: 64)
+            var outcome = HTTPRequestParser.Outcome.needMoreBytes
+            var index = 0
+            while index < bytes.count {
+                let end = min(bytes.count, index + 1 + g.below(8))
+                outcome = parser.feed(bytes[index..<end])
+                index = end
+            }
+            #expect(outcome == whole, "input \(bytes)")
+        }
+    }
+
+    @Test func randomBytesNeverCompleteWithoutAnEmptyLine() {
+        var g = Generator(state: 7)
+        for _ in 0..<5_000 {
+            let bytes = (0..<g.below(200)).map { _ in UInt8(truncatingIfNeeded: g.next()) }
+            if case .complete = HTTPRequestParser.parse(bytes) {
+                let text = bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+                #expect(text.contains { $0.isEmpty || $0 == [UInt8(ascii: "\r")] }, "completed without an empty line")
+            }
+        }
+    }
+}
