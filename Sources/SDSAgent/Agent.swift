@@ -80,7 +80,8 @@ public final class Agent {
             loop: loop, router: router, logger: logger,
             admission: PeerAdmission(uids: configuration.allowedUIDs, gids: configuration.allowedGIDs),
             limits: OutboundLimits(
-                maxQueuedBytes: configuration.maxQueuedBytes, writeStallTimeout: configuration.writeStallTimeout))
+                maxQueuedBytes: configuration.maxQueuedBytes, writeStallTimeout: configuration.writeStallTimeout),
+            inboundLimits: configuration.limits)
         server.metrics = metrics
         service.onSubscribe = { [unowned self] names, peer in self.fileNames.subscribe(names, peer: peer) }
         service.onRelease = { [unowned self] names in self.fileNames.release(names) }
@@ -323,7 +324,7 @@ public final class Agent {
     // MARK: Events
 
     private func identityChanged(_ update: IdentityUpdate) {
-        let started = Self.monotonicSeconds()
+        let started = EventLoop.monotonicSeconds()
         let pushesBefore = metrics.pushes
         let secrets: [Secret]
         do {
@@ -352,7 +353,7 @@ public final class Agent {
         pendingRotationReason = nil
         if !changed.isEmpty { metrics.countRotation(reason, at: clock.now().secondsSinceEpoch) }
         // One line per wave, however many streams: what changed, how many responses it queued, how long it took.
-        let elapsed = Self.monotonicSeconds() - started
+        let elapsed = EventLoop.monotonicSeconds() - started
         logger.info(
             "rotated",
             metadata: [
@@ -361,12 +362,6 @@ public final class Agent {
                 "streams": "\(service.openStreamCount)", "pushed": "\(metrics.pushes - pushesBefore)",
                 "duration_ms": "\((elapsed * 1_000_000).rounded() / 1000)",
             ])
-    }
-
-    static func monotonicSeconds() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
     /// An SVID is served until it expires, however long the issuer is down — and not after: an expired certificate

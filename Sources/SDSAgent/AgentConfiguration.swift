@@ -33,6 +33,8 @@ public struct AgentConfiguration: Sendable {
     public var allowedGIDs: Set<UInt32>
     public var writeStallTimeout: Double = OutboundLimits.defaultWriteStallTimeout
     public var maxQueuedBytes: Int = OutboundLimits.defaultMaxQueuedBytes
+    /// Bounds on what peers of the socket can make the agent hold (`--max-request-bytes`, `--max-connections`).
+    public var limits = InboundLimits()
     /// The HTTP status listener (`/live`, `/ready`, `/metrics`); nil (the default) binds no port. See
     /// `StatusServer` for why it is off unless asked for.
     public var statusAddress: TCPAddress?
@@ -53,6 +55,15 @@ public struct AgentConfiguration: Sendable {
     public static let defaultSocket = "/run/secrets/workload-spiffe-uds/socket"
     public static let defaultStateDir = "/var/lib/sds-agent"
     public static let defaultUpstreamSocket = "unix:///run/spire/sockets/agent.sock"
+
+    /// The range each duration flag accepts. Every duration is finite and positive; the upper ends catch unit
+    /// mistakes (`--svid-ttl 3600h` meant as seconds) and keep every derived timer and certificate date in range.
+    /// SVIDs: from `minimumSVIDTTL` to 90 days (istiod's maximum workload certificate lifetime). CA root: at most 10
+    /// years (and at least its rotation ratio times the SVID lifetime, checked with the issuer). Drain: at most
+    /// `maxDrainTimeout`.
+    public static let svidTTLRange: ClosedRange<Double> = minimumSVIDTTL...(90 * 86400)
+    public static let caTTLRange: ClosedRange<Double> = minimumSVIDTTL...(10 * 365 * 86400)
+    public static let drainTimeoutRange: ClosedRange<Double> = 0.001...maxDrainTimeout
 }
 
 /// Flag values as typed by the user (nil when absent). The executable fills it; `resolve` does the rest.
@@ -72,6 +83,8 @@ public struct RawAgentOptions: Sendable, Equatable {
     public var logLevel: String?
     public var logFormat: String?
     public var drainTimeout: String?
+    public var maxRequestBytes: String?
+    public var maxConnections: String?
     public var fileDirs: String?
     public var allowUIDs: String?
     public var allowGIDs: String?
@@ -138,14 +151,9 @@ extension AgentConfiguration {
             throw ConfigurationError(flag: "--spiffe-id (SPIFFE_ID)", problem: problem)
         }
 
-        let ttl = try duration(pick(options.svidTTL, "SECRET_TTL", "1h"), flag: "--svid-ttl (SECRET_TTL)")
-        guard ttl >= minimumSVIDTTL else {
-            throw ConfigurationError(
-                flag: "--svid-ttl (SECRET_TTL)",
-                problem:
-                    "must be at least \(DurationText.format(seconds: minimumSVIDTTL)), got \(DurationText.format(seconds: ttl)) (an SVID must outlive Envoy's first reconnect attempts)"
-            )
-        }
+        let ttl = try duration(
+            pick(options.svidTTL, "SECRET_TTL", "1h"), flag: "--svid-ttl (SECRET_TTL)", range: svidTTLRange,
+            why: "an SVID must outlive Envoy's first reconnect attempts; istiod issues at most 90 days")
         let ratioText = pick(options.rotateRatio, "SECRET_GRACE_PERIOD_RATIO", "0.5")
         guard let ratio = Double(ratioText), ratio > 0, ratio < 1 else {
             throw ConfigurationError(
@@ -158,7 +166,8 @@ extension AgentConfiguration {
             throw ConfigurationError(
                 flag: caCert == nil ? "--ca-cert" : "--ca-key", problem: "--ca-cert and --ca-key go together")
         }
-        let caTTL = try duration(pick(options.caTTL, "SDS_CA_TTL", "8760h"), flag: "--ca-ttl")
+        let caTTL = try duration(
+            pick(options.caTTL, "SDS_CA_TTL", "8760h"), flag: "--ca-ttl", range: caTTLRange, why: "at most 10 years")
         let issuerText = pick(options.issuer, "SDS_ISSUER", "local")
         guard let issuer = IssuerKind(rawValue: issuerText) else {
             throw ConfigurationError(flag: "--issuer", problem: "'\(issuerText)' is not one of: local, workload-api")
@@ -191,14 +200,13 @@ extension AgentConfiguration {
         guard let format = LogOutput.Format(rawValue: formatText) else {
             throw ConfigurationError(flag: "--log-format", problem: "'\(formatText)' is not one of: text, json")
         }
-        let drain = try duration(pick(options.drainTimeout, "SDS_DRAIN_TIMEOUT", "5s"), flag: "--drain-timeout")
-        try checkFinite(drain, atMost: maxDrainTimeout, flag: "--drain-timeout")
+        let drain = try duration(
+            pick(options.drainTimeout, "SDS_DRAIN_TIMEOUT", "5s"), flag: "--drain-timeout", range: drainTimeoutRange,
+            why: "a drain only waits for peers to take the last bytes")
         let stall = try duration(
-            pick(options.writeStallTimeout, "SDS_WRITE_STALL_TIMEOUT", "30s"), flag: "--write-stall-timeout")
-        try checkFinite(stall, atMost: maxWriteStallTimeout, flag: "--write-stall-timeout")
-        guard stall >= minWriteStallTimeout else {
-            throw ConfigurationError(flag: "--write-stall-timeout", problem: "must be at least 100ms, got '\(stall)s'")
-        }
+            pick(options.writeStallTimeout, "SDS_WRITE_STALL_TIMEOUT", "30s"), flag: "--write-stall-timeout",
+            range: minWriteStallTimeout...maxWriteStallTimeout,
+            why: "shorter cuts off a healthy Envoy, longer only keeps a stuck peer's memory")
         let queuedText = pick(
             options.maxQueuedBytes, "SDS_MAX_QUEUED_BYTES", String(OutboundLimits.defaultMaxQueuedBytes))
         guard let queued = Int(queuedText), queued >= 64 << 10, queued <= maxQueuedBytesLimit else {
@@ -207,6 +215,13 @@ extension AgentConfiguration {
                 problem: "'\(queuedText)' must be a byte count from \(64 << 10) to \(maxQueuedBytesLimit)")
         }
 
+        var limits = InboundLimits()
+        limits.maxRequestBytes = try count(
+            pick(options.maxRequestBytes, "SDS_MAX_REQUEST_BYTES", String(InboundLimits.defaultMaxRequestBytes)),
+            flag: "--max-request-bytes", range: InboundLimits.maxRequestBytesRange)
+        limits.maxConnections = try count(
+            pick(options.maxConnections, "SDS_MAX_CONNECTIONS", String(InboundLimits.defaultMaxConnections)),
+            flag: "--max-connections", range: InboundLimits.maxConnectionsRange)
         var statusAddress: TCPAddress?
         if let text = pickOptional(options.statusAddress, "SDS_STATUS_ADDR"), text != "off" {
             do { statusAddress = try TCPAddress(text) } catch {
@@ -229,6 +244,7 @@ extension AgentConfiguration {
             allowedUIDs: Set(uids ?? []).union([ownUID]), allowedGIDs: Set(gids ?? []))
         configuration.writeStallTimeout = stall
         configuration.maxQueuedBytes = queued
+        configuration.limits = limits
         configuration.statusAddress = statusAddress
         return configuration
     }
@@ -271,23 +287,40 @@ extension AgentConfiguration {
         return result
     }
 
-    /// `inf`, `nan` or an absurd length is refused: a timer must fire at some point.
-    private static func checkFinite(_ seconds: Double, atMost limit: Double, flag: String) throws(ConfigurationError) {
-        guard seconds.isFinite, seconds <= limit else {
-            throw ConfigurationError(
-                flag: flag, problem: "must be at most \(DurationText.format(seconds: limit)), got \(seconds)")
-        }
-    }
-
-    private static func duration(_ text: String, flag: String) throws(ConfigurationError) -> Double {
+    private static func duration(_ text: String, flag: String, range: ClosedRange<Double>, why: String)
+        throws(ConfigurationError) -> Double
+    {
         let seconds: Double
         do { seconds = try DurationText.seconds(text) } catch {
             throw ConfigurationError(flag: flag, problem: error.description)
         }
-        guard seconds > 0 else {
-            throw ConfigurationError(flag: flag, problem: "must be greater than 0, got '\(text)'")
+        guard range.contains(seconds) else {
+            throw ConfigurationError(
+                flag: flag,
+                problem:
+                    "'\(text)' is out of range: must be from \(DurationText.format(seconds: range.lowerBound)) to \(DurationText.format(seconds: range.upperBound)) (\(why))"
+            )
         }
         return seconds
+    }
+
+    /// A whole number within `range`; suffixes Ki and Mi (powers of 1024) are accepted for sizes.
+    private static func count(_ text: String, flag: String, range: ClosedRange<Int>) throws(ConfigurationError)
+        -> Int
+    {
+        var digits = Substring(text.trimmingSpaces())
+        var scale = 1
+        for (suffix, factor) in [("Ki", 1 << 10), ("Mi", 1 << 20)] where digits.hasSuffix(suffix) {
+            digits = digits.dropLast(suffix.count)
+            scale = factor
+        }
+        guard let value = Int(digits), value.multipliedReportingOverflow(by: scale).overflow == false,
+            range.contains(value * scale)
+        else {
+            throw ConfigurationError(
+                flag: flag, problem: "'\(text)' must be a whole number from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return value * scale
     }
 
     /// The socket's directory must exist (or be creatable) and be writable, or bind would fail later with less context.
