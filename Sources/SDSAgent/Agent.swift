@@ -345,9 +345,10 @@ public final class Agent {
         let gone = federatedNames.subtracting(nowFederated)
         if !gone.isEmpty { service.unpublish(Array(gone)) }
         federatedNames = nowFederated
+        // Before the flush: a Watch's new status leaves with the secrets' pushes.
+        health.setServing(isServing)
         server.flushAll()
         armExpiry(update.svid.notAfter)
-        health.setServing(isServing)
         let reason: AgentMetrics.RotationReason =
             configuration.issuer == .workloadAPI ? .upstream : (pendingRotationReason ?? .schedule)
         pendingRotationReason = nil

@@ -382,3 +382,43 @@ def test_file_cert_expiry_is_exported_while_served(factory, short_dir):
         assert expected in curl(agent.status_port, "/metrics")[1]
     finally:
         stream.close()
+
+
+def metric(port: int, sample: str) -> float | None:
+    """The value of one exposition line starting with `sample ` (name and labels exactly as exposed)."""
+    for line in curl(port, "/metrics")[1].splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_states_follow_the_issuer_watch_probe_ready_and_metrics(sds_agent_bin, factory, short_dir):
+    """An upstream that refuses (no identity), then delivers: Watch hears NOT_SERVING then SERVING, healthcheck goes
+    1 -> 0, /ready 503 -> 200; the refusal is counted as an issuance failure and the issuer is down meanwhile."""
+    from workload_api_server import WorkloadAPIServer
+
+    upstream = WorkloadAPIServer(str(short_dir / "upstream.sock"), WORKLOAD_ID).start()
+    try:
+        upstream.set_has_identity(False)
+        agent = start_agent(factory, ["--issuer", "workload-api", "--upstream-socket",
+                                      f"unix://{upstream.socket_path}"])
+        port = agent.status_port
+        failures = 'sds_agent_issuance_failures_total{issuer="workload-api",reason="permission_denied"}'
+        wait_for(lambda: (metric(port, failures) or 0) >= 1, 15, "the refusal to be counted", agent.log_tail)
+        assert metric(port, "sds_agent_issuer_up") == 0
+        assert healthcheck(sds_agent_bin, agent.socket_path).returncode == 1
+        assert curl(port, "/ready")[0] == 503
+
+        with grpc.insecure_channel(f"unix:{agent.socket_path}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            upstream.set_has_identity(True)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING, "the change is pushed"
+            watch.cancel()
+        run = healthcheck(sds_agent_bin, agent.socket_path)
+        assert run.returncode == 0 and one_line(run.stdout), run
+        assert curl(port, "/ready")[0] == 200
+        assert metric(port, "sds_agent_issuer_up") == 1
+        assert metric(port, 'sds_agent_rotations_total{reason="upstream"}') >= 1
+    finally:
+        upstream.stop()
