@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import pathlib
 import shutil
 import socket
@@ -422,3 +423,55 @@ def test_states_follow_the_issuer_watch_probe_ready_and_metrics(sds_agent_bin, f
         assert metric(port, 'sds_agent_rotations_total{reason="upstream"}') >= 1
     finally:
         upstream.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_status_listener_without_descriptors_does_not_spin_and_recovers(sds_agent_bin, short_dir):
+    """Out of descriptors (RLIMIT_NOFILE 32, SDS connections holding them), a status connection waits in the backlog:
+    the listener backs off instead of retrying accept on every wakeup (CPU stays low), and answers once descriptors
+    are free again."""
+    import resource
+
+    port = free_port()
+    log_path = short_dir / "agent.log"
+    socket_path = short_dir / "s.sock"
+    with open(log_path, "wb") as log:
+        agent = subprocess.Popen(
+            [str(sds_agent_bin), "run", "--socket", str(socket_path), "--state-dir", str(short_dir / "state"),
+             "--trust-domain", TRUST_DOMAIN, "--status-addr", f"127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32)))
+    held = []
+    try:
+        fetch_when_served(socket_path, ["default"])
+        for _ in range(40):  # more than the agent has descriptors for
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(socket_path))
+            held.append(s)
+        waiting = socket.create_connection(("127.0.0.1", port), timeout=10)  # completes in the kernel's backlog
+        waiting.sendall(b"GET /live HTTP/1.1\r\n\r\n")
+        time.sleep(0.5)  # let the agent meet EMFILE on both listeners
+        before = cpu_seconds(agent.pid)
+        time.sleep(3)
+        used = cpu_seconds(agent.pid) - before
+        assert used < 0.3, f"{used:.2f} s of CPU in 3 s without descriptors: the listener spins"
+        for s in held:
+            s.close()
+        held.clear()
+        waiting.settimeout(10)
+        assert waiting.recv(64).startswith(b"HTTP/1.1 200"), "the waiting request is answered once descriptors free"
+        waiting.close()
+        assert curl(port, "/live")[0] == 200
+    finally:
+        for s in held:
+            s.close()
+        agent.terminate()
+        try:
+            agent.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()
