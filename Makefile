@@ -66,7 +66,7 @@ test: deps venv protos-check lint build-debug unit integration ## Unit tests and
 unit: venv build-debug ## Swift unit tests (pure state machines, in-memory transports, codec round trips)
 	swift test --skip-build $(SWIFT_BUILD_FLAGS)
 
-integration: venv build ## Tests against real peers: Envoy 1.40, grpcio + xds-protos, py-spiffe, openssl, h2load
+integration: venv build ## Tests against real peers: Envoy 1.40, grpcio + xds-protos, py-spiffe, openssl, h2load, Prometheus, curl
 	SDS_AGENT=$(CURDIR)/$(BIN_RELEASE)/sds-agent SDS_DUMP=$(CURDIR)/$(BIN_RELEASE)/sds-dump \
 	  $(PYTHON) -m pytest -q -p no:cacheprovider Tests/Integration
 
