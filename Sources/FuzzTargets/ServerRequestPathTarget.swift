@@ -31,7 +31,8 @@ enum ServerRequestPathTarget {
                     CertificateValidationContext(trustedCA: .inlineBytes(Array(ca.bundle.pem.utf8))))
                 return [
                     Secret(name: SecretName.istioWorkload, kind: certificate), Secret(name: id, kind: certificate),
-                    Secret(name: SecretName.istioRoot, kind: bundle), Secret(name: ca.trustDomain.idString, kind: bundle),
+                    Secret(name: SecretName.istioRoot, kind: bundle),
+                    Secret(name: ca.trustDomain.idString, kind: bundle),
                 ]
             }
             return Fixture(generations: generations)

@@ -77,6 +77,7 @@ class CaptureProxy:
     def __init__(self, listen_path: str, upstream_path: str):
         self.listen_path, self.upstream_path = listen_path, upstream_path
         self.connections: list[dict[str, bytearray]] = []
+        self.pumps: list[threading.Thread] = []
         self.lock = threading.Lock()
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(listen_path)
@@ -95,8 +96,10 @@ class CaptureProxy:
             record = {"c2s": bytearray(), "s2c": bytearray()}
             with self.lock:
                 self.connections.append(record)
-            threading.Thread(target=self._pump, args=(client, upstream, record["c2s"]), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, record["s2c"]), daemon=True).start()
+            for args in ((client, upstream, record["c2s"]), (upstream, client, record["s2c"])):
+                pump = threading.Thread(target=self._pump, args=args, daemon=True)
+                self.pumps.append(pump)
+                pump.start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, recorded: bytearray) -> None:
         try:
@@ -113,9 +116,13 @@ class CaptureProxy:
                 except OSError:
                     pass
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stops accepting and waits (bounded) until every recorded connection has closed."""
         self.stopping = True
         self.server.close()
+        deadline = time.monotonic() + timeout
+        for pump in list(self.pumps):
+            pump.join(max(0.0, deadline - time.monotonic()))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -357,7 +364,6 @@ def main() -> int:
             proxy = CaptureProxy(capture_sock, agent_sock)
             run_grpc_clients(capture_sock)
             run_envoys(envoy_bin, work, capture_sock, agent)
-            time.sleep(0.5)  # let the proxy's pump threads see the last bytes of closed connections
             proxy.stop()
             names: set[str] = set()
             for connection in proxy.connections:
