@@ -137,10 +137,13 @@ fuzz: deps ## libFuzzer + ASan on each target for FUZZ_SECONDS (default 60) each
 	done; \
 	[ -z "$$failed" ] || { echo "add each crash to Tests/Fuzz/Corpus/<target>/ as a regression once fixed"; exit 1; }
 
-# The unit tests under AddressSanitizer, in a scratch path of their own (a clean run: see README for its time).
-sanitize: deps ## Swift unit tests under AddressSanitizer (separate build in .build-asan)
+# The unit tests under AddressSanitizer, in a scratch path of their own. Leak checking is off here: tests drop
+# harnesses mid-stream (a service, its calls and their closures form cycles that the agent breaks only when a
+# connection ends) and Foundation's Process / XCTest leak by themselves; the fuzz targets run every connection to
+# its end, so libFuzzer's leak checking covers the request path instead.
+sanitize: venv ## Swift unit tests under AddressSanitizer (own build in .build-asan; clean: ~80 s build + ~25 s tests)
 	swift build --build-tests --sanitize=address --scratch-path .build-asan $(SWIFT_BUILD_FLAGS)
-	swift test --skip-build --sanitize=address --scratch-path .build-asan $(SWIFT_BUILD_FLAGS)
+	ASAN_OPTIONS=detect_leaks=0 swift test --skip-build --sanitize=address --scratch-path .build-asan $(SWIFT_BUILD_FLAGS)
 
 clean: ## Remove build products, venv and run dir
 	rm -rf .build .build-* $(VENV) $(RUN_DIR)

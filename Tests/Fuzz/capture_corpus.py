@@ -1,6 +1,6 @@
 """Regenerates the fuzz seed corpora (Tests/Fuzz/Corpus/<target>/) from real traffic and real certificates.
 
-    SDS_AGENT=.build/release/sds-agent .venv/bin/python Tests/Fuzz/capture_corpus.py
+    SDS_AGENT=.build/release/sds-agent .venv/bin/python Tests/Fuzz/capture_corpus.py [corpus dir]
 
 - server-request-path: the bytes real clients wrote to the agent's socket, one file per connection: Envoy 1.40
   (every Examples/ bootstrap style, SotW and Delta, through a rotation) and grpcio + xds-protos clients (Fetch,
@@ -14,7 +14,8 @@
   agent parses (PEM, DER, PKCS#8), and whole SVIDs in the Workload API and file forms.
 - text-parsing: the secret names the clients asked for, SPIFFE IDs and durations.
 
-Files are named by content hash, so reruns only add what is new; files the fuzzer found (crash-*) are kept.
+A rerun replaces every seed-* file (new certificates, nonces and versions make new bytes); the regression inputs
+the fuzzer found (crash-*, see README) are kept.
 """
 from __future__ import annotations
 
@@ -350,8 +351,13 @@ def text_seeds(names: set[str]) -> None:
 
 
 def main() -> int:
+    global CORPUS
+    if len(sys.argv) > 1:
+        CORPUS = pathlib.Path(sys.argv[1])
     agent_bin = os.environ.get("SDS_AGENT", str(ROOT / ".build" / "release" / "sds-agent"))
     envoy_bin = shutil.which("envoy", path=str(ROOT / ".venv" / "bin")) or "envoy"
+    for old in CORPUS.glob("*/seed-*"):
+        old.unlink()
     with tempfile.TemporaryDirectory(prefix="fuzzcap", dir="/tmp") as tmp:
         work = pathlib.Path(tmp)
         agent_sock, capture_sock, state = str(work / "agent.sock"), str(work / "capture.sock"), work / "state"
