@@ -197,7 +197,7 @@ extension Node: WireMessage {
         _ c: UnsafeMutablePointer<CNode>?, number: UInt64, in request: UnsafeRawBufferPointer
     ) throws(WireError) -> Node? {
         guard let c else { return nil }
-        return try Node(c: c, rawBytes: WireScanner.payload(ofField: number, in: request) ?? [])
+        return try Node(c: c, rawBytes: try WireScanner.payload(ofField: number, in: request) ?? [])
     }
 }
 
