@@ -41,6 +41,6 @@ enum WireDecodersTarget {
         guard let again = try? M(wireBytes: encoded) else {
             fatalError("\(M.protoName): its own encoding does not decode")
         }
-        guard again == message else { fatalError("\(M.protoName): decode(encode(m)) != m") }
+        guard again == message else { fatalError("\(M.protoName): decode(encode(m)) != m: \(message) became \(again)") }
     }
 }

@@ -175,14 +175,21 @@ struct WireScanner {
     ///
     /// Throws when the top level does not scan: protobuf-c accepts some input every other runtime rejects (a
     /// field numbered 0, found by fuzzing), and the scan would stop there, losing the payloads after it.
-    static func payload(ofField number: UInt64, in bytes: UnsafeRawBufferPointer) throws(WireError) -> [UInt8]? {
+    static func payload(
+        ofField number: UInt64, in bytes: UnsafeRawBufferPointer
+    ) throws(WireError) -> (bytes: [UInt8], pieces: Int)? {
         var scanner = WireScanner(bytes)
-        var result: [UInt8]?
+        var result: (bytes: [UInt8], pieces: Int)?
         do {
             while let field = try scanner.next() {
                 guard field.number == number, field.wireType == .lengthDelimited else { continue }
                 let slice = UnsafeRawBufferPointer(rebasing: bytes[field.payload])
-                if result == nil { result = Array(slice) } else { result!.append(contentsOf: slice) }
+                if result == nil {
+                    result = (Array(slice), 1)
+                } else {
+                    result!.bytes.append(contentsOf: slice)
+                    result!.pieces += 1
+                }
             }
         } catch {
             throw .malformed(message: diagnose(bytes))

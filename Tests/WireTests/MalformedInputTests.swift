@@ -104,6 +104,16 @@ import Wire
         #expect(try DeltaDiscoveryRequest(wireBytes: node).node?.id == "n")
     }
 
+    /// Found by fuzzing: a node sent in two pieces, the second without the user-agent oneof, lost its
+    /// user_agent_version in protobuf-c's merge; protobuf merges pieces as if concatenated.
+    @Test func nodeSentInPiecesDecodesAsItsConcatenation() throws {
+        let withVersion: [UInt8] = [0x12, 0x03, 0x3a, 0x01, 0x29]  // field 2: Node(user_agent_version: ")")
+        let empty: [UInt8] = [0x12, 0x00]  // field 2 again, empty
+        let request = try DiscoveryRequest(wireBytes: withVersion + empty)
+        #expect(request.node?.userAgentVersion == ")")
+        #expect(try DiscoveryRequest(wireBytes: request.wireBytes()) == request)
+    }
+
     @Test func invalidUTF8InAStringIsMalformed() {
         let error = #expect(throws: WireError.self) { try Node(wireBytes: [0x0a, 0x02, 0xff, 0xfe]) }
         #expect(error?.description.contains("UTF-8") == true)
