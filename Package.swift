@@ -115,7 +115,7 @@ let package = Package(
         .target(
             name: "FuzzTargets",
             dependencies: [
-                "SDSAgent", "GRPC", "H2", "Wire", "PKI", "SPIFFE", "WorkloadAPI", "TestSupport",
+                "SDSAgent", "HTTP1", "GRPC", "H2", "Wire", "PKI", "SPIFFE", "WorkloadAPI", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets"]),

@@ -16,6 +16,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case pkiParsing = "pki-parsing"
     /// SPIFFE IDs, trust domains, secret names and durations as text.
     case textParsing = "text-parsing"
+    /// HTTP/1.1 request heads, as the status listener (`/live`, `/ready`, `/metrics`) receives them.
+    case httpRequest = "http-request"
 
     /// Runs one input through this target.
     public func run(_ input: UnsafeRawBufferPointer) {
@@ -25,6 +27,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .workloadAPIResponses: WorkloadAPIResponsesTarget.run(input)
         case .pkiParsing: PKIParsingTarget.run(input)
         case .textParsing: TextParsingTarget.run(input)
+        case .httpRequest: HTTPRequestTarget.run(input)
         }
     }
 

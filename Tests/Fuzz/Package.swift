@@ -5,7 +5,7 @@
 import PackageDescription
 
 let targets = [
-    "server-request-path", "wire-decoders", "workload-api-responses", "pki-parsing", "text-parsing",
+    "server-request-path", "wire-decoders", "workload-api-responses", "pki-parsing", "text-parsing", "http-request",
 ]
 
 let package = Package(
