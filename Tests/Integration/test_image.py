@@ -21,9 +21,9 @@ import grpc
 import pytest
 
 from conftest import ROOT
-from envoy_harness import START_TIMEOUT, wait_for
+from envoy_harness import START_TIMEOUT, HarnessError, wait_for
 from sds_client import SecretStream
-from sds_servers import fetch_when_served
+from sds_servers import fetch_secrets
 
 IMAGE_DIR = pathlib.Path(os.environ.get("SDS_IMAGE_DIR", ROOT / ".build" / "image"))
 IMAGE_UID = 10101  # the Makefile's IMAGE_UID; the Kubernetes examples run the agent under it
@@ -185,7 +185,11 @@ def test_image_serves_the_host_over_a_mounted_socket_and_drains_on_sigterm(podma
     try:
         def log_text():
             return log_path.read_text(errors="replace")
-        fetch_when_served(socket_path, ["default", "ROOTCA"], timeout=START_TIMEOUT)
+        def served():
+            if container.poll() is not None:
+                raise HarnessError(f"the container exited with {container.returncode}:\n{log_text()}")
+            return fetch_secrets(socket_path, ["default", "ROOTCA"])
+        wait_for(served, START_TIMEOUT, f"the container to serve on {socket_path}", log_text)
 
         # What the agent made, seen from the host: its UID, the modes it promises.
         assert (socket_path.stat().st_uid, socket_path.stat().st_mode & 0o777) == (IMAGE_UID, 0o600)
