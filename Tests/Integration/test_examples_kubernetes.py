@@ -474,3 +474,30 @@ def test_injection_template_adds_overlay_istiods_sds_agent_and_the_shared_socket
     workload = yaml.safe_load((INJECTION / "workload.yaml").read_text())
     annotations = workload["spec"]["template"]["metadata"]["annotations"]
     assert annotations["inject.istio.io/templates"] == "sidecar,sds-agent", "Istio's sidecar first, then ours"
+
+
+@ISSUER_PENDING
+def test_istiod_overlay_rehearsal(short_dir, sds_agent_bin, sds_dump_bin):
+    """The overlay's container against the fake istiod: the token and root-cert volumes hold what kubelet would put
+    there, CA_ADDR points at the fake (its certificate names istiod.istio-system.svc and 127.0.0.1)."""
+    from fake_istiod import FakeIstiod  # arrives with the istiod issuer's branch
+
+    r = Rehearsal("istiod", short_dir, sds_agent_bin, sds_dump_bin)
+    istiod = FakeIstiod(short_dir, r.env()["TRUST_DOMAIN"]).start()
+    spiffe_id = r.expected_spiffe_id()
+    pathlib.Path(r.local(ISTIO_TOKEN)).write_text(istiod.token_for(spiffe_id))
+    pathlib.Path(r.local(ISTIO_ROOT_CERT)).write_text(istiod.root_cert_path.read_text())
+    manifest_env = r.env
+
+    def env():
+        values = manifest_env()
+        values["CA_ADDR"] = istiod.address
+        return values
+    r.env = env
+    try:
+        r.start()
+        assert_serves_the_pod_identity(r)
+        assert [x.cluster_id for x in istiod.issued()] == ["Kubernetes"]
+    finally:
+        r.stop()
+        istiod.stop()

@@ -204,6 +204,11 @@ def test_image_serves_the_host_over_a_mounted_socket_and_drains_on_sigterm(podma
         served = {s["name"]: s["kind"] for line in dump.stdout.splitlines() for s in json.loads(line)["secrets"]}
         assert served == {"default": "certificate", "ROOTCA": "validation_context"}, dump.stdout
 
+        # The Kubernetes examples' probe, run inside the container as kubelet would (exec): the image's sds-dump.
+        probe = podman("exec", name, "/usr/local/bin/sds-dump", "--fetch", "--timeout", "2s",
+                       "--socket", "/run/sds/sds.sock", "default")
+        assert "default: certificate" in probe, probe
+
         # A stream open while SIGTERM arrives (through `podman stop`, the image's StopSignal) ends UNAVAILABLE,
         # and the container exits 0 before the drain timeout.
         stream = SecretStream(socket_path, delta=False)
