@@ -185,6 +185,7 @@ def test_image_serves_the_host_over_a_mounted_socket_and_drains_on_sigterm(podma
     try:
         def log_text():
             return log_path.read_text(errors="replace")
+
         def served():
             if container.poll() is not None:
                 raise HarnessError(f"the container exited with {container.returncode}:\n{log_text()}")
@@ -201,8 +202,8 @@ def test_image_serves_the_host_over_a_mounted_socket_and_drains_on_sigterm(podma
                                str(sds_dump_bin), "--socket", str(socket_path), "--json", "default", "ROOTCA"],
                               capture_output=True, text=True, timeout=30)
         assert dump.returncode == 0, f"{dump.stdout}{dump.stderr}\n{log_text()}"
-        served = {s["name"]: s["kind"] for line in dump.stdout.splitlines() for s in json.loads(line)["secrets"]}
-        assert served == {"default": "certificate", "ROOTCA": "validation_context"}, dump.stdout
+        kinds = {s["name"]: s["kind"] for line in dump.stdout.splitlines() for s in json.loads(line)["secrets"]}
+        assert kinds == {"default": "certificate", "ROOTCA": "validation_context"}, dump.stdout
 
         # The Kubernetes examples' probe, run inside the container as kubelet would (exec): the image's sds-dump.
         probe = podman("exec", name, "/usr/local/bin/sds-dump", "--fetch", "--timeout", "2s",
