@@ -5,7 +5,7 @@ SHELL        := /bin/bash
 .DEFAULT_GOAL := help
 
 APT_PACKAGES := libssl-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler \
-                nghttp2-client openssl pkg-config python3 python3-venv \
+                nghttp2-client openssl pkg-config python3 python3-venv prometheus curl \
                 umoci skopeo podman runc ca-certificates binutils
 VENV         := .venv
 PYTHON       := $(VENV)/bin/python
@@ -83,7 +83,7 @@ test: deps venv protos-check lint build-debug unit integration ## Unit tests and
 unit: venv build-debug ## Swift unit tests (pure state machines, in-memory transports, codec round trips)
 	swift test --skip-build $(SWIFT_BUILD_FLAGS)
 
-integration: venv build image ## Tests against real peers: Envoy 1.40, grpcio + xds-protos, py-spiffe, openssl, h2load, podman
+integration: venv build image ## Tests against real peers: Envoy 1.40, grpcio + xds-protos, py-spiffe, openssl, h2load, Prometheus, curl, podman
 	SDS_AGENT=$(CURDIR)/$(BIN_RELEASE)/sds-agent SDS_DUMP=$(CURDIR)/$(BIN_RELEASE)/sds-dump \
 	  $(PYTHON) -m pytest -q -p no:cacheprovider Tests/Integration
 

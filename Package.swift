@@ -40,6 +40,9 @@ let package = Package(
         .target(name: "PKI", dependencies: ["COpenSSL"]),
         .target(name: "Wire", dependencies: ["CSDSProtos"]),
 
+        // HTTP/1.1 request heads for the status listener: a pure parser (unit-tested and fuzzable), no I/O.
+        .target(name: "HTTP1"),
+
         // JSON text without Foundation: sds-agent's JSON logs, sds-dump's --json, the bench report.
         .target(name: "JSONText"),
 
@@ -56,7 +59,7 @@ let package = Package(
             name: "SDSAgent",
             dependencies: [
                 "Wire", "XDS", "GRPC", "H2", "Transport", "Issuance", "SPIFFE", "PKI", "JSONText", "WorkloadAPI",
-                .product(name: "Logging", package: "swift-log"),
+                "HTTP1", .product(name: "Logging", package: "swift-log"),
             ]),
 
         // Executables: parse arguments, call a library.
@@ -92,13 +95,15 @@ let package = Package(
         .testTarget(name: "GRPCTests", dependencies: ["GRPC", "H2", "TestSupport"]),
         .testTarget(name: "XDSTests", dependencies: ["XDS", "Wire", "TestSupport"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+        .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1"]),
         .testTarget(
             name: "WorkloadAPITests",
             dependencies: ["WorkloadAPI", "Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "Transport", "TestSupport"]),
         .testTarget(
             name: "SDSAgentTests",
             dependencies: [
-                "SDSAgent", "TestSupport", "GRPC", "H2", "Wire", "XDS", .product(name: "Logging", package: "swift-log"),
+                "SDSAgent", "TestSupport", "GRPC", "H2", "Wire", "XDS", "HTTP1", "Transport",
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "JSONText", "Wire", "GRPC", "PKI", "TestSupport"]),
         .testTarget(name: "BenchTests", dependencies: ["Bench"]),

@@ -35,6 +35,9 @@ public struct AgentConfiguration: Sendable {
     public var maxQueuedBytes: Int = OutboundLimits.defaultMaxQueuedBytes
     /// Bounds on what peers of the socket can make the agent hold (`--max-request-bytes`, `--max-connections`).
     public var limits = InboundLimits()
+    /// The HTTP status listener (`/live`, `/ready`, `/metrics`); nil (the default) binds no port. See
+    /// `StatusServer` for why it is off unless asked for.
+    public var statusAddress: TCPAddress?
 
     /// Why 10 min: a drain only waits for peers to take the last bytes; Kubernetes' default grace period is 30 s,
     /// and an unbounded (or `inf`) drain would keep a dead pod's sidecar alive forever.
@@ -87,6 +90,7 @@ public struct RawAgentOptions: Sendable, Equatable {
     public var allowGIDs: String?
     public var writeStallTimeout: String?
     public var maxQueuedBytes: String?
+    public var statusAddress: String?
     public init() {}
 }
 
@@ -218,6 +222,12 @@ extension AgentConfiguration {
         limits.maxConnections = try count(
             pick(options.maxConnections, "SDS_MAX_CONNECTIONS", String(InboundLimits.defaultMaxConnections)),
             flag: "--max-connections", range: InboundLimits.maxConnectionsRange)
+        var statusAddress: TCPAddress?
+        if let text = pickOptional(options.statusAddress, "SDS_STATUS_ADDR"), text != "off" {
+            do { statusAddress = try TCPAddress(text) } catch {
+                throw ConfigurationError(flag: "--status-addr", problem: error.description)
+            }
+        }
 
         let fileDirs = try directories(
             pick(options.fileDirs, "SDS_FILE_DIRS", FileAccessPolicy.defaultDirectories.joined(separator: ",")))
@@ -235,6 +245,7 @@ extension AgentConfiguration {
         configuration.writeStallTimeout = stall
         configuration.maxQueuedBytes = queued
         configuration.limits = limits
+        configuration.statusAddress = statusAddress
         return configuration
     }
 

@@ -205,10 +205,12 @@ def test_image_serves_the_host_over_a_mounted_socket_and_drains_on_sigterm(podma
         kinds = {s["name"]: s["kind"] for line in dump.stdout.splitlines() for s in json.loads(line)["secrets"]}
         assert kinds == {"default": "certificate", "ROOTCA": "validation_context"}, dump.stdout
 
-        # The Kubernetes examples' probe, run inside the container as kubelet would (exec): the image's sds-dump.
-        probe = podman("exec", name, "/usr/local/bin/sds-dump", "--fetch", "--timeout", "2s",
-                       "--socket", "/run/sds/sds.sock", "default")
-        assert "default: certificate" in probe, probe
+        # The Kubernetes examples' probe, run inside the container as kubelet would (exec, as the image's user).
+        probe = podman("exec", name, "/usr/local/bin/sds-agent", "healthcheck", "--socket", "/run/sds/sds.sock")
+        assert "SERVING" in probe, probe
+        # And the image's sds-dump, for a look from inside.
+        dumped = podman("exec", name, "/usr/local/bin/sds-dump", "--fetch", "--socket", "/run/sds/sds.sock", "default")
+        assert "default: certificate" in dumped, dumped
 
         # A stream open while SIGTERM arrives (through `podman stop`, the image's StopSignal) ends UNAVAILABLE,
         # and the container exits 0 before the drain timeout.
