@@ -129,6 +129,31 @@ def test_layer_holds_the_static_binaries_the_trust_store_and_nothing_to_run_a_sh
             assert build_id(extracted) == build_id(host), f"{name} is not {host}: stale image, run `make image`"
 
 
+def manifest_digest(oci: pathlib.Path) -> str:
+    (entry,) = json.loads((oci / "index.json").read_text())["manifests"]
+    return entry["digest"]
+
+
+def test_the_same_binaries_and_commit_give_the_same_digest(sds_agent_bin, sds_dump_bin, tmp_path):
+    """Rebuilt elsewhere from what the image says about itself (labels, user), the image is the same, byte for byte:
+    owners, modes, order and timestamps are fixed, nothing of the build machine's clock or paths gets in."""
+    assert sds_agent_bin.parent == sds_dump_bin.parent, "one release directory"
+    labels = skopeo_inspect(f"oci:{layout()}")["Labels"]
+
+    def label(key: str) -> str:
+        return labels[f"org.opencontainers.image.{key}"]
+    created = subprocess.run(["date", "-u", "-d", label("created"), "+%s"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    env = {**os.environ, "RELEASE_DIR": str(sds_agent_bin.parent), "OUT": str(tmp_path / "image"),
+           "IMAGE_NAME": label("title"), "IMAGE_VERSION": label("version"), "IMAGE_UID": str(IMAGE_UID),
+           "IMAGE_SOURCE": label("source"), "IMAGE_REVISION": label("revision"), "IMAGE_LICENSES": label("licenses"),
+           "SOURCE_DATE_EPOCH": created, "IMAGE_BINARIES": " ".join(pathlib.Path(b).name for b in BINARIES)}
+    result = subprocess.run([str(ROOT / "Scripts" / "make-image.sh")], env=env, capture_output=True, text=True,
+                            timeout=PODMAN_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert manifest_digest(tmp_path / "image" / "oci") == manifest_digest(layout())
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Run under podman
 # ------------------------------------------------------------------------------------------------------------------
