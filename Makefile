@@ -23,8 +23,6 @@ RUN_STATE    ?= $(RUN_DIR)/state
 IMAGE_DIR      := .build/image
 IMAGE_NAME     := sds-agent
 IMAGE_UID      := 10101
-# sds-dump rides along for debugging (`kubectl exec … sds-dump`); IMAGE_BINARIES=sds-agent halves the image.
-IMAGE_BINARIES ?= sds-agent sds-dump
 IMAGE_VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.0.0-dev)
 IMAGE_REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 # No licence file and no public remote yet: SPDX's "no assertion" until the project names them.
@@ -72,7 +70,7 @@ build-debug: deps
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
 
 image: build ## OCI image of sds-agent + sds-dump (non-root, static): .build/image/oci and .build/image/sds-agent.tar
-	RELEASE_DIR=$(BIN_RELEASE) OUT=$(IMAGE_DIR) IMAGE_BINARIES="$(IMAGE_BINARIES)" IMAGE_NAME=$(IMAGE_NAME) IMAGE_VERSION=$(IMAGE_VERSION) \
+	RELEASE_DIR=$(BIN_RELEASE) OUT=$(IMAGE_DIR) IMAGE_NAME=$(IMAGE_NAME) IMAGE_VERSION=$(IMAGE_VERSION) \
 	  IMAGE_UID=$(IMAGE_UID) IMAGE_SOURCE=$(IMAGE_SOURCE) IMAGE_REVISION=$(IMAGE_REVISION) \
 	  IMAGE_LICENSES=$(IMAGE_LICENSES) SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) Scripts/make-image.sh
 
