@@ -11,6 +11,8 @@ let package = Package(
         .executable(name: "sds-dump", targets: ["sds-dump"]),
         .executable(name: "sds-bench", targets: ["sds-bench"]),
         .executable(name: "sds-floor", targets: ["sds-floor"]),
+        // For Tests/Fuzz (its own package, built with libFuzzer by `make fuzz`): the fuzz targets.
+        .library(name: "FuzzTargets", targets: ["FuzzTargets"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0")
@@ -102,6 +104,16 @@ let package = Package(
             ]),
         .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "JSONText", "Wire", "GRPC", "PKI", "TestSupport"]),
         .testTarget(name: "BenchTests", dependencies: ["Bench"]),
+
+        // Fuzz targets, one function per attack surface: Tests/Fuzz builds them into libFuzzer executables (`make
+        // fuzz`); FuzzTargetsTests replays every committed corpus file through them (part of `make unit`).
+        .target(
+            name: "FuzzTargets",
+            dependencies: [
+                "SDSAgent", "GRPC", "H2", "Wire", "PKI", "SPIFFE", "WorkloadAPI", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets"]),
     ]
 )
 
