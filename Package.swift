@@ -15,8 +15,7 @@ let package = Package(
         .library(name: "FuzzTargets", targets: ["FuzzTargets"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0")
     ],
     targets: [
         // C libraries, found with pkg-config. Each module map's header also holds `static inline`
@@ -65,15 +64,11 @@ let package = Package(
             ]),
 
         // Executables: parse arguments, call a library.
-        // No swift-argument-parser here: it links FoundationEssentials (+3.6 MB RSS); see AgentCommandLine.
-        .executableTarget(name: "sds-agent", dependencies: ["SDSAgent"]),
+        // No swift-argument-parser anywhere: it links FoundationEssentials (+3.6 MB RSS); see AgentCommandLine.
+        // sds-agent is also sds-dump when called by that name (the image ships one binary under both names).
+        .executableTarget(name: "sds-agent", dependencies: ["SDSAgent", "SDSDump"]),
         .target(name: "SDSDump", dependencies: ["Wire", "GRPC", "H2", "Transport", "PKI", "JSONText"]),
-        .executableTarget(
-            name: "sds-dump",
-            dependencies: [
-                "SDSDump",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]),
+        .executableTarget(name: "sds-dump", dependencies: ["SDSDump"]),
 
         // `make bench`: the load client and issuance benchmark, and the RSS floor (same libraries, no agent).
         .target(name: "Bench", dependencies: ["JSONText"]),

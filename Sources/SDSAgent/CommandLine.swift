@@ -1,7 +1,7 @@
 /// `sds-agent`'s command line, parsed by hand.
 ///
-/// Why not swift-argument-parser (which sds-dump uses): it links FoundationEssentials, measured at +3.6 MB RSS in a
-/// static binary — a third of the sidecar's 12 MB budget, for parsing a dozen flags once at startup.
+/// Why not swift-argument-parser (nor does sds-dump, see DumpCommandLine): it links FoundationEssentials, measured at
+/// +3.6 MB RSS in a static binary — a third of the sidecar's 12 MB budget, for parsing a dozen flags once at startup.
 public enum AgentCommandLine {
     public enum Parsed: Equatable, Sendable {
         case run(RawAgentOptions)
