@@ -19,7 +19,7 @@ RUN_DIR      := $(CURDIR)/run
 RUN_SOCKET   ?= $(RUN_DIR)/sds.sock
 RUN_STATE    ?= $(RUN_DIR)/state
 
-# `make image`: an OCI image built without a container daemon (umoci, skopeo), see Scripts/make-image.sh.
+# `make image`: an OCI image built without a container daemon (umoci, skopeo), see Examples/image/make-image.sh.
 IMAGE_DIR      := .build/image
 IMAGE_NAME     := sds-agent
 IMAGE_UID      := 10101
@@ -73,7 +73,7 @@ build-debug: deps
 image: build ## OCI image of sds-agent + sds-dump (non-root, static): .build/image/oci and .build/image/sds-agent.tar
 	RELEASE_DIR=$(BIN_RELEASE) OUT=$(IMAGE_DIR) IMAGE_NAME=$(IMAGE_NAME) IMAGE_VERSION=$(IMAGE_VERSION) \
 	  IMAGE_UID=$(IMAGE_UID) IMAGE_SOURCE=$(IMAGE_SOURCE) IMAGE_REVISION=$(IMAGE_REVISION) \
-	  IMAGE_LICENSES=$(IMAGE_LICENSES) SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) Scripts/make-image.sh
+	  IMAGE_LICENSES=$(IMAGE_LICENSES) SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) Examples/image/make-image.sh
 
 run: build ## Start sds-agent on the embedded CA, socket under ./run
 	@mkdir -p $(RUN_DIR)

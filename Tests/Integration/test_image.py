@@ -148,7 +148,7 @@ def test_the_same_binary_and_commit_give_the_same_digest(sds_agent_bin, tmp_path
            "IMAGE_NAME": label("title"), "IMAGE_VERSION": label("version"), "IMAGE_UID": str(IMAGE_UID),
            "IMAGE_SOURCE": label("source"), "IMAGE_REVISION": label("revision"), "IMAGE_LICENSES": label("licenses"),
            "SOURCE_DATE_EPOCH": created}
-    result = subprocess.run([str(ROOT / "Scripts" / "make-image.sh")], env=env, capture_output=True, text=True,
+    result = subprocess.run([str(ROOT / "Examples" / "image" / "make-image.sh")], env=env, capture_output=True, text=True,
                             timeout=PODMAN_TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert manifest_digest(tmp_path / "image" / "oci") == manifest_digest(layout())
