@@ -11,10 +11,11 @@ let package = Package(
         .executable(name: "sds-dump", targets: ["sds-dump"]),
         .executable(name: "sds-bench", targets: ["sds-bench"]),
         .executable(name: "sds-floor", targets: ["sds-floor"]),
+        // For Tests/Fuzz (its own package, built with libFuzzer by `make fuzz`): the fuzz targets.
+        .library(name: "FuzzTargets", targets: ["FuzzTargets"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0")
     ],
     targets: [
         // C libraries, found with pkg-config. Each module map's header also holds `static inline`
@@ -40,6 +41,9 @@ let package = Package(
         .target(name: "PKI", dependencies: ["COpenSSL"]),
         .target(name: "Wire", dependencies: ["CSDSProtos"]),
 
+        // HTTP/1.1 request heads for the status listener: a pure parser (unit-tested and fuzzable), no I/O.
+        .target(name: "HTTP1"),
+
         // JSON text without Foundation: sds-agent's JSON logs, sds-dump's --json, the bench report.
         .target(name: "JSONText"),
 
@@ -57,20 +61,16 @@ let package = Package(
         .target(
             name: "SDSAgent",
             dependencies: [
-                "Wire", "XDS", "GRPC", "H2", "Transport", "Issuance", "SPIFFE", "PKI", "JSONText", "WorkloadAPI", "JWT",
-                .product(name: "Logging", package: "swift-log"),
+                "Wire", "XDS", "GRPC", "H2", "Transport", "Issuance", "SPIFFE", "PKI", "JSONText", "WorkloadAPI",
+                "HTTP1", "JWT", .product(name: "Logging", package: "swift-log"),
             ]),
 
         // Executables: parse arguments, call a library.
-        // No swift-argument-parser here: it links FoundationEssentials (+3.6 MB RSS); see AgentCommandLine.
-        .executableTarget(name: "sds-agent", dependencies: ["SDSAgent"]),
+        // No swift-argument-parser anywhere: it links FoundationEssentials (+3.6 MB RSS); see AgentCommandLine.
+        // sds-agent is also sds-dump when called by that name (the image ships one binary under both names).
+        .executableTarget(name: "sds-agent", dependencies: ["SDSAgent", "SDSDump"]),
         .target(name: "SDSDump", dependencies: ["Wire", "GRPC", "H2", "Transport", "PKI", "JSONText"]),
-        .executableTarget(
-            name: "sds-dump",
-            dependencies: [
-                "SDSDump",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]),
+        .executableTarget(name: "sds-dump", dependencies: ["SDSDump"]),
 
         // `make bench`: the load client and issuance benchmark, and the RSS floor (same libraries, no agent).
         .target(name: "Bench", dependencies: ["JSONText"]),
@@ -95,17 +95,29 @@ let package = Package(
         .testTarget(name: "GRPCTests", dependencies: ["GRPC", "H2", "TestSupport"]),
         .testTarget(name: "XDSTests", dependencies: ["XDS", "Wire", "TestSupport"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+        .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1"]),
         .testTarget(
             name: "WorkloadAPITests",
             dependencies: ["WorkloadAPI", "Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "Transport", "TestSupport"]),
         .testTarget(
             name: "SDSAgentTests",
             dependencies: [
-                "SDSAgent", "TestSupport", "GRPC", "H2", "Wire", "XDS", .product(name: "Logging", package: "swift-log"),
+                "SDSAgent", "TestSupport", "GRPC", "H2", "Wire", "XDS", "HTTP1", "Transport",
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "JSONText", "Wire", "GRPC", "PKI", "TestSupport"]),
         .testTarget(name: "BenchTests", dependencies: ["Bench"]),
         .testTarget(name: "JWTTests", dependencies: ["JWT", "PKI", "SPIFFE", "JSONText", "Issuance", "TestSupport"]),
+
+        // Fuzz targets, one function per attack surface: Tests/Fuzz builds them into libFuzzer executables (`make
+        // fuzz`); FuzzTargetsTests replays every committed corpus file through them (part of `make unit`).
+        .target(
+            name: "FuzzTargets",
+            dependencies: [
+                "SDSAgent", "HTTP1", "GRPC", "H2", "Wire", "PKI", "SPIFFE", "WorkloadAPI", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets"]),
     ]
 )
 

@@ -42,6 +42,9 @@ public struct AgentConfiguration: Sendable {
     public static let defaultJWTTTL: Double = 300
     /// From 10 s (tests and demos of re-minting) to 24 h (a bearer token living longer is a leak waiting to happen).
     public static let jwtTTLRange: ClosedRange<Double> = 10...86400
+    /// The HTTP status listener (`/live`, `/ready`, `/metrics`); nil (the default) binds no port. See
+    /// `StatusServer` for why it is off unless asked for.
+    public var statusAddress: TCPAddress?
 
     /// Why 10 min: a drain only waits for peers to take the last bytes; Kubernetes' default grace period is 30 s,
     /// and an unbounded (or `inf`) drain would keep a dead pod's sidecar alive forever.
@@ -95,6 +98,7 @@ public struct RawAgentOptions: Sendable, Equatable {
     public var writeStallTimeout: String?
     public var maxQueuedBytes: String?
     public var jwtTTL: String?
+    public var statusAddress: String?
     public init() {}
 }
 
@@ -226,6 +230,12 @@ extension AgentConfiguration {
         limits.maxConnections = try count(
             pick(options.maxConnections, "SDS_MAX_CONNECTIONS", String(InboundLimits.defaultMaxConnections)),
             flag: "--max-connections", range: InboundLimits.maxConnectionsRange)
+        var statusAddress: TCPAddress?
+        if let text = pickOptional(options.statusAddress, "SDS_STATUS_ADDR"), text != "off" {
+            do { statusAddress = try TCPAddress(text) } catch {
+                throw ConfigurationError(flag: "--status-addr", problem: error.description)
+            }
+        }
 
         let fileDirs = try directories(
             pick(options.fileDirs, "SDS_FILE_DIRS", FileAccessPolicy.defaultDirectories.joined(separator: ",")))
@@ -246,6 +256,7 @@ extension AgentConfiguration {
         configuration.jwtTTL = try duration(
             pick(options.jwtTTL, "SDS_JWT_TTL", "5m"), flag: "--jwt-ttl", range: jwtTTLRange,
             why: "a bearer token should not live long")
+        configuration.statusAddress = statusAddress
         return configuration
     }
 

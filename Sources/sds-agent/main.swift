@@ -1,5 +1,12 @@
 import Glibc
 import SDSAgent
+import SDSDump
+
+// Called as `sds-dump` (a link to this binary, as in the container image): the same sds-dump as its own executable,
+// without a second copy of libcrypto and the Swift runtime in the image.
+if CommandLine.arguments.first?.split(separator: "/").last == "sds-dump" {
+    exit(DumpCommandLine.main(arguments: Array(CommandLine.arguments.dropFirst())))
+}
 
 // `sds-agent`: thin: parse the command line, hand a configuration to SDSAgent.
 let exitCode: Int32
@@ -11,6 +18,8 @@ do {
     case .version:
         _ = "sds-agent \(AgentCommandLine.version)\n".withCString { write(1, $0, strlen($0)) }
         exitCode = 0
+    case .healthcheck(let socket):
+        exitCode = HealthCheckClient.main(socket: socket, environment: AgentMain.processEnvironment())
     case .run(let options):
         exitCode = AgentMain.run(options: options, environment: AgentMain.processEnvironment())
     }
