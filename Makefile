@@ -128,7 +128,8 @@ bench: deps build ## Benchmarks (release binaries): one JSON object per metric, 
 # fuzz package's own targets). Committed seeds: Tests/Fuzz/Corpus/<target> (read only); what a run adds goes to
 # $(FUZZ_BUILD)/corpus/<target>, crashes to $(FUZZ_BUILD)/artifacts/.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= server-request-path wire-decoders workload-api-responses pki-parsing text-parsing http-request
+FUZZ_TARGETS ?= server-request-path wire-decoders workload-api-responses pki-parsing text-parsing http-request \
+                jwt-svid
 FUZZ_BUILD   := .build-fuzz
 FUZZ_FLAGS   := -c release --sanitize=fuzzer --sanitize=address -Xswiftc -sanitize=fuzzer,address
 

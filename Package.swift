@@ -114,7 +114,8 @@ let package = Package(
         .target(
             name: "FuzzTargets",
             dependencies: [
-                "SDSAgent", "HTTP1", "GRPC", "H2", "Wire", "PKI", "SPIFFE", "WorkloadAPI", "TestSupport",
+                "SDSAgent", "HTTP1", "GRPC", "H2", "Wire", "PKI", "SPIFFE", "WorkloadAPI", "TestSupport", "JWT",
+                "JSONText",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets"]),

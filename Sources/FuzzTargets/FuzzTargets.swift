@@ -18,6 +18,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case textParsing = "text-parsing"
     /// HTTP/1.1 request heads, as the status listener (`/live`, `/ready`, `/metrics`) receives them.
     case httpRequest = "http-request"
+    /// JWT-SVIDs as `ValidateJWTSVID` receives them: base64url, the bounded JSON parser, the JWT-SVID checks.
+    case jwtSVID = "jwt-svid"
 
     /// Runs one input through this target.
     public func run(_ input: UnsafeRawBufferPointer) {
@@ -28,6 +30,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .pkiParsing: PKIParsingTarget.run(input)
         case .textParsing: TextParsingTarget.run(input)
         case .httpRequest: HTTPRequestTarget.run(input)
+        case .jwtSVID: JWTSVIDTarget.run(input)
         }
     }
 
