@@ -52,10 +52,17 @@ let package = Package(
         .target(
             name: "WorkloadAPI",
             dependencies: ["Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport"]),
+        // The one client connection driver: socket ⇄ optional TLS ⇄ nghttp2 client session.
+        .target(name: "Upstream", dependencies: ["GRPC", "H2", "Transport", "PKI"]),
+        // istiod / istio-csr CSR client: pure state machine + I/O shell.
+        .target(
+            name: "IstioCA",
+            dependencies: ["Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport", "Upstream"]),
         .target(
             name: "SDSAgent",
             dependencies: [
                 "Wire", "XDS", "GRPC", "H2", "Transport", "Issuance", "SPIFFE", "PKI", "JSONText", "WorkloadAPI",
+                "IstioCA",
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
@@ -102,6 +109,11 @@ let package = Package(
             ]),
         .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "JSONText", "Wire", "GRPC", "PKI", "TestSupport"]),
         .testTarget(name: "BenchTests", dependencies: ["Bench"]),
+        .testTarget(
+            name: "IstioCATests",
+            dependencies: [
+                "IstioCA", "Upstream", "Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport", "TestSupport",
+            ]),
     ]
 )
 
