@@ -56,6 +56,9 @@ public struct IstioCAClientStateMachine {
         .cancelled, .deadlineExceeded, .resourceExhausted, .aborted, .internal, .unavailable,
     ]
 
+    /// Why 1 s: a CA that answers with an almost expired certificate must not make us ask again in a tight loop.
+    public static let minimumRotationDelay: Double = 1
+
     public let spiffeID: SPIFFEID
     public let algorithm: KeyAlgorithm
     /// Where istiod is, for messages.
@@ -168,9 +171,11 @@ public struct IstioCAClientStateMachine {
         lastReported = nil
         roundBackoff.reset()
         state = .waiting
+        // Like istio-agent, the lifetime counts from receipt, not from notBefore: CAs backdate notBefore for clock
+        // skew (istiod by a minute), which would otherwise pull the rotation forward, to "now" for short TTLs.
         let rotateAt = rotation.rotateAt(
-            notBefore: update.svid.notBefore, notAfter: update.svid.notAfter, randomUnit: randomUnit)
-        let delay = Double(max(0, rotateAt - now))
+            notBefore: max(now, update.svid.notBefore), notAfter: update.svid.notAfter, randomUnit: randomUnit)
+        let delay = max(Self.minimumRotationDelay, Double(rotateAt - now))
         return [.deliver(update), .scheduleTimer(after: delay)]
     }
 
