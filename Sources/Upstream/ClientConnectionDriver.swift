@@ -109,9 +109,12 @@ public final class ClientConnectionDriver: ConnectionDelegate {
 
     private func lost(_ reason: String) {
         guard !closed else { return }
+        // The owner hears the real reason first; closing then finishes the calls ("connection lost"), which an
+        // owner that already gave up ignores.
         let onLost = self.onLost
-        close()
+        self.onLost = nil
         onLost?(reason)
+        close()
     }
 
     /// Closes the socket (a TLS close_notify is attempted first); no callback runs afterwards.

@@ -1,0 +1,276 @@
+"""`--issuer istiod`: sds-agent gets its identity from a (fake, strict) istiod the way istio-agent does, and two real
+Envoys (1.40) do mTLS with it.
+
+    client --HTTP--> client Envoy --mTLS--> server Envoy
+                         |                       |
+                  client sds-agent        server sds-agent      (each: key made in the agent, CSR + projected
+                         \\                     /                 token over TLS to the fake istiod)
+                          fake istiod (grpcio, TLS; JWT "TokenReview"; intermediate CA)
+
+What the fake observes is the evidence: which tokens, cluster IDs, key types and TTLs reached it, and whether any
+request arrived at all. Every wait is a poll with a deadline.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import pathlib
+import time
+
+import grpc
+import pytest
+from cryptography import x509
+
+from envoy_harness import SECRET_TIMEOUT, Envoy, HarnessError, serial_of_pem, start_mtls_pair, wait_for
+from fake_istiod import ISTIOD_NAME, CA, FakeIstiod, pem
+from sds_servers import TRUST_DOMAIN, ProcessServer, fetch_secrets, fetch_when_served, leaf_serial
+
+SERVER_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/server"
+CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/client"
+# Short enough that a rotation (at half-life, counted from receipt) happens within a test: ~10 s.
+SVID_TTL = "20s"
+
+
+@pytest.fixture
+def istiod(short_dir):
+    fake = FakeIstiod(short_dir, TRUST_DOMAIN).start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+class IstiodAgent(ProcessServer):
+    """sds-agent with --issuer istiod, its own token file (written with `write_token`)."""
+
+    def __init__(self, agent_bin, workdir: pathlib.Path, label: str, spiffe_id: str, istiod: FakeIstiod,
+                 extra: list[str] | None = None, ttl: str = SVID_TTL):
+        self.token_path = workdir / f"{label}.token"
+        args = ["--issuer", "istiod", "--ca-addr", istiod.address, "--ca-root-cert", str(istiod.root_cert_path),
+                "--ca-server-name", ISTIOD_NAME, "--token-file", str(self.token_path), "--svid-ttl", ttl,
+                *(extra or [])]
+        super().__init__([str(agent_bin)], workdir / f"{label}.sock", workdir / f"{label}.state", spiffe_id,
+                         workdir / f"{label}.log", args)
+
+    def write_token(self, token: str) -> None:
+        """Replaced atomically, as kubelet does (a new file renamed over the old one)."""
+        self.token = token
+        tmp = self.token_path.with_suffix(".tmp")
+        tmp.write_text(token)
+        os.replace(tmp, self.token_path)
+
+    def serial(self) -> str:
+        return leaf_serial(fetch_when_served(self.socket_path, ["default"])["default"])
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def agents(sds_agent_bin, short_dir):
+    started: list[IstiodAgent] = []
+
+    def start(label: str, spiffe_id: str, istiod: FakeIstiod, token: str | None = None, **kwargs) -> IstiodAgent:
+        agent = IstiodAgent(sds_agent_bin, short_dir, label, spiffe_id, istiod, **kwargs)
+        agent.write_token(token if token is not None else istiod.token_for(spiffe_id))
+        started.append(agent)
+        return agent.start()
+
+    yield start
+    for agent in started:
+        agent.stop()
+
+
+def chain_of(secret) -> list[x509.Certificate]:
+    chain = secret.tls_certificate.certificate_chain
+    return x509.load_pem_x509_certificates(chain.inline_bytes or chain.inline_string.encode())
+
+
+def roots_of(secret) -> list[x509.Certificate]:
+    ca = secret.validation_context.trusted_ca
+    return x509.load_pem_x509_certificates(ca.inline_bytes or ca.inline_string.encode())
+
+
+def assert_request(pair, server_serial: str, client_serial: str) -> None:
+    seen = pair.request()
+    assert seen.status == 200, seen
+    assert seen.server_saw_peer_id == CLIENT_ID
+    assert seen.client_saw_peer_id == SERVER_ID
+    assert seen.server_saw_peer_serial == client_serial
+    assert seen.client_saw_peer_serial == server_serial
+
+
+@pytest.mark.parametrize("key_type", ["ecdsa-p256", "rsa-2048"])
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
+def test_two_envoys_do_mtls_with_identities_from_istiod_and_rotate(istiod, agents, envoy_bin, short_dir, api_type,
+                                                                   key_type):
+    server = agents("server", SERVER_ID, istiod, extra=["--key-type", key_type])
+    client = agents("client", CLIENT_ID, istiod, extra=["--key-type", key_type])
+    stack: list[Envoy] = []
+    try:
+        pair = start_mtls_pair(envoy_bin, short_dir, "istio", api_type, TRUST_DOMAIN, str(server.socket_path),
+                               SERVER_ID, str(client.socket_path), CLIENT_ID, stack)
+        first = {a.spiffe_id: a.serial() for a in (server, client)}
+        assert_request(pair, first[SERVER_ID], first[CLIENT_ID])
+
+        # What istiod saw: our key type, the requested TTL, the cluster ID and each workload's own token.
+        issued = istiod.issued()
+        want_type = {"ecdsa-p256": "ec-secp256r1", "rsa-2048": "rsa-2048"}[key_type]
+        assert {r.csr_key_type for r in issued} == {want_type}
+        assert {r.requested_ttl for r in issued} == {20}
+        assert {r.cluster_id for r in issued} == {"Kubernetes"}
+        assert {r.serial for r in issued} >= {s.lstrip("0") for s in first.values()}
+
+        # Served as istiod returned it: leaf + intermediate (the root goes to ROOTCA), our SPIFFE ID.
+        secrets = fetch_secrets(server.socket_path, ["default", "ROOTCA"])
+        chain = chain_of(secrets["default"])
+        assert [c.subject for c in chain[1:]] == [istiod.intermediate.cert.subject]
+        assert roots_of(secrets["ROOTCA"]) == [istiod.root.cert]
+        for envoy, spiffe_id in ((pair.server, SERVER_ID), (pair.client, CLIENT_ID)):
+            assert envoy.leaf_uri_sans() == {spiffe_id}
+            assert envoy.ca_serials() == {format(istiod.root.cert.serial_number, "x")}
+
+        # Rotation at half-life, without a signal: a new serial reaches each Envoy's /certs; no Envoy restart.
+        pids = [e.process.pid for e in pair.envoys()]
+        new = {}
+        for agent, envoy in ((server, pair.server), (client, pair.client)):
+            new[agent.spiffe_id] = wait_for(lambda a=agent: (s := a.serial()) != first[a.spiffe_id] and s, 30,
+                                            f"{agent.spiffe_id} to rotate", agent.log_tail)
+            envoy.wait_leaf_serial(new[agent.spiffe_id])
+        assert [e.process.pid for e in pair.envoys()] == pids
+        assert_request(pair, new[SERVER_ID], new[CLIENT_ID])
+        for envoy in pair.envoys():
+            assert all(v == 0 for v in envoy.sds_counter("update_rejected").values())
+    finally:
+        for envoy in reversed(stack):
+            envoy.stop()
+
+
+def test_a_replaced_token_file_is_sent_with_the_next_csr(istiod, agents):
+    agent = agents("server", SERVER_ID, istiod)
+    first = agent.serial()
+    old_token = agent.token
+    new_token = istiod.token_for(SERVER_ID, lifetime=datetime.timedelta(hours=11))
+    assert new_token != old_token
+    agent.write_token(new_token)
+    agent.rotate()  # SIGHUP: the next CSR now rather than at half-life
+    wait_for(lambda: agent.serial() != first, 15, "a rotation after SIGHUP", agent.log_tail)
+    tokens = [r.token for r in istiod.issued()]
+    assert tokens[0] == old_token and tokens[-1] == new_token
+    # The token is a credential: never in our log.
+    assert new_token not in agent.log() and old_token not in agent.log()
+
+
+def test_a_bad_token_is_unauthenticated_reported_once_retried_and_envoy_is_held(istiod, agents, envoy_bin,
+                                                                                short_dir):
+    # Signed by another "API server": istiod's TokenReview rejects it.
+    from fake_istiod import ApiServer
+    forged = ApiServer().token("demo", "server")
+    server = agents("server", SERVER_ID, istiod, token=forged)
+    stack: list[Envoy] = []
+    try:
+        # Retried with back-off (1 s, 2 s, 4 s ...): at least three refused CSRs, each UNAUTHENTICATED.
+        def refused():
+            rs = [r for r in istiod.snapshot() if r.token == forged]
+            return len(rs) >= 3 and rs
+        rs = wait_for(refused, 20, "three refused CSRs", server.log_tail)
+        assert all(r.outcome.startswith("UNAUTHENTICATED") for r in rs)
+        # Not retried in a tight loop: the rounds are spaced by the back-off.
+        assert len(rs) < 10
+        # Nothing is served meanwhile: a FetchSecrets for "default" is held, not answered.
+        with pytest.raises(grpc.RpcError):
+            fetch_secrets(server.socket_path, ["default"], timeout=1.0)
+        # Reported once for the whole outage (one line per distinct failure).
+        failures = [line for line in server.log().splitlines() if "issuance failed" in line]
+        assert len(failures) == 1 and "unauthenticated" in failures[0], failures
+
+        # An Envoy started now is held on its first start: no certificate yet.
+        server_envoy = Envoy(envoy_bin, "server-envoy", _bootstrap("server", server, CLIENT_ID), short_dir)
+        stack.append(server_envoy)
+        server_envoy.start(wait_ready=False)
+        time_held = time.monotonic() + 2
+        while time.monotonic() < time_held:
+            assert server_envoy.leaf_serials() == set()
+            time.sleep(0.2)
+
+        # A good token: the next round succeeds (the back-off is at most 30 s) and the held Envoy gets it.
+        server.write_token(istiod.token_for(SERVER_ID))
+        serial = wait_for(lambda: server.serial(), 40, "the agent to recover", server.log_tail)
+        server_envoy.wait_leaf_serial(serial)
+        assert "issuer recovered" in server.log()
+    finally:
+        for envoy in reversed(stack):
+            envoy.stop()
+
+
+def _bootstrap(role: str, agent: IstiodAgent, peer: str) -> str:
+    from envoy_harness import example, substitute
+    return substitute(example("istio", "GRPC", role).read_text(), {
+        "SDS_SOCKET": str(agent.socket_path), "ADMIN_PORT": 0, "LISTENER_PORT": 0, "PEER_SPIFFE_ID": peer,
+        "SPIFFE_ID": agent.spiffe_id, "TRUST_DOMAIN": TRUST_DOMAIN, "UPSTREAM_PORT": 1,
+    })
+
+
+def test_traffic_flows_while_istiod_is_down_and_the_next_rotation_succeeds(istiod, agents, envoy_bin, short_dir):
+    # 30 s certificates rotating at ~15 s: istiod goes down for longer than the rotation point, not past expiry.
+    server = agents("server", SERVER_ID, istiod, ttl="30s")
+    client = agents("client", CLIENT_ID, istiod, ttl="30s")
+    stack: list[Envoy] = []
+    try:
+        pair = start_mtls_pair(envoy_bin, short_dir, "istio", "GRPC", TRUST_DOMAIN, str(server.socket_path),
+                               SERVER_ID, str(client.socket_path), CLIENT_ID, stack)
+        first = {a.spiffe_id: a.serial() for a in (server, client)}
+        issued_before = len(istiod.issued())
+        istiod.stop()
+        down_until = time.monotonic() + 17
+        while time.monotonic() < down_until:
+            # Traffic keeps flowing on the cached certificates.
+            assert_request(pair, first[SERVER_ID], first[CLIENT_ID])
+            time.sleep(1)
+        assert len(istiod.issued()) == issued_before
+        for agent in (server, client):
+            assert "istiod" in agent.log() and "issuance failed" in agent.log(), agent.log_tail()
+        istiod.start()
+        new = {}
+        for agent, envoy in ((server, pair.server), (client, pair.client)):
+            new[agent.spiffe_id] = wait_for(lambda a=agent: (s := a.serial()) != first[a.spiffe_id] and s, 20,
+                                            f"{agent.spiffe_id} to rotate after istiod returned", agent.log_tail)
+            envoy.wait_leaf_serial(new[agent.spiffe_id])
+        assert_request(pair, new[SERVER_ID], new[CLIENT_ID])
+    finally:
+        for envoy in reversed(stack):
+            envoy.stop()
+
+
+@pytest.mark.parametrize("case", ["untrusted-root", "wrong-server-name"])
+def test_an_unverified_istiod_never_sees_a_request(istiod, agents, short_dir, case):
+    extra = []
+    if case == "untrusted-root":
+        other = short_dir / "other-root.pem"
+        other.write_text(pem(CA.root("another mesh").cert))
+        extra = ["--ca-root-cert", str(other)]
+    else:
+        extra = ["--ca-server-name", "not-istiod.example"]
+    agent = agents("server", SERVER_ID, istiod, extra=extra)
+    wait_for(lambda: "issuance failed" in agent.log(), 15, "the agent to report the refused server", agent.log_tail)
+    failure = next(line for line in agent.log().splitlines() if "issuance failed" in line)
+    assert "certificate" in failure, failure
+    # The report comes after the round's five tries: five handshakes refused, not one request (so no token) sent.
+    assert istiod.snapshot() == []
+    with pytest.raises(grpc.RpcError):
+        fetch_secrets(agent.socket_path, ["default"], timeout=1.0)
+
+
+@pytest.mark.parametrize("mode", ["wrong-id", "wrong-key"])
+def test_a_chain_for_another_identity_or_key_is_refused_and_nothing_served(istiod, agents, mode):
+    istiod.mode = mode
+    agent = agents("server", SERVER_ID, istiod)
+    wait_for(lambda: istiod.issued(), 15, "istiod to sign something", agent.log_tail)
+    wait_for(lambda: "unusable certificate chain" in agent.log(), 15, "the agent to refuse the chain",
+             agent.log_tail)
+    with pytest.raises(grpc.RpcError):
+        fetch_secrets(agent.socket_path, ["default"], timeout=1.0)
+    # Once istiod behaves, the next round is served.
+    istiod.mode = "normal"
+    serial = wait_for(lambda: agent.serial(), 40, "a good chain to be served", agent.log_tail)
+    assert serial.lstrip("0") == istiod.issued()[-1].serial
