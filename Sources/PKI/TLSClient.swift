@@ -211,7 +211,9 @@ public final class TLSClient {
             var data: UnsafePointer<UInt8>? = nil
             var length: UInt32 = 0
             SSL_get0_alpn_selected(ssl, &data, &length)
-            let selected = data.map { String(decoding: UnsafeBufferPointer(start: $0, count: Int(length)), as: UTF8.self) }
+            let selected = data.map {
+                String(decoding: UnsafeBufferPointer(start: $0, count: Int(length)), as: UTF8.self)
+            }
             // A server that ignores ALPN would speak something we did not offer; gRPC over TLS requires h2.
             guard let selected, wantedALPN.isEmpty || wantedALPN.contains(selected) else {
                 fail("the server agreed to no ALPN protocol of \(wantedALPN) (got \(selected ?? "none"))")

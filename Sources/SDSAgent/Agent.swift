@@ -1,7 +1,7 @@
 import GRPC
 import Glibc
-import IstioCA
 import Issuance
+import IstioCA
 import Logging
 import PKI
 import SPIFFE
@@ -211,7 +211,8 @@ public final class Agent {
             address: settings.address, rootCertPath: settings.rootCertPath, serverName: settings.serverName,
             tokenPath: settings.tokenPath, clusterID: settings.clusterID,
             extraHeaders: settings.headers.map { ($0.name, $0.value) }, keyAlgorithm: algorithm,
-            spiffeID: try SPIFFEID(parsing: configuration.spiffeID), requestedTTL: Int64(configuration.svidTTL.rounded(.up)),
+            spiffeID: try SPIFFEID(parsing: configuration.spiffeID),
+            requestedTTL: Int64(configuration.svidTTL.rounded(.up)),
             rotation: RotationPolicy(gracePeriodRatio: configuration.rotateRatio))
         logger.info(
             "istiod issuer",

@@ -262,7 +262,8 @@ extension AgentConfiguration {
         var configuration = AgentConfiguration(
             socket: socket, socketMode: mode, trustDomain: trustDomain, spiffeID: spiffeID, svidTTL: ttl,
             rotateRatio: ratio, stateDir: pick(options.stateDir, "SDS_STATE_DIR", defaultStateDir), caTTL: caTTL,
-            caCertPath: caCert, caKeyPath: caKey, issuer: issuer, upstreamSocket: upstream, istiod: istiod, logLevel: level,
+            caCertPath: caCert, caKeyPath: caKey, issuer: issuer, upstreamSocket: upstream, istiod: istiod,
+            logLevel: level,
             logFormat: format, drainTimeout: drain, fileDirectories: fileDirs,
             // The agent's own user is always admitted (it can read the agent's files anyway, and probes run as it);
             // by default no one else, matching the socket's 0600 default.
@@ -294,7 +295,11 @@ extension AgentConfiguration {
             let header = String(name.dropFirst("CA_HEADER_".count)).lowercased()
             // HTTP/2 header names: lowercase token characters; pseudo-headers and our own fields are not theirs.
             let reserved = ["authorization", "clusterid", "content-type", "te", "grpc-timeout"]
-            guard header.utf8.allSatisfy({ $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || (0x61...0x7a).contains($0) || (0x30...0x39).contains($0) }),
+            guard
+                header.utf8.allSatisfy({
+                    $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || (0x61...0x7a).contains($0)
+                        || (0x30...0x39).contains($0)
+                }),
                 !reserved.contains(header)
             else {
                 throw ConfigurationError(flag: name, problem: "'\(header)' cannot be sent as a CA header")
@@ -342,7 +347,8 @@ extension AgentConfiguration {
             case "3072": return .rsa3072
             case "4096": return .rsa4096
             default:
-                throw ConfigurationError(flag: "WORKLOAD_RSA_KEY_SIZE", problem: "'\(size)' is not one of: 2048, 3072, 4096")
+                throw ConfigurationError(
+                    flag: "WORKLOAD_RSA_KEY_SIZE", problem: "'\(size)' is not one of: 2048, 3072, 4096")
             }
         }
         return .ecdsaP256
