@@ -51,7 +51,7 @@ let package = Package(
         .target(name: "Transport", dependencies: ["CLinux"]),
         .target(
             name: "WorkloadAPI",
-            dependencies: ["Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport"]),
+            dependencies: ["Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport", "Upstream"]),
         // The one client connection driver: socket ⇄ optional TLS ⇄ nghttp2 client session.
         .target(name: "Upstream", dependencies: ["GRPC", "H2", "Transport", "PKI"]),
         // istiod / istio-csr CSR client: pure state machine + I/O shell.
