@@ -28,7 +28,10 @@ from envoy_harness import EXAMPLES, START_TIMEOUT, wait_for
 from sds_servers import fetch_when_served, socket_accepts
 
 KUBERNETES = EXAMPLES / "kubernetes"
-MANIFESTS = {"sds-agent-istio.yaml": "local", "sds-agent-spire.yaml": "workload-api"}
+MANIFESTS = {"sds-agent-istio.yaml": "local", "sds-agent-spire.yaml": "workload-api",
+             "sds-agent-istiod.yaml": "istiod"}
+ISTIO_TOKEN = "/var/run/secrets/tokens/istio-token"
+ISTIO_ROOT_CERT = "/var/run/secrets/istio/root-cert.pem"
 
 SOCKET_DIR = "/var/run/secrets/workload-spiffe-uds"  # where Istio's Envoy bootstrap dials SDS
 SOCKET = f"{SOCKET_DIR}/socket"
@@ -188,6 +191,20 @@ def test_issuer_and_its_volumes(name):
         assert volume(spec, mount_of(agent, flags["--state-dir"])).get("emptyDir") is not None
         # The state dir is one the agent creates (0700), not the emptyDir's world-writable mount point itself.
         assert flags["--state-dir"] not in mounts(agent)
+    elif MANIFESTS[name] == "istiod":
+        assert flags["--issuer"] == "istiod"
+        env = {e["name"]: e.get("value") for e in agent["env"]}
+        assert env["CA_ADDR"] == "istiod.istio-system.svc:15012"
+        # The projected token istiod's TokenReview accepts: audience istio-ca.
+        assert flags["--token-file"] == ISTIO_TOKEN
+        sources = volume(spec, mount_of(agent, ISTIO_TOKEN))["projected"]["sources"]
+        token = [s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s]
+        assert token and token[0]["audience"] == "istio-ca" and token[0]["path"] == "istio-token"
+        # istiod's serving certificate is verified against the mesh roots Istio publishes in every namespace.
+        assert flags["--ca-root-cert"] == ISTIO_ROOT_CERT
+        assert volume(spec, mount_of(agent, ISTIO_ROOT_CERT))["configMap"]["name"] == "istio-ca-root-cert"
+        # Neither volume is writable by the agent, and the token is not in istio-proxy's mounts through ours.
+        assert all(m.get("readOnly") for m in agent["volumeMounts"] if m["name"] in ("istio-token", "istiod-ca-cert"))
     else:
         assert flags["--issuer"] == "workload-api" and flags["--upstream-socket"] == SPIRE_SOCKET
         socket_volume = volume(spec, mount_of(agent, SPIRE_SOCKET.removeprefix("unix://")))
@@ -336,3 +353,30 @@ def test_spire_manifest_rehearsal(short_dir, sds_agent_bin, sds_dump_bin):
     finally:
         r.stop()
         upstream.stop()
+
+
+def test_istiod_manifest_rehearsal(short_dir, sds_agent_bin, sds_dump_bin):
+    """The manifest's container against the fake istiod: the token and root-cert volumes hold what kubelet would put
+    there, CA_ADDR points at the fake (its certificate names istiod.istio-system.svc and 127.0.0.1)."""
+    from fake_istiod import FakeIstiod
+
+    name = "sds-agent-istiod.yaml"
+    r = Rehearsal(name, short_dir, sds_agent_bin, sds_dump_bin)
+    istiod = FakeIstiod(short_dir, r.env()["TRUST_DOMAIN"]).start()
+    spiffe_id = r.expected_spiffe_id()
+    pathlib.Path(r.local(ISTIO_TOKEN)).write_text(istiod.token_for(spiffe_id))
+    pathlib.Path(r.local(ISTIO_ROOT_CERT)).write_text(istiod.root_cert_path.read_text())
+    manifest_env = r.env
+
+    def env():
+        values = manifest_env()
+        values["CA_ADDR"] = istiod.address
+        return values
+    r.env = env
+    try:
+        r.start()
+        assert_serves_the_pod_identity(r)
+        assert [x.cluster_id for x in istiod.issued()] == ["Kubernetes"]
+    finally:
+        r.stop()
+        istiod.stop()
