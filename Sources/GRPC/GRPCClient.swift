@@ -151,6 +151,8 @@ public final class GRPCClientConnection: H2SessionDelegate {
     }
 
     public func h2DataReceived(streamID: H2StreamID, bytes: [UInt8], endStream: Bool) {
+        // Decoded (within the message bound) or dropped before this returns: hand the bytes back to flow control.
+        defer { session.consume(streamID: streamID, count: bytes.count) }
         guard let call = calls[streamID] else { return }
         do throws(GRPCStatus) {
             for message in try call.decoder.feed(bytes) {

@@ -21,8 +21,9 @@ public enum GRPCMessageFraming {
 
 /// A streaming decoder of length-prefixed messages, fed arbitrary chunks (down to single bytes).
 ///
-/// It holds at most one message: a prefix announcing more than `maxMessageBytes` fails at once with
-/// RESOURCE_EXHAUSTED, before any of the body is buffered; a compressed message fails with UNIMPLEMENTED
+/// It holds at most one message, and only the bytes of it that have arrived (never reserved from the announced
+/// length): a prefix announcing more than `maxMessageBytes` fails at once with RESOURCE_EXHAUSTED, before any of
+/// the body is buffered; a compressed message fails with UNIMPLEMENTED
 /// (we never advertise `grpc-accept-encoding`, so a peer sending one is broken). After a failure the
 /// decoder stays failed.
 ///
@@ -48,10 +49,34 @@ public struct GRPCMessageDecoder: Sendable {
         self.maxMessageBytes = maxMessageBytes
     }
 
+    /// Bytes of the partial message (prefix or body) held right now.
+    public var bufferedBytes: Int {
+        switch state {
+        case .readPrefix(let prefix): prefix.count
+        case .readBody(_, let body): body.count
+        case .failed: 0
+        }
+    }
+
+    /// Bytes allocated for the partial message (capacity, not count): what the decoder really holds in memory.
+    public var bufferCapacity: Int {
+        switch state {
+        case .readPrefix(let prefix): prefix.capacity
+        case .readBody(_, let body): body.capacity
+        case .failed: 0
+        }
+    }
+
     /// True when no partial message is buffered (a stream may end cleanly here).
     public var isAtMessageBoundary: Bool {
         if case .readPrefix(let prefix) = state { return prefix.isEmpty }
         return false
+    }
+
+    /// Fails the decoder with `status` (a bound decided outside it): what it held is released, and every later
+    /// `feed` throws `status`.
+    public mutating func fail(_ status: GRPCStatus) {
+        state = .failed(status)
     }
 
     /// Consumes `bytes`, returning every message they complete.
@@ -91,9 +116,9 @@ public struct GRPCMessageDecoder: Sendable {
                     messages.append([])
                     state = .readPrefix(prefix: [])
                 } else {
-                    var body: [UInt8] = []
-                    body.reserveCapacity(length)
-                    state = .readBody(length: length, body: body)
+                    // Nothing reserved from the announced length: the buffer grows with the bytes that arrive, so a
+                    // prefix promising 4 MiB followed by silence costs its five bytes, not 4 MiB.
+                    state = .readBody(length: length, body: [])
                 }
             case .readBody(let length, var body):
                 guard index != bytes.endIndex else { return messages }
@@ -101,6 +126,11 @@ public struct GRPCMessageDecoder: Sendable {
                 state = .readPrefix(prefix: [])
                 let take = min(length - body.count, bytes.distance(from: index, to: bytes.endIndex))
                 let end = bytes.index(index, offsetBy: take)
+                if body.capacity < body.count + take {
+                    // Geometric growth for amortised appends, but never past the announced length: the buffer is
+                    // at most twice what arrived and at most the message.
+                    body.reserveCapacity(min(length, max(body.count + take, 2 * body.capacity)))
+                }
                 body.append(contentsOf: bytes[index..<end])
                 index = end
                 if body.count == length {

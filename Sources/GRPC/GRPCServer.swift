@@ -97,6 +97,17 @@ public final class GRPCServerConnection: H2SessionDelegate {
     public let maxMessageBytes: Int
     private var calls: [H2StreamID: GRPCServerCall] = [:]
     private(set) public var isDraining = false
+    /// Bound on the partial request messages held across all calls of this connection: each call may hold one
+    /// message up to `maxMessageBytes`, and this caps their sum, so a peer cannot hold `maxMessageBytes` times
+    /// SETTINGS_MAX_CONCURRENT_STREAMS by starting a large message on every stream.
+    public let maxBufferedRequestBytes: Int
+    /// Bytes allocated for partial request messages right now, across this connection's calls (buffer capacity:
+    /// what is really held, growth slack included).
+    public private(set) var bufferedRequestBytes = 0
+    /// The peer crossed an HTTP/2 bound (the stream was already refused or reset): for the owner's log.
+    public var onLimitExceeded: ((H2Limit) -> Void)?
+    /// A call was ended RESOURCE_EXHAUSTED because `maxBufferedRequestBytes` would have been passed: for the log.
+    public var onBufferBudgetExceeded: (() -> Void)?
     /// Who is on the other end, as the transport describes it (e.g. `pid=… uid=… gid=…`); logs name it.
     public var peer = ""
     private let scheduler: GRPCTimerScheduler?
@@ -109,16 +120,24 @@ public final class GRPCServerConnection: H2SessionDelegate {
     /// call) but not enforced.
     public init(
         router: GRPCRouter, configuration: H2Configuration = H2Configuration(),
-        maxMessageBytes: Int = GRPCMessageFraming.defaultMaxMessageBytes, scheduler: GRPCTimerScheduler? = nil
+        maxMessageBytes: Int = GRPCMessageFraming.defaultMaxMessageBytes,
+        maxBufferedRequestBytes: Int = GRPCServerConnection.defaultMaxBufferedRequestBytes,
+        scheduler: GRPCTimerScheduler? = nil
     ) {
         self.router = router
         self.scheduler = scheduler
         self.maxMessageBytes = maxMessageBytes
+        self.maxBufferedRequestBytes = maxBufferedRequestBytes
         self.session = H2ServerSession(configuration: configuration)
         self.session.delegate = self
     }
 
     public var activeCallCount: Int { calls.count }
+
+    /// 16 MiB: room for every one of 128 streams to be midway through a 128 KiB request at once (Envoy interleaves
+    /// its streams' DATA frames, and its largest request, with the full Node, is ~61 KB), a sixteenth of what
+    /// 128 × 1 MiB messages would pin.
+    public static let defaultMaxBufferedRequestBytes = 16 << 20
 
     /// Graceful drain: the two-step GOAWAY (see `H2ServerSession.beginGracefulShutdown`). Calls in flight go on
     /// until they finish; a call arriving meanwhile is answered UNAVAILABLE; the session closes
@@ -137,6 +156,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
     public func connectionLost() {
         let open = calls
         calls.removeAll()
+        bufferedRequestBytes = 0
         for call in open.values {
             call.cancelDeadline?()
             if call.state.streamClosed() == .notifyCancelled { call.onCancel?() }
@@ -190,13 +210,29 @@ public final class GRPCServerConnection: H2SessionDelegate {
     }
 
     public func h2DataReceived(streamID: H2StreamID, bytes: [UInt8], endStream: Bool) {
+        // Every byte is processed before this returns (buffered in the call's decoder, within its bound, or dropped),
+        // so it is handed back to flow control at once.
+        defer { session.consume(streamID: streamID, count: bytes.count) }
         guard let call = calls[streamID] else { return }
         if !bytes.isEmpty {
             let messages: [[UInt8]]
+            let heldBefore = call.decoder.bufferCapacity
             do throws(GRPCStatus) {
                 messages = try call.decoder.feed(bytes)
             } catch {
+                bufferedRequestBytes -= heldBefore  // a failed decoder holds nothing
                 perform(call.state.receiveInvalidMessage(error), on: call)
+                return
+            }
+            bufferedRequestBytes += call.decoder.bufferCapacity - heldBefore
+            if bufferedRequestBytes > maxBufferedRequestBytes {
+                let status = GRPCStatus(
+                    .resourceExhausted,
+                    "requests in progress on this connection exceed \(maxBufferedRequestBytes) bytes")
+                bufferedRequestBytes -= call.decoder.bufferCapacity
+                call.decoder.fail(status)
+                onBufferBudgetExceeded?()
+                perform(call.state.receiveInvalidMessage(status), on: call)
                 return
             }
             for message in messages {
@@ -211,6 +247,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
 
     public func h2StreamClosed(streamID: H2StreamID, errorCode: H2ErrorCode) {
         guard let call = calls.removeValue(forKey: streamID) else { return }
+        bufferedRequestBytes -= call.decoder.bufferCapacity
         call.cancelDeadline?()
         if call.state.streamClosed() == .notifyCancelled { call.onCancel?() }
         call.releaseCallbacks()
@@ -218,6 +255,10 @@ public final class GRPCServerConnection: H2SessionDelegate {
 
     public func h2OutboundQueueDrained(streamID: H2StreamID) {
         calls[streamID]?.onWritable?()
+    }
+
+    public func h2LimitExceeded(_ limit: H2Limit, streamID: H2StreamID) {
+        onLimitExceeded?(limit)
     }
 
     // MARK: Actions

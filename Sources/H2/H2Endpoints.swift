@@ -65,6 +65,13 @@ public class H2Endpoint {
         if let failure { throw failure }
     }
 
+    /// Hands `count` received DATA bytes of `streamID` back to flow control: the peer may send that much more.
+    /// Call it once they are processed (buffered within a bound, or dropped); bytes never consumed stop the peer.
+    public func consume(streamID: H2StreamID, count: Int) { core.consume(streamID: streamID, count: count) }
+
+    /// The peer's connection preface (its first SETTINGS) has arrived.
+    public var prefaceReceived: Bool { core.prefaceReceived }
+
     public func queuedBytes(streamID: H2StreamID) -> Int { core.queuedBytes(streamID: streamID) }
     public var totalQueuedBytes: Int { core.totalQueuedBytes }
     /// Bytes the peer's flow-control windows currently allow on `streamID`.

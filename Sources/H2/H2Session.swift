@@ -30,6 +30,10 @@ final class H2SessionCore {
     struct InboundStream {
         var headers: [H2Header] = []
         var headerBlocks = 0
+        /// Size of the header block being received, counted as RFC 9113 §6.5.2 does (name + value + 32 each).
+        var headerListBytes = 0
+        /// The block passed `maxHeaderListSize`: the stream is reset and the rest of the block is discarded.
+        var headerListExceeded = false
     }
 
     let isServer: Bool
@@ -46,6 +50,8 @@ final class H2SessionCore {
     private(set) var failure: H2Error?
     /// An error raised inside a callback, reported by the `receive` that triggered it.
     private var callbackError: H2Error?
+    /// The peer's first SETTINGS frame arrived (for a server: the client preface is complete).
+    private(set) var prefaceReceived = false
 
     init(isServer: Bool, configuration: H2Configuration) {
         self.isServer = isServer
@@ -54,13 +60,25 @@ final class H2SessionCore {
         nghttp2_session_callbacks_new(&callbacks)
         defer { nghttp2_session_callbacks_del(callbacks) }
         installCallbacks(callbacks)
+        var options: OpaquePointer?
+        nghttp2_option_new(&options)
+        defer { nghttp2_option_del(options) }
+        // Flow control follows consumption: nghttp2 sends WINDOW_UPDATE only for bytes the delegate has passed to
+        // `consume`, so a stream (or connection) whose data is not being processed stops receiving.
+        nghttp2_option_set_no_auto_window_update(options, 1)
+        nghttp2_option_set_max_continuations(options, configuration.maxContinuations)
+        nghttp2_option_set_max_deflate_dynamic_table_size(options, configuration.maxEncoderTableSize)
+        if isServer {
+            nghttp2_option_set_stream_reset_rate_limit(
+                options, configuration.streamResetBurst, configuration.streamResetRatePerSecond)
+        }
         var newSession: OpaquePointer?
         let userData = Unmanaged.passUnretained(self).toOpaque()
         let rc: Int32
         if isServer {
-            rc = nghttp2_session_server_new(&newSession, callbacks, userData)
+            rc = nghttp2_session_server_new2(&newSession, callbacks, userData, options)
         } else {
-            rc = nghttp2_session_client_new(&newSession, callbacks, userData)
+            rc = nghttp2_session_client_new2(&newSession, callbacks, userData, options)
         }
         // Only allocation can fail here; nothing sensible remains to do without a session.
         precondition(rc == 0 && newSession != nil, "nghttp2_session_new failed: \(rc)")
@@ -83,12 +101,10 @@ final class H2SessionCore {
                 nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0))
         }
         _ = nghttp2_submit_settings(newSession, UInt8(NGHTTP2_FLAG_NONE.rawValue), settings, settings.count)
-        let defaultConnectionWindow: Int32 = 65_535
-        if configuration.connectionWindowSize > defaultConnectionWindow {
-            _ = nghttp2_submit_window_update(
-                newSession, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0,
-                configuration.connectionWindowSize - defaultConnectionWindow)
-        }
+        // With automatic WINDOW_UPDATE off, the connection window is grown through the local window size (nghttp2
+        // then sends the WINDOW_UPDATE), not with submit_window_update.
+        _ = nghttp2_session_set_local_window_size(
+            newSession, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, configuration.connectionWindowSize)
     }
 
     deinit {
@@ -114,6 +130,12 @@ final class H2SessionCore {
             if consumed < 0 {
                 let error = H2Error.sessionFailed(code: Int32(consumed), reason: Self.describe(Int32(consumed)))
                 fail(error)
+                // Some fatal errors (a CONTINUATION flood, other floods) leave nothing queued: say GOAWAY before the
+                // owner closes, so the peer learns why. A no-op when nghttp2 has already queued one.
+                let code: H2ErrorCode =
+                    consumed == Int(NGHTTP2_ERR_TOO_MANY_CONTINUATIONS.rawValue)
+                        || consumed == Int(NGHTTP2_ERR_FLOODED.rawValue) ? .enhanceYourCalm : .protocolError
+                _ = nghttp2_session_terminate_session(session, code.rawValue)
                 throw error
             }
             remaining -= consumed
@@ -258,6 +280,16 @@ final class H2SessionCore {
         }
     }
 
+    /// The delegate has processed `count` bytes of DATA received on `streamID`: they count again towards the windows
+    /// the peer may fill (nghttp2 sends WINDOW_UPDATE once enough has been consumed).
+    func consume(streamID: H2StreamID, count: Int) {
+        guard failure == nil, count > 0 else { return }
+        if nghttp2_session_consume(session, streamID, count) != 0 {
+            // The stream is already gone: its bytes still count for the connection.
+            _ = nghttp2_session_consume_connection(session, count)
+        }
+    }
+
     /// Two-step graceful shutdown (RFC 9113 §6.8): a GOAWAY with last-stream-id 2^31-1 warns the client at once;
     /// one round trip later (our PING's ACK) the final GOAWAY names the last stream processed, so a request already
     /// in flight when the warning left is still served rather than refused.
@@ -286,14 +318,33 @@ final class H2SessionCore {
     fileprivate func onBeginHeaders(streamID: H2StreamID) {
         if inbound[streamID] == nil { inbound[streamID] = InboundStream() }
         inbound[streamID]?.headers.removeAll()
+        inbound[streamID]?.headerListBytes = 0
     }
 
-    fileprivate func onHeader(streamID: H2StreamID, name: String, value: String) {
-        inbound[streamID]?.headers.append(H2Header(name, value))
+    /// Collects one header field, bounded by `maxHeaderListSize`: HPACK lets a few bytes on the wire name kilobytes
+    /// of table entries, so the decoded size is what is counted. A block past the bound resets its stream
+    /// (ENHANCE_YOUR_CALM, which gRPC clients map to RESOURCE_EXHAUSTED) and nothing more of it is kept.
+    fileprivate func onHeader(streamID: H2StreamID, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>)
+    {
+        guard inbound[streamID]?.headerListExceeded == false, let used = inbound[streamID]?.headerListBytes else {
+            return
+        }
+        let size = used + name.count + value.count + 32
+        guard size <= Int(configuration.maxHeaderListSize) else {
+            inbound[streamID]?.headers = []
+            inbound[streamID]?.headerListExceeded = true
+            _ = nghttp2_submit_rst_stream(
+                session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, H2ErrorCode.enhanceYourCalm.rawValue)
+            delegate?.h2LimitExceeded(.headerListSize, streamID: streamID)
+            return
+        }
+        inbound[streamID]?.headerListBytes = size
+        inbound[streamID]?.headers.append(
+            H2Header(String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
     }
 
     fileprivate func onHeadersFrame(streamID: H2StreamID, endStream: Bool) {
-        guard var stream = inbound[streamID] else { return }
+        guard var stream = inbound[streamID], !stream.headerListExceeded else { return }
         let headers = stream.headers
         stream.headers = []
         let kind: H2HeaderBlockKind =
@@ -328,6 +379,16 @@ final class H2SessionCore {
         if nghttp2_session_get_stream_remote_close(session, streamID) == 0 {
             _ = nghttp2_submit_rst_stream(
                 session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, H2ErrorCode.noError.rawValue)
+        }
+    }
+
+    fileprivate func notePeerSettings() { prefaceReceived = true }
+
+    /// nghttp2 refused a frame on its own; the refusals that cross one of our bounds are reported.
+    fileprivate func onInvalidFrame(streamID: H2StreamID, libraryError: Int32) {
+        if libraryError == NGHTTP2_ERR_REFUSED_STREAM.rawValue {
+            // HEADERS past SETTINGS_MAX_CONCURRENT_STREAMS: nghttp2 has queued RST_STREAM(REFUSED_STREAM).
+            delegate?.h2LimitExceeded(.concurrentStreams, streamID: streamID)
         }
     }
 
@@ -402,9 +463,14 @@ final class H2SessionCore {
             guard let frame, let userData, let name, let value else { return 0 }
             let core = Unmanaged<H2SessionCore>.fromOpaque(userData).takeUnretainedValue()
             core.onHeader(
-                streamID: frame.pointee.hd.stream_id,
-                name: String(decoding: UnsafeBufferPointer(start: name, count: nameLength), as: UTF8.self),
-                value: String(decoding: UnsafeBufferPointer(start: value, count: valueLength), as: UTF8.self))
+                streamID: frame.pointee.hd.stream_id, name: UnsafeBufferPointer(start: name, count: nameLength),
+                value: UnsafeBufferPointer(start: value, count: valueLength))
+            return 0
+        }
+        nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(callbacks) { _, frame, libraryError, userData in
+            guard let frame, let userData else { return 0 }
+            let core = Unmanaged<H2SessionCore>.fromOpaque(userData).takeUnretainedValue()
+            core.onInvalidFrame(streamID: frame.pointee.hd.stream_id, libraryError: libraryError)
             return 0
         }
         nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks) { _, frame, userData in
@@ -417,6 +483,8 @@ final class H2SessionCore {
                 core.onHeadersFrame(streamID: header.stream_id, endStream: endStream)
             case NGHTTP2_DATA.rawValue where endStream:
                 core.onDataFrameEnd(streamID: header.stream_id)
+            case NGHTTP2_SETTINGS.rawValue where header.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) == 0:
+                core.notePeerSettings()
             case NGHTTP2_PING.rawValue where header.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0:
                 core.onPingAck()
             case NGHTTP2_GOAWAY.rawValue:

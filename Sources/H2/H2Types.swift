@@ -72,7 +72,9 @@ public enum H2HeaderBlockKind: Sendable, Equatable {
 /// caused by our own frames, from inside `takeOutput`). The delegate may call back into the session.
 public protocol H2SessionDelegate: AnyObject {
     func h2HeadersReceived(streamID: H2StreamID, headers: [H2Header], kind: H2HeaderBlockKind, endStream: Bool)
-    /// `bytes` may be empty when only the end-of-stream flag arrives.
+    /// `bytes` may be empty when only the end-of-stream flag arrives. Flow control follows consumption: call
+    /// `consume(streamID:count:)` on the session once the bytes are processed, or the peer stops being allowed
+    /// to send (after the stream's, then the connection's, window).
     func h2DataReceived(streamID: H2StreamID, bytes: [UInt8], endStream: Bool)
     /// The stream is gone: `errorCode` is `.noError` for a normal close, else the RST_STREAM code
     /// (sent or received) or the connection's failure.
@@ -81,17 +83,24 @@ public protocol H2SessionDelegate: AnyObject {
     /// The stream's outbound queue became empty: the peer has taken everything we queued.
     /// Callers applying backpressure resume producing here.
     func h2OutboundQueueDrained(streamID: H2StreamID)
+    /// The peer crossed `limit` on `streamID`; the session has already refused or reset the stream.
+    func h2LimitExceeded(_ limit: H2Limit, streamID: H2StreamID)
 }
 
 extension H2SessionDelegate {
     public func h2GoAwayReceived(lastStreamID: H2StreamID, errorCode: H2ErrorCode) {}
     public func h2OutboundQueueDrained(streamID: H2StreamID) {}
+    public func h2LimitExceeded(_ limit: H2Limit, streamID: H2StreamID) {}
 }
 
-/// Tunables of a session. Defaults fit gRPC with 4 MiB messages.
+/// Tunables of a session, and the bounds it enforces on what a peer sends. Defaults fit gRPC over a local socket
+/// with one peer process per connection (Envoy's SDS client, a Workload API server).
 public struct H2Configuration: Sendable, Equatable {
-    /// SETTINGS_MAX_CONCURRENT_STREAMS we advertise.
-    public var maxConcurrentStreams: UInt32 = 1000
+    /// SETTINGS_MAX_CONCURRENT_STREAMS we advertise; nghttp2 refuses HEADERS past it with RST_STREAM(REFUSED_STREAM).
+    /// Envoy opens one SDS stream per secret name per connection — a sidecar subscribes a handful (`default`,
+    /// `ROOTCA`, a few file-backed names) — so 128 leaves more than ten times that, while capping what one connection
+    /// can make the agent hold (each open call keeps its headers and a request buffer).
+    public var maxConcurrentStreams: UInt32 = 128
     /// SETTINGS_INITIAL_WINDOW_SIZE we advertise (per stream inbound window).
     public var initialWindowSize: UInt32 = 1 << 20
     /// Connection-level inbound window we grow to at start.
@@ -99,8 +108,33 @@ public struct H2Configuration: Sendable, Equatable {
     /// Bound on bytes queued (not yet taken by nghttp2 because of flow control or pacing) per stream.
     /// `sendData` refuses with `.wouldExceed` past this: a slow reader cannot make us buffer without bound.
     public var maxQueuedBytesPerStream: Int = 8 << 20
-    /// SETTINGS_MAX_HEADER_LIST_SIZE we advertise.
-    public var maxHeaderListSize: UInt32 = 64 << 10
+    /// SETTINGS_MAX_HEADER_LIST_SIZE we advertise, and enforce on the decoded header block (name + value + 32 per
+    /// field): a block past it resets its stream with ENHANCE_YOUR_CALM. 16 KiB is gRPC core's hard limit; the
+    /// headers of an SDS or Workload API request are a few hundred bytes (the ~61 KB Node travels in DATA).
+    public var maxHeaderListSize: UInt32 = 16 << 10
+    /// CONTINUATION frames allowed after one HEADERS frame; one more fails the connection (GOAWAY, close). A header
+    /// block within `maxHeaderListSize` fits in one or two 16 KiB frames; 8 is nghttp2's own default, stated here so
+    /// a CONTINUATION flood (HEADERS without END_HEADERS, then endless CONTINUATION) has a visible bound.
+    public var maxContinuations: Int = 8
+    /// Our HPACK encoder's dynamic table, whatever larger SETTINGS_HEADER_TABLE_SIZE the peer advertises: a peer
+    /// cannot make us keep more header state per connection than this. (The decoder's table is bounded by the
+    /// SETTINGS_HEADER_TABLE_SIZE we advertise, HTTP/2's default 4 KiB.)
+    public var maxEncoderTableSize: Int = 4096
+    /// Token bucket for RST_STREAM from a client (server only): `streamResetBurst` at once, refilled by
+    /// `streamResetRatePerSecond`; a client resetting faster gets GOAWAY. A peer that opens and cancels streams in a
+    /// loop (HTTP/2 "rapid reset") otherwise makes the server start and tear down calls for free. nghttp2's
+    /// defaults: Envoy resets an SDS stream only when a subscription goes away.
+    public var streamResetBurst: UInt64 = 1000
+    public var streamResetRatePerSecond: UInt64 = 33
 
     public init() {}
+}
+
+/// A bound a peer crossed that the session handled on its own (the stream was refused or reset); reported to the
+/// delegate so the owner can log it.
+public enum H2Limit: String, Sendable, Equatable, Hashable, CaseIterable {
+    /// HEADERS past SETTINGS_MAX_CONCURRENT_STREAMS: RST_STREAM(REFUSED_STREAM).
+    case concurrentStreams = "concurrent streams"
+    /// A header block larger than `maxHeaderListSize`: RST_STREAM(ENHANCE_YOUR_CALM).
+    case headerListSize = "header list size"
 }

@@ -74,7 +74,8 @@ public final class Agent {
             loop: loop, router: router, logger: logger,
             admission: PeerAdmission(uids: configuration.allowedUIDs, gids: configuration.allowedGIDs),
             limits: OutboundLimits(
-                maxQueuedBytes: configuration.maxQueuedBytes, writeStallTimeout: configuration.writeStallTimeout))
+                maxQueuedBytes: configuration.maxQueuedBytes, writeStallTimeout: configuration.writeStallTimeout),
+            inboundLimits: configuration.limits)
         service.onSubscribe = { [unowned self] names, peer in self.fileNames.subscribe(names, peer: peer) }
         service.onRelease = { [unowned self] names in self.fileNames.release(names) }
         fileNames.publish = { [unowned self] secrets in

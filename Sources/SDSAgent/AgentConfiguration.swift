@@ -68,6 +68,8 @@ public struct AgentConfiguration: Sendable {
     public var allowedGIDs: Set<UInt32>
     public var writeStallTimeout: Double = OutboundLimits.defaultWriteStallTimeout
     public var maxQueuedBytes: Int = OutboundLimits.defaultMaxQueuedBytes
+    /// Bounds on what peers of the socket can make the agent hold (`--max-request-bytes`, `--max-connections`).
+    public var limits = InboundLimits()
 
     /// Why 10 min: a drain only waits for peers to take the last bytes; Kubernetes' default grace period is 30 s,
     /// and an unbounded (or `inf`) drain would keep a dead pod's sidecar alive forever.
@@ -90,6 +92,15 @@ public struct AgentConfiguration: Sendable {
     public static let defaultCARootCert = "/var/run/secrets/istio/root-cert.pem"
     public static let defaultTokenFile = "/var/run/secrets/tokens/istio-token"
     public static let defaultClusterID = "Kubernetes"
+
+    /// The range each duration flag accepts. Every duration is finite and positive; the upper ends catch unit
+    /// mistakes (`--svid-ttl 3600h` meant as seconds) and keep every derived timer and certificate date in range.
+    /// SVIDs: from `minimumSVIDTTL` to 90 days (istiod's maximum workload certificate lifetime). CA root: at most 10
+    /// years (and at least its rotation ratio times the SVID lifetime, checked with the issuer). Drain: at most
+    /// `maxDrainTimeout`.
+    public static let svidTTLRange: ClosedRange<Double> = minimumSVIDTTL...(90 * 86400)
+    public static let caTTLRange: ClosedRange<Double> = minimumSVIDTTL...(10 * 365 * 86400)
+    public static let drainTimeoutRange: ClosedRange<Double> = 0.001...maxDrainTimeout
 }
 
 /// Flag values as typed by the user (nil when absent). The executable fills it; `resolve` does the rest.
@@ -115,6 +126,8 @@ public struct RawAgentOptions: Sendable, Equatable {
     public var logLevel: String?
     public var logFormat: String?
     public var drainTimeout: String?
+    public var maxRequestBytes: String?
+    public var maxConnections: String?
     public var fileDirs: String?
     public var allowUIDs: String?
     public var allowGIDs: String?
@@ -180,14 +193,9 @@ extension AgentConfiguration {
             throw ConfigurationError(flag: "--spiffe-id (SPIFFE_ID)", problem: problem)
         }
 
-        let ttl = try duration(pick(options.svidTTL, "SECRET_TTL", "1h"), flag: "--svid-ttl (SECRET_TTL)")
-        guard ttl >= minimumSVIDTTL else {
-            throw ConfigurationError(
-                flag: "--svid-ttl (SECRET_TTL)",
-                problem:
-                    "must be at least \(DurationText.format(seconds: minimumSVIDTTL)), got \(DurationText.format(seconds: ttl)) (an SVID must outlive Envoy's first reconnect attempts)"
-            )
-        }
+        let ttl = try duration(
+            pick(options.svidTTL, "SECRET_TTL", "1h"), flag: "--svid-ttl (SECRET_TTL)", range: svidTTLRange,
+            why: "an SVID must outlive Envoy's first reconnect attempts; istiod issues at most 90 days")
         let ratioText = pick(options.rotateRatio, "SECRET_GRACE_PERIOD_RATIO", "0.5")
         guard let ratio = Double(ratioText), ratio > 0, ratio < 1 else {
             throw ConfigurationError(
@@ -200,7 +208,8 @@ extension AgentConfiguration {
             throw ConfigurationError(
                 flag: caCert == nil ? "--ca-cert" : "--ca-key", problem: "--ca-cert and --ca-key go together")
         }
-        let caTTL = try duration(pick(options.caTTL, "SDS_CA_TTL", "8760h"), flag: "--ca-ttl")
+        let caTTL = try duration(
+            pick(options.caTTL, "SDS_CA_TTL", "8760h"), flag: "--ca-ttl", range: caTTLRange, why: "at most 10 years")
         // What an injected istio-proxy container already says: PILOT_CERT_PROVIDER=istiod with a CA_ADDR.
         let istioInjected =
             environment["PILOT_CERT_PROVIDER"] == "istiod" && !(environment["CA_ADDR"] ?? "").isEmpty
@@ -238,14 +247,13 @@ extension AgentConfiguration {
         guard let format = LogOutput.Format(rawValue: formatText) else {
             throw ConfigurationError(flag: "--log-format", problem: "'\(formatText)' is not one of: text, json")
         }
-        let drain = try duration(pick(options.drainTimeout, "SDS_DRAIN_TIMEOUT", "5s"), flag: "--drain-timeout")
-        try checkFinite(drain, atMost: maxDrainTimeout, flag: "--drain-timeout")
+        let drain = try duration(
+            pick(options.drainTimeout, "SDS_DRAIN_TIMEOUT", "5s"), flag: "--drain-timeout", range: drainTimeoutRange,
+            why: "a drain only waits for peers to take the last bytes")
         let stall = try duration(
-            pick(options.writeStallTimeout, "SDS_WRITE_STALL_TIMEOUT", "30s"), flag: "--write-stall-timeout")
-        try checkFinite(stall, atMost: maxWriteStallTimeout, flag: "--write-stall-timeout")
-        guard stall >= minWriteStallTimeout else {
-            throw ConfigurationError(flag: "--write-stall-timeout", problem: "must be at least 100ms, got '\(stall)s'")
-        }
+            pick(options.writeStallTimeout, "SDS_WRITE_STALL_TIMEOUT", "30s"), flag: "--write-stall-timeout",
+            range: minWriteStallTimeout...maxWriteStallTimeout,
+            why: "shorter cuts off a healthy Envoy, longer only keeps a stuck peer's memory")
         let queuedText = pick(
             options.maxQueuedBytes, "SDS_MAX_QUEUED_BYTES", String(OutboundLimits.defaultMaxQueuedBytes))
         guard let queued = Int(queuedText), queued >= 64 << 10, queued <= maxQueuedBytesLimit else {
@@ -253,6 +261,14 @@ extension AgentConfiguration {
                 flag: "--max-queued-bytes",
                 problem: "'\(queuedText)' must be a byte count from \(64 << 10) to \(maxQueuedBytesLimit)")
         }
+
+        var limits = InboundLimits()
+        limits.maxRequestBytes = try count(
+            pick(options.maxRequestBytes, "SDS_MAX_REQUEST_BYTES", String(InboundLimits.defaultMaxRequestBytes)),
+            flag: "--max-request-bytes", range: InboundLimits.maxRequestBytesRange)
+        limits.maxConnections = try count(
+            pick(options.maxConnections, "SDS_MAX_CONNECTIONS", String(InboundLimits.defaultMaxConnections)),
+            flag: "--max-connections", range: InboundLimits.maxConnectionsRange)
 
         let fileDirs = try directories(
             pick(options.fileDirs, "SDS_FILE_DIRS", FileAccessPolicy.defaultDirectories.joined(separator: ",")))
@@ -270,6 +286,7 @@ extension AgentConfiguration {
             allowedUIDs: Set(uids ?? []).union([ownUID]), allowedGIDs: Set(gids ?? []))
         configuration.writeStallTimeout = stall
         configuration.maxQueuedBytes = queued
+        configuration.limits = limits
         return configuration
     }
 
@@ -392,23 +409,40 @@ extension AgentConfiguration {
         return result
     }
 
-    /// `inf`, `nan` or an absurd length is refused: a timer must fire at some point.
-    private static func checkFinite(_ seconds: Double, atMost limit: Double, flag: String) throws(ConfigurationError) {
-        guard seconds.isFinite, seconds <= limit else {
-            throw ConfigurationError(
-                flag: flag, problem: "must be at most \(DurationText.format(seconds: limit)), got \(seconds)")
-        }
-    }
-
-    private static func duration(_ text: String, flag: String) throws(ConfigurationError) -> Double {
+    private static func duration(_ text: String, flag: String, range: ClosedRange<Double>, why: String)
+        throws(ConfigurationError) -> Double
+    {
         let seconds: Double
         do { seconds = try DurationText.seconds(text) } catch {
             throw ConfigurationError(flag: flag, problem: error.description)
         }
-        guard seconds > 0 else {
-            throw ConfigurationError(flag: flag, problem: "must be greater than 0, got '\(text)'")
+        guard range.contains(seconds) else {
+            throw ConfigurationError(
+                flag: flag,
+                problem:
+                    "'\(text)' is out of range: must be from \(DurationText.format(seconds: range.lowerBound)) to \(DurationText.format(seconds: range.upperBound)) (\(why))"
+            )
         }
         return seconds
+    }
+
+    /// A whole number within `range`; suffixes Ki and Mi (powers of 1024) are accepted for sizes.
+    private static func count(_ text: String, flag: String, range: ClosedRange<Int>) throws(ConfigurationError)
+        -> Int
+    {
+        var digits = Substring(text.trimmingSpaces())
+        var scale = 1
+        for (suffix, factor) in [("Ki", 1 << 10), ("Mi", 1 << 20)] where digits.hasSuffix(suffix) {
+            digits = digits.dropLast(suffix.count)
+            scale = factor
+        }
+        guard let value = Int(digits), value.multipliedReportingOverflow(by: scale).overflow == false,
+            range.contains(value * scale)
+        else {
+            throw ConfigurationError(
+                flag: flag, problem: "'\(text)' must be a whole number from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return value * scale
     }
 
     /// The socket's directory must exist (or be creatable) and be writable, or bind would fail later with less context.

@@ -42,7 +42,7 @@ public enum AgentCommandLine {
             set: { $0.spiffeID = $1 }),
         Flag(
             name: "svid-ttl", valueName: "duration", environment: "SECRET_TTL",
-            help: "SVID lifetime, e.g. 1h, 30m, 24h (default 1h; at least 10s).", set: { $0.svidTTL = $1 }),
+            help: "SVID lifetime, e.g. 1h, 30m, 24h (default 1h; 10s to 2160h).", set: { $0.svidTTL = $1 }),
         Flag(
             name: "rotate-ratio", valueName: "ratio", environment: "SECRET_GRACE_PERIOD_RATIO",
             help: "Rotate when this fraction of the lifetime is left (default 0.5).", set: { $0.rotateRatio = $1 }),
@@ -53,7 +53,8 @@ public enum AgentCommandLine {
             set: { $0.stateDir = $1 }),
         Flag(
             name: "ca-ttl", valueName: "duration", environment: "SDS_CA_TTL",
-            help: "Lifetime of each local CA root, rotated with overlap; at least 6 x --svid-ttl (default 8760h).",
+            help:
+                "Lifetime of each local CA root, rotated with overlap; 6 x --svid-ttl to 87600h (default 8760h).",
             set: { $0.caTTL = $1 }),
         Flag(
             name: "ca-cert", valueName: "pem", environment: "SDS_CA_CERT",
@@ -129,6 +130,15 @@ public enum AgentCommandLine {
             name: "max-queued-bytes", valueName: "bytes", environment: "SDS_MAX_QUEUED_BYTES",
             help: "Disconnect a peer that lets more than this wait for it, per connection (default 16777216).",
             set: { $0.maxQueuedBytes = $1 }),
+        Flag(
+            name: "max-request-bytes", valueName: "bytes", environment: "SDS_MAX_REQUEST_BYTES",
+            help:
+                "Largest request message; a bigger one ends its stream RESOURCE_EXHAUSTED (default 1Mi; 64Ki to 64Mi).",
+            set: { $0.maxRequestBytes = $1 }),
+        Flag(
+            name: "max-connections", valueName: "count", environment: "SDS_MAX_CONNECTIONS",
+            help: "Connections served at once; more are closed on accept (default 256; 1 to 65536).",
+            set: { $0.maxConnections = $1 }),
     ]
 
     /// Parses `arguments` (without the program name).

@@ -6,16 +6,27 @@ public enum DurationText {
         public var description: String { "'\(text)' is not a duration (examples: 1h, 30m, 1h30m, 90s, 500ms)" }
     }
 
-    /// Seconds in `text`.
+    /// Seconds in `text`: always finite and not negative (`inf`, `nan`, `-5s` and overflowing digits are not
+    /// durations). Each flag then checks its own range.
     public static func seconds(_ text: String) throws(ParseError) -> Double {
+        let total = try parse(text)
+        guard total.isFinite, total >= 0 else { throw ParseError(text: text) }
+        return total
+    }
+
+    private static func parse(_ text: String) throws(ParseError) -> Double {
         let trimmed = text.trimmingSpaces()
         guard !trimmed.isEmpty else { throw ParseError(text: text) }
-        if let plain = Double(trimmed) { return plain }
+        // Only plain decimals: Double() also reads "inf", "nan" and hex floats.
+        if trimmed.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }) {
+            guard let plain = Double(trimmed) else { throw ParseError(text: text) }
+            return plain
+        }
         let units: [(String, Double)] = [("ms", 0.001), ("h", 3600), ("m", 60), ("s", 1)]
         var total = 0.0
         var rest = Substring(trimmed)
         while !rest.isEmpty {
-            let number = rest.prefix { $0.isNumber || $0 == "." }
+            let number = rest.prefix { $0.isASCII && ($0.isNumber || $0 == ".") }
             guard !number.isEmpty, let value = Double(number) else { throw ParseError(text: text) }
             rest = rest.dropFirst(number.count)
             guard let (unit, scale) = units.first(where: { rest.hasPrefix($0.0) }) else { throw ParseError(text: text) }

@@ -26,8 +26,8 @@ public struct PeerAdmission: Sendable, Equatable {
 /// that makes even that much wait.
 public struct OutboundLimits: Sendable, Equatable {
     /// Bytes a connection may have waiting for its peer (HTTP/2 stream queues plus the socket's write queue).
-    /// Why 16 MiB: the largest legitimate burst is one response per stream on a full connection — 1,000 streams
-    /// (our SETTINGS_MAX_CONCURRENT_STREAMS) of a few KiB each — with room for large trust bundles.
+    /// Why 16 MiB: the largest legitimate burst is one response per stream on a full connection — 128 streams
+    /// (our SETTINGS_MAX_CONCURRENT_STREAMS) of a few KiB each — with ample room for large trust bundles.
     public static let defaultMaxQueuedBytes = 16 << 20
     /// Why 30 s: Envoy reads continuously; a peer whose data has waited this long without it taking a byte is
     /// stuck or hostile, and a reconnecting Envoy gets the current state at once.
@@ -66,19 +66,23 @@ public final class SDSServer {
     private var reportedRefusals: Set<UInt64> = []
     public private(set) var refusedPeerCount = 0
     let limits: OutboundLimits
+    /// What a peer may make the agent hold or do (see `InboundLimits`).
+    let inboundLimits: InboundLimits
+    private var refusals = RefusalLog()
     /// Stop pulling bytes from nghttp2 while this much is queued in user space for the socket.
     static let writeHighWater = 256 * 1024
 
     public init(
         loop: EventLoop, router: GRPCRouter, logger: Logger, admission: PeerAdmission,
-        h2Configuration: H2Configuration = H2Configuration(), limits: OutboundLimits = OutboundLimits()
+        limits: OutboundLimits = OutboundLimits(), inboundLimits: InboundLimits = InboundLimits()
     ) {
         self.loop = loop
         self.router = router
         self.logger = logger
         self.admission = admission
-        self.h2Configuration = h2Configuration
+        self.h2Configuration = inboundLimits.h2Configuration
         self.limits = limits
+        self.inboundLimits = inboundLimits
     }
 
     public var connectionCount: Int { connections.count }
@@ -87,7 +91,13 @@ public final class SDSServer {
 
     /// Binds the socket (mode applied at creation) and starts accepting.
     public func listen(on address: UnixSocketAddress, mode: UInt32) throws(SystemError) {
-        listener = try UnixListener(address: address, mode: mode, loop: loop) { [unowned self] fd in self.accept(fd) }
+        let listener = try UnixListener(address: address, mode: mode, loop: loop) { [unowned self] fd in
+            self.accept(fd)
+        }
+        listener.onPause = { [unowned self] error in
+            self.refused("accept paused: \(error)", metadata: ["connections": "\(self.connections.count)"])
+        }
+        self.listener = listener
     }
 
     /// Stops accepting and removes the socket file.
@@ -116,14 +126,36 @@ public final class SDSServer {
         connections.removeAll()
     }
 
+    /// The connection cap: past `inboundLimits.maxConnections` a new connection is closed at once, before any byte is
+    /// read or written (the peer sees EOF), so a flood of connections costs one accept and close each.
+    private func admitUnderConnectionCap(_ fd: Int32) -> Bool {
+        guard connections.count < inboundLimits.maxConnections else {
+            Glibc.close(fd)
+            refused(
+                "connection limit (\(inboundLimits.maxConnections)) reached: closing new connections", metadata: [:])
+            return false
+        }
+        return true
+    }
+
+    /// Logs a refusal once per cause and interval (see `RefusalLog`), never once per event.
+    fileprivate func refused(_ cause: String, metadata: Logger.Metadata) {
+        guard let entry = refusals.record(cause, now: EventLoop.monotonicSeconds()) else { return }
+        var metadata = metadata
+        if entry.suppressed > 0 { metadata["unlogged_since_last"] = "\(entry.suppressed)" }
+        logger.warning("refused: \(cause)", metadata: metadata)
+    }
+
     private func accept(_ fd: Int32) {
+        guard admitUnderConnectionCap(fd) else { return }
         guard let peer = admit(fd) else {
             Glibc.close(fd)
             return
         }
         connectionCounter += 1
         let connection = ServerConnection(
-            id: connectionCounter, router: router, configuration: h2Configuration, server: self, loop: loop)
+            id: connectionCounter, router: router, configuration: h2Configuration, inboundLimits: inboundLimits,
+            server: self, loop: loop)
         connection.grpc.peer = peer.description
         do {
             connection.socket = try Connection(fd: fd, loop: loop, delegate: connection)
@@ -139,6 +171,19 @@ public final class SDSServer {
                 "connection": "\(connection.id)", "peer_pid": "\(peer.pid)", "peer_uid": "\(peer.uid)",
                 "peer_gid": "\(peer.gid)",
             ])
+        connection.grpc.onLimitExceeded = { [unowned self] limit in
+            self.refused("HTTP/2 \(limit.rawValue) limit crossed: stream refused", metadata: [:])
+        }
+        connection.grpc.onBufferBudgetExceeded = { [unowned self] in
+            let budget = self.inboundLimits.maxBufferedRequestBytesPerConnection
+            self.refused("partial requests on one connection past \(budget) bytes: stream ended", metadata: [:])
+        }
+        connection.prefaceTimer = loop.schedule(after: inboundLimits.prefaceTimeout) { [weak self, weak connection] in
+            guard let self, let connection, !connection.grpc.session.prefaceReceived else { return }
+            self.refused("no HTTP/2 preface within \(self.inboundLimits.prefaceTimeout) s: closing", metadata: [:])
+            connection.close()
+            self.closed(connection, reason: "no HTTP/2 preface")
+        }
         connection.flush()  // the server preface, now
     }
 
@@ -178,8 +223,11 @@ public final class SDSServer {
 
     fileprivate func closed(_ connection: ServerConnection, reason: String) {
         guard connections.removeValue(forKey: ObjectIdentifier(connection)) != nil else { return }
+        connection.prefaceTimer?.cancel()
         connection.stopStallWatch()
         connection.grpc.connectionLost()
+        // A descriptor is free again: a listener paused on EMFILE may accept now.
+        listener?.resume()
         logger.info("connection closed", metadata: ["connection": "\(connection.id)", "reason": "\(reason)"])
         if connections.isEmpty { onAllConnectionsClosed?() }
     }
@@ -193,6 +241,8 @@ final class ServerConnection: ConnectionDelegate {
     private unowned let server: SDSServer
     private let loop: EventLoop
     private var outputBuffer: [UInt8] = []
+    /// Closes the connection if the peer's HTTP/2 preface has not arrived in time (`InboundLimits.prefaceTimeout`).
+    var prefaceTimer: EventLoop.Timer?
     /// Bytes handed to the socket since the connection opened; minus what it still queues, what the peer took.
     private var bytesHanded: UInt64 = 0
     private var stallTimer: EventLoop.Timer?
@@ -201,13 +251,17 @@ final class ServerConnection: ConnectionDelegate {
     /// The session finished; the socket closes once its queue is written (or the drain timeout ends it).
     private var closing = false
 
-    init(id: UInt64, router: GRPCRouter, configuration: H2Configuration, server: SDSServer, loop: EventLoop) {
+    init(
+        id: UInt64, router: GRPCRouter, configuration: H2Configuration, inboundLimits: InboundLimits,
+        server: SDSServer, loop: EventLoop
+    ) {
         self.id = id
         self.loop = loop
         // Deadlines (`grpc-timeout`) run on the loop's timers; what an expiry writes is flushed right after.
         let flusher = WeakFlusher()
         self.grpc = GRPCServerConnection(
-            router: router, configuration: configuration,
+            router: router, configuration: configuration, maxMessageBytes: inboundLimits.maxRequestBytes,
+            maxBufferedRequestBytes: inboundLimits.maxBufferedRequestBytesPerConnection,
             scheduler: { seconds, action in
                 let timer = loop.schedule(after: seconds) {
                     action()
@@ -302,6 +356,7 @@ final class ServerConnection: ConnectionDelegate {
     }
 
     func close() {
+        prefaceTimer?.cancel()
         stopStallWatch()
         socket?.close()
         grpc.connectionLost()

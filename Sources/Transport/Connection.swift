@@ -28,6 +28,11 @@ public final class Connection {
     /// Close once the queue drains (graceful shutdown).
     private var closeWhenDrained = false
 
+    /// Reads per readiness report before yielding to the other descriptors: a peer that keeps its socket full
+    /// gets 256 KiB per loop iteration, not the whole loop (epoll is level-triggered, so the rest is reported again
+    /// at once).
+    static let maxReadsPerWakeup = 4
+
     nonisolated(unsafe) private static var readBuffer = UnsafeMutableRawBufferPointer.allocate(
         byteCount: 64 * 1024, alignment: 16)
 
@@ -91,7 +96,7 @@ public final class Connection {
 
     private func readAvailable() {
         let buffer = Self.readBuffer
-        while !isClosed {
+        for _ in 0..<Self.maxReadsPerWakeup where !isClosed {
             let count = Glibc.read(fd, buffer.baseAddress, buffer.count)
             if count > 0 {
                 delegate?.connection(self, received: UnsafeRawBufferPointer(rebasing: buffer[0..<count]))

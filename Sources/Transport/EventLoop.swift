@@ -210,6 +210,9 @@ public final class EventLoop {
         }
     }
 
+    /// Seconds on the monotonic clock the timers use (for rate limits and durations, not wall time).
+    public static func monotonicSeconds() -> Double { Double(monotonicNanos()) / 1_000_000_000 }
+
     static func monotonicNanos() -> UInt64 {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)

@@ -30,7 +30,10 @@ public final class WorkloadAPIIssuer: Issuer {
     private let scheduler: any Scheduler
     private let clock: any WallClock
     private let randomUnit: () -> Double
-    private let dial: (UnixSocketAddress) throws(SystemError) -> Int32
+    private let dial: (UnixSocketAddress) throws(SystemError) -> UnixConnectStart
+    private let connectTimeout: Double
+    /// A connect still under way: its descriptor waits for writability, bounded by `connectTimeout`.
+    private var pendingConnect: (fd: Int32, attempt: Int, timer: any ScheduledTimer)?
     private var machine: WorkloadAPIClientStateMachine
     private var callbacks: Callbacks = .none
     private var retryTimer: (any ScheduledTimer)?
@@ -43,14 +46,18 @@ public final class WorkloadAPIIssuer: Issuer {
     ///   - firstResponseTimeout: seconds a new connection may go without an X509SVIDResponse before it is torn
     ///     down, reported and retried. The Workload API spec has SPIRE answer the first FetchX509SVID
     ///     message immediately, so silence this long means a wedged peer, not a slow one.
+    ///   - connectTimeout: seconds a connect that did not complete at once may take before it counts as failed.
     ///   - randomUnit: uniform samples in [0, 1) for backoff jitter (injected for tests).
-    ///   - dial: connects to the socket (injected for tests; the default is a Unix-socket connect).
+    ///   - dial: starts connecting to the socket and must never block (injected for tests; the default is a
+    ///     non-blocking Unix-socket connect: a full listen backlog fails at once with EAGAIN and is retried with
+    ///     backoff like any refused connection).
     public init(
         socket: UnixSocketAddress, spiffeID: SPIFFEID?, loop: EventLoop, scheduler: any Scheduler,
         clock: any WallClock, backoff: Backoff = Backoff(), firstResponseTimeout: Double = 10,
+        connectTimeout: Double = WorkloadAPIIssuer.defaultConnectTimeout,
         randomUnit: @escaping () -> Double = { Double.random(in: 0..<1) },
-        dial: @escaping (UnixSocketAddress) throws(SystemError) -> Int32 = { (address) throws(SystemError) in
-            try connectUnixSocket(address)
+        dial: @escaping (UnixSocketAddress) throws(SystemError) -> UnixConnectStart = {
+            (address) throws(SystemError) in try startUnixConnect(address)
         }
     ) {
         self.socket = socket
@@ -59,9 +66,13 @@ public final class WorkloadAPIIssuer: Issuer {
         self.clock = clock
         self.randomUnit = randomUnit
         self.dial = dial
+        self.connectTimeout = connectTimeout
         self.machine = WorkloadAPIClientStateMachine(
             upstream: socket.path, wantedID: spiffeID, backoff: backoff, firstResponseTimeout: firstResponseTimeout)
     }
+
+    /// A local socket connects at once or fails at once; one still pending after this long is wedged.
+    public static let defaultConnectTimeout = 5.0
 
     /// What the agent calls for `--issuer workload-api`.
     public static func make(
@@ -141,13 +152,63 @@ public final class WorkloadAPIIssuer: Issuer {
     }
 
     private func connect(attempt: Int) {
-        let fd: Int32
+        cancelPendingConnect()
+        let start: UnixConnectStart
         do throws(SystemError) {
-            fd = try dial(socket)
+            start = try dial(socket)
         } catch {
             perform(machine.connectFailed(attempt: attempt, reason: "\(error)", randomUnit: randomUnit()))
             return
         }
+        switch start {
+        case .connected(let fd):
+            connected(fd: fd, attempt: attempt)
+        case .inProgress(let fd):
+            awaitConnect(fd: fd, attempt: attempt)
+        }
+    }
+
+    /// Waits, on the loop, for an in-progress connect to finish (writable, then SO_ERROR) or time out.
+    private func awaitConnect(fd: Int32, attempt: Int) {
+        let timer = scheduler.schedule(after: connectTimeout) { [weak self] in
+            guard let self, let pending = self.pendingConnect, pending.fd == fd else { return }
+            self.cancelPendingConnect()
+            self.perform(
+                self.machine.connectFailed(
+                    attempt: attempt, reason: "connect \(self.socket.path): timed out after \(self.connectTimeout) s",
+                    randomUnit: self.randomUnit()))
+        }
+        pendingConnect = (fd, attempt, timer)
+        do throws(SystemError) {
+            try loop.register(fd: fd, events: .writable) { [weak self] _ in
+                guard let self, let pending = self.pendingConnect, pending.fd == fd else { return }
+                pending.timer.cancel()
+                self.pendingConnect = nil
+                self.loop.deregister(fd: fd)
+                do throws(SystemError) {
+                    try finishUnixConnect(fd, address: self.socket)
+                } catch {
+                    self.perform(
+                        self.machine.connectFailed(attempt: attempt, reason: "\(error)", randomUnit: self.randomUnit()))
+                    return
+                }
+                self.connected(fd: fd, attempt: attempt)
+            }
+        } catch {
+            cancelPendingConnect()
+            perform(machine.connectFailed(attempt: attempt, reason: "\(error)", randomUnit: randomUnit()))
+        }
+    }
+
+    private func cancelPendingConnect() {
+        guard let pending = pendingConnect else { return }
+        pendingConnect = nil
+        pending.timer.cancel()
+        loop.deregister(fd: pending.fd)
+        Glibc.close(pending.fd)
+    }
+
+    private func connected(fd: Int32, attempt: Int) {
         let upstream = UpstreamConnection(attempt: attempt, issuer: self)
         do throws(SystemError) {
             // The driver owns `fd` from here, closing it on failure too.
@@ -168,6 +229,7 @@ public final class WorkloadAPIIssuer: Issuer {
     }
 
     private func closeConnection() {
+        cancelPendingConnect()
         guard let upstream = connection else { return }
         connection = nil
         upstream.close()

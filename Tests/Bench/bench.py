@@ -30,7 +30,7 @@ AGENT = BIN / "sds-agent"
 CLIENT = BIN / "sds-bench"
 FLOOR = BIN / "sds-floor"
 TRUST_DOMAIN = "example.org"
-STREAMS_PER_CONNECTION = 100  # the agent advertises 1,000 concurrent streams per connection
+STREAMS_PER_CONNECTION = 100  # the agent advertises 128 concurrent streams per connection
 IDLE_SECONDS = float(os.environ.get("SDS_BENCH_IDLE_SECONDS", "60"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -1,5 +1,6 @@
-import GRPC
 import Testing
+
+@testable import GRPC
 
 @Test func decoderFedOneByteAtATimeYieldsEveryMessage() throws {
     let messages: [[UInt8]] = [Array("first".utf8), [], Array(repeating: 7, count: 300), [0]]
@@ -88,4 +89,49 @@ import Testing
     #expect(GRPCStatus.ok.trailerFields.map(\.0) == ["grpc-status"])
     #expect(GRPCStatus(trailers: []).code == .unknown)
     #expect(GRPCStatus(trailers: [("grpc-status", "99")]).code == .unknown)
+}
+
+@Test func aPrefixAnnouncingTheLimitReservesNothingTheBufferGrowsWithWhatArrives() throws {
+    var decoder = GRPCMessageDecoder(maxMessageBytes: 4 << 20)
+    let length = UInt32(4 << 20)
+    let prefix: [UInt8] = [
+        0, UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF),
+    ]
+    #expect(try decoder.feed(prefix).isEmpty)
+    // 4 MiB promised, nothing sent: nothing held.
+    #expect(decoder.bufferedBytes == 0)
+    #expect(decoder.bufferCapacity < 64)
+    #expect(try decoder.feed([UInt8](repeating: 7, count: 1000)).isEmpty)
+    #expect(decoder.bufferedBytes == 1000)
+    // Array growth may round up, but stays in proportion to what arrived.
+    #expect(decoder.bufferCapacity < 4096)
+}
+
+@Test func theBufferNeverGrowsPastTheAnnouncedLengthNorTwiceWhatArrived() throws {
+    let length = 900_000
+    var decoder = GRPCMessageDecoder(maxMessageBytes: 1 << 20)
+    let prefix: [UInt8] = [0, 0, UInt8(length >> 16), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)]
+    _ = try decoder.feed(prefix)
+    var arrived = 0
+    let chunk = [UInt8](repeating: 1, count: 16_384)
+    while arrived + chunk.count < length {
+        _ = try decoder.feed(chunk)
+        arrived += chunk.count
+        // The allocator rounds up to its size classes and pages: allow a page.
+        #expect(decoder.bufferCapacity <= 2 * arrived + 4096, "after \(arrived) bytes")
+        #expect(decoder.bufferCapacity <= length + 4096)
+    }
+}
+
+@Test func aMessageOneBytePastTheLimitFailsFromItsPrefixAndBuffersNothingAfter() {
+    var decoder = GRPCMessageDecoder(maxMessageBytes: 1 << 20)
+    let length = UInt32((1 << 20) + 1)
+    let prefix: [UInt8] = [
+        0, UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF),
+    ]
+    #expect(throws: GRPCStatus(.resourceExhausted, "message of 1048577 bytes exceeds the limit of 1048576")) {
+        _ = try decoder.feed(prefix)
+    }
+    #expect(throws: GRPCStatus.self) { _ = try decoder.feed([UInt8](repeating: 1, count: 1 << 16)) }
+    #expect(decoder.bufferedBytes == 0 && decoder.bufferCapacity == 0)
 }

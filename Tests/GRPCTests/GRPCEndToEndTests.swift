@@ -12,10 +12,14 @@ final class Harness {
 
     init(
         feedMode: InMemoryPair.FeedMode = .whole, configuration: H2Configuration = H2Configuration(),
-        maxMessageBytes: Int = GRPCMessageFraming.defaultMaxMessageBytes, register: (GRPCRouter) -> Void
+        maxMessageBytes: Int = GRPCMessageFraming.defaultMaxMessageBytes,
+        maxBufferedRequestBytes: Int = GRPCServerConnection.defaultMaxBufferedRequestBytes,
+        register: (GRPCRouter) -> Void
     ) {
         register(router)
-        server = GRPCServerConnection(router: router, configuration: configuration, maxMessageBytes: maxMessageBytes)
+        server = GRPCServerConnection(
+            router: router, configuration: configuration, maxMessageBytes: maxMessageBytes,
+            maxBufferedRequestBytes: maxBufferedRequestBytes)
         client = GRPCClientConnection(configuration: configuration, maxMessageBytes: maxMessageBytes)
         pair = InMemoryPair(client: client.session, server: server.session, feedMode: feedMode)
     }
@@ -414,4 +418,86 @@ func bidiStreamingEchoesEachMessageAsItArrives(feedMode: InMemoryPair.FeedMode) 
     #expect(status == .ok)
     #expect(serverCall == nil)
     #expect(clientCall == nil)
+}
+
+/// Flow control follows consumption: the server hands every request byte back once its decoder took it, so a
+/// client may send far more than the windows (64 KiB here, stream and connection) over one call.
+@Test func requestsLargerThanEveryWindowArriveBecauseTheServerConsumesWhatItDecodes() throws {
+    var configuration = H2Configuration()
+    configuration.initialWindowSize = 65_535
+    configuration.connectionWindowSize = 65_535
+    var sizes: [Int] = []
+    let harness = Harness(configuration: configuration) { router in
+        router.register(echoPath) { call in
+            call.onMessage = { sizes.append($0.count) }
+            call.onHalfClose = { call.finish(.ok) }
+        }
+    }
+    let call = try harness.client.startCall(path: echoPath)
+    let record = ClientRecord(call)
+    for index in 0..<10 { #expect(call.send([UInt8](repeating: UInt8(index), count: 100_000)) == .queued) }
+    call.closeSend()
+    harness.pump()
+    #expect(sizes == Array(repeating: 100_000, count: 10))
+    #expect(record.status == .ok)
+}
+
+@Test func anOversizeRequestEndsOnlyItsOwnCall() throws {
+    var received: [Int] = []
+    let harness = Harness(maxMessageBytes: 64 << 10) { router in
+        router.register(echoPath) { call in
+            call.onMessage = { received.append($0.count) }
+            call.onHalfClose = { call.finish(.ok) }
+        }
+    }
+    let big = try harness.client.startCall(path: echoPath)
+    let bigRecord = ClientRecord(big)
+    let small = try harness.client.startCall(path: echoPath)
+    let smallRecord = ClientRecord(small)
+    big.send([UInt8](repeating: 1, count: (64 << 10) + 1))
+    small.send([UInt8](repeating: 2, count: 64 << 10))
+    small.closeSend()
+    harness.pump()
+    #expect(bigRecord.status?.code == .resourceExhausted)
+    #expect(smallRecord.status == .ok)
+    #expect(received == [64 << 10])
+}
+
+/// Each call may hold one partial message up to the message bound; the connection bounds their sum (buffer
+/// capacity: what is really allocated). Four calls each midway through a 50 KB message cannot all fit a 100 KB
+/// budget: the calls that would pass it end RESOURCE_EXHAUSTED and let go of what they held; the first completes.
+@Test func partialRequestsAcrossCallsAreBoundedPerConnection() throws {
+    var received: [Int] = []
+    var refusals = 0
+    let harness = Harness(maxMessageBytes: 64 << 10, maxBufferedRequestBytes: 100_000) { router in
+        router.register(echoPath) { call in
+            call.onMessage = { received.append($0.count) }
+            call.onHalfClose = { call.finish(.ok) }
+        }
+    }
+    harness.server.onBufferBudgetExceeded = { refusals += 1 }
+    var calls: [(GRPCClientCall, ClientRecord)] = []
+    for _ in 0..<4 {
+        let call = try harness.client.startCall(path: echoPath)
+        calls.append((call, ClientRecord(call)))
+    }
+    // Each call sends the first 40,000 bytes of a 50,000-byte message: partial, held by the server.
+    let message = GRPCMessageFraming.frame([UInt8](repeating: 3, count: 50_000))
+    for (call, _) in calls {
+        try harness.client.session.sendData(streamID: call.streamID, bytes: Array(message[..<40_005]))
+        harness.pump()
+    }
+    #expect(harness.server.bufferedRequestBytes > 40_000 && harness.server.bufferedRequestBytes <= 100_000)
+    #expect(refusals >= 2)
+    #expect(calls[3].1.status?.code == .resourceExhausted)
+    #expect(calls.filter { $0.1.status?.code == .resourceExhausted }.count == refusals)
+    // The first finishes its message; when every call is over, nothing is held.
+    try harness.client.session.sendData(streamID: calls[0].0.streamID, bytes: Array(message[40_005...]))
+    calls[0].0.closeSend()
+    harness.pump()
+    #expect(received == [50_000])
+    #expect(calls[0].1.status == .ok)
+    for (call, _) in calls[1...] { call.cancel() }
+    harness.pump()
+    #expect(harness.server.bufferedRequestBytes == 0)
 }

@@ -13,6 +13,11 @@ final class RecordingDelegate: H2SessionDelegate {
     }
 
     var events: [Event] = []
+    /// The session whose DATA this delegate hands back to flow control as it arrives (like the gRPC layer does).
+    weak var session: H2Endpoint?
+    /// False: DATA is recorded but never consumed, so the peer's windows run out.
+    var consumesData = true
+    var limitsExceeded: [(H2Limit, H2StreamID)] = []
     var onHeaders: ((H2StreamID, [H2Header], H2HeaderBlockKind, Bool) -> Void)?
     var onDrained: ((H2StreamID) -> Void)?
 
@@ -23,6 +28,11 @@ final class RecordingDelegate: H2SessionDelegate {
 
     func h2DataReceived(streamID: H2StreamID, bytes: [UInt8], endStream: Bool) {
         events.append(.data(streamID, bytes, endStream: endStream))
+        if consumesData { session?.consume(streamID: streamID, count: bytes.count) }
+    }
+
+    func h2LimitExceeded(_ limit: H2Limit, streamID: H2StreamID) {
+        limitsExceeded.append((limit, streamID))
     }
 
     func h2StreamClosed(streamID: H2StreamID, errorCode: H2ErrorCode) {
@@ -70,6 +80,8 @@ struct Fixture {
         let server = H2ServerSession(configuration: configuration, delegate: serverEvents)
         let client = H2ClientSession(configuration: configuration, delegate: clientEvents)
         pair = InMemoryPair(client: client, server: server, feedMode: feedMode)
+        serverEvents.session = server
+        clientEvents.session = client
     }
 
     var server: H2ServerSession { pair.server }
@@ -287,4 +299,152 @@ func requestResponseWithTrailersRoundTrips(feedMode: InMemoryPair.FeedMode) thro
 @Test func sendingOnAnUnknownStreamIsAnError() {
     let server = H2ServerSession()
     #expect(throws: H2Error.noSuchStream(5)) { try server.sendData(streamID: 5, bytes: [1]) }
+}
+
+// MARK: Bounds on what a peer sends
+
+/// One HTTP/2 frame as a hostile client would write it (RFC 9113 §4.1).
+private func frame(type: UInt8, flags: UInt8, stream: UInt32, payload: [UInt8]) -> [UInt8] {
+    let length = UInt32(payload.count)
+    return [UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF), type, flags]
+        + [UInt8(stream >> 24 & 0x7F), UInt8(stream >> 16 & 0xFF), UInt8(stream >> 8 & 0xFF), UInt8(stream & 0xFF)]
+        + payload
+}
+
+/// HPACK: literal header field without indexing, new name (RFC 7541 §6.2.2); short names and values only.
+private func literal(_ name: String, _ value: String) -> [UInt8] {
+    [0x00, UInt8(name.utf8.count)] + Array(name.utf8) + [UInt8(value.utf8.count)] + Array(value.utf8)
+}
+
+/// The client preface and an empty SETTINGS, then `:method POST`, `:scheme http`, `:path /` (static table 3, 6, 4).
+private let rawPreface =
+    Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + frame(type: 0x4, flags: 0, stream: 0, payload: [])
+private let rawRequestStart: [UInt8] = [0x83, 0x86, 0x84] + literal(":authority", "x") + literal("content-type", "a")
+
+@Test func dataNobodyConsumesStopsThePeerAtTheWindowAndConsumingResumesIt() throws {
+    var configuration = H2Configuration()
+    configuration.initialWindowSize = 65_535
+    let fixture = Fixture(configuration: configuration)
+    fixture.serverEvents.consumesData = false
+    let streamID = try fixture.client.startRequest(headers: requestHeaders)
+    let chunk = [UInt8](repeating: 0x5A, count: 16 << 10)
+    for _ in 0..<12 { try fixture.client.sendData(streamID: streamID, bytes: chunk) }  // 192 KiB offered
+    fixture.pair.pump()
+    // Exactly one window's worth arrived; the rest waits in the client, which may send nothing more.
+    #expect(fixture.serverEvents.body(of: streamID).count == 65_535)
+    #expect(fixture.client.sendWindow(streamID: streamID) == 0)
+    #expect(fixture.client.queuedBytes(streamID: streamID) == 12 * chunk.count - 65_535)
+
+    // The server processes what it holds: the window opens again and everything arrives.
+    fixture.serverEvents.consumesData = true
+    fixture.server.consume(streamID: streamID, count: 65_535)
+    fixture.pair.pump()
+    #expect(fixture.serverEvents.body(of: streamID).count == 12 * chunk.count)
+    #expect(fixture.client.queuedBytes(streamID: streamID) == 0)
+}
+
+@Test func headersPastMaxConcurrentStreamsAreRefusedAndReported() throws {
+    var configuration = H2Configuration()
+    configuration.maxConcurrentStreams = 2
+    let fixture = Fixture(configuration: configuration)
+    // Submitted before the client has seen the server's SETTINGS, so it does not know the bound yet.
+    var streams: [H2StreamID] = []
+    for _ in 0..<5 { streams.append(try fixture.client.startRequest(headers: requestHeaders)) }
+    fixture.pair.pump()
+    #expect(fixture.serverEvents.headers(of: streams[0], .request) != nil)
+    #expect(fixture.serverEvents.headers(of: streams[1], .request) != nil)
+    for streamID in streams[2...] {
+        #expect(fixture.serverEvents.headers(of: streamID, .request) == nil)
+        #expect(fixture.clientEvents.closeCode(of: streamID) == .refusedStream)
+    }
+    #expect(
+        fixture.serverEvents.limitsExceeded.map(\.0) == [.concurrentStreams, .concurrentStreams, .concurrentStreams])
+    #expect(fixture.server.openStreamCount == 2)
+}
+
+@Test func aHeaderListPastTheBoundResetsTheStreamAndKeepsNothing() throws {
+    let fixture = Fixture()
+    let limit = Int(H2Configuration().maxHeaderListSize)
+    let big = H2Header("x-padding", String(repeating: "a", count: limit))
+    let tooBig = try fixture.client.startRequest(headers: requestHeaders + [big])
+    let fine = try fixture.client.startRequest(headers: requestHeaders + [H2Header("x-small", "b")])
+    fixture.pair.pump()
+    #expect(fixture.serverEvents.headers(of: tooBig, .request) == nil, "the oversized block was not delivered")
+    #expect(fixture.clientEvents.closeCode(of: tooBig) == .enhanceYourCalm)
+    #expect(fixture.serverEvents.limitsExceeded.map(\.0) == [.headerListSize])
+    #expect(fixture.serverEvents.headers(of: fine, .request)?.value(for: "x-small") == "b", "other streams go on")
+    #expect(fixture.pair.serverReceiveError == nil)
+}
+
+@Test func aHeaderListJustWithinTheBoundIsDelivered() throws {
+    let fixture = Fixture()
+    // RFC 9113 counts name + value + 32 per field; the request headers take the rest.
+    let used = requestHeaders.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 32 }
+    let room = Int(H2Configuration().maxHeaderListSize) - used - 32 - "x-padding".utf8.count
+    let streamID = try fixture.client.startRequest(
+        headers: requestHeaders + [H2Header("x-padding", String(repeating: "a", count: room))])
+    fixture.pair.pump()
+    #expect(fixture.serverEvents.headers(of: streamID, .request)?.value(for: "x-padding")?.count == room)
+    #expect(fixture.serverEvents.limitsExceeded.isEmpty)
+}
+
+@Test func aContinuationFloodFailsTheConnectionWithGoAway() throws {
+    let events = RecordingDelegate()
+    let server = H2ServerSession(delegate: events)
+    _ = server.takeOutput()
+    var bytes = rawPreface + frame(type: 0x1, flags: 0, stream: 1, payload: rawRequestStart)  // no END_HEADERS
+    var fed = 0
+    var failure: H2Error?
+    // Endless CONTINUATION frames, none with END_HEADERS: the session must give up after its bound, not buffer on.
+    for index in 0..<1000 {
+        bytes += frame(type: 0x9, flags: 0, stream: 1, payload: literal("x-\(index % 10)", "v"))
+        do throws(H2Error) {
+            try server.receive(bytes)
+        } catch {
+            failure = error
+            break
+        }
+        bytes = []
+        fed += 1
+    }
+    #expect(failure != nil, "the flood was accepted")
+    #expect(fed <= H2Configuration().maxContinuations)
+    #expect(events.events.isEmpty, "no header block was delivered")
+    let output = server.takeOutput()
+    // Our SETTINGS were taken above; what follows must include a GOAWAY (frame type 0x7).
+    var offset = 0
+    var types: [UInt8] = []
+    while offset + 9 <= output.count {
+        let length = Int(output[offset]) << 16 | Int(output[offset + 1]) << 8 | Int(output[offset + 2])
+        types.append(output[offset + 3])
+        offset += 9 + length
+    }
+    #expect(types.contains(0x7), "frame types sent: \(types)")
+    #expect(!server.wantsRead)
+}
+
+@Test func rapidResetsPastTheRateLimitEndTheConnection() throws {
+    var configuration = H2Configuration()
+    configuration.streamResetBurst = 10
+    configuration.streamResetRatePerSecond = 1
+    let fixture = Fixture(configuration: configuration)
+    fixture.pair.pump()
+    var opened = 0
+    for _ in 0..<100 {
+        guard let streamID = try? fixture.client.startRequest(headers: requestHeaders) else { break }
+        opened += 1
+        fixture.pair.pump()  // the HEADERS go out, so the reset is the peer's to count
+        try? fixture.client.resetStream(streamID: streamID, errorCode: .cancel)
+        fixture.pair.pump()
+        if fixture.clientEvents.events.contains(where: { if case .goAway = $0 { true } else { false } }) { break }
+    }
+    #expect(opened < 100, "the server let 100 open-and-reset cycles through")
+    #expect(fixture.clientEvents.events.contains(where: { if case .goAway = $0 { true } else { false } }))
+}
+
+@Test func thePeerPrefaceIsNoticed() throws {
+    let fixture = Fixture()
+    #expect(!fixture.server.prefaceReceived)
+    fixture.pair.pump()
+    #expect(fixture.server.prefaceReceived)
 }

@@ -157,7 +157,8 @@ def ack(stream: SecretStream, response) -> None:
 
 def test_a_peer_that_never_reads_costs_bounded_memory_and_is_cut_off_after_the_stall_timeout(agent_factory):
     stall = 10.0
-    streams, rotations = 300, 200
+    # As many streams as one connection may open (SETTINGS_MAX_CONCURRENT_STREAMS, 128).
+    streams, rotations = 128, 200
     agent = agent_factory.start("agent", WORKLOAD_ID, ["--write-stall-timeout", f"{stall:g}s", "--log-level", "info"])
     fetch_when_served(agent.socket_path, ["default"])
     pid = agent.process.pid
@@ -201,8 +202,9 @@ def test_a_peer_that_never_reads_costs_bounded_memory_and_is_cut_off_after_the_s
 def test_a_peer_making_more_than_the_budget_wait_is_cut_off_at_once(agent_factory):
     agent = agent_factory.start("agent", WORKLOAD_ID, ["--max-queued-bytes", "65536", "--log-level", "info"])
     fetch_when_served(agent.socket_path, ["default"])
-    # 300 responses of ~2 KB wait behind a 1-byte window: far more than 64 KiB. The stall timeout (30 s) is not it.
-    stalled = open_stalled_peer(agent.socket_path, 300)
+    # 128 responses (the per-connection stream cap) of ~2 KB wait behind a 1-byte window: far more than 64 KiB. The
+    # stall timeout (30 s) is not it.
+    stalled = open_stalled_peer(agent.socket_path, 128)
     opened = time.monotonic()
     closed_at = stalled.wait_closed(timeout=10)
     assert closed_at - opened < 10

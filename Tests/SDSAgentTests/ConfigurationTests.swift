@@ -10,7 +10,10 @@ import Testing
         #expect(try DurationText.seconds(text) == seconds)
     }
 
-    @Test(arguments: ["", "h", "1x", "1h30", "-", "1.2.3s"])
+    @Test(arguments: [
+        "", "h", "1x", "1h30", "-", "1.2.3s", "inf", "infinity", "nan", "-5", "-5s", "0x10", "1e9",
+        String(repeating: "9", count: 400) + "h",
+    ])
     func rejectsGarbage(text: String) {
         #expect(throws: DurationText.ParseError.self) { try DurationText.seconds(text) }
     }
@@ -22,16 +25,24 @@ import Testing
     }
 }
 
+/// Resolves options as `sds-agent run` would, with simple stand-ins for the SPIFFE rules and a fixed own UID.
+func resolveConfiguration(
+    _ edit: (inout RawAgentOptions) -> Void = { _ in }, env: [String: String] = [:], ownUID: UInt32 = 4242
+) throws(ConfigurationError) -> AgentConfiguration {
+    var options = RawAgentOptions()
+    options.socket = "/tmp/sds-config-test/agent.sock"
+    edit(&options)
+    return try AgentConfiguration.resolve(
+        options, environment: env, validateTrustDomain: { $0.contains("_") ? "bad character" : nil },
+        validateSPIFFEID: { id, td in id.hasPrefix("spiffe://\(td)/") ? nil : "not in trust domain \(td)" },
+        ownUID: ownUID)
+}
+
 @Suite struct AgentConfigurationTests {
     private func resolve(_ edit: (inout RawAgentOptions) -> Void = { _ in }, env: [String: String] = [:])
         throws(ConfigurationError) -> AgentConfiguration
     {
-        var options = RawAgentOptions()
-        options.socket = "/tmp/sds-config-test/agent.sock"
-        edit(&options)
-        return try AgentConfiguration.resolve(
-            options, environment: env, validateTrustDomain: { $0.contains("_") ? "bad character" : nil },
-            validateSPIFFEID: { id, td in id.hasPrefix("spiffe://\(td)/") ? nil : "not in trust domain \(td)" })
+        try resolveConfiguration(edit, env: env)
     }
 
     @Test func defaultsFollowIstioAgent() throws {
@@ -138,6 +149,88 @@ import Testing
     @Test func svidTTLHasAFloorOf10s() throws {
         #expect(try resolve { $0.svidTTL = "10s" }.svidTTL == 10)
         #expect(throws: ConfigurationError.self) { try resolve { $0.svidTTL = "9s" } }
+    }
+
+    /// Every duration flag is finite and within its range; each bad value is one line naming the flag.
+    @Test(arguments: [
+        ("--svid-ttl (SECRET_TTL)", "inf"), ("--svid-ttl (SECRET_TTL)", "nan"), ("--svid-ttl (SECRET_TTL)", "-1h"),
+        ("--svid-ttl (SECRET_TTL)", "9s"), ("--svid-ttl (SECRET_TTL)", "2161h"),
+        ("--svid-ttl (SECRET_TTL)", "999999999999999999999999h"),
+        ("--ca-ttl", "inf"), ("--ca-ttl", "0"), ("--ca-ttl", "87601h"),
+        ("--drain-timeout", "inf"), ("--drain-timeout", "0"), ("--drain-timeout", "-1s"), ("--drain-timeout", "11m"),
+        ("--drain-timeout", "NaN"),
+    ])
+    func durationFlagsAreFiniteAndBounded(flag: String, value: String) {
+        do {
+            _ = try resolve { options in
+                switch flag {
+                case "--ca-ttl": options.caTTL = value
+                case "--drain-timeout": options.drainTimeout = value
+                default: options.svidTTL = value
+                }
+            }
+            Issue.record("\(flag) \(value) was accepted")
+        } catch {
+            #expect(error.flag == flag)
+            #expect(!error.description.contains("\n"))
+        }
+    }
+
+    @Test func durationFlagsAtTheirBoundsAreAccepted() throws {
+        let config = try resolve {
+            $0.svidTTL = "2160h"
+            $0.caTTL = "87600h"
+            $0.drainTimeout = "10m"
+        }
+        #expect(config.svidTTL == 90 * 86400 && config.caTTL == 3650 * 86400 && config.drainTimeout == 600)
+        #expect(try resolve { $0.svidTTL = "1m" }.svidTTL == 60)
+    }
+
+    @Test func inboundLimitsDefaultAndFlags() throws {
+        let defaults = try resolve()
+        #expect(defaults.limits.maxRequestBytes == 1 << 20)
+        #expect(defaults.limits.maxConnections == 256)
+        let set = try resolve {
+            $0.maxRequestBytes = "256Ki"
+            $0.maxConnections = "16"
+        }
+        #expect(set.limits.maxRequestBytes == 256 << 10 && set.limits.maxConnections == 16)
+        let fromEnvironment = try resolve(env: ["SDS_MAX_REQUEST_BYTES": "2Mi", "SDS_MAX_CONNECTIONS": "1000"])
+        #expect(fromEnvironment.limits.maxRequestBytes == 2 << 20 && fromEnvironment.limits.maxConnections == 1000)
+    }
+
+    @Test(arguments: [
+        ("--max-request-bytes", "0"), ("--max-request-bytes", "65535"), ("--max-request-bytes", "65Mi"),
+        ("--max-request-bytes", "lots"), ("--max-request-bytes", "-1"),
+        ("--max-request-bytes", "9223372036854775807Mi"),
+        ("--max-connections", "0"), ("--max-connections", "65537"), ("--max-connections", "1.5"),
+    ])
+    func inboundLimitFlagsOutOfRangeNameTheFlag(flag: String, value: String) {
+        do {
+            _ = try resolve { options in
+                if flag == "--max-connections" {
+                    options.maxConnections = value
+                } else {
+                    options.maxRequestBytes = value
+                }
+            }
+            Issue.record("\(flag) \(value) was accepted")
+        } catch {
+            #expect(error.flag == flag)
+        }
+    }
+}
+
+@Suite struct RefusalLogTests {
+    @Test func theFirstRefusalOfACauseIsLoggedThenOneLinePerIntervalWithTheCount() {
+        var log = RefusalLog(interval: 60)
+        #expect(log.record("connection limit", now: 100) == RefusalLog.Entry(cause: "connection limit", suppressed: 0))
+        for second in 1...500 { #expect(log.record("connection limit", now: 100 + Double(second) * 0.1) == nil) }
+        // Another cause is not held back by the first.
+        #expect(log.record("accept paused", now: 120) == RefusalLog.Entry(cause: "accept paused", suppressed: 0))
+        #expect(
+            log.record("connection limit", now: 160) == RefusalLog.Entry(cause: "connection limit", suppressed: 500))
+        #expect(log.record("connection limit", now: 161) == nil)
     }
 }
 

@@ -71,12 +71,7 @@ import Transport
     private func resolve(_ edit: (inout RawAgentOptions) -> Void = { _ in }, env: [String: String] = [:])
         throws(ConfigurationError) -> AgentConfiguration
     {
-        var options = RawAgentOptions()
-        options.socket = "/tmp/sds-config-test/agent.sock"
-        edit(&options)
-        return try AgentConfiguration.resolve(
-            options, environment: env, validateTrustDomain: { _ in nil }, validateSPIFFEID: { _, _ in nil },
-            ownUID: 4242)
+        try resolveConfiguration(edit, env: env, ownUID: 4242)
     }
 
     @Test func defaultsAdmitOnlyTheAgentsOwnUserAndConventionalDirectories() throws {

@@ -123,6 +123,33 @@ private final class Recorder: ConnectionDelegate {
         listener.close()
     }
 
+    /// A listener that does not accept (its loop is not running) fills its backlog; a blocking connect would then
+    /// wait for as long as it does not accept. The non-blocking one fails at once with EAGAIN (retry with backoff).
+    @Test func aFullListenBacklogFailsTheConnectAtOnceWithEAGAIN() throws {
+        let dir = temporaryDirectory()
+        let loop = try EventLoop()
+        let address = try UnixSocketAddress(dir + "/s.sock")
+        let listener = try UnixListener(address: address, backlog: 1, loop: loop) { fd in close(fd) }
+        defer { listener.close() }
+        var connected: [Int32] = []
+        defer { for fd in connected { close(fd) } }
+        var failure: SystemError?
+        let started = EventLoop.monotonicSeconds()
+        for _ in 0..<64 {
+            do throws(SystemError) {
+                switch try startUnixConnect(address) {
+                case .connected(let fd), .inProgress(let fd): connected.append(fd)
+                }
+            } catch {
+                failure = error
+                break
+            }
+        }
+        #expect(failure?.errno == EAGAIN, "\(String(describing: failure)) after \(connected.count) connects")
+        #expect(EventLoop.monotonicSeconds() - started < 1, "nothing waited on the full backlog")
+        #expect(failure?.description.contains("backlog full") == true)
+    }
+
     @Test func connectToMissingSocketFailsWithPath() throws {
         #expect(throws: SystemError.self) { _ = try connectUnixSocket(UnixSocketAddress("/nonexistent/dir/s.sock")) }
     }

@@ -29,7 +29,7 @@ final class Recorder {
             socket: try UnixSocketAddress("unix:///run/spire/sockets/agent.sock"),
             spiffeID: try SPIFFEID(parsing: Upstream.workload), loop: try EventLoop(), scheduler: scheduler,
             clock: scheduler.clock, randomUnit: { 0.5 },
-            dial: { (address) throws(SystemError) -> Int32 in
+            dial: { (address) throws(SystemError) -> UnixConnectStart in
                 dialer.attempts += 1
                 throw SystemError("connect", errno: dialer.errno, detail: address.path)
             })
@@ -179,9 +179,9 @@ final class Recorder {
             socket: try UnixSocketAddress("unix://\(socketPath)"),
             spiffeID: try SPIFFEID(parsing: Self.workloadID), loop: loop, scheduler: EventLoopScheduler(loop: loop),
             clock: SystemWallClock(),
-            dial: { (address) throws(SystemError) -> Int32 in
+            dial: { (address) throws(SystemError) -> UnixConnectStart in
                 dials += 1
-                return try connectUnixSocket(address)
+                return try startUnixConnect(address)
             })
         let recorder = Recorder()
         recorder.start(issuer)
@@ -257,7 +257,7 @@ final class Recorder {
             socket: try UnixSocketAddress("unix:///run/spire/sockets/agent.sock"),
             spiffeID: try SPIFFEID(parsing: Upstream.workload), loop: try EventLoop(), scheduler: scheduler,
             clock: scheduler.clock, randomUnit: { 0.5 },
-            dial: { (_) throws(SystemError) -> Int32 in try dialer.dial() })
+            dial: { (_) throws(SystemError) -> UnixConnectStart in .connected(try dialer.dial()) })
         let recorder = Recorder()
         recorder.start(issuer)
         defer { issuer.stop() }
@@ -296,13 +296,43 @@ final class Recorder {
         #expect(recorder.updates.isEmpty)
     }
 
+    @Test func aConnectStillInProgressTimesOutIsReportedAndRetriedNeverWaitedOn() throws {
+        let scheduler = FakeScheduler()
+        let dialer = SilentDialer()
+        var dials = 0
+        let issuer = WorkloadAPIIssuer(
+            socket: try UnixSocketAddress("unix:///run/spire/sockets/agent.sock"), spiffeID: nil,
+            loop: try EventLoop(), scheduler: scheduler, clock: scheduler.clock, connectTimeout: 2,
+            randomUnit: { 0.5 },
+            dial: { (_) throws(SystemError) -> UnixConnectStart in
+                dials += 1
+                // The loop never runs, so the descriptor is never seen writable: the connect stays in progress.
+                return .inProgress(try dialer.dial())
+            })
+        let recorder = Recorder()
+        recorder.start(issuer)
+        defer { issuer.stop() }
+        scheduler.runDue()
+        #expect(dials == 1 && issuer.state == .connecting(attempt: 1))
+        scheduler.advance(by: 1.9)
+        #expect(recorder.errors.isEmpty, "not before the connect timeout")
+        scheduler.advance(by: 0.1)
+        let error = try #require(recorder.errors.first)
+        #expect(error.kind == .upstreamUnavailable)
+        #expect(error.message.contains("timed out"), "\(error.message)")
+        #expect(issuer.state == .waiting)
+        #expect(dialer.drain(0).closed, "the half-open descriptor was closed")
+        scheduler.advance(by: 0.1)
+        #expect(dials == 2, "retried after the backoff")
+    }
+
     @Test func stopWhileWaitingForTheFirstResponseCancelsTheDeadline() throws {
         let scheduler = FakeScheduler()
         let dialer = SilentDialer()
         let issuer = WorkloadAPIIssuer(
             socket: try UnixSocketAddress("unix:///run/spire/sockets/agent.sock"), spiffeID: nil,
             loop: try EventLoop(), scheduler: scheduler, clock: scheduler.clock, firstResponseTimeout: 3,
-            randomUnit: { 0.5 }, dial: { (_) throws(SystemError) -> Int32 in try dialer.dial() })
+            randomUnit: { 0.5 }, dial: { (_) throws(SystemError) -> UnixConnectStart in .connected(try dialer.dial()) })
         let recorder = Recorder()
         recorder.start(issuer)
         scheduler.runDue()
