@@ -305,3 +305,43 @@ def test_rsa_key_generation_never_stalls_the_event_loop(istiod, agents):
         f"the loop stalled {worst * 1000:.1f} ms; an RSA-4096 key took {quickest * 1000:.0f} ms at the quickest"
     print(f"\nloop probe: {len(probe.rtts)} PINGs, max {worst * 1000:.2f} ms during 3 RSA-4096 rotations "
           f"(keys took {', '.join(f'{g:.0f}' for g in generations[1:])} ms)")
+
+
+def test_a_token_gone_bad_later_keeps_the_cached_certificate_serving(istiod, agents):
+    from fake_istiod import ApiServer
+    agent = agents("server", SERVER_ID, istiod)
+    first = agent.serial()
+    agent.write_token(ApiServer().token("demo", "server"))  # forged from now on
+    agent.rotate()
+    wait_for(lambda: any(r.token == agent.token for r in istiod.snapshot()), 15, "the forged token to reach istiod",
+             agent.log_tail)
+    refused = [r for r in istiod.snapshot() if r.token == agent.token]
+    assert refused and all(r.outcome.startswith("UNAUTHENTICATED") for r in refused)
+    # Still served, unchanged: a refused rotation never withdraws a certificate that has not expired.
+    assert agent.serial() == first
+
+
+def test_an_oversized_token_file_is_never_sent(istiod, agents):
+    # 64 KiB is the bound (IstioCAConfiguration.maxTokenBytes): a projected token is ~1 KiB.
+    agent = agents("server", SERVER_ID, istiod, token="x" * (64 * 1024 + 1))
+    wait_for(lambda: "cannot read the token" in agent.log(), 15, "the agent to refuse the token file", agent.log_tail)
+    assert istiod.snapshot() == [], "nothing reached istiod"
+    # Within the bound again: issued.
+    agent.write_token(istiod.token_for(SERVER_ID))
+    wait_for(lambda: agent.serial(), 40, "issuance with a good token", agent.log_tail)
+
+
+@pytest.mark.parametrize("key_type, reported", [("rsa-2048", "RSA 2048"), ("ecdsa-p384", "ECDSA P-384")])
+def test_sds_dump_reports_the_key_type_istiod_certified(istiod, agents, sds_dump_bin, key_type, reported):
+    import json
+    import subprocess
+    agent = agents("server", SERVER_ID, istiod, extra=["--key-type", key_type])
+    agent.serial()
+    run = subprocess.run([str(sds_dump_bin), "--fetch", "--json", "--socket", str(agent.socket_path), "default",
+                          "ROOTCA"], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    document = json.loads(run.stdout.splitlines()[0])
+    secrets = {s["name"]: s for s in document["secrets"]}
+    assert secrets["default"]["private_key"]["type"] == reported
+    assert secrets["default"]["certificates"][0]["key_type"] == reported
+    assert secrets["default"]["chain_verified"] is True
