@@ -137,6 +137,10 @@ static inline int sds_EVP_PKEY_encoded_public_key(const EVP_PKEY *pkey, unsigned
 
 // TLS client over memory BIOs (PKI's TLSClient): the ctrl macros Swift cannot import.
 static inline int sds_SSL_CTX_set_min_tls12(SSL_CTX *ctx) { return (int)SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION); }
+static inline int sds_SSL_CTX_set_max_version(SSL_CTX *ctx, int version) {
+    return (int)SSL_CTX_set_max_proto_version(ctx, version);
+}
+static inline int sds_TLS1_1_VERSION(void) { return TLS1_1_VERSION; }
 static inline int sds_SSL_set_sni(SSL *ssl, const char *name) { return (int)SSL_set_tlsext_host_name(ssl, name); }
 static inline int sds_SSL_want_read(const SSL *ssl) { return SSL_want_read(ssl); }
 static inline long sds_BIO_pending(BIO *bio) { return (long)BIO_ctrl_pending(bio); }
