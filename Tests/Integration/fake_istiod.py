@@ -143,6 +143,7 @@ class Recorded:
     requested_ttl: int = 0
     outcome: str = ""  # "issued <serial>", or the status it was refused with
     serial: str = ""
+    metadata: dict = field(default_factory=dict)  # every request header but the token
 
 
 class ApiServer:
@@ -224,7 +225,8 @@ class FakeIstiod:
         metadata = dict(context.invocation_metadata())
         auth = metadata.get("authorization")
         record = Recorded(token=auth.removeprefix("Bearer ") if auth else None, cluster_id=metadata.get("clusterid"),
-                          requested_ttl=request.validity_duration)
+                          requested_ttl=request.validity_duration,
+                          metadata={k: v for k, v in metadata.items() if k != "authorization"})
         with self._lock:
             self.requests.append(record)
 

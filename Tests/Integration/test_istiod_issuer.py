@@ -345,3 +345,13 @@ def test_sds_dump_reports_the_key_type_istiod_certified(istiod, agents, sds_dump
     assert secrets["default"]["private_key"]["type"] == reported
     assert secrets["default"]["certificates"][0]["key_type"] == reported
     assert secrets["default"]["chain_verified"] is True
+
+
+def test_cluster_id_and_ca_headers_reach_istiod(istiod, agents, monkeypatch):
+    # istio-agent's CA_HEADER_<K>=<v> becomes header k: v on every CSR; --cluster-id is ISTIO_META_CLUSTER_ID.
+    monkeypatch.setenv("CA_HEADER_TENANT", "blue")
+    istiod.cluster_id = "east"
+    agent = agents("server", SERVER_ID, istiod, extra=["--cluster-id", "east"])
+    agent.serial()
+    issued = istiod.issued()
+    assert issued and issued[0].cluster_id == "east" and issued[0].metadata.get("tenant") == "blue"
