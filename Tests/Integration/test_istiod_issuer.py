@@ -355,3 +355,16 @@ def test_cluster_id_and_ca_headers_reach_istiod(istiod, agents, monkeypatch):
     agent.serial()
     issued = istiod.issued()
     assert issued and issued[0].cluster_id == "east" and issued[0].metadata.get("tenant") == "blue"
+
+
+def test_rootca_adds_the_roots_of_the_root_cert_file(istiod, agents):
+    """Istio's root rotation publishes the next root in istio-ca-root-cert before istiod signs with it: peers signed
+    by either must be trusted, so ROOTCA carries the chain's root and every root of the file (re-read each CSR)."""
+    agent = agents("server", SERVER_ID, istiod)
+    first = agent.serial()
+    assert roots_of(fetch_secrets(agent.socket_path, ["ROOTCA"])["ROOTCA"]) == [istiod.root.cert]
+    next_root = CA.root("next mesh root").cert
+    istiod.root_cert_path.write_text(pem(istiod.root.cert) + pem(next_root))
+    agent.rotate()
+    wait_for(lambda: agent.serial() != first, 15, "a rotation", agent.log_tail)
+    assert roots_of(fetch_secrets(agent.socket_path, ["ROOTCA"])["ROOTCA"]) == [istiod.root.cert, next_root]
