@@ -69,7 +69,7 @@ let package = Package(
         // Executables: parse arguments, call a library.
         // No swift-argument-parser here: it links FoundationEssentials (+3.6 MB RSS); see AgentCommandLine.
         .executableTarget(name: "sds-agent", dependencies: ["SDSAgent"]),
-        .target(name: "SDSDump", dependencies: ["Wire", "GRPC", "H2", "Transport", "PKI", "JSONText"]),
+        .target(name: "SDSDump", dependencies: ["Wire", "GRPC", "H2", "Transport", "PKI", "JSONText", "Upstream"]),
         .executableTarget(
             name: "sds-dump",
             dependencies: [

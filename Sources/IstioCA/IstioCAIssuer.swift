@@ -287,7 +287,7 @@ public final class IstioCAIssuer: Issuer {
         driver.onLost = { reason in
             // After the answer, the connection closing is expected.
             guard !inFlight.finished else { return }
-            fail(GRPCStatus(.unavailable, reason))
+            fail(GRPCStatus(.unavailable, "\(reason)"))
         }
         let grpcCall: GRPCClientCall
         do throws(GRPCStatus) {

@@ -1,7 +1,32 @@
 public import GRPC
 import Glibc
+import H2
 public import PKI
 public import Transport
+
+/// Why a client connection ended.
+public enum ClientConnectionLoss: Sendable, CustomStringConvertible {
+    /// The server closed the socket (EOF, or a reset).
+    case closedByPeer
+    /// A socket error other than a reset.
+    case socket(SystemError)
+    /// The TLS layer failed (verification, protocol) or the server ended the TLS session.
+    case tls(String)
+    /// The server broke HTTP/2.
+    case http2(String)
+    /// The HTTP/2 session ended (both sides are done, or GOAWAY with nothing left).
+    case sessionEnded
+
+    public var description: String {
+        switch self {
+        case .closedByPeer: "the server closed the connection"
+        case .socket(let error): "\(error)"
+        case .tls(let reason): "TLS: \(reason)"
+        case .http2(let reason): "HTTP/2 error: \(reason)"
+        case .sessionEnded: "the HTTP/2 session ended"
+        }
+    }
+}
 
 /// The one pump for an HTTP/2 client connection: socket bytes ⇄ (TLS, when given) ⇄ nghttp2 client session, for
 /// every upstream peer (plaintext over a Unix socket for the Workload API, TLS over TCP for istiod).
@@ -24,7 +49,7 @@ public final class ClientConnectionDriver: ConnectionDelegate {
     private var outputBuffer: [UInt8] = []
 
     /// Why the connection was lost (socket error, TLS failure, HTTP/2 protocol error or end of session).
-    public var onLost: ((String) -> Void)?
+    public var onLost: ((ClientConnectionLoss) -> Void)?
 
     /// Takes ownership of the connected, non-blocking `fd` (closed on failure too).
     public init(fd: Int32, loop: EventLoop, tls: TLSClient?, grpc: GRPCClientConnection) throws(SystemError) {
@@ -39,6 +64,9 @@ public final class ClientConnectionDriver: ConnectionDelegate {
         socket?.delegate = self
     }
 
+    /// Whether the connection is over (lost or closed).
+    public var isClosed: Bool { closed }
+
     /// Whether TLS (if any) has completed its handshake: the server is verified.
     public var isSecured: Bool { tls?.isEstablished ?? true }
 
@@ -50,21 +78,21 @@ public final class ClientConnectionDriver: ConnectionDelegate {
                 // Send the alert, so the server logs why, then give up.
                 let alert = tls.takeCiphertext()
                 if !alert.isEmpty { socket?.write(alert) }
-                lost("TLS: \(reason)")
+                lost(.tls(reason))
                 return
             }
             if !plaintext.isEmpty {
                 guard feedSession(plaintext) else { return }
             }
             if case .closed = tls.state {
-                lost("the server closed the TLS session")
+                lost(.tls("the server closed the TLS session"))
                 return
             }
         } else {
             do {
                 try grpc.session.receive(bytes)
             } catch {
-                lost("HTTP/2 error: \(error)")
+                lostAfterFlush(.http2("\(error)"))
                 return
             }
         }
@@ -72,10 +100,10 @@ public final class ClientConnectionDriver: ConnectionDelegate {
     }
 
     private func feedSession(_ plaintext: [UInt8]) -> Bool {
-        do {
-            try plaintext.withUnsafeBytes { raw in try grpc.session.receive(raw) }
+        do throws(H2Error) {
+            try grpc.session.receive(plaintext)
         } catch {
-            lost("HTTP/2 error: \(error)")
+            lostAfterFlush(.http2("\(error)"))
             return false
         }
         return true
@@ -84,7 +112,7 @@ public final class ClientConnectionDriver: ConnectionDelegate {
     public func connectionDrained(_ connection: Connection) { flush() }
 
     public func connectionClosed(_ connection: Connection, error: SystemError?) {
-        lost(error.map { "\($0)" } ?? "the server closed the connection")
+        lost(error.map { .socket($0) } ?? .closedByPeer)
     }
 
     /// Moves session output (through TLS) to the socket until the session has nothing more or the socket backs up.
@@ -104,10 +132,26 @@ public final class ClientConnectionDriver: ConnectionDelegate {
             let ciphertext = tls.takeCiphertext()
             if !ciphertext.isEmpty { socket.write(ciphertext) }
         }
-        if grpc.session.isClosed { lost("the HTTP/2 session ended") }
+        if grpc.session.isClosed { lost(.sessionEnded) }
     }
 
-    private func lost(_ reason: String) {
+    /// After a protocol error nghttp2 has queued a GOAWAY naming it: send that first, so the server learns why.
+    private func lostAfterFlush(_ reason: ClientConnectionLoss) {
+        if let socket, !socket.isClosed {
+            outputBuffer.removeAll(keepingCapacity: true)
+            if grpc.session.takeOutput(into: &outputBuffer, maxBytes: Self.outputChunk) > 0 {
+                if let tls {
+                    tls.send(outputBuffer)
+                    socket.write(tls.takeCiphertext())
+                } else {
+                    socket.write(outputBuffer)
+                }
+            }
+        }
+        lost(reason)
+    }
+
+    private func lost(_ reason: ClientConnectionLoss) {
         guard !closed else { return }
         // The owner hears the real reason first; closing then finishes the calls ("connection lost"), which an
         // owner that already gave up ignores.

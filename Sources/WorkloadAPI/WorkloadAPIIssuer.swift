@@ -287,7 +287,7 @@ final class UpstreamConnection {
         let attempt = self.attempt
         driver.onLost = { [weak self] reason in
             guard let self, !self.closed else { return }
-            self.issuer?.lost(attempt: attempt, reason: reason)
+            self.issuer?.lost(attempt: attempt, reason: "\(reason)")
         }
         self.driver = driver
     }
