@@ -232,7 +232,8 @@ public final class Agent {
                         "key generated off the loop",
                         metadata: ["algorithm": "\(algorithm)", "ms": "\((milliseconds * 10).rounded() / 10)"])
                 case .csrSent(let round, let attempt):
-                    logger.debug("CSR sent to istiod", metadata: ["round": "\(round)", "try": "\(attempt)"])
+                    logger.debug(
+                        "CSR try started (dial, TLS, request)", metadata: ["round": "\(round)", "try": "\(attempt)"])
                 }
             })
     }

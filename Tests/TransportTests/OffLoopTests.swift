@@ -116,3 +116,48 @@ import Testing
         #expect(!loop.run(until: { completed }, timeout: 0.2))
     }
 }
+
+@Suite struct TCPDialTimeoutTests {
+    /// A listener that never accepts, its backlog full: the kernel drops further SYNs, so a connect stays in progress
+    /// and only the dial's own timeout ends it (the loop keeps running meanwhile).
+    @Test func aConnectThatNeverCompletesTimesOut() throws {
+        let loop = try EventLoop()
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, length) }
+        }
+        #expect(listen(listener, 0) == 0)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) }
+        }
+        let port = UInt16(bigEndian: address.sin_port)
+        guard case .success(let addresses) = HostResolver.resolve(TCPAddress(host: "127.0.0.1", port: port)) else {
+            Issue.record("numeric resolution failed")
+            return
+        }
+        // Fill the backlog with dials nobody accepts.
+        var fillers: [TCPDial] = []
+        for _ in 0..<4 {
+            fillers.append(TCPDial(addresses: addresses, target: "filler", timeout: 5, loop: loop) { _ in })
+        }
+        _ = loop.run(until: { false }, timeout: 0.3)
+        var outcome: Result<Int32, SystemError>?
+        let started = EventLoop.monotonicNanos()
+        let dial = TCPDial(addresses: addresses, target: "127.0.0.1:\(port)", timeout: 0.5, loop: loop) { outcome = $0 }
+        #expect(loop.run(until: { outcome != nil }, timeout: 5))
+        let elapsed = Double(EventLoop.monotonicNanos() - started) / 1e9
+        guard case .failure(let error) = outcome else {
+            Issue.record("expected a timeout, got \(String(describing: outcome))")
+            withExtendedLifetime((dial, fillers)) {}
+            return
+        }
+        #expect(error.errno == ETIMEDOUT)
+        #expect(elapsed >= 0.45 && elapsed < 2, "\(elapsed) s")
+        withExtendedLifetime((dial, fillers)) {}
+    }
+}
