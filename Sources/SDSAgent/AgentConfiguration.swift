@@ -193,8 +193,19 @@ extension AgentConfiguration {
             throw ConfigurationError(flag: "--spiffe-id (SPIFFE_ID)", problem: problem)
         }
 
+        // What an injected istio-proxy container already says: PILOT_CERT_PROVIDER=istiod with a CA_ADDR.
+        let istioInjected =
+            environment["PILOT_CERT_PROVIDER"] == "istiod" && !(environment["CA_ADDR"] ?? "").isEmpty
+        let issuerText = pick(options.issuer, "SDS_ISSUER", istioInjected ? "istiod" : "local")
+        guard let issuer = IssuerKind(rawValue: issuerText) else {
+            throw ConfigurationError(
+                flag: "--issuer", problem: "'\(issuerText)' is not one of: local, workload-api, istiod")
+        }
+        // istiod: istio-agent's SECRET_TTL default (24 h, istiod's default workload lifetime); the local CA signs
+        // hour-long SVIDs by default, rotation being free there.
         let ttl = try duration(
-            pick(options.svidTTL, "SECRET_TTL", "1h"), flag: "--svid-ttl (SECRET_TTL)", range: svidTTLRange,
+            pick(options.svidTTL, "SECRET_TTL", issuer == .istiod ? "24h" : "1h"), flag: "--svid-ttl (SECRET_TTL)",
+            range: svidTTLRange,
             why: "an SVID must outlive Envoy's first reconnect attempts; istiod issues at most 90 days")
         let ratioText = pick(options.rotateRatio, "SECRET_GRACE_PERIOD_RATIO", "0.5")
         guard let ratio = Double(ratioText), ratio > 0, ratio < 1 else {
@@ -210,14 +221,6 @@ extension AgentConfiguration {
         }
         let caTTL = try duration(
             pick(options.caTTL, "SDS_CA_TTL", "8760h"), flag: "--ca-ttl", range: caTTLRange, why: "at most 10 years")
-        // What an injected istio-proxy container already says: PILOT_CERT_PROVIDER=istiod with a CA_ADDR.
-        let istioInjected =
-            environment["PILOT_CERT_PROVIDER"] == "istiod" && !(environment["CA_ADDR"] ?? "").isEmpty
-        let issuerText = pick(options.issuer, "SDS_ISSUER", istioInjected ? "istiod" : "local")
-        guard let issuer = IssuerKind(rawValue: issuerText) else {
-            throw ConfigurationError(
-                flag: "--issuer", problem: "'\(issuerText)' is not one of: local, workload-api, istiod")
-        }
         let istiod = try istiodSettings(options, environment: environment, pick: pick)
         // A self-made root must hold its rotation: the successor in the bundle an SVID lifetime and a margin before
         // it signs, the old root kept until its last SVID expires (RootRotationSchedule). An operator CA (or

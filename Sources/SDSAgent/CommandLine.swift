@@ -42,7 +42,8 @@ public enum AgentCommandLine {
             set: { $0.spiffeID = $1 }),
         Flag(
             name: "svid-ttl", valueName: "duration", environment: "SECRET_TTL",
-            help: "SVID lifetime, e.g. 1h, 30m, 24h (default 1h; 10s to 2160h).", set: { $0.svidTTL = $1 }),
+            help: "SVID lifetime, e.g. 1h, 30m, 24h (default 1h, 24h with --issuer istiod; 10s to 2160h).",
+            set: { $0.svidTTL = $1 }),
         Flag(
             name: "rotate-ratio", valueName: "ratio", environment: "SECRET_GRACE_PERIOD_RATIO",
             help: "Rotate when this fraction of the lifetime is left (default 0.5).", set: { $0.rotateRatio = $1 }),

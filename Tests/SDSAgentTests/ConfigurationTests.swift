@@ -255,6 +255,8 @@ func resolveConfiguration(
         #expect(config.istiod.tokenPath == "/var/run/secrets/tokens/istio-token")
         #expect(config.istiod.clusterID == "Kubernetes")
         #expect(config.istiod.keyType == .ecdsaP256)
+        #expect(config.svidTTL == 86_400, "istio-agent's SECRET_TTL default")
+        #expect(try resolve().svidTTL == 3600, "the local CA's default is unchanged")
     }
 
     @Test func anInjectedIstioProxyEnvironmentChoosesIstiod() throws {
