@@ -70,6 +70,12 @@ import Testing
         }
         #expect(reason.contains("server certificate rejected"))
         #expect(serverGot.isEmpty, "the server decrypted nothing")
+        // The client's alert reached the server, naming why.
+        guard case .failed(let serverSaw) = peer.server.state else {
+            Issue.record("the server did not hear the alert: \(peer.server.state)")
+            return
+        }
+        #expect(serverSaw.contains("unknown ca"), "\(serverSaw)")
     }
 
     @Test func aWrongServerNameIsRefused() throws {
