@@ -202,6 +202,15 @@ public struct IstioCAClientStateMachine {
                 now: now, randomUnit: randomUnit)
     }
 
+    /// The try could not even start for a local reason (the token or root-cert file is missing or unusable):
+    /// nothing was sent, and retrying in 100 ms will not make the file appear, so the round ends with `error`.
+    public mutating func cannotSend(
+        round: Int, try attempt: Int, error: IssuerError, now: Timestamp, randomUnit: Double
+    ) -> [Action] {
+        guard state == .requesting(round: round, try: attempt) else { return [] }
+        return [.abandonCall] + failRound(error, now: now, randomUnit: randomUnit)
+    }
+
     /// Delay before try `attempt + 1`: 100 ms, 200 ms, 400 ms, 800 ms, each ±10 %.
     public static func retryDelay(afterTry attempt: Int, randomUnit: Double) -> Double {
         let base = retryBaseDelay * Double(1 << max(0, min(attempt - 1, 16)))

@@ -205,9 +205,8 @@ public final class IstioCAIssuer: Issuer {
             // Not a transport failure: retrying in 100 ms will not make the file appear. End the round.
             abandonCall()
             perform(
-                machine.callFailed(
-                    round: round, try: attempt, status: GRPCStatus(.failedPrecondition, error.message),
-                    now: clock.now(), randomUnit: randomUnit()))
+                machine.cannotSend(round: round, try: attempt, error: error, now: clock.now(), randomUnit: randomUnit())
+            )
             return
         }
         var metadata: [(String, String)] = []

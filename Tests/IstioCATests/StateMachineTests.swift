@@ -237,6 +237,15 @@ func requestingMachine(key: PrivateKey) throws -> Machine {
         #expect(delays == [1, 2, 3, 3, 3, 3, 3])
     }
 
+    @Test func aLocalProblemEndsTheRoundWithItsOwnMessage() throws {
+        var machine = try requestingMachine(key: try PrivateKey.generate())
+        let error = IssuerError(kind: .issuanceFailed, message: "cannot read the token: open /t: No such file")
+        let actions = machine.cannotSend(round: 1, try: 1, error: error, now: FakeClock.defaultStart, randomUnit: 0.5)
+        #expect(steps(actions) == [.abandon, .timer(1), .report(.issuanceFailed)])
+        #expect(reports(actions).first?.message == error.message)
+        #expect(machine.state == .waiting)
+    }
+
     @Test func rotateNowStartsARoundOnlyWhenNoneIsUnderWay() throws {
         let key = try PrivateKey.generate()
         var machine = try requestingMachine(key: key)
