@@ -294,3 +294,30 @@ class FakeIstiod:
         if len(parts) != 4 or parts[:2] != ["system", "serviceaccount"] or not parts[2] or not parts[3]:
             return None
         return parts[2], parts[3]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python fake_istiod.py --dir DIR --trust-domain TD --spiffe-id ID [--spiffe-id ID ...]`: serves until
+    interrupted; writes DIR/root-cert.pem and one DIR/<sa>.token per SPIFFE ID, and prints CA_ADDR."""
+    import argparse
+    import signal as signals
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", required=True, type=pathlib.Path)
+    parser.add_argument("--trust-domain", default="example.org")
+    parser.add_argument("--spiffe-id", action="append", default=[])
+    args = parser.parse_args(argv)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    fake = FakeIstiod(args.dir, args.trust_domain).start()
+    for spiffe_id in args.spiffe_id:
+        (args.dir / f"{spiffe_id.rsplit('/', 1)[-1]}.token").write_text(fake.token_for(spiffe_id))
+    print(f"CA_ADDR={fake.address} ISTIOD_SAN={ISTIOD_NAME} CA_ROOT_CA={fake.root_cert_path}", flush=True)
+    stop = threading.Event()
+    signals.signal(signals.SIGINT, lambda *_: stop.set())
+    signals.signal(signals.SIGTERM, lambda *_: stop.set())
+    while not stop.wait(1):
+        pass
+    fake.stop()
+
+
+if __name__ == "__main__":
+    main()
