@@ -11,6 +11,8 @@ let package = Package(
         .executable(name: "sds-dump", targets: ["sds-dump"]),
         .executable(name: "sds-bench", targets: ["sds-bench"]),
         .executable(name: "sds-floor", targets: ["sds-floor"]),
+        // For Tests/Fuzz (its own package, built with libFuzzer by `make fuzz`): the fuzz targets.
+        .library(name: "FuzzTargets", targets: ["FuzzTargets"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -40,6 +42,9 @@ let package = Package(
         .target(name: "PKI", dependencies: ["COpenSSL"]),
         .target(name: "Wire", dependencies: ["CSDSProtos"]),
 
+        // HTTP/1.1 request heads for the status listener: a pure parser (unit-tested and fuzzable), no I/O.
+        .target(name: "HTTP1"),
+
         // JSON text without Foundation: sds-agent's JSON logs, sds-dump's --json, the bench report.
         .target(name: "JSONText"),
 
@@ -62,8 +67,7 @@ let package = Package(
             name: "SDSAgent",
             dependencies: [
                 "Wire", "XDS", "GRPC", "H2", "Transport", "Issuance", "SPIFFE", "PKI", "JSONText", "WorkloadAPI",
-                "IstioCA",
-                .product(name: "Logging", package: "swift-log"),
+                "IstioCA", "HTTP1", .product(name: "Logging", package: "swift-log"),
             ]),
 
         // Executables: parse arguments, call a library.
@@ -99,13 +103,15 @@ let package = Package(
         .testTarget(name: "GRPCTests", dependencies: ["GRPC", "H2", "TestSupport"]),
         .testTarget(name: "XDSTests", dependencies: ["XDS", "Wire", "TestSupport"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+        .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1"]),
         .testTarget(
             name: "WorkloadAPITests",
             dependencies: ["WorkloadAPI", "Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "Transport", "TestSupport"]),
         .testTarget(
             name: "SDSAgentTests",
             dependencies: [
-                "SDSAgent", "TestSupport", "GRPC", "H2", "Wire", "XDS", .product(name: "Logging", package: "swift-log"),
+                "SDSAgent", "TestSupport", "GRPC", "H2", "Wire", "XDS", "HTTP1", "Transport",
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "JSONText", "Wire", "GRPC", "PKI", "TestSupport"]),
         .testTarget(name: "BenchTests", dependencies: ["Bench"]),
@@ -114,6 +120,16 @@ let package = Package(
             dependencies: [
                 "IstioCA", "Upstream", "Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport", "TestSupport",
             ]),
+
+        // Fuzz targets, one function per attack surface: Tests/Fuzz builds them into libFuzzer executables (`make
+        // fuzz`); FuzzTargetsTests replays every committed corpus file through them (part of `make unit`).
+        .target(
+            name: "FuzzTargets",
+            dependencies: [
+                "SDSAgent", "HTTP1", "GRPC", "H2", "Wire", "PKI", "SPIFFE", "WorkloadAPI", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets"]),
     ]
 )
 

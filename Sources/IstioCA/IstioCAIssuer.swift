@@ -11,7 +11,7 @@ import Wire
 /// Where and how to reach istiod (or cert-manager's istio-csr), with istio-agent's names in comments.
 public struct IstioCAConfiguration: Sendable {
     /// `CA_ADDR`.
-    public var address: TCPAddress
+    public var address: TCPEndpoint
     /// `CA_ROOT_CA`: the PEM file of roots istiod's serving certificate chains to; nil = the system trust store.
     public var rootCertPath: String?
     /// `ISTIOD_SAN`: the name istiod's certificate must carry (default: the host of `CA_ADDR`).
@@ -29,7 +29,7 @@ public struct IstioCAConfiguration: Sendable {
     public var rotation: RotationPolicy
 
     public init(
-        address: TCPAddress, rootCertPath: String?, serverName: String, tokenPath: String, clusterID: String,
+        address: TCPEndpoint, rootCertPath: String?, serverName: String, tokenPath: String, clusterID: String,
         extraHeaders: [(String, String)], keyAlgorithm: KeyAlgorithm, spiffeID: SPIFFEID, requestedTTL: Int64,
         rotation: RotationPolicy
     ) {

@@ -1,5 +1,6 @@
 import GRPC
 import Glibc
+import HTTP1
 import Issuance
 import IstioCA
 import Logging
@@ -32,6 +33,13 @@ public final class Agent {
     private var expiryTimer: EventLoop.Timer?
     private let ownID: String
     private let ownTrustDomain: String
+    let metrics = AgentMetrics()
+    let health = HealthService()
+    private(set) var status: StatusServer?
+    /// Why the next identity update happens: SIGHUP sets `.signal` until the update it asked for arrives.
+    private var pendingRotationReason: AgentMetrics.RotationReason?
+    /// Expiry of each served `file-cert:` certificate, by name (read when the file is loaded, not per scrape).
+    private var fileCertificateExpiry: [String: Int64] = [:]
 
     /// Builds the agent; binds nothing yet.
     public init(configuration: AgentConfiguration, logger: Logger, clock: any WallClock = SystemWallClock())
@@ -67,21 +75,30 @@ public final class Agent {
             case .federatedBundle, .unknown: return .neverServed
             }
         }
-        self.service = SecretDiscoveryService(classifier: classifier, logger: logger)
+        self.service = SecretDiscoveryService(classifier: classifier, logger: logger, metrics: metrics)
         let router = GRPCRouter()
         service.register(on: router)
+        health.register(on: router)
         self.server = SDSServer(
             loop: loop, router: router, logger: logger,
             admission: PeerAdmission(uids: configuration.allowedUIDs, gids: configuration.allowedGIDs),
             limits: OutboundLimits(
                 maxQueuedBytes: configuration.maxQueuedBytes, writeStallTimeout: configuration.writeStallTimeout),
             inboundLimits: configuration.limits)
+        server.metrics = metrics
         service.onSubscribe = { [unowned self] names, peer in self.fileNames.subscribe(names, peer: peer) }
         service.onRelease = { [unowned self] names in self.fileNames.release(names) }
         fileNames.publish = { [unowned self] secrets in
-            if !self.service.publish(secrets).isEmpty { self.server.flushAll() }
+            for secret in secrets { self.fileCertificateExpiry[secret.name] = Self.leafNotAfter(secret) }
+            if !self.service.publish(secrets).isEmpty {
+                self.metrics.countRotation(.file, at: self.clock.now().secondsSinceEpoch)
+                self.server.flushAll()
+            }
         }
-        fileNames.unpublish = { [unowned self] names in self.service.unpublish(names) }
+        fileNames.unpublish = { [unowned self] names in
+            for name in names { self.fileCertificateExpiry.removeValue(forKey: name) }
+            self.service.unpublish(names)
+        }
         fileNames.reclassify = { [unowned self] in
             self.service.reclassify()
             self.server.flushAll()
@@ -111,6 +128,18 @@ public final class Agent {
             logger.critical("cannot serve", metadata: ["socket": "\(configuration.socket)", "error": "\(error)"])
             return 1
         }
+        if let address = configuration.statusAddress {
+            do throws(SystemError) {
+                try startStatusListener(on: address)
+            } catch {
+                // Asked for and unavailable (e.g. the port is taken): a probe or scrape relying on it would fail
+                // later with less context, so the agent does not start. The socket it bound goes too.
+                logger.critical(
+                    "cannot listen on --status-addr", metadata: ["address": "\(address)", "error": "\(error)"])
+                server.stopListening()
+                return 1
+            }
+        }
         logger.info(
             "listening",
             metadata: [
@@ -125,6 +154,8 @@ public final class Agent {
         issuer.stop()
         server.closeAll()
         server.stopListening()
+        status?.closeAll()
+        status?.stopListening()
         logger.info("stopped")
         return 0
     }
@@ -238,9 +269,107 @@ public final class Agent {
             })
     }
 
+    // MARK: Status
+
+    /// SERVING / ready: an SVID is held and has not expired, and the agent is not draining (it no longer accepts).
+    var isServing: Bool {
+        guard let current, !draining else { return false }
+        return current.svid.notAfter > clock.now()
+    }
+
+    private func startStatusListener(on address: TCPAddress) throws(SystemError) {
+        let status = StatusServer(loop: loop, logger: logger) { [unowned self] request in
+            StatusRoutes.response(for: request, ready: self.isServing, metrics: { self.metricsText() })
+        }
+        status.onRefused = { [unowned self] in self.metrics.countRefusal(.limits) }
+        try status.listen(on: address)
+        self.status = status
+        logger.info(
+            "status listening", metadata: ["address": "\(status.boundAddress?.description ?? address.description)"])
+    }
+
+    /// The `/metrics` exposition, read from its owners now (gauges) and from `metrics` (counters).
+    func metricsText() -> String {
+        var out = MetricsExposition()
+        out.family("sds_agent_build_info", .gauge, "Build of this sds-agent (always 1).")
+        out.sample(
+            "sds_agent_build_info", ["version": AgentCommandLine.version, "issuer": configuration.issuer.rawValue],
+            Int64(1))
+        out.family(
+            "sds_agent_certificate_expiry_timestamp_seconds", .gauge,
+            "Expiry (notAfter) of each certificate served, by secret name, in seconds since the epoch.")
+        if let current {
+            let notAfter = current.svid.notAfter.secondsSinceEpoch
+            for name in [SecretName.istioWorkload, current.svid.spiffeID.uri] {
+                out.sample("sds_agent_certificate_expiry_timestamp_seconds", ["secret": name], notAfter)
+            }
+        }
+        for (name, notAfter) in fileCertificateExpiry.sorted(by: { $0.key < $1.key }) {
+            out.sample("sds_agent_certificate_expiry_timestamp_seconds", ["secret": name], notAfter)
+        }
+        out.family(
+            "sds_agent_root_expiry_timestamp_seconds", .gauge,
+            "Expiry (notAfter) of each trust bundle root, by trust domain and serial, in seconds since the epoch.")
+        for bundle in current?.bundles ?? [] {
+            for root in bundle.certificates {
+                out.sample(
+                    "sds_agent_root_expiry_timestamp_seconds",
+                    ["trust_domain": bundle.trustDomain.name, "serial": root.serialHex],
+                    root.notAfter.secondsSinceEpoch)
+            }
+        }
+        out.family(
+            "sds_agent_last_rotation_timestamp_seconds", .gauge,
+            "When the last rotation wave published new secrets, in seconds since the epoch.")
+        if let last = metrics.lastRotation { out.sample("sds_agent_last_rotation_timestamp_seconds", last) }
+        out.family("sds_agent_rotations_total", .counter, "Rotation waves that published new secrets, by reason.")
+        for reason in AgentMetrics.RotationReason.allCases {
+            out.sample("sds_agent_rotations_total", ["reason": reason.rawValue], metrics.rotations[reason] ?? 0)
+        }
+        out.family("sds_agent_issuance_failures_total", .counter, "Failed issuances, by issuer and reason.")
+        for (key, count) in metrics.issuanceFailures.sorted(by: { $0.key < $1.key }) {
+            let parts = key.split(separator: "\u{0}", maxSplits: 1).map(String.init)
+            out.sample("sds_agent_issuance_failures_total", ["issuer": parts[0], "reason": parts.last!], count)
+        }
+        out.family("sds_agent_issuer_up", .gauge, "1 while the issuer delivers (last attempt succeeded), else 0.")
+        out.sample("sds_agent_issuer_up", Int64(current != nil && lastIssuerError == nil ? 1 : 0))
+        out.family("sds_agent_serving", .gauge, "1 while a valid SVID is held (gRPC health SERVING, /ready 200).")
+        out.sample("sds_agent_serving", Int64(isServing ? 1 : 0))
+        out.family("sds_agent_connections", .gauge, "Open connections on the SDS socket.")
+        out.sample("sds_agent_connections", Int64(server.connectionCount))
+        out.family("sds_agent_streams", .gauge, "Open SDS calls, by API (fetch: FetchSecrets held for issuance).")
+        let calls = service.openCallCounts
+        out.sample("sds_agent_streams", ["api": "sotw"], Int64(calls.sotw))
+        out.sample("sds_agent_streams", ["api": "delta"], Int64(calls.delta))
+        out.sample("sds_agent_streams", ["api": "fetch"], Int64(calls.fetch))
+        out.family("sds_agent_pushes_total", .counter, "SDS responses queued to streams.")
+        out.sample("sds_agent_pushes_total", metrics.pushes)
+        out.family("sds_agent_nacks_total", .counter, "NACKs from Envoy, by secret name (names this agent serves).")
+        for (name, count) in metrics.nacks.sorted(by: { $0.key < $1.key }) {
+            out.sample("sds_agent_nacks_total", ["secret": name], count)
+        }
+        out.family(
+            "sds_agent_refusals_total", .counter,
+            "Refused peers (peer), peers cut off at a bound (limits), requested names never served (names).")
+        for reason in AgentMetrics.RefusalReason.allCases {
+            out.sample("sds_agent_refusals_total", ["reason": reason.rawValue], metrics.refusals[reason] ?? 0)
+        }
+        return out.text
+    }
+
+    /// The leaf's notAfter of a certificate secret with an inline PEM chain; nil for anything else.
+    static func leafNotAfter(_ secret: Secret) -> Int64? {
+        guard case .tlsCertificate(let tls) = secret.kind, case .inlineBytes(let pem) = tls.certificateChain,
+            let leaf = try? Certificate.parseChain(pem: String(decoding: pem, as: UTF8.self)).first
+        else { return nil }
+        return leaf.notAfter.secondsSinceEpoch
+    }
+
     // MARK: Events
 
     private func identityChanged(_ update: IdentityUpdate) {
+        let started = EventLoop.monotonicSeconds()
+        let pushesBefore = metrics.pushes
         let secrets: [Secret]
         do {
             secrets = try IdentitySecrets.secrets(for: update)
@@ -260,14 +389,23 @@ public final class Agent {
         let gone = federatedNames.subtracting(nowFederated)
         if !gone.isEmpty { service.unpublish(Array(gone)) }
         federatedNames = nowFederated
+        // Before the flush: a Watch's new status leaves with the secrets' pushes.
+        health.setServing(isServing)
         server.flushAll()
         armExpiry(update.svid.notAfter)
+        let reason: AgentMetrics.RotationReason =
+            configuration.issuer == .workloadAPI ? .upstream : (pendingRotationReason ?? .schedule)
+        pendingRotationReason = nil
+        if !changed.isEmpty { metrics.countRotation(reason, at: clock.now().secondsSinceEpoch) }
+        // One line per wave, however many streams: what changed, how many responses it queued, how long it took.
+        let elapsed = EventLoop.monotonicSeconds() - started
         logger.info(
             "rotated",
             metadata: [
                 "spiffe_id": "\(update.svid.spiffeID)", "serial": "\(update.svid.leaf.serialHex)",
-                "not_after": "\(update.svid.notAfter)", "changed": "\(changed)",
-                "streams": "\(service.openStreamCount)",
+                "not_after": "\(update.svid.notAfter)", "reason": "\(reason.rawValue)", "names": "\(changed)",
+                "streams": "\(service.openStreamCount)", "pushed": "\(metrics.pushes - pushesBefore)",
+                "duration_ms": "\((elapsed * 1_000_000).rounded() / 1000)",
             ])
     }
 
@@ -283,6 +421,7 @@ public final class Agent {
                 "SVID expired; holding requests until the issuer delivers a new one",
                 metadata: ["serial": "\(current.svid.leaf.serialHex)", "not_after": "\(current.svid.notAfter)"])
             self.current = nil
+            self.health.setServing(false)
             self.service.unpublish([SecretName.istioWorkload, current.svid.spiffeID.uri])
             self.server.flushAll()
         }
@@ -290,12 +429,21 @@ public final class Agent {
 
     private func issuerFailed(_ error: IssuerError) {
         lastIssuerError = error
+        let reason =
+            switch error.kind {
+            case .issuanceFailed: "issuance_failed"
+            case .upstreamUnavailable: "upstream_unavailable"
+            case .permissionDenied: "permission_denied"
+            }
+        metrics.countIssuanceFailure(issuer: configuration.issuer.rawValue, reason: reason)
         let serving = current.map { "serial \($0.svid.leaf.serialHex) until \($0.svid.notAfter)" } ?? "nothing yet"
         logger.error("issuance failed", metadata: ["error": "\(error)", "serving": "\(serving)"])
     }
 
     private func rotateNow() {
-        logger.info("SIGHUP: rotating now")
+        // Debug: the wave's own info line (`rotated reason=signal`) says it; one info line per rotation.
+        logger.debug("SIGHUP: rotating now")
+        pendingRotationReason = .signal
         issuer?.rotateNow()
         fileNames.reloadAll()
     }
@@ -310,6 +458,8 @@ public final class Agent {
         logger.info("draining", metadata: ["signal": "\(signal)", "connections": "\(server.connectionCount)"])
         server.stopListening()
         issuer?.stop()
+        health.setServing(false)
+        health.finishAll(GRPCStatus(.unavailable, "sds-agent is shutting down"))
         // The shutdown notice first, then every call's trailers; the final GOAWAY follows one round trip later.
         server.beginDrain()
         service.finishAll(GRPCStatus(.unavailable, "sds-agent is shutting down"))

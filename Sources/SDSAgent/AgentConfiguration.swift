@@ -27,7 +27,7 @@ public struct AgentConfiguration: Sendable {
     /// `--issuer istiod` settings, with istio-agent's names.
     public struct IstiodSettings: Sendable, Equatable {
         /// `CA_ADDR`.
-        public var address: TCPAddress
+        public var address: TCPEndpoint
         /// `CA_ROOT_CA`: a PEM file, or nil for `SYSTEM` (the OS trust store).
         public var rootCertPath: String?
         /// `ISTIOD_SAN`, else the host of `CA_ADDR`.
@@ -70,6 +70,9 @@ public struct AgentConfiguration: Sendable {
     public var maxQueuedBytes: Int = OutboundLimits.defaultMaxQueuedBytes
     /// Bounds on what peers of the socket can make the agent hold (`--max-request-bytes`, `--max-connections`).
     public var limits = InboundLimits()
+    /// The HTTP status listener (`/live`, `/ready`, `/metrics`); nil (the default) binds no port. See
+    /// `StatusServer` for why it is off unless asked for.
+    public var statusAddress: TCPAddress?
 
     /// Why 10 min: a drain only waits for peers to take the last bytes; Kubernetes' default grace period is 30 s,
     /// and an unbounded (or `inf`) drain would keep a dead pod's sidecar alive forever.
@@ -133,6 +136,7 @@ public struct RawAgentOptions: Sendable, Equatable {
     public var allowGIDs: String?
     public var writeStallTimeout: String?
     public var maxQueuedBytes: String?
+    public var statusAddress: String?
     public init() {}
 }
 
@@ -272,6 +276,12 @@ extension AgentConfiguration {
         limits.maxConnections = try count(
             pick(options.maxConnections, "SDS_MAX_CONNECTIONS", String(InboundLimits.defaultMaxConnections)),
             flag: "--max-connections", range: InboundLimits.maxConnectionsRange)
+        var statusAddress: TCPAddress?
+        if let text = pickOptional(options.statusAddress, "SDS_STATUS_ADDR"), text != "off" {
+            do { statusAddress = try TCPAddress(text) } catch {
+                throw ConfigurationError(flag: "--status-addr", problem: error.description)
+            }
+        }
 
         let fileDirs = try directories(
             pick(options.fileDirs, "SDS_FILE_DIRS", FileAccessPolicy.defaultDirectories.joined(separator: ",")))
@@ -290,6 +300,7 @@ extension AgentConfiguration {
         configuration.writeStallTimeout = stall
         configuration.maxQueuedBytes = queued
         configuration.limits = limits
+        configuration.statusAddress = statusAddress
         return configuration
     }
 
@@ -297,8 +308,8 @@ extension AgentConfiguration {
         _ options: RawAgentOptions, environment: [String: String], pick: (String?, String?, String) -> String
     ) throws(ConfigurationError) -> IstiodSettings {
         let addressText = pick(options.caAddr, "CA_ADDR", defaultCAAddress)
-        let address: TCPAddress
-        do { address = try TCPAddress(addressText) } catch {
+        let address: TCPEndpoint
+        do { address = try TCPEndpoint(addressText) } catch {
             throw ConfigurationError(flag: "--ca-addr (CA_ADDR)", problem: error.description)
         }
         let rootText = pick(options.caRootCert, "CA_ROOT_CA", defaultCARootCert)

@@ -5,6 +5,8 @@
 public enum AgentCommandLine {
     public enum Parsed: Equatable, Sendable {
         case run(RawAgentOptions)
+        /// `sds-agent healthcheck [--socket PATH]`: the socket to ask (nil: SDS_SOCKET, then the default).
+        case healthcheck(socket: String?)
         case help
         case version
     }
@@ -140,6 +142,11 @@ public enum AgentCommandLine {
             name: "max-connections", valueName: "count", environment: "SDS_MAX_CONNECTIONS",
             help: "Connections served at once; more are closed on accept (default 256; 1 to 65536).",
             set: { $0.maxConnections = $1 }),
+        Flag(
+            name: "status-addr", valueName: "host:port", environment: "SDS_STATUS_ADDR",
+            help:
+                "HTTP /live, /ready, /metrics on this address, e.g. 127.0.0.1:15095 (:PORT is loopback; default off).",
+            set: { $0.statusAddress = $1 }),
     ]
 
     /// Parses `arguments` (without the program name).
@@ -148,11 +155,12 @@ public enum AgentCommandLine {
         if let first = rest.first {
             switch first {
             case "run": rest = rest.dropFirst()
+            case "healthcheck": return try parseHealthcheck(rest.dropFirst())
             case "help", "-h", "--help": return .help
             case "version", "--version": return .version
             default:
                 if !first.hasPrefix("-") {
-                    throw UsageError(message: "unknown command '\(first)' (commands: run, help, version)")
+                    throw UsageError(message: "unknown command '\(first)' (commands: run, healthcheck, help, version)")
                 }
             }
         }
@@ -184,6 +192,28 @@ public enum AgentCommandLine {
         return .run(options)
     }
 
+    /// `healthcheck` takes one flag, `--socket` (same default and environment variable as `run`).
+    static func parseHealthcheck(_ arguments: ArraySlice<String>) throws(UsageError) -> Parsed {
+        var socket: String?
+        var rest = arguments
+        while let argument = rest.first {
+            rest = rest.dropFirst()
+            if argument == "-h" || argument == "--help" { return .help }
+            if argument.hasPrefix("--socket=") {
+                socket = String(argument.dropFirst("--socket=".count))
+            } else if argument == "--socket" {
+                guard let next = rest.first, !next.hasPrefix("--") else {
+                    throw UsageError(message: "--socket needs a value (<path>)")
+                }
+                socket = next
+                rest = rest.dropFirst()
+            } else {
+                throw UsageError(message: "healthcheck: unexpected argument '\(argument)' (only --socket <path>)")
+            }
+        }
+        return .healthcheck(socket: socket)
+    }
+
     public static var helpText: String {
         var text = """
             sds-agent \(version) — Envoy SDS provider sidecar: short-lived SPIFFE identities for Envoy over a Unix socket.
@@ -194,6 +224,7 @@ public enum AgentCommandLine {
             file-cert:<cert>~<key>, file-root:<ca>, file-root:system (Istio file-backed).
 
             USAGE: sds-agent run [flags]
+                   sds-agent healthcheck [--socket <path>]   (exit 0 when SERVING, else 1; one line; an exec probe)
 
             FLAGS (each also read from the environment variable in brackets; a flag wins):
 

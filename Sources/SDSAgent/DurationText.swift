@@ -6,6 +6,11 @@ public enum DurationText {
         public var description: String { "'\(text)' is not a duration (examples: 1h, 30m, 1h30m, 90s, 500ms)" }
     }
 
+    /// The longest duration accepted: 1000 years. Durations become TTLs and certificate lifetimes (Int64
+    /// seconds added to now), so values such as `inf` or `1e30` (found by fuzzing) would trap in those
+    /// conversions; no flag means anything near this long.
+    public static let maxSeconds: Double = 1000 * 365 * 86_400
+
     /// Seconds in `text`: always finite and not negative (`inf`, `nan`, `-5s` and overflowing digits are not
     /// durations). Each flag then checks its own range.
     public static func seconds(_ text: String) throws(ParseError) -> Double {
@@ -20,7 +25,7 @@ public enum DurationText {
         // Only plain decimals: Double() also reads "inf", "nan" and hex floats.
         if trimmed.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }) {
             guard let plain = Double(trimmed) else { throw ParseError(text: text) }
-            return plain
+            return try bounded(plain, text)
         }
         let units: [(String, Double)] = [("ms", 0.001), ("h", 3600), ("m", 60), ("s", 1)]
         var total = 0.0
@@ -33,11 +38,19 @@ public enum DurationText {
             rest = rest.dropFirst(unit.count)
             total += value * scale
         }
-        return total
+        return try bounded(total, text)
+    }
+
+    private static func bounded(_ seconds: Double, _ text: String) throws(ParseError) -> Double {
+        // NaN compares false: rejected too.
+        guard abs(seconds) <= maxSeconds else { throw ParseError(text: text) }
+        return seconds
     }
 
     /// `3600` → `1h`, `5400` → `1h30m`, `90` → `1m30s`: for logs and `--help` defaults.
     public static func format(seconds: Double) -> String {
+        // Any Double may be handed in: only those `seconds` can return are written as units.
+        guard seconds >= 0, seconds <= maxSeconds else { return "\(seconds)s" }
         var remaining = Int(seconds.rounded())
         if remaining == 0 { return "0s" }
         var text = ""

@@ -65,6 +65,8 @@ public final class SDSServer {
     /// is bounded so that many identities cannot grow it.
     private var reportedRefusals: Set<UInt64> = []
     public private(set) var refusedPeerCount = 0
+    /// Refusals by reason, for `/metrics`.
+    var metrics: AgentMetrics?
     let limits: OutboundLimits
     /// What a peer may make the agent hold or do (see `InboundLimits`).
     let inboundLimits: InboundLimits
@@ -140,6 +142,7 @@ public final class SDSServer {
 
     /// Logs a refusal once per cause and interval (see `RefusalLog`), never once per event.
     fileprivate func refused(_ cause: String, metadata: Logger.Metadata) {
+        metrics?.countRefusal(.limits)
         guard let entry = refusals.record(cause, now: EventLoop.monotonicSeconds()) else { return }
         var metadata = metadata
         if entry.suppressed > 0 { metadata["unlogged_since_last"] = "\(entry.suppressed)" }
@@ -165,7 +168,9 @@ public final class SDSServer {
             return
         }
         connections[ObjectIdentifier(connection)] = connection
-        logger.info(
+        // Debug, like the close: an exec probe (`sds-agent healthcheck`) opens a connection every period, and the
+        // connections gauge (`/metrics`) is what tracks them; refusals and cut-offs stay at warning.
+        logger.debug(
             "connection opened",
             metadata: [
                 "connection": "\(connection.id)", "peer_pid": "\(peer.pid)", "peer_uid": "\(peer.uid)",
@@ -197,6 +202,7 @@ public final class SDSServer {
         }
         if admission.admits(peer) { return peer }
         refusedPeerCount += 1
+        metrics?.countRefusal(.peer)
         let key = UInt64(peer.uid) << 32 | UInt64(peer.gid)
         if reportedRefusals.count < Self.maxReportedRefusals, reportedRefusals.insert(key).inserted {
             logger.warning(
@@ -212,6 +218,7 @@ public final class SDSServer {
     /// The peer stopped taking bytes or made too many wait: closed now, logged once (Envoy reconnects and gets the
     /// current state).
     fileprivate func cutOff(_ connection: ServerConnection, reason: String) {
+        metrics?.countRefusal(.limits)
         logger.warning(
             "disconnecting a peer that does not read",
             metadata: [
@@ -228,7 +235,7 @@ public final class SDSServer {
         connection.grpc.connectionLost()
         // A descriptor is free again: a listener paused on EMFILE may accept now.
         listener?.resume()
-        logger.info("connection closed", metadata: ["connection": "\(connection.id)", "reason": "\(reason)"])
+        logger.debug("connection closed", metadata: ["connection": "\(connection.id)", "reason": "\(reason)"])
         if connections.isEmpty { onAllConnectionsClosed?() }
     }
 }

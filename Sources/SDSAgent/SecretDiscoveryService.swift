@@ -29,12 +29,46 @@ public final class SecretDiscoveryService {
     /// Which names open streams and held fetches hold.
     public private(set) var subscriptions = SubscriptionCounts()
 
-    public init(classifier: @escaping SecretCache.NameClassifier, logger: Logger) {
+    /// Pushes, NACKs and refused names are counted here (for `/metrics`).
+    public let metrics: AgentMetrics
+    /// Names never served that were already warned about; bounded so that a client inventing names cannot grow it.
+    private(set) var warnedNeverServed: Set<String> = []
+    /// Why 256: a pod's bootstraps name a handful of secrets; more distinct refused names is a client making them
+    /// up, and it is counted (`refusals{reason="names"}`), not logged.
+    static let maxWarnedNeverServed = 256
+
+    public init(
+        classifier: @escaping SecretCache.NameClassifier, logger: Logger, metrics: AgentMetrics = AgentMetrics()
+    ) {
         self.cache = SecretCache(classifier: classifier)
         self.logger = logger
+        self.metrics = metrics
     }
 
     public var openStreamCount: Int { sotwStreams.count + deltaStreams.count }
+
+    /// Open calls by API, for `/metrics` (`fetch`: FetchSecrets calls held until their names are issued).
+    public var openCallCounts: (sotw: Int, delta: Int, fetch: Int) {
+        (sotwStreams.count, deltaStreams.count, heldFetches.count)
+    }
+
+    /// A requested name this agent will never serve is held in silence by SotW (and Envoy waits forever), so it is
+    /// warned once per name, with the node that asked: a typo in a bootstrap shows in the log at once.
+    private func noteNeverServed(_ names: [String], node: String) {
+        for name in names where cache.availability(of: name) == .neverServed {
+            metrics.countRefusal(.names)
+            guard warnedNeverServed.count < Self.maxWarnedNeverServed, warnedNeverServed.insert(name).inserted
+            else { continue }
+            logger.warning(
+                "requested name will never be served here (unknown name, another workload's identity, or refused)",
+                metadata: ["name": "\(name)", "node": "\(node)"])
+        }
+    }
+
+    /// Counts a NACK against the names it concerns that this agent serves (others would be unbounded labels).
+    private func countNack(_ names: some Sequence<String>) {
+        for name in names where cache.availability(of: name) != .neverServed { metrics.nacks[name, default: 0] += 1 }
+    }
 
     /// Registers StreamSecrets, DeltaSecrets and FetchSecrets.
     public func register(on router: GRPCRouter) {
@@ -164,6 +198,7 @@ public final class SecretDiscoveryService {
                 // After `perform`: loading on-demand secrets pushes through `cacheChanged`, which must come after
                 // the response this request produced.
                 self.onSubscribe?(stream.machine.subscribedNames, call.peer)
+                self.noteNeverServed(stream.machine.subscribedNames, node: stream.machine.node?.id ?? "")
             }
             if subscribed, self.sotwStreams[ObjectIdentifier(call)] != nil {
                 self.holdNames(stream.machine.subscribedNames, for: ObjectIdentifier(call))
@@ -189,6 +224,7 @@ public final class SecretDiscoveryService {
                         "names": "\(names)",
                     ])
             case .nack(let nonce, _, let rejected, let names, let detail):
+                countNack(names)
                 logger.warning(
                     "nack",
                     metadata: [
@@ -205,7 +241,9 @@ public final class SecretDiscoveryService {
         switch stream.call.send(response.wireBytes()) {
         case .queued:
             stream.machine.responseAwaitsTransport()
-            logger.info(
+            metrics.pushes += 1
+            // Per stream at debug: a rotation at 10,000 streams is one info line (the agent's), not 10,000.
+            logger.debug(
                 "push",
                 metadata: [
                     "stream": "\(stream.id)", "mode": "sotw", "version": "\(response.versionInfo)",
@@ -254,6 +292,7 @@ public final class SecretDiscoveryService {
             self.perform(actions, on: stream)
             if changed {
                 self.onSubscribe?(request.resourceNamesSubscribe, call.peer)
+                self.noteNeverServed(request.resourceNamesSubscribe, node: stream.machine.node?.id ?? "")
                 if self.deltaStreams[ObjectIdentifier(call)] != nil {
                     self.holdNames(stream.machine.subscribedNames, for: ObjectIdentifier(call))
                 }
@@ -277,6 +316,7 @@ public final class SecretDiscoveryService {
                         "removed": "\(removed)",
                     ])
             case .nack(let nonce, let rejected, _, let detail):
+                countNack(rejected.keys)
                 logger.warning(
                     "nack",
                     metadata: [
@@ -293,7 +333,9 @@ public final class SecretDiscoveryService {
         switch stream.call.send(response.wireBytes()) {
         case .queued:
             stream.machine.responseAwaitsTransport()
-            logger.info(
+            metrics.pushes += 1
+            // Per stream at debug: a rotation at 10,000 streams is one info line (the agent's), not 10,000.
+            logger.debug(
                 "push",
                 metadata: [
                     "stream": "\(stream.id)", "mode": "delta",
@@ -328,6 +370,7 @@ public final class SecretDiscoveryService {
             }
             self.holdNames(request.resourceNames, for: key)
             self.onSubscribe?(request.resourceNames, call.peer)
+            self.noteNeverServed(request.resourceNames, node: request.node?.id ?? "")
             if self.answerFetch(call, request) {
                 self.holdNames([], for: key)
             } else {

@@ -236,6 +236,7 @@ public func writeStandardError(_ text: String) { writeAll(text, to: STDERR_FILEN
 /// validation context. Each file is written to a temporary name and renamed, so a reader never sees half a file.
 enum PEMFiles {
     static func write(_ secret: ReceivedSecret, into directory: String) throws(SystemError) {
+        try createDirectory(directory)
         let base = safeFileName(secret.name)
         switch secret.material {
         case .certificate(let chain, let key):
@@ -245,6 +246,24 @@ enum PEMFiles {
         case .validationContext(let cas):
             try Files.writeAtomically(
                 directory: directory, name: base + ".bundle.pem", bytes: Array(Certificate.pem(cas).utf8), mode: 0o644)
+        }
+    }
+
+    /// Creates `path` and any missing parent, each 0700 (it will hold private keys), like `mkdir -p -m 0700`.
+    /// Existing directories are left as they are: their mode is the operator's choice.
+    static func createDirectory(_ path: String) throws(SystemError) {
+        var info = stat()
+        if stat(path, &info) == 0 { return }  // exists; a non-directory fails at the first write, naming it
+        var prefix = path.hasPrefix("/") ? "/" : ""
+        for component in path.split(separator: "/") {
+            prefix += component
+            if mkdir(prefix, 0o700) == 0 {
+                // mkdir applies the umask; a key directory must be exactly 0700 whatever the umask is.
+                _ = chmod(prefix, 0o700)
+            } else if errno != EEXIST {
+                throw SystemError("mkdir", errno: errno, detail: prefix)
+            }
+            prefix += "/"
         }
     }
 }

@@ -1,8 +1,9 @@
 internal import CLinux
 import Glibc
 
-/// A TCP endpoint, `host:port` (`[v6]:port` for IPv6 literals), e.g. istio-agent's `CA_ADDR`.
-public struct TCPAddress: Equatable, Sendable, CustomStringConvertible {
+/// A TCP endpoint to dial, `host:port` (`[v6]:port` for IPv6 literals) where the host may be a name resolved later
+/// (e.g. istio-agent's `CA_ADDR`); `TCPAddress` is the numeric form a listener binds.
+public struct TCPEndpoint: Equatable, Sendable, CustomStringConvertible {
     public let host: String
     public let port: UInt16
 
@@ -73,8 +74,8 @@ public struct ResolvedAddress: Sendable, Equatable {
 /// Resolves host names (blocking `getaddrinfo`: call it off the loop, see `OffLoopWorker`).
 public enum HostResolver {
     /// Every TCP address of `address`, in the resolver's order; an IP literal resolves to itself without a lookup.
-    public static func resolve(_ address: TCPAddress) -> Result<[ResolvedAddress], SystemError> {
-        if let numeric = TCPAddress.numericAddress(address.host, port: address.port) { return .success([numeric]) }
+    public static func resolve(_ address: TCPEndpoint) -> Result<[ResolvedAddress], SystemError> {
+        if let numeric = TCPEndpoint.numericAddress(address.host, port: address.port) { return .success([numeric]) }
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         hints.ai_family = AF_UNSPEC

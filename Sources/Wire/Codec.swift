@@ -172,13 +172,27 @@ struct WireScanner {
 
     /// The concatenated payloads of every length-delimited occurrence of field `number`; protobuf merges
     /// repeated occurrences of a singular message field, and merging is exactly concatenation.
-    static func payload(ofField number: UInt64, in bytes: UnsafeRawBufferPointer) -> [UInt8]? {
+    ///
+    /// Throws when the top level does not scan: protobuf-c accepts some input every other runtime rejects (a
+    /// field numbered 0, found by fuzzing), and the scan would stop there, losing the payloads after it.
+    static func payload(
+        ofField number: UInt64, in bytes: UnsafeRawBufferPointer
+    ) throws(WireError) -> (bytes: [UInt8], pieces: Int)? {
         var scanner = WireScanner(bytes)
-        var result: [UInt8]?
-        while let field = try? scanner.next() {
-            guard field.number == number, field.wireType == .lengthDelimited else { continue }
-            let slice = UnsafeRawBufferPointer(rebasing: bytes[field.payload])
-            if result == nil { result = Array(slice) } else { result!.append(contentsOf: slice) }
+        var result: (bytes: [UInt8], pieces: Int)?
+        do {
+            while let field = try scanner.next() {
+                guard field.number == number, field.wireType == .lengthDelimited else { continue }
+                let slice = UnsafeRawBufferPointer(rebasing: bytes[field.payload])
+                if result == nil {
+                    result = (Array(slice), 1)
+                } else {
+                    result!.bytes.append(contentsOf: slice)
+                    result!.pieces += 1
+                }
+            }
+        } catch {
+            throw .malformed(message: diagnose(bytes))
         }
         return result
     }

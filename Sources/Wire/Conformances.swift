@@ -197,7 +197,13 @@ extension Node: WireMessage {
         _ c: UnsafeMutablePointer<CNode>?, number: UInt64, in request: UnsafeRawBufferPointer
     ) throws(WireError) -> Node? {
         guard let c else { return nil }
-        return try Node(c: c, rawBytes: WireScanner.payload(ofField: number, in: request) ?? [])
+        guard let raw = try WireScanner.payload(ofField: number, in: request) else {
+            return try Node(c: c, rawBytes: [])
+        }
+        // A node sent in several pieces: protobuf-c's merge of them can differ from the protobuf rule (a later
+        // piece without the user-agent oneof cleared it; found by fuzzing), so decode the merged bytes instead.
+        guard raw.pieces == 1 else { return try Node(wireBytes: raw.bytes) }
+        return try Node(c: c, rawBytes: raw.bytes)
     }
 }
 

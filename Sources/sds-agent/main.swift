@@ -11,6 +11,8 @@ do {
     case .version:
         _ = "sds-agent \(AgentCommandLine.version)\n".withCString { write(1, $0, strlen($0)) }
         exitCode = 0
+    case .healthcheck(let socket):
+        exitCode = HealthCheckClient.main(socket: socket, environment: AgentMain.processEnvironment())
     case .run(let options):
         exitCode = AgentMain.run(options: options, environment: AgentMain.processEnvironment())
     }

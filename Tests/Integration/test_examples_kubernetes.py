@@ -8,8 +8,8 @@
   admits istio-proxy's UID 1337; no volume sds-agent keeps secrets on is mounted in istio-proxy, and no CA key is
   handed to any pod.
 - TRUST_DOMAIN, POD_NAMESPACE and SERVICE_ACCOUNT reach sds-agent (the last two from the downward API).
-- Every flag is one `sds-agent run --help` / `sds-dump --help` lists, and each probe's sds-dump --timeout is shorter
-  than the probe's timeoutSeconds.
+- Every flag is one `sds-agent run --help` lists; every probe is `sds-agent healthcheck --socket <the socket>` (gRPC
+  health, no port), whose own 2 s limit is shorter than the probe's timeoutSeconds.
 - A rehearsal runs each manifest's own command, env and probe against the real binaries, with every volume mapped to
   a scratch directory: the probe passes and the SVID names the pod's namespace and service account.
 """
@@ -230,18 +230,19 @@ def test_flags_and_env_are_sds_agents(name, sds_agent_bin):
         assert re.search(rf"\b{env['name']}\b", text), f"sds-agent run --help never mentions {env['name']}"
 
 
+# HealthCheckClient.timeout: how long `sds-agent healthcheck` waits for an answer before it exits 1.
+HEALTHCHECK_TIMEOUT = 2.0
+
+
 @pytest.mark.parametrize("name", MANIFESTS)
-def test_probes_are_sds_dump_calls_within_their_timeout(name, sds_dump_bin):
-    text = help_text(sds_dump_bin)
+def test_probes_are_sds_agent_healthchecks_within_their_timeout(name, sds_agent_bin):
+    text = help_text(sds_agent_bin)
+    assert "sds-agent healthcheck [--socket <path>]" in text
     for kind, probe in probes(sds_agent(name)).items():
         argv = probe["exec"]["command"]
-        assert argv[0].endswith("/sds-dump"), kind
-        for option in (a for a in argv[1:] if a.startswith("--")):
-            assert re.search(rf"^\s+{re.escape(option)}\b", text, re.M), f"sds-dump has no {option}"
-        assert "--fetch" in argv, f"{kind}: FetchSecrets, no stream left open by a probe"
-        timeout = seconds(argv[argv.index("--timeout") + 1])
-        assert timeout < probe.get("timeoutSeconds", 1), f"{kind}: --timeout must end before the probe gives up"
-        assert argv[-1] == "default", f"{kind}: ask for what istio-proxy asks"
+        assert argv[0].endswith("/sds-agent") and argv[1] == "healthcheck", f"{kind}: {argv}"
+        assert argv[2:] == ["--socket", SOCKET], f"{kind}: the only flag is the socket"
+        assert HEALTHCHECK_TIMEOUT < probe.get("timeoutSeconds", 1), f"{kind}: must end before the probe gives up"
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -315,9 +316,15 @@ class Rehearsal:
 
 
 def assert_serves_the_pod_identity(r: Rehearsal) -> None:
+    # As kubelet does: the startup probe is retried every periodSeconds, up to failureThreshold times (the first SVID
+    # may take a moment, e.g. from SPIRE); once it passed, readiness and liveness must pass at once.
+    startup = r.agent["startupProbe"]
+    budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+    wait_for(lambda: r.probe("startupProbe").returncode == 0, min(budget, START_TIMEOUT), "the startup probe", r.log)
     for kind in probes(r.agent):
         result = r.probe(kind)
         assert result.returncode == 0, f"{kind} failed ({result.returncode}):\n{result.stdout}{result.stderr}\n{r.log()}"
+        assert result.stdout.count("\n") == 1 and "SERVING" in result.stdout, f"{kind}: one line"
     assert os.stat(r.local(SOCKET)).st_mode & 0o777 == 0o660, "shared with istio-proxy's group, no one else"
     secret = fetch_when_served(r.local(SOCKET), ["default"])["default"]
     pem = secret.tls_certificate.certificate_chain.inline_bytes

@@ -490,8 +490,9 @@ def test_safe_name_rule_examples():
 @pytest.mark.parametrize("names", [DEFAULT_NAMES, [WORKLOAD_ID, BUNDLE_NAME]], ids=["istio", "spire"])
 def test_pem_dir_writes_files_openssl_verifies(sds_dump_bin, target, short_dir, mode, names):
     secrets = served(target, names)
-    out = short_dir / "pems"
-    out.mkdir()
+    # Missing, parent included: sds-dump creates them 0700 (a new user's first `--pem-dir ./certs` must work).
+    out = short_dir / "new" / "pems"
+    assert not out.parent.exists()
     run = dump(sds_dump_bin, "--socket", target.socket_path, f"--{mode}", "--pem-dir", out, *names)
     assert run.code == 0, run
     cert_name, bundle_name = names
@@ -500,6 +501,7 @@ def test_pem_dir_writes_files_openssl_verifies(sds_dump_bin, target, short_dir, 
     bundle_file = out / f"{safe_name(bundle_name)}.bundle.pem"
     assert sorted(p.name for p in out.iterdir()) == sorted(f.name for f in (cert_file, key_file, bundle_file))
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600, "the key file is 0600"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700 and stat.S_IMODE(out.parent.stat().st_mode) == 0o700
 
     chain = x509.load_pem_x509_certificates(cert_file.read_bytes())
     assert [c.serial_number for c in chain] == [c.serial_number for c in certs_of_secret(secrets[cert_name])]

@@ -164,7 +164,7 @@ final class ServerConnection: ConnectionDelegate {
         try root.pem.write(toFile: directory + "/root-cert.pem", atomically: true, encoding: .utf8)
         try "header.payload.signature\n".write(toFile: directory + "/token", atomically: true, encoding: .utf8)
         let configuration = IstioCAConfiguration(
-            address: TCPAddress(host: "127.0.0.1", port: istiod.port), rootCertPath: directory + "/root-cert.pem",
+            address: TCPEndpoint(host: "127.0.0.1", port: istiod.port), rootCertPath: directory + "/root-cert.pem",
             serverName: serverName, tokenPath: directory + "/token", clusterID: "east",
             extraHeaders: [("tenant", "blue")], keyAlgorithm: .ecdsaP256,
             spiffeID: try SPIFFEID(parsing: workloadID), requestedTTL: 3600, rotation: RotationPolicy())

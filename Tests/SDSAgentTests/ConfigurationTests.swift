@@ -10,9 +10,10 @@ import Testing
         #expect(try DurationText.seconds(text) == seconds)
     }
 
+    // The last ones cross `maxSeconds` (1e23 s once trapped in `format`; `inf` was accepted as a TTL).
     @Test(arguments: [
         "", "h", "1x", "1h30", "-", "1.2.3s", "inf", "infinity", "nan", "-5", "-5s", "0x10", "1e9",
-        String(repeating: "9", count: 400) + "h",
+        String(repeating: "9", count: 400) + "h", "1e23", "31536000001", "8760001000h",
     ])
     func rejectsGarbage(text: String) {
         #expect(throws: DurationText.ParseError.self) { try DurationText.seconds(text) }
@@ -22,6 +23,9 @@ import Testing
         #expect(DurationText.format(seconds: 3600) == "1h")
         #expect(DurationText.format(seconds: 5430) == "1h30m30s")
         #expect(DurationText.format(seconds: 0) == "0s")
+        #expect(DurationText.format(seconds: DurationText.maxSeconds) == "8760000h")
+        #expect(DurationText.format(seconds: 1e23) == "1e+23s")
+        #expect(DurationText.format(seconds: -.infinity) == "-infs")
     }
 }
 

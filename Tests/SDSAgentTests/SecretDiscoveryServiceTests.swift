@@ -202,3 +202,45 @@ private func open(_ h: ServiceHarness, _ method: SecretDiscoveryServiceMethod) t
         #expect(contents == ["version-0", "version-200"])
     }
 }
+
+@Suite struct SecretDiscoveryServiceMetricsTests {
+    @Test func pushesAndNacksAreCountedByServedName() throws {
+        let h = ServiceHarness()
+        let (call, received) = try open(h, .streamSecrets)
+        call.send(DiscoveryRequest(resourceNames: ["default"], typeURL: SDS.secretTypeURL).wireBytes())
+        h.service.publish([h.secret("default", "one")])
+        h.pair.pump()
+        #expect(h.service.metrics.pushes == 1)
+        let first = try DiscoveryResponse(wireBytes: received.messages[0])
+        call.send(
+            DiscoveryRequest(
+                versionInfo: "", resourceNames: ["default"], typeURL: SDS.secretTypeURL, responseNonce: first.nonce,
+                errorDetail: RPCStatus(code: 3, message: "bad cert", details: [])
+            ).wireBytes())
+        h.pair.pump()
+        #expect(h.service.metrics.nacks == ["default": 1])
+        #expect(h.service.openCallCounts.sotw == 1)
+    }
+
+    @Test func aNameNeverServedIsWarnedOnceAndCountedEachTime() throws {
+        let h = ServiceHarness()
+        for _ in 0..<3 {
+            let (call, _) = try open(h, .streamSecrets)
+            call.send(
+                DiscoveryRequest(resourceNames: ["defualt", "default"], typeURL: SDS.secretTypeURL).wireBytes())
+        }
+        h.pair.pump()
+        #expect(h.service.metrics.refusals[.names] == 3, "each subscription naming it is counted")
+        #expect(h.service.warnedNeverServed == ["defualt"], "warned once, and only the name never served")
+    }
+
+    @Test func theWarnedSetIsBounded() throws {
+        let h = ServiceHarness()
+        let names = (0..<(SecretDiscoveryService.maxWarnedNeverServed + 10)).map { "made-up-\($0)" }
+        let (call, _) = try open(h, .streamSecrets)
+        call.send(DiscoveryRequest(resourceNames: names, typeURL: SDS.secretTypeURL).wireBytes())
+        h.pair.pump()
+        #expect(h.service.warnedNeverServed.count == SecretDiscoveryService.maxWarnedNeverServed)
+        #expect(h.service.metrics.refusals[.names] == UInt64(names.count))
+    }
+}

@@ -47,14 +47,15 @@ import Testing
 @Suite struct TCPDialTests {
     @Test func parsesHostPortForms() throws {
         #expect(
-            try TCPAddress("istiod.istio-system.svc:15012") == TCPAddress(host: "istiod.istio-system.svc", port: 15012))
-        #expect(try TCPAddress("[::1]:443") == TCPAddress(host: "::1", port: 443))
-        #expect(try TCPAddress("[::1]:443").description == "[::1]:443")
+            try TCPEndpoint("istiod.istio-system.svc:15012")
+                == TCPEndpoint(host: "istiod.istio-system.svc", port: 15012))
+        #expect(try TCPEndpoint("[::1]:443") == TCPEndpoint(host: "::1", port: 443))
+        #expect(try TCPEndpoint("[::1]:443").description == "[::1]:443")
         for bad in ["istiod", "istiod:", ":15012", "istiod:0", "istiod:70000", "::1:443", "[::1]443"] {
-            #expect(throws: TCPAddress.ParseError.self, "\(bad)") { try TCPAddress(bad) }
+            #expect(throws: TCPEndpoint.ParseError.self, "\(bad)") { try TCPEndpoint(bad) }
         }
-        #expect(try TCPAddress("127.0.0.1:1").hostIsNumeric)
-        #expect(try !TCPAddress("localhost:1").hostIsNumeric)
+        #expect(try TCPEndpoint("127.0.0.1:1").hostIsNumeric)
+        #expect(try !TCPEndpoint("localhost:1").hostIsNumeric)
     }
 
     @Test func connectsWithoutBlockingAndReportsRefusal() throws {
@@ -74,7 +75,7 @@ import Testing
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) }
         }
         let port = UInt16(bigEndian: address.sin_port)
-        guard case .success(let addresses) = HostResolver.resolve(TCPAddress(host: "127.0.0.1", port: port)) else {
+        guard case .success(let addresses) = HostResolver.resolve(TCPEndpoint(host: "127.0.0.1", port: port)) else {
             Issue.record("numeric resolution failed")
             return
         }
@@ -107,7 +108,7 @@ import Testing
 
     @Test func aCancelledDialNeverCompletes() throws {
         let loop = try EventLoop()
-        guard case .success(let addresses) = HostResolver.resolve(TCPAddress(host: "127.0.0.1", port: 9)) else {
+        guard case .success(let addresses) = HostResolver.resolve(TCPEndpoint(host: "127.0.0.1", port: 9)) else {
             return
         }
         var completed = false
@@ -136,7 +137,7 @@ import Testing
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) }
         }
         let port = UInt16(bigEndian: address.sin_port)
-        guard case .success(let addresses) = HostResolver.resolve(TCPAddress(host: "127.0.0.1", port: port)) else {
+        guard case .success(let addresses) = HostResolver.resolve(TCPEndpoint(host: "127.0.0.1", port: port)) else {
             Issue.record("numeric resolution failed")
             return
         }

@@ -94,6 +94,26 @@ import Wire
         #expect(throws: WireError.self) { try Node(wireBytes: [0x08, 0xff]) }  // truncated varint
     }
 
+    /// Found by fuzzing: protobuf-c accepts field number 0 in an overlong (two-byte) tag, but the scan that keeps
+    /// a request's node bytes stopped there, so the node lost its bytes and did not survive re-encoding.
+    @Test func overlongFieldZeroBeforeANodeIsMalformed() throws {
+        let fieldZero: [UInt8] = [0x82, 0x00, 0x00]  // tag 2 written in two bytes: field 0, length-delimited, empty
+        let node: [UInt8] = [0x0a, 0x03, 0x0a, 0x01, 0x6e]  // field 1: Node(id: "n")
+        #expect(throws: WireError.self) { try DeltaDiscoveryRequest(wireBytes: fieldZero + node) }
+        #expect(throws: WireError.self) { try DiscoveryRequest(wireBytes: [0x12] + node.dropFirst() + fieldZero) }
+        #expect(try DeltaDiscoveryRequest(wireBytes: node).node?.id == "n")
+    }
+
+    /// Found by fuzzing: a node sent in two pieces, the second without the user-agent oneof, lost its
+    /// user_agent_version in protobuf-c's merge; protobuf merges pieces as if concatenated.
+    @Test func nodeSentInPiecesDecodesAsItsConcatenation() throws {
+        let withVersion: [UInt8] = [0x12, 0x03, 0x3a, 0x01, 0x29]  // field 2: Node(user_agent_version: ")")
+        let empty: [UInt8] = [0x12, 0x00]  // field 2 again, empty
+        let request = try DiscoveryRequest(wireBytes: withVersion + empty)
+        #expect(request.node?.userAgentVersion == ")")
+        #expect(try DiscoveryRequest(wireBytes: request.wireBytes()) == request)
+    }
+
     @Test func invalidUTF8InAStringIsMalformed() {
         let error = #expect(throws: WireError.self) { try Node(wireBytes: [0x0a, 0x02, 0xff, 0xfe]) }
         #expect(error?.description.contains("UTF-8") == true)

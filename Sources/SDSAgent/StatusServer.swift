@@ -1,0 +1,198 @@
+import Glibc
+import HTTP1
+import Logging
+import Transport
+
+/// The bounds of the HTTP status listener. Probes and scrapers send one small request and read one answer; these
+/// bounds keep a hostile or stuck client from holding more than a few kilobytes or a descriptor for long.
+public struct StatusLimits: Sendable, Equatable {
+    /// Why 16: a pod has a kubelet, a Prometheus or two and an operator's curl; each holds at most one request head
+    /// (8 KiB). Connections past the cap are closed at once (counted as `refusals{reason="limits"}`).
+    public static let defaultMaxConnections = 16
+    /// Why 5 s, from accept to the last response byte (not reset by arriving bytes, so a slowloris trickling one byte
+    /// a second gains nothing): a real client sends its request in one packet and reads a few KiB at once.
+    public static let defaultConnectionTimeout = 5.0
+
+    public var maxConnections: Int
+    public var connectionTimeout: Double
+    public var maxHeadBytes: Int
+
+    public init(
+        maxConnections: Int = StatusLimits.defaultMaxConnections,
+        connectionTimeout: Double = StatusLimits.defaultConnectionTimeout,
+        maxHeadBytes: Int = HTTPRequestParser.defaultMaxHeadBytes
+    ) {
+        self.maxConnections = maxConnections
+        self.connectionTimeout = connectionTimeout
+        self.maxHeadBytes = maxHeadBytes
+    }
+}
+
+/// What the status endpoints answer, as a pure function of the request and the agent's state.
+///
+/// - `/live`: 200 while the event loop runs (it is what answers).
+/// - `/ready`: 200 only while an SVID is held and unexpired, else 503 — the same condition as gRPC health SERVING.
+/// - `/metrics`: Prometheus text exposition 0.0.4.
+/// GET and HEAD only (405 otherwise); anything else is 404.
+public enum StatusRoutes {
+    public static func response(
+        for request: HTTPRequestParser.Request, ready: Bool, metrics: () -> String
+    ) -> HTTPResponse {
+        guard request.method == "GET" || request.method == "HEAD" else {
+            return HTTPResponse(
+                status: 405, body: "only GET and HEAD\n", headers: [("Allow", "GET, HEAD")])
+        }
+        var response: HTTPResponse
+        switch request.path {
+        case "/live": response = HTTPResponse(status: 200, body: "live\n")
+        case "/ready":
+            response =
+                ready
+                ? HTTPResponse(status: 200, body: "ready\n")
+                : HTTPResponse(status: 503, body: "not ready: no valid SVID held\n")
+        case "/metrics":
+            response = HTTPResponse(status: 200, contentType: MetricsExposition.contentType, body: metrics())
+        default: response = HTTPResponse(status: 404, body: "not found (try /live, /ready, /metrics)\n")
+        }
+        response.omitBody = request.method == "HEAD"
+        return response
+    }
+
+    /// The answer to a request the parser refused.
+    public static func response(for error: HTTPRequestParser.ParseError) -> HTTPResponse {
+        HTTPResponse(status: error.statusCode, body: "\(error)\n")
+    }
+}
+
+/// The HTTP/1.1 status listener (`--status-addr`): `/live`, `/ready`, `/metrics` on the agent's event loop.
+///
+/// Why off by default: kubelet and Prometheus reach a pod by its IP, so a loopback default would serve neither,
+/// and a port opened in every pod's network namespace by default can collide with the application's; the exec
+/// probe (`sds-agent healthcheck`) needs no port. `:PORT` binds loopback; a scrape needs `0.0.0.0:PORT`. The
+/// documented port, 15095, is clear of those an Istio pod uses (15000, 15001, 15004, 15006, 15008, 15020, 15021,
+/// 15053, 15090).
+///
+/// One request per connection: read the head (bounded by `StatusLimits.maxHeadBytes`), answer, close. Nothing here
+/// blocks: the socket is non-blocking and the response is queued on the connection like any other write.
+public final class StatusServer {
+    private let loop: EventLoop
+    private let logger: Logger
+    private let limits: StatusLimits
+    private var listener: TCPListener?
+    private var connections: [ObjectIdentifier: StatusConnection] = [:]
+    fileprivate let respond: (HTTPRequestParser.Request) -> HTTPResponse
+    /// Called when a connection is turned away at the cap.
+    var onRefused: (() -> Void)?
+    private var refusalLogged = false
+
+    public init(
+        loop: EventLoop, logger: Logger, limits: StatusLimits = StatusLimits(),
+        respond: @escaping (HTTPRequestParser.Request) -> HTTPResponse
+    ) {
+        self.loop = loop
+        self.logger = logger
+        self.limits = limits
+        self.respond = respond
+    }
+
+    public var connectionCount: Int { connections.count }
+    public var boundAddress: TCPAddress? { listener?.boundAddress }
+
+    public func listen(on address: TCPAddress) throws(SystemError) {
+        listener = try TCPListener(address: address, loop: loop) { [unowned self] fd in self.accept(fd) }
+    }
+
+    public func stopListening() {
+        listener?.close()
+        listener = nil
+    }
+
+    public func closeAll() {
+        for connection in connections.values { connection.close() }
+        connections.removeAll()
+    }
+
+    private func accept(_ fd: Int32) {
+        guard connections.count < limits.maxConnections else {
+            Glibc.close(fd)
+            onRefused?()
+            if !refusalLogged {
+                refusalLogged = true
+                logger.warning(
+                    "status listener: connection cap reached; further connections are closed (logged once)",
+                    metadata: ["max_connections": "\(limits.maxConnections)"])
+            }
+            return
+        }
+        let connection = StatusConnection(server: self, maxHeadBytes: limits.maxHeadBytes)
+        do {
+            connection.socket = try Connection(fd: fd, loop: loop, delegate: connection)
+        } catch {
+            Glibc.close(fd)
+            return
+        }
+        connections[ObjectIdentifier(connection)] = connection
+        connection.deadline = loop.schedule(after: limits.connectionTimeout) { [weak self, weak connection] in
+            guard let self, let connection else { return }
+            connection.close()
+            self.closed(connection)
+        }
+    }
+
+    fileprivate func closed(_ connection: StatusConnection) {
+        connection.deadline?.cancel()
+        connections.removeValue(forKey: ObjectIdentifier(connection))
+    }
+}
+
+/// One status connection: bytes into the parser until a verdict, then one response and close.
+final class StatusConnection: ConnectionDelegate {
+    private unowned let server: StatusServer
+    private var parser: HTTPRequestParser
+    var socket: Connection?
+    var deadline: EventLoop.Timer?
+    private var answered = false
+
+    init(server: StatusServer, maxHeadBytes: Int) {
+        self.server = server
+        self.parser = HTTPRequestParser(maxHeadBytes: maxHeadBytes)
+    }
+
+    func connection(_ connection: Connection, received bytes: UnsafeRawBufferPointer) {
+        guard !answered else { return }  // bytes after the request (a body, a pipelined request) are discarded
+        switch parser.feed(bytes) {
+        case .needMoreBytes:
+            return
+        case .complete(let request):
+            answer(server.respond(request), on: connection)
+        case .invalid(let error):
+            answer(StatusRoutes.response(for: error), on: connection)
+        }
+    }
+
+    /// Writes the response, then half-closes once it is out (a "lingering close"): the client reads the whole answer
+    /// and its EOF, and whatever it still sends (a body, the rest of an oversized head) is read and dropped until it
+    /// closes. Closing outright with unread input would send RST, and the client could lose the answer. The
+    /// connection deadline bounds how long this lasts.
+    private func answer(_ response: HTTPResponse, on connection: Connection) {
+        answered = true
+        connection.write(response.bytes)
+        if connection.pendingWriteBytes == 0 { shutdownWrites(connection) }
+    }
+
+    private func shutdownWrites(_ connection: Connection) {
+        guard !connection.isClosed else { return }
+        _ = shutdown(connection.fd, Int32(SHUT_WR))
+    }
+
+    func connectionDrained(_ connection: Connection) {
+        if answered { shutdownWrites(connection) }
+    }
+
+    func connectionClosed(_ connection: Connection, error: SystemError?) { server.closed(self) }
+
+    func close() {
+        deadline?.cancel()
+        socket?.close()
+    }
+}
