@@ -368,3 +368,11 @@ def test_rootca_adds_the_roots_of_the_root_cert_file(istiod, agents):
     agent.rotate()
     wait_for(lambda: agent.serial() != first, 15, "a rotation", agent.log_tail)
     assert roots_of(fetch_secrets(agent.socket_path, ["ROOTCA"])["ROOTCA"]) == [istiod.root.cert, next_root]
+
+
+def test_a_host_name_in_ca_addr_is_resolved_off_the_loop(istiod, agents):
+    """CA_ADDR is normally a name (istiod.istio-system.svc:15012): getaddrinfo runs on the worker thread, and every
+    address it returns is tried in order (localhost may answer ::1 first, where the fake does not listen)."""
+    agent = agents("server", SERVER_ID, istiod, extra=["--ca-addr", f"localhost:{istiod.port}"])
+    agent.serial()
+    assert istiod.issued()
