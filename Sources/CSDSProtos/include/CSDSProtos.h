@@ -8,5 +8,6 @@
 #include "envoy_type_semantic_version.pb-c.h"
 #include "google_any.pb-c.h"
 #include "google_rpc_status.pb-c.h"
+#include "istio_ca.pb-c.h"
 #include "spiffe_workload.pb-c.h"
 #endif
