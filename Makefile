@@ -118,10 +118,11 @@ protos-check: deps ## Fail when the committed protoc-c output is stale
 	  diff -r -q .build-protos-check $(PROTO_OUT); echo "stale: $(PROTO_OUT) — run 'make protos'"; exit 1; }
 	@echo "protos up to date"
 
-bench: deps build ## Benchmarks (release binaries): one JSON object per metric, then a table (~2 min)
+bench: deps venv build ## Benchmarks (release binaries): one JSON object per metric, then a table (~2 min)
 	swift build $(RELEASE_FLAGS) $(SWIFT_BUILD_FLAGS) --product sds-bench
 	swift build $(RELEASE_FLAGS) $(SWIFT_BUILD_FLAGS) --product sds-floor
 	python3 Tests/Bench/bench.py
+	$(PYTHON) Tests/Bench/istiod_bench.py
 
 # Fuzzing: Tests/Fuzz is a package of its own (libFuzzer executables over the FuzzTargets module), so the normal
 # build never links libFuzzer. Every module of ours is instrumented (-Xswiftc: SwiftPM's --sanitize covers only the

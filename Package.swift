@@ -55,21 +55,27 @@ let package = Package(
         .target(name: "Transport", dependencies: ["CLinux"]),
         .target(
             name: "WorkloadAPI",
-            dependencies: ["Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport"]),
+            dependencies: ["Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport", "Upstream"]),
         // JWT-SVIDs: ES256 tokens, JWKS, the state dir's rotating signing keys.
         .target(name: "JWT", dependencies: ["PKI", "SPIFFE", "JSONText", "Issuance", "Transport"]),
+        // The one client connection driver: socket ⇄ optional TLS ⇄ nghttp2 client session.
+        .target(name: "Upstream", dependencies: ["GRPC", "H2", "Transport", "PKI"]),
+        // istiod / istio-csr CSR client: pure state machine + I/O shell.
+        .target(
+            name: "IstioCA",
+            dependencies: ["Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport", "Upstream"]),
         .target(
             name: "SDSAgent",
             dependencies: [
                 "Wire", "XDS", "GRPC", "H2", "Transport", "Issuance", "SPIFFE", "PKI", "JSONText", "WorkloadAPI",
-                "HTTP1", "JWT", .product(name: "Logging", package: "swift-log"),
+                "IstioCA", "HTTP1", "JWT", .product(name: "Logging", package: "swift-log"),
             ]),
 
         // Executables: parse arguments, call a library.
         // No swift-argument-parser anywhere: it links FoundationEssentials (+3.6 MB RSS); see AgentCommandLine.
         // sds-agent is also sds-dump when called by that name (the image ships one binary under both names).
         .executableTarget(name: "sds-agent", dependencies: ["SDSAgent", "SDSDump"]),
-        .target(name: "SDSDump", dependencies: ["Wire", "GRPC", "H2", "Transport", "PKI", "JSONText"]),
+        .target(name: "SDSDump", dependencies: ["Wire", "GRPC", "H2", "Transport", "PKI", "JSONText", "Upstream"]),
         .executableTarget(name: "sds-dump", dependencies: ["SDSDump"]),
 
         // `make bench`: the load client and issuance benchmark, and the RSS floor (same libraries, no agent).
@@ -108,6 +114,11 @@ let package = Package(
         .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "JSONText", "Wire", "GRPC", "PKI", "TestSupport"]),
         .testTarget(name: "BenchTests", dependencies: ["Bench"]),
         .testTarget(name: "JWTTests", dependencies: ["JWT", "PKI", "SPIFFE", "JSONText", "Issuance", "TestSupport"]),
+        .testTarget(
+            name: "IstioCATests",
+            dependencies: [
+                "IstioCA", "Upstream", "Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport", "TestSupport",
+            ]),
 
         // Fuzz targets, one function per attack surface: Tests/Fuzz builds them into libFuzzer executables (`make
         // fuzz`); FuzzTargetsTests replays every committed corpus file through them (part of `make unit`).

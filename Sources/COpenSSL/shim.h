@@ -14,6 +14,7 @@
 #include <openssl/x509_vfy.h>
 #include <openssl/crypto.h>
 #include <openssl/core_names.h>
+#include <openssl/ssl.h>
 
 static inline long sds_BIO_get_mem_data(BIO *bio, char **data) {
     return BIO_ctrl(bio, BIO_CTRL_INFO, 0, (void *)data);
@@ -27,6 +28,20 @@ static inline EVP_PKEY *sds_EC_generate(const char *group) {
     EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
     if (ctx == NULL) return NULL;
     if (EVP_PKEY_keygen_init(ctx) <= 0 || EVP_PKEY_CTX_set_group_name(ctx, group) <= 0 ||
+        EVP_PKEY_generate(ctx, &pkey) <= 0) {
+        EVP_PKEY_CTX_free(ctx);
+        return NULL;
+    }
+    EVP_PKEY_CTX_free(ctx);
+    return pkey;
+}
+
+// An RSA key of `bits` bits (public exponent 65537). EVP_RSA_gen is a variadic macro.
+static inline EVP_PKEY *sds_RSA_generate(unsigned int bits) {
+    EVP_PKEY *pkey = NULL;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    if (ctx == NULL) return NULL;
+    if (EVP_PKEY_keygen_init(ctx) <= 0 || EVP_PKEY_CTX_set_rsa_keygen_bits(ctx, (int)bits) <= 0 ||
         EVP_PKEY_generate(ctx, &pkey) <= 0) {
         EVP_PKEY_CTX_free(ctx);
         return NULL;
@@ -119,5 +134,15 @@ static inline int sds_X509_set_ec_p256_pubkey(X509 *x, const EVP_PKEY *pkey) {
 static inline int sds_EVP_PKEY_encoded_public_key(const EVP_PKEY *pkey, unsigned char *buf, size_t cap, size_t *len) {
     return EVP_PKEY_get_octet_string_param(pkey, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, buf, cap, len);
 }
+
+// TLS client over memory BIOs (PKI's TLSClient): the ctrl macros Swift cannot import.
+static inline int sds_SSL_CTX_set_min_tls12(SSL_CTX *ctx) { return (int)SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION); }
+static inline int sds_SSL_CTX_set_max_version(SSL_CTX *ctx, int version) {
+    return (int)SSL_CTX_set_max_proto_version(ctx, version);
+}
+static inline int sds_TLS1_1_VERSION(void) { return TLS1_1_VERSION; }
+static inline int sds_SSL_set_sni(SSL *ssl, const char *name) { return (int)SSL_set_tlsext_host_name(ssl, name); }
+static inline int sds_SSL_want_read(const SSL *ssl) { return SSL_want_read(ssl); }
+static inline long sds_BIO_pending(BIO *bio) { return (long)BIO_ctrl_pending(bio); }
 
 #endif

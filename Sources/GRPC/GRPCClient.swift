@@ -75,16 +75,19 @@ public final class GRPCClientCall {
 public final class GRPCClientConnection: H2SessionDelegate {
     public let session: H2ClientSession
     public let authority: String
+    /// `:scheme`: `http` over plaintext, `https` over TLS.
+    public let scheme: String
     public let maxMessageBytes: Int
     private var calls: [H2StreamID: GRPCClientCall] = [:]
     /// Set when the server sent GOAWAY: new calls are refused.
     public private(set) var goAwayReceived = false
 
     public init(
-        authority: String = "localhost", configuration: H2Configuration = H2Configuration(),
+        authority: String = "localhost", scheme: String = "http", configuration: H2Configuration = H2Configuration(),
         maxMessageBytes: Int = GRPCMessageFraming.defaultMaxMessageBytes
     ) {
         self.authority = authority
+        self.scheme = scheme
         self.maxMessageBytes = maxMessageBytes
         self.session = H2ClientSession(configuration: configuration)
         self.session.delegate = self
@@ -97,7 +100,7 @@ public final class GRPCClientConnection: H2SessionDelegate {
     public func startCall(path: String, metadata: [(String, String)] = []) throws(GRPCStatus) -> GRPCClientCall {
         if goAwayReceived { throw GRPCStatus(.unavailable, "connection is going away") }
         var headers = [
-            H2Header(":method", "POST"), H2Header(":scheme", "http"), H2Header(":path", path),
+            H2Header(":method", "POST"), H2Header(":scheme", scheme), H2Header(":path", path),
             H2Header(":authority", authority), H2Header("content-type", "application/grpc"),
             H2Header("te", "trailers"),
         ]

@@ -304,7 +304,21 @@ public struct Certificate: Sendable, Hashable, CustomStringConvertible {
     /// key bits (cheap, and works whether or not OpenSSL decoded the certificate's key).
     public func publicKeyMatches(_ privateKey: PrivateKey) -> Bool {
         switch privateKey.algorithm.kind {
-        case .ecdsaP256:
+        case .rsa:
+            // No cheap point to compare: compare the whole SubjectPublicKeyInfo (RSA leaves are not the hot path).
+            guard let spki = X509_get_X509_PUBKEY(handle.pointer) else { return false }
+            let length = i2d_X509_PUBKEY(spki, nil)
+            guard length > 0 else {
+                PKIError.clearErrorQueue()
+                return false
+            }
+            var der = [UInt8](repeating: 0, count: Int(length))
+            der.withUnsafeMutableBufferPointer { buffer in
+                var cursor = buffer.baseAddress
+                _ = i2d_X509_PUBKEY(spki, &cursor)
+            }
+            return der == privateKey.handle.publicKeyDER()
+        case .ecdsaP256, .ecdsaP384:
             var algorithm: OpaquePointer? = nil
             guard let spki = X509_get_X509_PUBKEY(handle.pointer),
                 X509_PUBKEY_get0_param(&algorithm, nil, nil, nil, spki) == 1,

@@ -1,27 +1,47 @@
 private import COpenSSL
 
-/// The algorithm of a key pair. A struct over an internal enum so algorithms (P-384, RSA, Ed25519) can be
-/// added later without changing any signature that takes or returns one.
+/// The algorithm of a key pair. A struct over an internal enum so algorithms can be added without changing any
+/// signature that takes or returns one.
 public struct KeyAlgorithm: Sendable, Hashable, CustomStringConvertible {
     enum Kind: Sendable, Hashable {
         case ecdsaP256
+        case ecdsaP384
+        case rsa(bits: Int)
     }
 
     let kind: Kind
 
-    /// ECDSA on NIST P-256, signing with SHA-256 (what SPIFFE and Istio issue by default).
+    /// ECDSA on NIST P-256, signing with SHA-256 (what SPIFFE issues by default, and istio-agent with
+    /// `ECC_SIGNATURE_ALGORITHM=ECDSA`).
     public static let ecdsaP256 = KeyAlgorithm(kind: .ecdsaP256)
+    /// ECDSA on NIST P-384, signing with SHA-384 (istio-agent's `ECC_CURVE=P384`).
+    public static let ecdsaP384 = KeyAlgorithm(kind: .ecdsaP384)
+    /// RSA with `bits` modulus bits, signing with SHA-256 (istio-agent's default, RSA-2048).
+    public static func rsa(bits: Int) -> KeyAlgorithm { KeyAlgorithm(kind: .rsa(bits: bits)) }
+
+    /// The RSA modulus sizes accepted: below 2048 is broken by current guidance (NIST SP 800-131A), above 4096
+    /// costs seconds of CPU per key for no gain any mesh CA asks for.
+    public static let rsaBitRange = 2048...4096
+
+    /// Whether this is RSA (generation costs hundreds of milliseconds: never on the event loop).
+    public var isRSA: Bool {
+        if case .rsa = kind { return true }
+        return false
+    }
 
     public var description: String {
         switch kind {
         case .ecdsaP256: "ECDSA P-256"
+        case .ecdsaP384: "ECDSA P-384"
+        case .rsa(let bits): "RSA \(bits)"
         }
     }
 
     /// Digest used when this key signs a certificate or CSR.
     var signingDigest: OpaquePointer? {
         switch kind {
-        case .ecdsaP256: EVP_sha256()
+        case .ecdsaP256, .rsa: EVP_sha256()
+        case .ecdsaP384: EVP_sha384()
         }
     }
 }
@@ -39,8 +59,16 @@ final class EVPKeyHandle: @unchecked Sendable {
 
     /// Which supported algorithm this key is; throws for keys we cannot use.
     func algorithm() throws -> KeyAlgorithm {
-        guard EVP_PKEY_get_base_id(pointer) == EVP_PKEY_EC else {
-            throw PKIError(operation: "unsupported key type (only ECDSA P-256 is supported)")
+        let base = EVP_PKEY_get_base_id(pointer)
+        if base == EVP_PKEY_RSA {
+            let bits = Int(EVP_PKEY_get_bits(pointer))
+            guard KeyAlgorithm.rsaBitRange.contains(bits) else {
+                throw PKIError(operation: "unsupported RSA key size \(bits) (2048 to 4096 bits are supported)")
+            }
+            return .rsa(bits: bits)
+        }
+        guard base == EVP_PKEY_EC else {
+            throw PKIError(operation: "unsupported key type (ECDSA P-256, P-384 and RSA are supported)")
         }
         var buffer = [CChar](repeating: 0, count: 64)
         guard sds_EC_group_name(pointer, &buffer, buffer.count) == 1 else {
@@ -49,7 +77,8 @@ final class EVPKeyHandle: @unchecked Sendable {
         let group = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         switch group {
         case "prime256v1", "P-256", "secp256r1": return .ecdsaP256
-        default: throw PKIError(operation: "unsupported EC curve \(group) (only P-256 is supported)")
+        case "secp384r1", "P-384": return .ecdsaP384
+        default: throw PKIError(operation: "unsupported EC curve \(group) (P-256 and P-384 are supported)")
         }
     }
 
@@ -65,7 +94,7 @@ final class EVPKeyHandle: @unchecked Sendable {
     }
 }
 
-/// A private key (opaque). Only ECDSA P-256 today; see `KeyAlgorithm`.
+/// A private key (opaque): ECDSA P-256 or P-384, or RSA; see `KeyAlgorithm`.
 public struct PrivateKey: Sendable {
     let handle: EVPKeyHandle
     public let algorithm: KeyAlgorithm
@@ -75,14 +104,22 @@ public struct PrivateKey: Sendable {
         self.algorithm = try handle.algorithm()
     }
 
-    /// A fresh key pair from OpenSSL's CSPRNG.
+    /// A fresh key pair from OpenSSL's CSPRNG. RSA takes hundreds of milliseconds (RSA-2048 ~200 ms, RSA-4096
+    /// seconds): call it off the event loop for RSA. Safe on any thread.
     public static func generate(_ algorithm: KeyAlgorithm = .ecdsaP256) throws -> PrivateKey {
+        PKIError.clearErrorQueue()
+        let key: OpaquePointer?
         switch algorithm.kind {
-        case .ecdsaP256:
-            guard let key = sds_EC_generate("P-256") else { throw PKIError.openSSL("generating a P-256 key") }
-            let handle = EVPKeyHandle(taking: key)
-            return PrivateKey(handle: handle, algorithm: algorithm)
+        case .ecdsaP256: key = sds_EC_generate("P-256")
+        case .ecdsaP384: key = sds_EC_generate("P-384")
+        case .rsa(let bits):
+            guard KeyAlgorithm.rsaBitRange.contains(bits) else {
+                throw PKIError(operation: "unsupported RSA key size \(bits) (2048 to 4096 bits are supported)")
+            }
+            key = sds_RSA_generate(UInt32(bits))
         }
+        guard let key else { throw PKIError.openSSL("generating an \(algorithm) key") }
+        return PrivateKey(handle: EVPKeyHandle(taking: key), algorithm: algorithm)
     }
 
     private init(handle: EVPKeyHandle, algorithm: KeyAlgorithm) {
@@ -108,8 +145,8 @@ public struct PrivateKey: Sendable {
         try self.init(handle: EVPKeyHandle(taking: key))
     }
 
-    /// Parses a PEM private key: PKCS#8 (`PRIVATE KEY`) or SEC1 (`EC PRIVATE KEY`, what `openssl ecparam
-    /// -genkey` writes, so operator-supplied keys load too). Encrypted keys are rejected.
+    /// Parses a PEM private key: PKCS#8 (`PRIVATE KEY`), SEC1 (`EC PRIVATE KEY`, what `openssl ecparam
+    /// -genkey` writes) or PKCS#1 (`RSA PRIVATE KEY`), so operator-supplied keys load too. Encrypted keys are rejected.
     public init(pem: String) throws {
         PKIError.clearErrorQueue()
         let bio = try MemoryBIO(bytes: Array(pem.utf8))

@@ -2,6 +2,7 @@ import GRPC
 import Glibc
 import HTTP1
 import Issuance
+import IstioCA
 import JWT
 import Logging
 import PKI
@@ -66,7 +67,9 @@ public final class Agent {
         let fileNames = FileBackedNames(
             policy: FileAccessPolicy(
                 allowedDirectories: configuration.fileDirectories,
-                protectedPaths: [configuration.stateDir] + (configuration.caKeyPath.map { [$0] } ?? []),
+                // The pod's service-account token is a credential: never served, whatever --file-dirs says.
+                protectedPaths: [configuration.stateDir, configuration.istiod.tokenPath]
+                    + (configuration.caKeyPath.map { [$0] } ?? []),
                 allowedFiles: [SecretName.systemTrustStore]),
             loop: loop, logger: logger, clock: clock, classify: classify)
         self.fileNames = fileNames
@@ -234,8 +237,10 @@ public final class Agent {
             return
         }
         guard configuration.issuer == .local else {
+            // istiod signs X.509 CSRs only: it has no JWT-SVID source to relay.
             workloadAPI.jwtUnavailable = GRPCStatus(
-                .unavailable, "JWT-SVIDs are not served with --issuer \(configuration.issuer.rawValue)")
+                .unavailable,
+                "JWT-SVIDs are not served with --issuer \(configuration.issuer.rawValue): it has no JWT-SVID source")
             return
         }
         let ttl = Int64(configuration.jwtTTL.rounded(.up))
@@ -301,6 +306,47 @@ public final class Agent {
         WorkloadAPIIssuer.make(
             upstreamSocket: configuration.upstreamSocket, spiffeID: try SPIFFEID(parsing: configuration.spiffeID),
             loop: loop, scheduler: EventLoopScheduler(loop: loop), clock: clock)
+    }
+
+    /// The istiod CSR client for this configuration (`--issuer istiod`).
+    public func makeIstiodIssuer() throws -> any Issuer {
+        let settings = configuration.istiod
+        let algorithm: KeyAlgorithm =
+            switch settings.keyType {
+            case .ecdsaP256: .ecdsaP256
+            case .ecdsaP384: .ecdsaP384
+            case .rsa2048: .rsa(bits: 2048)
+            case .rsa3072: .rsa(bits: 3072)
+            case .rsa4096: .rsa(bits: 4096)
+            }
+        let istio = IstioCAConfiguration(
+            address: settings.address, rootCertPath: settings.rootCertPath, serverName: settings.serverName,
+            tokenPath: settings.tokenPath, clusterID: settings.clusterID,
+            extraHeaders: settings.headers.map { ($0.name, $0.value) }, keyAlgorithm: algorithm,
+            spiffeID: try SPIFFEID(parsing: configuration.spiffeID),
+            requestedTTL: Int64(configuration.svidTTL.rounded(.up)),
+            rotation: RotationPolicy(gracePeriodRatio: configuration.rotateRatio))
+        logger.info(
+            "istiod issuer",
+            metadata: [
+                "ca_addr": "\(settings.address)", "server_name": "\(settings.serverName)",
+                "root_cert": "\(settings.rootCertPath ?? "SYSTEM")", "token_file": "\(settings.tokenPath)",
+                "cluster_id": "\(settings.clusterID)", "key_type": "\(settings.keyType.rawValue)",
+            ])
+        let worker = try OffLoopWorker(loop: loop)
+        return IstioCAIssuer(
+            configuration: istio, loop: loop, scheduler: EventLoopScheduler(loop: loop), clock: clock, worker: worker,
+            onEvent: { [logger] event in
+                switch event {
+                case .keyGenerated(let algorithm, let milliseconds):
+                    logger.debug(
+                        "key generated off the loop",
+                        metadata: ["algorithm": "\(algorithm)", "ms": "\((milliseconds * 10).rounded() / 10)"])
+                case .csrSent(let round, let attempt):
+                    logger.debug(
+                        "CSR try started (dial, TLS, request)", metadata: ["round": "\(round)", "try": "\(attempt)"])
+                }
+            })
     }
 
     // MARK: Status

@@ -9,6 +9,40 @@ public struct AgentConfiguration: Sendable {
     public enum IssuerKind: String, Sendable, CaseIterable {
         case local
         case workloadAPI = "workload-api"
+        /// istiod (or cert-manager's istio-csr): a CSR with the pod's token, like istio-agent.
+        case istiod
+    }
+
+    /// The workload key `--issuer istiod` makes (istio-agent's ECC_SIGNATURE_ALGORITHM / ECC_CURVE /
+    /// WORKLOAD_RSA_KEY_SIZE). ECDSA P-256 by default: istiod signs either, and a P-256 key costs ~30 µs to make
+    /// against ~200 ms for RSA-2048 (about 7,000×), with a quarter of the bytes in every handshake.
+    public enum KeyType: String, Sendable, CaseIterable {
+        case ecdsaP256 = "ecdsa-p256"
+        case ecdsaP384 = "ecdsa-p384"
+        case rsa2048 = "rsa-2048"
+        case rsa3072 = "rsa-3072"
+        case rsa4096 = "rsa-4096"
+    }
+
+    /// `--issuer istiod` settings, with istio-agent's names.
+    public struct IstiodSettings: Sendable, Equatable {
+        /// `CA_ADDR`.
+        public var address: TCPEndpoint
+        /// `CA_ROOT_CA`: a PEM file, or nil for `SYSTEM` (the OS trust store).
+        public var rootCertPath: String?
+        /// `ISTIOD_SAN`, else the host of `CA_ADDR`.
+        public var serverName: String
+        public var tokenPath: String
+        /// `ISTIO_META_CLUSTER_ID`.
+        public var clusterID: String
+        /// `CA_HEADER_<K>=<v>` → header `k: v`, sorted by name.
+        public var headers: [Header]
+        public var keyType: KeyType
+
+        public struct Header: Sendable, Equatable {
+            public var name: String
+            public var value: String
+        }
     }
 
     public var socket: UnixSocketAddress
@@ -23,6 +57,7 @@ public struct AgentConfiguration: Sendable {
     public var caKeyPath: String?
     public var issuer: IssuerKind
     public var upstreamSocket: UnixSocketAddress
+    public var istiod: IstiodSettings
     public var logLevel: Logger.Level
     public var logFormat: LogOutput.Format
     public var drainTimeout: Double
@@ -62,6 +97,11 @@ public struct AgentConfiguration: Sendable {
     public static let defaultSocket = "/run/secrets/workload-spiffe-uds/socket"
     public static let defaultStateDir = "/var/lib/sds-agent"
     public static let defaultUpstreamSocket = "unix:///run/spire/sockets/agent.sock"
+    /// istio-agent's defaults.
+    public static let defaultCAAddress = "istiod.istio-system.svc:15012"
+    public static let defaultCARootCert = "/var/run/secrets/istio/root-cert.pem"
+    public static let defaultTokenFile = "/var/run/secrets/tokens/istio-token"
+    public static let defaultClusterID = "Kubernetes"
 
     /// The range each duration flag accepts. Every duration is finite and positive; the upper ends catch unit
     /// mistakes (`--svid-ttl 3600h` meant as seconds) and keep every derived timer and certificate date in range.
@@ -87,6 +127,12 @@ public struct RawAgentOptions: Sendable, Equatable {
     public var caKey: String?
     public var issuer: String?
     public var upstreamSocket: String?
+    public var caAddr: String?
+    public var caRootCert: String?
+    public var caServerName: String?
+    public var tokenFile: String?
+    public var clusterID: String?
+    public var keyType: String?
     public var logLevel: String?
     public var logFormat: String?
     public var drainTimeout: String?
@@ -159,8 +205,19 @@ extension AgentConfiguration {
             throw ConfigurationError(flag: "--spiffe-id (SPIFFE_ID)", problem: problem)
         }
 
+        // What an injected istio-proxy container already says: PILOT_CERT_PROVIDER=istiod with a CA_ADDR.
+        let istioInjected =
+            environment["PILOT_CERT_PROVIDER"] == "istiod" && !(environment["CA_ADDR"] ?? "").isEmpty
+        let issuerText = pick(options.issuer, "SDS_ISSUER", istioInjected ? "istiod" : "local")
+        guard let issuer = IssuerKind(rawValue: issuerText) else {
+            throw ConfigurationError(
+                flag: "--issuer", problem: "'\(issuerText)' is not one of: local, workload-api, istiod")
+        }
+        // istiod: istio-agent's SECRET_TTL default (24 h, istiod's default workload lifetime); the local CA signs
+        // hour-long SVIDs by default, rotation being free there.
         let ttl = try duration(
-            pick(options.svidTTL, "SECRET_TTL", "1h"), flag: "--svid-ttl (SECRET_TTL)", range: svidTTLRange,
+            pick(options.svidTTL, "SECRET_TTL", issuer == .istiod ? "24h" : "1h"), flag: "--svid-ttl (SECRET_TTL)",
+            range: svidTTLRange,
             why: "an SVID must outlive Envoy's first reconnect attempts; istiod issues at most 90 days")
         let ratioText = pick(options.rotateRatio, "SECRET_GRACE_PERIOD_RATIO", "0.5")
         guard let ratio = Double(ratioText), ratio > 0, ratio < 1 else {
@@ -176,10 +233,7 @@ extension AgentConfiguration {
         }
         let caTTL = try duration(
             pick(options.caTTL, "SDS_CA_TTL", "8760h"), flag: "--ca-ttl", range: caTTLRange, why: "at most 10 years")
-        let issuerText = pick(options.issuer, "SDS_ISSUER", "local")
-        guard let issuer = IssuerKind(rawValue: issuerText) else {
-            throw ConfigurationError(flag: "--issuer", problem: "'\(issuerText)' is not one of: local, workload-api")
-        }
+        let istiod = try istiodSettings(options, environment: environment, pick: pick)
         // A self-made root must hold its rotation: the successor in the bundle an SVID lifetime and a margin before
         // it signs, the old root kept until its last SVID expires (RootRotationSchedule). An operator CA (or
         // SPIRE) is not rotated here, so --ca-ttl does not apply to it.
@@ -245,7 +299,8 @@ extension AgentConfiguration {
         var configuration = AgentConfiguration(
             socket: socket, socketMode: mode, trustDomain: trustDomain, spiffeID: spiffeID, svidTTL: ttl,
             rotateRatio: ratio, stateDir: pick(options.stateDir, "SDS_STATE_DIR", defaultStateDir), caTTL: caTTL,
-            caCertPath: caCert, caKeyPath: caKey, issuer: issuer, upstreamSocket: upstream, logLevel: level,
+            caCertPath: caCert, caKeyPath: caKey, issuer: issuer, upstreamSocket: upstream, istiod: istiod,
+            logLevel: level,
             logFormat: format, drainTimeout: drain, fileDirectories: fileDirs,
             // The agent's own user is always admitted (it can read the agent's files anyway, and probes run as it);
             // by default no one else, matching the socket's 0600 default.
@@ -258,6 +313,87 @@ extension AgentConfiguration {
             why: "a bearer token should not live long")
         configuration.statusAddress = statusAddress
         return configuration
+    }
+
+    private static func istiodSettings(
+        _ options: RawAgentOptions, environment: [String: String], pick: (String?, String?, String) -> String
+    ) throws(ConfigurationError) -> IstiodSettings {
+        let addressText = pick(options.caAddr, "CA_ADDR", defaultCAAddress)
+        let address: TCPEndpoint
+        do { address = try TCPEndpoint(addressText) } catch {
+            throw ConfigurationError(flag: "--ca-addr (CA_ADDR)", problem: error.description)
+        }
+        let rootText = pick(options.caRootCert, "CA_ROOT_CA", defaultCARootCert)
+        guard rootText == "SYSTEM" || rootText.hasPrefix("/") else {
+            throw ConfigurationError(
+                flag: "--ca-root-cert (CA_ROOT_CA)", problem: "'\(rootText)' must be an absolute path or SYSTEM")
+        }
+        let tokenPath = pick(options.tokenFile, "SDS_TOKEN_FILE", defaultTokenFile)
+        guard tokenPath.hasPrefix("/") else {
+            throw ConfigurationError(flag: "--token-file", problem: "'\(tokenPath)' must be an absolute path")
+        }
+        var headers: [IstiodSettings.Header] = []
+        for (name, value) in environment where name.hasPrefix("CA_HEADER_") && name.count > "CA_HEADER_".count {
+            let header = String(name.dropFirst("CA_HEADER_".count)).lowercased()
+            // HTTP/2 header names: lowercase token characters; pseudo-headers and our own fields are not theirs.
+            let reserved = ["authorization", "clusterid", "content-type", "te", "grpc-timeout"]
+            guard
+                header.utf8.allSatisfy({
+                    $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || (0x61...0x7a).contains($0)
+                        || (0x30...0x39).contains($0)
+                }),
+                !reserved.contains(header)
+            else {
+                throw ConfigurationError(flag: name, problem: "'\(header)' cannot be sent as a CA header")
+            }
+            guard value.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7f }) else {
+                throw ConfigurationError(flag: name, problem: "the value must be printable ASCII")
+            }
+            headers.append(IstiodSettings.Header(name: header, value: value))
+        }
+        headers.sort { $0.name < $1.name }
+        return IstiodSettings(
+            address: address, rootCertPath: rootText == "SYSTEM" ? nil : rootText,
+            serverName: pick(options.caServerName, "ISTIOD_SAN", address.host), tokenPath: tokenPath,
+            clusterID: pick(options.clusterID, "ISTIO_META_CLUSTER_ID", defaultClusterID),
+            headers: headers, keyType: try keyType(options.keyType, environment: environment))
+    }
+
+    /// `--key-type`, else istio-agent's variables: ECC_SIGNATURE_ALGORITHM=ECDSA (ECC_CURVE=P384 for P-384), or
+    /// WORKLOAD_RSA_KEY_SIZE for RSA; else ECDSA P-256 (see `KeyType`).
+    private static func keyType(_ flag: String?, environment: [String: String]) throws(ConfigurationError) -> KeyType {
+        let text = flag ?? environment["SDS_KEY_TYPE"].flatMap { $0.isEmpty ? nil : $0 }
+        if let text {
+            guard let type = KeyType(rawValue: text) else {
+                throw ConfigurationError(
+                    flag: "--key-type",
+                    problem: "'\(text)' is not one of: \(KeyType.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return type
+        }
+        let algorithm = environment["ECC_SIGNATURE_ALGORITHM"] ?? ""
+        if algorithm.uppercased() == "ECDSA" {
+            switch (environment["ECC_CURVE"] ?? "").uppercased() {
+            case "", "P256": return .ecdsaP256
+            case "P384": return .ecdsaP384
+            case let curve:
+                throw ConfigurationError(flag: "ECC_CURVE", problem: "'\(curve)' is not one of: P256, P384")
+            }
+        }
+        if !algorithm.isEmpty {
+            throw ConfigurationError(flag: "ECC_SIGNATURE_ALGORITHM", problem: "'\(algorithm)' is not ECDSA")
+        }
+        if let size = environment["WORKLOAD_RSA_KEY_SIZE"], !size.isEmpty {
+            switch size {
+            case "2048": return .rsa2048
+            case "3072": return .rsa3072
+            case "4096": return .rsa4096
+            default:
+                throw ConfigurationError(
+                    flag: "WORKLOAD_RSA_KEY_SIZE", problem: "'\(size)' is not one of: 2048, 3072, 4096")
+            }
+        }
+        return .ecdsaP256
     }
 
     /// `--file-dirs`: absolute directories, comma-separated. `/` is refused: it would let any client read any file

@@ -32,6 +32,7 @@ public enum AgentMain {
             switch agent.configuration.issuer {
             case .local: return try agent.makeLocalCAIssuer()
             case .workloadAPI: return try agent.makeWorkloadAPIIssuer()
+            case .istiod: return try agent.makeIstiodIssuer()
             }
         }
         // The last lines (why it stopped) matter most; wait for stderr a bounded time, the loop is done by now.

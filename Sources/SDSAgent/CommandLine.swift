@@ -44,7 +44,8 @@ public enum AgentCommandLine {
             set: { $0.spiffeID = $1 }),
         Flag(
             name: "svid-ttl", valueName: "duration", environment: "SECRET_TTL",
-            help: "SVID lifetime, e.g. 1h, 30m, 24h (default 1h; 10s to 2160h).", set: { $0.svidTTL = $1 }),
+            help: "SVID lifetime, e.g. 1h, 30m, 24h (default 1h, 24h with --issuer istiod; 10s to 2160h).",
+            set: { $0.svidTTL = $1 }),
         Flag(
             name: "rotate-ratio", valueName: "ratio", environment: "SECRET_GRACE_PERIOD_RATIO",
             help: "Rotate when this fraction of the lifetime is left (default 0.5).", set: { $0.rotateRatio = $1 }),
@@ -71,13 +72,40 @@ public enum AgentCommandLine {
             set: { $0.caKey = $1 }),
         Flag(
             name: "issuer", valueName: "kind", environment: "SDS_ISSUER",
-            help: "Where SVIDs come from: local (embedded CA, default) or workload-api (a SPIRE agent).",
+            help:
+                "Where SVIDs come from: local (embedded CA, default), workload-api (a SPIRE agent) or istiod (a CSR to istiod or istio-csr; the default when PILOT_CERT_PROVIDER=istiod and CA_ADDR are set).",
             set: { $0.issuer = $1 }),
         Flag(
             name: "upstream-socket", valueName: "unix:///path", environment: "UPSTREAM_SPIFFE_ENDPOINT_SOCKET",
             help:
                 "SPIFFE Workload API socket for --issuer workload-api (default unix:///run/spire/sockets/agent.sock).",
             set: { $0.upstreamSocket = $1 }),
+        Flag(
+            name: "ca-addr", valueName: "host:port", environment: "CA_ADDR",
+            help: "istiod's address for --issuer istiod (default istiod.istio-system.svc:15012).",
+            set: { $0.caAddr = $1 }),
+        Flag(
+            name: "ca-root-cert", valueName: "pem|SYSTEM", environment: "CA_ROOT_CA",
+            help:
+                "Roots istiod's certificate must chain to; also served in ROOTCA (default /var/run/secrets/istio/root-cert.pem).",
+            set: { $0.caRootCert = $1 }),
+        Flag(
+            name: "ca-server-name", valueName: "name", environment: "ISTIOD_SAN",
+            help: "Name istiod's certificate must carry (default: the host of --ca-addr).",
+            set: { $0.caServerName = $1 }),
+        Flag(
+            name: "token-file", valueName: "path", environment: "SDS_TOKEN_FILE",
+            help:
+                "Projected service-account token (audience istio-ca), re-read for every CSR (default /var/run/secrets/tokens/istio-token).",
+            set: { $0.tokenFile = $1 }),
+        Flag(
+            name: "cluster-id", valueName: "id", environment: "ISTIO_META_CLUSTER_ID",
+            help: "Sent as ClusterID metadata with every CSR (default Kubernetes).", set: { $0.clusterID = $1 }),
+        Flag(
+            name: "key-type", valueName: "type", environment: "SDS_KEY_TYPE",
+            help:
+                "Workload key for --issuer istiod: ecdsa-p256 (default), ecdsa-p384, rsa-2048, rsa-3072, rsa-4096; else ECC_SIGNATURE_ALGORITHM/ECC_CURVE/WORKLOAD_RSA_KEY_SIZE.",
+            set: { $0.keyType = $1 }),
         Flag(
             name: "log-level", valueName: "level", environment: "LOG_LEVEL",
             help: "trace, debug, info (default), notice, warning, error.", set: { $0.logLevel = $1 }),
@@ -230,6 +258,7 @@ public enum AgentCommandLine {
               sds-agent run --socket /run/secrets/workload-spiffe-uds/socket --trust-domain cluster.local
               SECRET_TTL=24h POD_NAMESPACE=shop SERVICE_ACCOUNT=web sds-agent run --state-dir /var/lib/sds-agent
               sds-agent run --issuer workload-api --upstream-socket unix:///run/spire/sockets/agent.sock
+              CA_ADDR=istiod.istio-system.svc:15012 sds-agent run --issuer istiod --key-type ecdsa-p256
 
             """
         return text

@@ -3,21 +3,22 @@ import Glibc
 import H2
 import PKI
 import Transport
+import Upstream
 import Wire
 
-/// The I/O shell around `DumpSession`: one Unix-socket connection, one HTTP/2 session, one gRPC call per stream,
-/// an epoll loop with the timeout and SIGINT/SIGTERM, stdout, stderr and --pem-dir. Decides nothing itself.
-public final class DumpClient: ConnectionDelegate {
+/// The I/O shell around `DumpSession`: one Unix-socket connection (moved by the shared `ClientConnectionDriver`),
+/// one HTTP/2 session, one gRPC call per stream, an epoll loop with the timeout and SIGINT/SIGTERM, stdout, stderr
+/// and --pem-dir. Decides nothing itself.
+public final class DumpClient {
     private let options: DumpOptions
     private var session: DumpSession
     private let loop: EventLoop
     private let grpc = GRPCClientConnection()
-    private var socket: Connection?
+    private var connection: ClientConnectionDriver?
     private var path = ""
     private var calls: [Int: GRPCClientCall] = [:]
     private var fetchCall: GRPCClientCall?
     private let colors: Bool
-    private var outputBuffer: [UInt8] = []
 
     /// How long to wait, after the last ACK, for the server to end the half-closed streams (proof it read the ACK).
     static let closingGrace = 2.0
@@ -52,7 +53,9 @@ public final class DumpClient: ConnectionDelegate {
         path = address.path
         do throws(SystemError) {
             let fd = try connectUnixSocket(address)
-            socket = try Connection(fd: fd, loop: loop, delegate: self)
+            let driver = try ClientConnectionDriver(fd: fd, loop: loop, tls: nil, grpc: grpc)
+            driver.onLost = { [unowned self] loss in self.lost(loss) }
+            connection = driver
             try loop.onSignal(SIGINT) { [unowned self] in self.perform(self.session.interrupted()) }
             try loop.onSignal(SIGTERM) { [unowned self] in self.perform(self.session.interrupted()) }
         } catch {
@@ -67,7 +70,7 @@ public final class DumpClient: ConnectionDelegate {
         timer.cancel()
         let outcome = session.outcome ?? .interrupted(watching: options.watch)
         if outcome == .completed { closeGracefully() }
-        socket?.close()
+        connection?.close()
         return outcome
     }
 
@@ -81,7 +84,7 @@ public final class DumpClient: ConnectionDelegate {
         for call in open { call.closeSend() }
         flush()
         _ = loop.run(
-            until: { open.allSatisfy(\.isFinished) || self.socket?.isClosed ?? true }, timeout: Self.closingGrace)
+            until: { open.allSatisfy(\.isFinished) || self.connection?.isClosed ?? true }, timeout: Self.closingGrace)
     }
 
     // MARK: Actions
@@ -190,35 +193,18 @@ public final class DumpClient: ConnectionDelegate {
     // MARK: Socket
 
     /// Moves what the HTTP/2 session produced to the socket.
-    private func flush() {
-        guard let socket, !socket.isClosed else { return }
-        while true {
-            outputBuffer.removeAll(keepingCapacity: true)
-            if grpc.session.takeOutput(into: &outputBuffer, maxBytes: 64 * 1024) == 0 { break }
-            socket.write(outputBuffer)
-        }
-    }
+    private func flush() { connection?.flush() }
 
-    public func connection(_ connection: Connection, received bytes: UnsafeRawBufferPointer) {
-        do throws(H2Error) {
-            try grpc.session.receive(bytes)
-        } catch {
-            flush()
-            connection.close()
-            grpc.connectionLost()
-            perform(session.connectionLost(path: path, reason: "HTTP/2 error: \(error)"))
-            return
-        }
-        flush()
-    }
-
-    public func connectionDrained(_ connection: Connection) { flush() }
-
-    public func connectionClosed(_ connection: Connection, error: SystemError?) {
-        let reason = error.map { String(cString: strerror($0.errno)) } ?? "the server closed the connection"
-        // Lose the connection first in the session: calls ending with UNAVAILABLE would otherwise read as exit 5.
+    /// The connection is gone. The session hears it before the calls end with UNAVAILABLE (the driver closes them
+    /// right after), which would otherwise read as exit 5.
+    private func lost(_ loss: ClientConnectionLoss) {
+        let reason =
+            switch loss {
+            case .closedByPeer: "the server closed the connection"
+            case .socket(let error): String(cString: strerror(error.errno))
+            default: "\(loss)"
+            }
         perform(session.connectionLost(path: path, reason: reason))
-        grpc.connectionLost()
     }
 
     // MARK: Clock and output

@@ -205,7 +205,7 @@ public struct ReceivedSecret: Sendable {
             return parsed.algorithm.description
         }
         if let parsed = try? PrivateKey(pkcs8DER: key) { return parsed.algorithm.description }
-        // A key type PKI does not issue (RSA, P-384): it must be the leaf's key type to be usable at all.
+        // A key type PKI does not load (P-521, Ed25519): it must be the leaf's key type to be usable at all.
         return chain.first?.publicKey?.typeDescription ?? "unknown"
     }
 

@@ -5,6 +5,7 @@ public import Issuance
 import PKI
 public import SPIFFE
 public import Transport
+import Upstream
 public import Wire
 
 /// An `Issuer` that relays the SVID and bundles a SPIRE agent (any SPIFFE Workload API server) streams to us.
@@ -236,9 +237,9 @@ public final class WorkloadAPIIssuer: Issuer {
     private func connected(fd: Int32, attempt: Int) {
         let upstream = UpstreamConnection(attempt: attempt, issuer: self)
         do throws(SystemError) {
-            upstream.socket = try Connection(fd: fd, loop: loop, delegate: upstream)
+            // The driver owns `fd` from here, closing it on failure too.
+            try upstream.attach(fd: fd, loop: loop)
         } catch {
-            Glibc.close(fd)
             perform(machine.connectFailed(attempt: attempt, reason: "\(error)", randomUnit: randomUnit()))
             return
         }
@@ -291,12 +292,12 @@ public final class WorkloadAPIIssuer: Issuer {
     }
 }
 
-/// One connection to the upstream: socket bytes ⇄ nghttp2 client session ⇄ the two gRPC calls. The client-side
-/// mirror of the SDS server's per-connection pump.
-final class UpstreamConnection: ConnectionDelegate {
+/// One connection to the upstream: the two gRPC calls over the shared client driver (socket ⇄ nghttp2 client
+/// session, plaintext over the Unix socket; see `ClientConnectionDriver`).
+final class UpstreamConnection {
     let attempt: Int
     let grpc = GRPCClientConnection()
-    var socket: Connection?
+    private var driver: ClientConnectionDriver?
     private weak var issuer: WorkloadAPIIssuer?
     private var calls: [GRPCClientCall] = []
     /// Relayed unary calls waiting for the upstream's answer.
@@ -304,14 +305,22 @@ final class UpstreamConnection: ConnectionDelegate {
     /// More relayed calls than this at once are refused: each holds a stream of this connection, whose streams
     /// the upstream bounds too (SPIRE: 100 by default), and the X.509 streams must keep theirs.
     static let maxRelays = 64
-    private var outputBuffer: [UInt8] = []
     private var closed = false
-    /// Stop pulling bytes from nghttp2 while this much waits in user space for the socket.
-    static let writeHighWater = 256 * 1024
 
     init(attempt: Int, issuer: WorkloadAPIIssuer) {
         self.attempt = attempt
         self.issuer = issuer
+    }
+
+    /// Hands the connected socket to the driver (which closes it if this fails).
+    func attach(fd: Int32, loop: EventLoop) throws(SystemError) {
+        let driver = try ClientConnectionDriver(fd: fd, loop: loop, tls: nil, grpc: grpc)
+        let attempt = self.attempt
+        driver.onLost = { [weak self] reason in
+            guard let self, !self.closed else { return }
+            self.issuer?.lost(attempt: attempt, reason: "\(reason)")
+        }
+        self.driver = driver
     }
 
     /// Starts both server-streaming calls: one empty request each, then half-close.
@@ -382,36 +391,8 @@ final class UpstreamConnection: ConnectionDelegate {
         flush()
     }
 
-    func connection(_ connection: Connection, received bytes: UnsafeRawBufferPointer) {
-        do {
-            try grpc.session.receive(bytes)
-        } catch {
-            guard !closed else { return }
-            issuer?.lost(attempt: attempt, reason: "HTTP/2 error: \(error)")
-            return
-        }
-        flush()
-    }
-
-    func connectionDrained(_ connection: Connection) { flush() }
-
-    func connectionClosed(_ connection: Connection, error: SystemError?) {
-        guard !closed else { return }
-        issuer?.lost(attempt: attempt, reason: error.map { "\($0)" } ?? "the upstream closed the connection")
-    }
-
-    /// Moves session output to the socket until the session has nothing more or the socket backs up.
-    func flush() {
-        guard !closed, let socket, !socket.isClosed else { return }
-        while socket.pendingWriteBytes < Self.writeHighWater {
-            outputBuffer.removeAll(keepingCapacity: true)
-            if grpc.session.takeOutput(into: &outputBuffer, maxBytes: 64 * 1024) == 0 { break }
-            socket.write(outputBuffer)
-        }
-        if grpc.session.isClosed {
-            issuer?.lost(attempt: attempt, reason: "the HTTP/2 session ended")
-        }
-    }
+    /// Moves session output to the socket (the driver applies backpressure).
+    func flush() { driver?.flush() }
 
     /// Closes the socket; no callback reaches the issuer afterwards.
     func close() {
@@ -424,8 +405,7 @@ final class UpstreamConnection: ConnectionDelegate {
         calls.removeAll()
         let waiting = relays.values
         relays.removeAll()
-        socket?.close()
-        grpc.connectionLost()
+        driver?.close()
         for reply in waiting {
             reply(.failure(GRPCStatus(.unavailable, "the upstream Workload API connection closed")))
         }

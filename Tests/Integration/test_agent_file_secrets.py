@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime
 import os
 
+import pytest
+
 from spiffe_test_ca import SpiffeRoot, organization, pem_cert, pem_key
 from sds_client import SecretStream, certs_of, pem_of
 from sds_servers import TRUST_DOMAIN
@@ -92,3 +94,50 @@ def test_missing_or_mismatched_files_are_held_not_errored(agent_factory, short_d
     assert [r.name for r in response.resources] == [missing]
     stream.close()
     agent.check_alive()
+
+
+def _rsa_or_p384_pair(ca: SpiffeRoot, key_kind: str):
+    """A leaf certifying an RSA or P-384 key, signed by `ca`, and the key PEM in the form Istio tooling writes."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if key_kind.startswith("rsa"):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        # PKCS#1 ("RSA PRIVATE KEY"), as `openssl genrsa -traditional` and older istioctl write it.
+        form = serialization.PrivateFormat.TraditionalOpenSSL if key_kind == "rsa-pkcs1" else \
+            serialization.PrivateFormat.PKCS8
+    else:
+        key = ec.generate_private_key(ec.SECP384R1())
+        form = serialization.PrivateFormat.PKCS8
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(organization("gateway")).issuer_name(ca.cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - MINUTE).not_valid_after(now + DAY)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("gateway.example")]), critical=False)
+            .sign(ca.key, hashes.SHA256()))
+    return cert, key.private_bytes(serialization.Encoding.PEM, form, serialization.NoEncryption())
+
+
+@pytest.mark.parametrize("key_kind", ["rsa-pkcs1", "rsa-pkcs8", "ecdsa-p384"])
+def test_rsa_and_p384_file_pairs_are_served(agent_factory, short_dir, key_kind):
+    """Istio's default certificates are RSA: a pair with an RSA (PKCS#1 or PKCS#8) or P-384 key is served at once,
+    not held."""
+    ca = SpiffeRoot.create("files.example", organization("file CA"), DAY, MINUTE)
+    cert, key_pem = _rsa_or_p384_pair(ca, key_kind)
+    certs = short_dir / "certs"
+    certs.mkdir()
+    write_atomically(certs / "cert.pem", pem_cert(cert))
+    write_atomically(certs / "key.pem", key_pem)
+    agent = agent_factory.start("files", f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/files", ["--file-dirs", str(certs)])
+    name = f"file-cert:{certs}/cert.pem~{certs}/key.pem"
+    stream = SecretStream(agent.socket_path, delta=True)
+    stream.send(resource_names_subscribe=[name])
+    response = stream.recv()
+    from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+    secret = secret_pb2.Secret()
+    assert [r.name for r in response.resources] == [name]
+    response.resources[0].resource.Unpack(secret)
+    assert certs_of(secret.tls_certificate.certificate_chain)[0].serial_number == cert.serial_number
+    assert pem_of(secret.tls_certificate.private_key) == key_pem
+    stream.close()

@@ -37,10 +37,6 @@ from sds_servers import fetch_when_served, socket_accepts
 KUBERNETES = EXAMPLES / "kubernetes"
 # overlays/<name> -> the issuer it configures. Test ids and rehearsals go by these names.
 OVERLAYS = {"local-ca": "local", "spire": "workload-api", "istiod": "istiod"}
-# `--issuer istiod` and its flags come with the istiod issuer's branch: until it is merged, this build's
-# `sds-agent run --help` does not list them. Strict: once it does, the XPASS fails and this mark must go.
-ISSUER_PENDING = pytest.mark.xfail(strict=True, reason="--issuer istiod not in this build yet (istiod branch)")
-ISSUER_KNOWN = [pytest.param(n, marks=ISSUER_PENDING) if i == "istiod" else n for n, i in OVERLAYS.items()]
 INJECTION = KUBERNETES / "istio-injection"
 # Custom resources the examples use, which no Kubernetes schema knows: checked for their shape by hand.
 CUSTOM_KINDS = {("spire.spiffe.io/v1alpha1", "ClusterSPIFFEID")}
@@ -287,7 +283,7 @@ def help_text(binary, *args) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("name", ISSUER_KNOWN)
+@pytest.mark.parametrize("name", OVERLAYS)
 def test_flags_and_env_are_sds_agents(name, sds_agent_bin):
     text = help_text(sds_agent_bin, "run")
     for flag in agent_flags(sds_agent(name)):
@@ -483,11 +479,10 @@ def test_injection_template_adds_overlay_istiods_sds_agent_and_the_shared_socket
     assert annotations["inject.istio.io/templates"] == "sidecar,sds-agent", "Istio's sidecar first, then ours"
 
 
-@ISSUER_PENDING
 def test_istiod_overlay_rehearsal(short_dir, sds_agent_bin, sds_dump_bin):
     """The overlay's container against the fake istiod: the token and root-cert volumes hold what kubelet would put
     there, CA_ADDR points at the fake (its certificate names istiod.istio-system.svc and 127.0.0.1)."""
-    from fake_istiod import FakeIstiod  # arrives with the istiod issuer's branch
+    from fake_istiod import FakeIstiod
 
     r = Rehearsal("istiod", short_dir, sds_agent_bin, sds_dump_bin)
     istiod = FakeIstiod(short_dir, r.env()["TRUST_DOMAIN"]).start()

@@ -245,3 +245,89 @@ func resolveConfiguration(
         #expect(log.record("connection limit", now: 161) == nil)
     }
 }
+
+@Suite struct IstiodConfigurationTests {
+    private func resolve(_ edit: (inout RawAgentOptions) -> Void = { _ in }, env: [String: String] = [:])
+        throws(ConfigurationError) -> AgentConfiguration
+    {
+        var options = RawAgentOptions()
+        options.socket = "/tmp/sds-config-test/agent.sock"
+        edit(&options)
+        return try AgentConfiguration.resolve(
+            options, environment: env, validateTrustDomain: { _ in nil },
+            validateSPIFFEID: { id, td in id.hasPrefix("spiffe://\(td)/") ? nil : "not in trust domain \(td)" })
+    }
+
+    @Test func istioAgentDefaults() throws {
+        let config = try resolve { $0.issuer = "istiod" }
+        #expect(config.issuer == .istiod)
+        #expect(config.istiod.address.description == "istiod.istio-system.svc:15012")
+        #expect(config.istiod.serverName == "istiod.istio-system.svc")
+        #expect(config.istiod.rootCertPath == "/var/run/secrets/istio/root-cert.pem")
+        #expect(config.istiod.tokenPath == "/var/run/secrets/tokens/istio-token")
+        #expect(config.istiod.clusterID == "Kubernetes")
+        #expect(config.istiod.keyType == .ecdsaP256)
+        #expect(config.svidTTL == 86_400, "istio-agent's SECRET_TTL default")
+        #expect(try resolve().svidTTL == 3600, "the local CA's default is unchanged")
+    }
+
+    @Test func anInjectedIstioProxyEnvironmentChoosesIstiod() throws {
+        let env = [
+            "PILOT_CERT_PROVIDER": "istiod", "CA_ADDR": "istiod.istio-system.svc:15012", "ISTIOD_SAN": "istiod.example",
+            "CA_ROOT_CA": "SYSTEM", "ISTIO_META_CLUSTER_ID": "east", "CA_HEADER_X-TENANT": "blue",
+        ]
+        let config = try resolve(env: env)
+        #expect(config.issuer == .istiod)
+        #expect(config.istiod.serverName == "istiod.example")
+        #expect(config.istiod.rootCertPath == nil, "SYSTEM: the OS trust store")
+        #expect(config.istiod.clusterID == "east")
+        #expect(config.istiod.headers == [.init(name: "x-tenant", value: "blue")])
+        // Without CA_ADDR the local CA stays the default.
+        #expect(try resolve(env: ["PILOT_CERT_PROVIDER": "istiod"]).issuer == .local)
+        // An explicit choice wins.
+        #expect(try resolve({ $0.issuer = "local" }, env: env).issuer == .local)
+    }
+
+    @Test(arguments: [
+        ([:], AgentConfiguration.KeyType.ecdsaP256),
+        (["ECC_SIGNATURE_ALGORITHM": "ECDSA"], .ecdsaP256),
+        (["ECC_SIGNATURE_ALGORITHM": "ECDSA", "ECC_CURVE": "P384"], .ecdsaP384),
+        (["WORKLOAD_RSA_KEY_SIZE": "2048"], .rsa2048),
+        (["WORKLOAD_RSA_KEY_SIZE": "4096"], .rsa4096),
+        (["SDS_KEY_TYPE": "rsa-3072", "ECC_SIGNATURE_ALGORITHM": "ECDSA"], .rsa3072),
+    ])
+    func keyTypeHonoursIstioAgentsVariables(env: [String: String], expected: AgentConfiguration.KeyType) throws {
+        #expect(try resolve({ $0.issuer = "istiod" }, env: env).istiod.keyType == expected)
+    }
+
+    @Test func theFlagWinsOverTheEnvironment() throws {
+        let config = try resolve({ $0.keyType = "ecdsa-p384" }, env: ["WORKLOAD_RSA_KEY_SIZE": "2048"])
+        #expect(config.istiod.keyType == .ecdsaP384)
+    }
+
+    @Test(arguments: [
+        ("--key-type", "keyType=rsa-1024", [String: String]()),
+        ("WORKLOAD_RSA_KEY_SIZE", "", ["WORKLOAD_RSA_KEY_SIZE": "1024"]),
+        ("ECC_CURVE", "", ["ECC_SIGNATURE_ALGORITHM": "ECDSA", "ECC_CURVE": "P521"]),
+        ("--ca-addr (CA_ADDR)", "caAddr=istiod", [:]),
+        ("--ca-root-cert (CA_ROOT_CA)", "caRootCert=root.pem", [:]),
+        ("--token-file", "tokenFile=token", [:]),
+        ("CA_HEADER_AUTHORIZATION", "", ["CA_HEADER_AUTHORIZATION": "Bearer x"]),
+    ])
+    func badValuesNameTheirFlag(flag: String, option: String, env: [String: String]) {
+        let parts = option.split(separator: "=", maxSplits: 1).map(String.init)
+        let error = #expect(throws: ConfigurationError.self) {
+            try resolve(
+                { options in
+                    guard parts.count == 2 else { return }
+                    switch parts[0] {
+                    case "keyType": options.keyType = parts[1]
+                    case "caAddr": options.caAddr = parts[1]
+                    case "caRootCert": options.caRootCert = parts[1]
+                    default: options.tokenFile = parts[1]
+                    }
+                }, env: env)
+        }
+        #expect(error?.flag == flag)
+    }
+}

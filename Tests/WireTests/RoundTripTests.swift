@@ -193,3 +193,26 @@ import Wire
         #expect(try otherHost.unpack(Secret.self) == Self.tlsSecret)
     }
 }
+
+/// istio.v1.auth messages (Protos/istio_ca.proto): field numbers as istio/api's ca.proto.
+@Suite struct IstioCARoundTripTests {
+    @Test func requestAndResponseRoundTrip() throws {
+        let request = IstioCertificateRequest(
+            csr: "-----BEGIN CERTIFICATE REQUEST-----\nMII\n", validityDuration: 86_400)
+        #expect(try IstioCertificateRequest(wireBytes: request.wireBytes()) == request)
+        let response = IstioCertificateResponse(certChain: ["leaf", "intermediate", "root"])
+        #expect(try IstioCertificateResponse(wireBytes: response.wireBytes()) == response)
+    }
+
+    @Test func wireBytesUseUpstreamFieldNumbers() {
+        // csr = 1 (tag 0x0a), validity_duration = 3 (varint, tag 0x18).
+        #expect(IstioCertificateRequest(csr: "A", validityDuration: 5).wireBytes() == [0x0a, 0x01, 0x41, 0x18, 0x05])
+        // cert_chain = 1, repeated string.
+        #expect(IstioCertificateResponse(certChain: ["a", "b"]).wireBytes() == [0x0a, 0x01, 0x61, 0x0a, 0x01, 0x62])
+    }
+
+    @Test func oversizedResponsesAreRefusedBeforeDecoding() {
+        let bytes = IstioCertificateResponse(certChain: [String(repeating: "x", count: 2000)]).wireBytes()
+        #expect(throws: WireError.self) { try IstioCertificateResponse(wireBytes: bytes, limit: 1000) }
+    }
+}

@@ -9,5 +9,6 @@
 #include "google_any.pb-c.h"
 #include "google_rpc_status.pb-c.h"
 #include "google_struct.pb-c.h"
+#include "istio_ca.pb-c.h"
 #include "spiffe_workload.pb-c.h"
 #endif

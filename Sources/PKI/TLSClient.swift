@@ -1,0 +1,257 @@
+private import COpenSSL
+
+/// Which roots a TLS client trusts for the server's certificate.
+public enum TLSTrust: Sendable {
+    /// Exactly these roots (istio-agent's root-cert file, `CA_ROOT_CA`).
+    case roots([Certificate])
+    /// The operating system's trust store (`CA_ROOT_CA=SYSTEM`: istiod behind a publicly trusted certificate).
+    case system
+}
+
+/// What a TLS client session expects of its server.
+public struct TLSClientConfiguration: Sendable {
+    public var trust: TLSTrust
+    /// The name the server's certificate must carry (DNS SAN, or an IP SAN for an address); also sent as SNI when
+    /// it is a host name.
+    public var serverName: String
+    /// ALPN protocols offered, in preference order; the server must pick one of them.
+    public var alpn: [String]
+
+    public init(trust: TLSTrust, serverName: String, alpn: [String] = ["h2"]) {
+        self.trust = trust
+        self.serverName = serverName
+        self.alpn = alpn
+    }
+}
+
+/// Owns one `SSL_CTX`.
+final class SSLContextHandle {
+    let pointer: OpaquePointer
+    init(taking pointer: OpaquePointer) { self.pointer = pointer }
+    deinit { SSL_CTX_free(pointer) }
+}
+
+/// A TLS client as a byte transducer (OpenSSL over two memory BIOs, no socket inside): ciphertext from the
+/// network goes in with `receive`, plaintext for the application with `send`; ciphertext for the network comes
+/// out of `takeCiphertext`, plaintext for the application out of `receive`'s result. The caller moves the bytes,
+/// so the same HTTP/2 session code runs over a socket, over TLS, or in memory in tests.
+///
+///     handshaking ──(server certificate verified against the trust roots and the server name,
+///          │         TLS >= 1.2, ALPN agreed)──► established ──(close_notify / error)──► closed / failed
+///          └──(any verification or protocol failure)──► failed (an alert is left in takeCiphertext)
+///
+/// Plaintext sent before the handshake completes is held and written once it does: nothing leaves in the clear,
+/// and nothing (a bearer token) leaves before the server proved who it is.
+public final class TLSClient {
+    public enum State: Sendable, Equatable {
+        case handshaking
+        /// `alpn` is the protocol the server chose.
+        case established(alpn: String)
+        case closed
+        case failed(String)
+    }
+
+    public private(set) var state: State = .handshaking
+    private let context: SSLContextHandle
+    private let ssl: OpaquePointer
+    /// Ciphertext in from the network (OpenSSL reads it).
+    private let networkIn: OpaquePointer
+    /// Ciphertext out to the network (OpenSSL writes it).
+    private let networkOut: OpaquePointer
+    private var heldPlaintext: [UInt8] = []
+    private let wantedALPN: [String]
+
+    /// Why 16 KiB + overhead per read: one TLS record's plaintext is at most 16 KiB.
+    private static let readChunk = 16 * 1024
+
+    public init(configuration: TLSClientConfiguration) throws {
+        PKIError.clearErrorQueue()
+        guard let method = TLS_client_method(), let ctx = SSL_CTX_new(method) else {
+            throw PKIError.openSSL("SSL_CTX_new")
+        }
+        let context = SSLContextHandle(taking: ctx)
+        // TLS 1.2 at least: what istio-agent and gRPC require; older versions lack AEAD-only suites.
+        guard sds_SSL_CTX_set_min_tls12(ctx) == 1 else { throw PKIError.openSSL("setting TLS 1.2 as the minimum") }
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
+        switch configuration.trust {
+        case .system:
+            guard SSL_CTX_set_default_verify_paths(ctx) == 1 else {
+                throw PKIError.openSSL("loading the system trust store")
+            }
+        case .roots(let roots):
+            guard !roots.isEmpty else { throw PKIError(operation: "no trusted roots for the TLS server") }
+            guard let store = SSL_CTX_get_cert_store(ctx) else { throw PKIError.openSSL("SSL_CTX_get_cert_store") }
+            for root in roots {
+                let decoded = try root.withDecodedPublicKey()
+                guard X509_STORE_add_cert(store, decoded.handle.pointer) == 1 else {
+                    throw PKIError.openSSL("adding a trusted root")
+                }
+            }
+        }
+        var protocols: [UInt8] = []
+        for name in configuration.alpn {
+            let bytes = Array(name.utf8)
+            guard !bytes.isEmpty, bytes.count < 256 else { throw PKIError(operation: "invalid ALPN name \(name)") }
+            protocols.append(UInt8(bytes.count))
+            protocols += bytes
+        }
+        if !protocols.isEmpty {
+            // Returns 0 on success (unlike most of OpenSSL).
+            guard SSL_CTX_set_alpn_protos(ctx, protocols, UInt32(protocols.count)) == 0 else {
+                throw PKIError.openSSL("setting ALPN")
+            }
+        }
+        guard let ssl = SSL_new(ctx) else { throw PKIError.openSSL("SSL_new") }
+        guard let networkIn = BIO_new(BIO_s_mem()), let networkOut = BIO_new(BIO_s_mem()) else {
+            SSL_free(ssl)
+            throw PKIError.openSSL("BIO_new")
+        }
+        // SSL_free frees both BIOs from here on.
+        SSL_set_bio(ssl, networkIn, networkOut)
+        SSL_set_connect_state(ssl)
+        self.context = context
+        self.ssl = ssl
+        self.networkIn = networkIn
+        self.networkOut = networkOut
+        self.wantedALPN = configuration.alpn
+        let name = configuration.serverName
+        guard !name.isEmpty else { throw PKIError(operation: "empty TLS server name") }
+        guard let parameters = SSL_get0_param(ssl) else { throw PKIError.openSSL("SSL_get0_param") }
+        if Self.isIPAddress(name) {
+            // An address is matched against the certificate's IP SANs, and never sent as SNI (RFC 6066).
+            guard X509_VERIFY_PARAM_set1_ip_asc(parameters, name) == 1 else {
+                throw PKIError.openSSL("setting the expected server address \(name)")
+            }
+        } else {
+            guard SSL_set1_host(ssl, name) == 1 else { throw PKIError.openSSL("setting the expected server name") }
+            guard sds_SSL_set_sni(ssl, name) == 1 else { throw PKIError.openSSL("setting SNI") }
+        }
+        // Starts the handshake: the ClientHello waits in takeCiphertext.
+        advanceHandshake()
+    }
+
+    deinit { SSL_free(ssl) }
+
+    private static func isIPAddress(_ name: String) -> Bool {
+        name.contains(":") || (!name.isEmpty && name.allSatisfy { $0 == "." || $0.isASCII && $0.isNumber })
+    }
+
+    public var isEstablished: Bool {
+        if case .established = state { return true }
+        return false
+    }
+
+    /// Feeds ciphertext from the network; returns the plaintext it decrypts to (possibly none). After a failure
+    /// the state says why, and an alert for the peer may be waiting in `takeCiphertext`.
+    public func receive(_ ciphertext: UnsafeRawBufferPointer) -> [UInt8] {
+        switch state {
+        case .closed, .failed: return []
+        case .handshaking, .established: break
+        }
+        if ciphertext.count > 0 {
+            let written = BIO_write(networkIn, ciphertext.baseAddress, Int32(ciphertext.count))
+            if written != Int32(ciphertext.count) {
+                fail("buffering received bytes: \(PKIError.drainErrorQueue().joined(separator: "; "))")
+                return []
+            }
+        }
+        if case .handshaking = state { advanceHandshake() }
+        guard case .established = state else { return [] }
+        var plaintext: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: Self.readChunk)
+        while true {
+            var read = 0
+            let result = chunk.withUnsafeMutableBytes { SSL_read_ex(ssl, $0.baseAddress, $0.count, &read) }
+            if result == 1 {
+                plaintext += chunk[0..<read]
+                continue
+            }
+            let error = SSL_get_error(ssl, result)
+            if error == SSL_ERROR_WANT_READ { break }
+            if error == SSL_ERROR_ZERO_RETURN {
+                state = .closed
+                break
+            }
+            fail(describeFailure(error))
+            break
+        }
+        return plaintext
+    }
+
+    /// Encrypts application bytes (held until the handshake completes).
+    public func send(_ plaintext: [UInt8]) {
+        guard !plaintext.isEmpty else { return }
+        switch state {
+        case .handshaking: heldPlaintext += plaintext
+        case .established: write(plaintext)
+        case .closed, .failed: break
+        }
+    }
+
+    /// Ciphertext waiting for the network (handshake messages, records, alerts).
+    public func takeCiphertext() -> [UInt8] {
+        let pending = Int(sds_BIO_pending(networkOut))
+        guard pending > 0 else { return [] }
+        var out = [UInt8](repeating: 0, count: pending)
+        let read = out.withUnsafeMutableBytes { BIO_read(networkOut, $0.baseAddress, Int32($0.count)) }
+        return read > 0 ? Array(out.prefix(Int(read))) : []
+    }
+
+    /// Queues close_notify (take it with `takeCiphertext`).
+    public func close() {
+        guard case .established = state else { return }
+        _ = SSL_shutdown(ssl)
+        PKIError.clearErrorQueue()
+        state = .closed
+    }
+
+    private func advanceHandshake() {
+        let result = SSL_do_handshake(ssl)
+        if result == 1 {
+            var data: UnsafePointer<UInt8>? = nil
+            var length: UInt32 = 0
+            SSL_get0_alpn_selected(ssl, &data, &length)
+            let selected = data.map {
+                String(decoding: UnsafeBufferPointer(start: $0, count: Int(length)), as: UTF8.self)
+            }
+            // A server that ignores ALPN would speak something we did not offer; gRPC over TLS requires h2.
+            guard let selected, wantedALPN.isEmpty || wantedALPN.contains(selected) else {
+                fail("the server agreed to no ALPN protocol of \(wantedALPN) (got \(selected ?? "none"))")
+                return
+            }
+            state = .established(alpn: selected)
+            if !heldPlaintext.isEmpty {
+                let held = heldPlaintext
+                heldPlaintext = []
+                write(held)
+            }
+            return
+        }
+        let error = SSL_get_error(ssl, result)
+        if error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE { return }
+        fail(describeFailure(error))
+    }
+
+    private func write(_ plaintext: [UInt8]) {
+        var written = 0
+        let result = plaintext.withUnsafeBytes { SSL_write_ex(ssl, $0.baseAddress, $0.count, &written) }
+        // A memory BIO never pushes back, so a write either takes everything or the session is broken.
+        if result != 1 { fail(describeFailure(SSL_get_error(ssl, 0))) }
+    }
+
+    private func describeFailure(_ error: Int32) -> String {
+        let verify = SSL_get_verify_result(ssl)
+        let reasons = PKIError.drainErrorQueue()
+        if verify != X509_V_OK {
+            let text = X509_verify_cert_error_string(verify).map { String(cString: $0) } ?? "error \(verify)"
+            return "server certificate rejected: \(text)"
+        }
+        if reasons.isEmpty { return "TLS error \(error)" }
+        return "TLS error: " + reasons.joined(separator: "; ")
+    }
+
+    private func fail(_ reason: String) {
+        heldPlaintext = []
+        state = .failed(reason)
+    }
+}

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""`make bench`, the istiod part: sds-agent `--issuer istiod` against the fake istiod of the integration tests.
+
+Run with the project venv's Python (it needs grpcio, PyJWT, hyper-h2). Prints one JSON object per metric:
+  istiod_rotation_<key>   SIGHUP -> the new certificate served: key + CSR made off the loop, TLS + CSR round trip to
+                          the fake istiod, chain validated, published (median of 5, over the Unix socket)
+  istiod_keygen_<key>     the key + CSR part of it, as timed on the worker thread (median, from the debug log)
+  istiod_loop_stall_rsa   the longest HTTP/2 PING round trip on the SDS socket while RSA-2048 rotations run, with
+                          the same figure for an idle window of equal length as the machine's own noise
+  istiod_idle_rss         RSS of an idle agent holding its istiod certificate (goal 12 MB)
+"""
+import json
+import pathlib
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "Tests" / "Integration"))
+
+from fake_istiod import ISTIOD_NAME, FakeIstiod  # noqa: E402
+from loop_probe import LoopProbe  # noqa: E402
+from sds_servers import fetch_when_served, leaf_serial  # noqa: E402
+
+AGENT = ROOT / ".build" / "release" / "sds-agent"
+SPIFFE_ID = "spiffe://example.org/ns/bench/sa/web"
+ROTATIONS = 5
+
+
+def emit(name, value, unit, goal=None, **details):
+    record = {"name": name, "value": value, "unit": unit}
+    if goal is not None:
+        record["goal"] = goal
+    if details:
+        record["details"] = details
+    print(json.dumps(record), flush=True)
+
+
+def wait(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.001)
+    raise TimeoutError(what)
+
+
+class Agent:
+    def __init__(self, workdir: pathlib.Path, istiod: FakeIstiod, key_type: str):
+        self.workdir, self.socket = workdir, workdir / f"{key_type}.sock"
+        token = workdir / "token"
+        token.write_text(istiod.token_for(SPIFFE_ID))
+        self.log_path = workdir / f"{key_type}.log"
+        self.process = subprocess.Popen(
+            [str(AGENT), "run", "--socket", str(self.socket), "--trust-domain", "example.org", "--spiffe-id", SPIFFE_ID,
+             "--issuer", "istiod", "--ca-addr", istiod.address, "--ca-root-cert", str(istiod.root_cert_path),
+             "--ca-server-name", ISTIOD_NAME, "--token-file", str(token), "--key-type", key_type, "--svid-ttl", "1h",
+             "--log-level", "debug"],
+            stdout=subprocess.DEVNULL, stderr=open(self.log_path, "wb"))
+
+    def serial(self):
+        return leaf_serial(fetch_when_served(self.socket, ["default"], timeout=60)["default"])
+
+    def keygen_ms(self):
+        return [float(m) for m in re.findall(r"key generated off the loop .* ms=([0-9.]+)", self.log_path.read_text())]
+
+    def rss_kb(self):
+        for line in open(f"/proc/{self.process.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def rotation_times(agent: Agent, istiod: FakeIstiod) -> list[float]:
+    times = []
+    for _ in range(ROTATIONS):
+        before = agent.serial()
+        started = time.perf_counter()
+        agent.process.send_signal(signal.SIGHUP)
+        wait(lambda: agent.serial() != before, 60, "a rotation")
+        times.append((time.perf_counter() - started) * 1000)
+        time.sleep(0.2)
+    return times
+
+
+def main():
+    if not AGENT.exists():
+        sys.exit(f"{AGENT} missing: run `make build`")
+    with tempfile.TemporaryDirectory(prefix="sds-istiod-bench-", dir="/tmp") as tmp:
+        workdir = pathlib.Path(tmp)
+        istiod = FakeIstiod(workdir, "example.org").start()
+        try:
+            for key_type in ("ecdsa-p256", "rsa-2048"):
+                agent = Agent(workdir, istiod, key_type)
+                try:
+                    agent.serial()
+                    if key_type == "ecdsa-p256":
+                        time.sleep(2)
+                        emit("istiod_idle_rss", round(agent.rss_kb() / 1024, 1), "MB", goal=12)
+                    times = rotation_times(agent, istiod)
+                    emit(f"istiod_rotation_{key_type}", round(statistics.median(times), 1), "ms",
+                         runs=[round(t, 1) for t in times])
+                    generations = agent.keygen_ms()[1:]
+                    emit(f"istiod_keygen_{key_type}", round(statistics.median(generations), 2), "ms",
+                         runs=[round(g, 2) for g in generations])
+                    if key_type == "rsa-2048":
+                        with LoopProbe(agent.socket) as probe:
+                            wait(lambda: len(probe.rtts) > 100, 10, "the probe")
+                            idle_started = probe.mark()
+                            time.sleep(3)
+                            busy_started = probe.mark()
+                            rotation_times(agent, istiod)
+                            busy_ended = probe.mark()
+                        idle = probe.rtts[idle_started:busy_started]
+                        busy = probe.rtts[busy_started:busy_ended]
+                        emit("istiod_loop_stall_rsa", round(max(busy) * 1000, 2), "ms", goal=2,
+                             p99_ms=round(sorted(busy)[int(0.99 * (len(busy) - 1))] * 1000, 2),
+                             idle_window_max_ms=round(max(idle) * 1000, 2), pings=len(busy),
+                             rsa_keygen_ms=round(statistics.median(generations), 1))
+                finally:
+                    agent.stop()
+        finally:
+            istiod.stop()
+
+
+if __name__ == "__main__":
+    main()
