@@ -628,3 +628,24 @@ def test_idle_rss_with_the_workload_api_in_use(agent_factory):
         bundles.cancel()
     print(f"\nidle RSS with X509Source + JWT bundles stream + SDS stream + 3 cached JWT-SVIDs: {rss / 1024:.1f} MB")
     assert rss <= IDLE_RSS_BUDGET_KB, f"idle RSS {rss} KB over the {IDLE_RSS_BUDGET_KB} KB budget"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# --issuer istiod: X.509 from istiod on the Workload API too; JWT calls UNAVAILABLE, saying why
+# ------------------------------------------------------------------------------------------------------------------
+
+from test_istiod_issuer import agents, istiod  # noqa: E402,F401 - fixtures: the fake istiod and its agents
+
+
+def test_istiod_issuer_serves_x509_and_refuses_jwt_naming_why(istiod, agents):  # noqa: F811
+    agent = agents("app", APP_ID, istiod)
+    socket_path = str(agent.socket_path)
+    with X509Source(socket_path=f"unix:{socket_path}", timeout_in_seconds=SOURCE_TIMEOUT) as source:
+        assert str(source.get_x509_context().default_svid.spiffe_id) == APP_ID
+        assert serial_of(source.get_x509_context().default_svid.leaf) == agent.serial()
+    for call, request in (("FetchJWTSVID", workload_pb2.JWTSVIDRequest(audience=["db"])),
+                          ("ValidateJWTSVID", workload_pb2.ValidateJWTSVIDRequest(audience="db", svid="a.b.c"))):
+        with pytest.raises(grpc.RpcError) as raised:
+            getattr(stub(socket_path), call)(request, metadata=[SECURITY_HEADER], timeout=5)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "istiod" in raised.value.details() and "JWT" in raised.value.details()
