@@ -65,3 +65,26 @@ public protocol Issuer: AnyObject {
     /// Stops; no callback runs afterwards.
     func stop()
 }
+
+/// The callbacks an `Issuer` was started with, held by its I/O shell: set by `start` (once), dropped by `stop`, after
+/// which nothing is delivered or reported — the contract every issuer states.
+public struct IssuerCallbacks {
+    private var handlers: (onUpdate: (IdentityUpdate) -> Void, onError: (IssuerError) -> Void)?
+
+    public init() {}
+
+    /// Takes the callbacks; false when already started (a second `start` is ignored).
+    public mutating func start(
+        onUpdate: @escaping (IdentityUpdate) -> Void, onError: @escaping (IssuerError) -> Void
+    ) -> Bool {
+        guard handlers == nil else { return false }
+        handlers = (onUpdate, onError)
+        return true
+    }
+
+    public mutating func stop() { handlers = nil }
+
+    public func deliver(_ update: IdentityUpdate) { handlers?.onUpdate(update) }
+
+    public func report(_ error: IssuerError) { handlers?.onError(error) }
+}

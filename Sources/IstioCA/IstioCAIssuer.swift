@@ -73,11 +73,6 @@ public final class IstioCAIssuer: Issuer {
         case csrSent(round: Int, try: Int)
     }
 
-    private enum Callbacks {
-        case none
-        case running(onUpdate: (IdentityUpdate) -> Void, onError: (IssuerError) -> Void)
-    }
-
     public let configuration: IstioCAConfiguration
     private let loop: EventLoop
     private let scheduler: any Scheduler
@@ -86,7 +81,7 @@ public final class IstioCAIssuer: Issuer {
     private let randomUnit: () -> Double
     private let onEvent: (Event) -> Void
     private var machine: IstioCAClientStateMachine
-    private var callbacks: Callbacks = .none
+    private var callbacks = IssuerCallbacks()
     private var timer: (any ScheduledTimer)?
     private var call: InFlightCall?
     /// The roots of the root-cert file as last read (also part of the served bundle).
@@ -113,8 +108,7 @@ public final class IstioCAIssuer: Issuer {
     public var current: IdentityUpdate? { machine.lastDelivered }
 
     public func start(onUpdate: @escaping (IdentityUpdate) -> Void, onError: @escaping (IssuerError) -> Void) {
-        guard case .none = callbacks else { return }
-        callbacks = .running(onUpdate: onUpdate, onError: onError)
+        guard callbacks.start(onUpdate: onUpdate, onError: onError) else { return }
         perform(machine.start())
     }
 
@@ -123,7 +117,7 @@ public final class IstioCAIssuer: Issuer {
     public func stop() {
         perform(machine.stop())
         worker.cancelAll()
-        callbacks = .none
+        callbacks.stop()
     }
 
     // MARK: Actions
@@ -148,9 +142,9 @@ public final class IstioCAIssuer: Issuer {
                 timer?.cancel()
                 timer = nil
             case .deliver(let update):
-                if case .running(let onUpdate, _) = callbacks { onUpdate(update) }
+                callbacks.deliver(update)
             case .report(let error):
-                if case .running(_, let onError) = callbacks { onError(error) }
+                callbacks.report(error)
             }
         }
     }

@@ -183,11 +183,24 @@ final class FileBackedNames {
         }
     }
 
-    private func refusal(forResolved path: String) -> FileAccessPolicy.Refusal? {
+    /// The policy's directories and protected paths with their symlinks resolved now (a mount may appear or move
+    /// later, so this is not cached across checks of different files).
+    private struct ResolvedPolicy {
+        let directories: [String]
+        let protected: [String]
+    }
+
+    private func resolvedPolicy() -> ResolvedPolicy {
         func resolve(_ paths: [String]) -> [String] { paths.map { (try? Files.realPath($0)) ?? $0 } }
+        return ResolvedPolicy(
+            directories: resolve(policy.allowedDirectories), protected: resolve(policy.protectedPaths))
+    }
+
+    private func refusal(forResolved path: String, _ resolved: ResolvedPolicy? = nil) -> FileAccessPolicy.Refusal? {
+        let resolved = resolved ?? resolvedPolicy()
         return FileAccessPolicy.refusal(
-            forResolved: path, resolvedDirectories: resolve(policy.allowedDirectories),
-            resolvedProtected: resolve(policy.protectedPaths), allowedFiles: policy.allowedFiles)
+            forResolved: path, resolvedDirectories: resolved.directories, resolvedProtected: resolved.protected,
+            allowedFiles: policy.allowedFiles)
     }
 
     /// Reads one file of a name: resolved, checked, opened without blocking, re-checked against what was really
@@ -195,13 +208,15 @@ final class FileBackedNames {
     private func read(_ path: String) throws(FileSecrets.Failure) -> [UInt8] {
         let resolved: String
         do { resolved = try Files.realPath(path) } catch { throw .notReady("\(error)") }
-        if let refusal = refusal(forResolved: resolved) { throw .refused(refusal) }
+        // Resolved once for both checks of this file: before opening it and on what was opened.
+        let policyNow = resolvedPolicy()
+        if let refusal = refusal(forResolved: resolved, policyNow) { throw .refused(refusal) }
         let file: RegularFile
         do { file = try RegularFile(path: resolved) } catch {
             if error.errno == EINVAL { throw .refused(.notRegularFile(path)) }
             throw .notReady("\(error)")
         }
-        if let refusal = refusal(forResolved: file.realPath) { throw .refused(refusal) }
+        if let refusal = refusal(forResolved: file.realPath, policyNow) { throw .refused(refusal) }
         guard file.size <= FileAccessPolicy.maxFileBytes else { throw .refused(.tooLarge(path)) }
         do { return try file.readAll(limit: FileAccessPolicy.maxFileBytes) } catch {
             if error.errno == EFBIG { throw .refused(.tooLarge(path)) }

@@ -20,11 +20,6 @@ public import Wire
 /// `rotateNow()` is a hint (SPIRE decides when to rotate): while connected it does nothing; while waiting to
 /// reconnect it reconnects at once.
 public final class WorkloadAPIIssuer: Issuer {
-    private enum Callbacks {
-        case none
-        case running(onUpdate: (IdentityUpdate) -> Void, onError: (IssuerError) -> Void)
-    }
-
     public let socket: UnixSocketAddress
     private let loop: EventLoop
     private let scheduler: any Scheduler
@@ -35,7 +30,7 @@ public final class WorkloadAPIIssuer: Issuer {
     /// A connect still under way: its descriptor waits for writability, bounded by `connectTimeout`.
     private var pendingConnect: (fd: Int32, attempt: Int, timer: any ScheduledTimer)?
     private var machine: WorkloadAPIClientStateMachine
-    private var callbacks: Callbacks = .none
+    private var callbacks = IssuerCallbacks()
     private var retryTimer: (any ScheduledTimer)?
     /// Armed for each connection until it sends its first X509SVIDResponse (see `firstResponseTimeout`).
     private var firstResponseTimer: (timer: any ScheduledTimer, attempt: Int)?
@@ -88,8 +83,7 @@ public final class WorkloadAPIIssuer: Issuer {
     public var current: IdentityUpdate? { machine.lastDelivered }
 
     public func start(onUpdate: @escaping (IdentityUpdate) -> Void, onError: @escaping (IssuerError) -> Void) {
-        guard case .none = callbacks else { return }
-        callbacks = .running(onUpdate: onUpdate, onError: onError)
+        guard callbacks.start(onUpdate: onUpdate, onError: onError) else { return }
         perform(machine.start())
     }
 
@@ -123,7 +117,7 @@ public final class WorkloadAPIIssuer: Issuer {
 
     public func stop() {
         perform(machine.stop())
-        callbacks = .none
+        callbacks.stop()
     }
 
     // MARK: Actions
@@ -154,9 +148,9 @@ public final class WorkloadAPIIssuer: Issuer {
                 retryTimer?.cancel()
                 retryTimer = nil
             case .deliver(let update):
-                if case .running(let onUpdate, _) = callbacks { onUpdate(update) }
+                callbacks.deliver(update)
             case .report(let error):
-                if case .running(_, let onError) = callbacks { onError(error) }
+                callbacks.report(error)
             }
         }
         // The deadline only matters while its connection waits for a first answer; a timer left armed would be
