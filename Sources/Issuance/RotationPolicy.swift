@@ -13,21 +13,32 @@ public struct RotationPolicy: Sendable, Hashable {
     public var gracePeriodRatio: Double
     /// Maximum absolute deviation added to `gracePeriodRatio`, uniformly distributed.
     public var jitter: Double
+    /// The longest lifetime counted, in seconds: a certificate valid longer (an upstream's `notAfter` of
+    /// 9999-12-31, RFC 5280's "no well-defined expiration") is rotated as if it lived this long, so rotation keeps
+    /// the agent's own cadence (`--svid-ttl`) instead of waiting centuries or overflowing a timer.
+    public var maximumLifetime: Int64
 
-    public init(gracePeriodRatio: Double = 0.5, jitter: Double = 0.01) {
+    /// A century: the bound when the caller has none of its own (far below any overflow in timers or `Double`).
+    public static let defaultMaximumLifetime: Int64 = 100 * 365 * 86_400
+
+    public init(gracePeriodRatio: Double = 0.5, jitter: Double = 0.01, maximumLifetime: Int64? = nil) {
         self.gracePeriodRatio = gracePeriodRatio
         self.jitter = jitter
+        self.maximumLifetime = min(max(1, maximumLifetime ?? Self.defaultMaximumLifetime), Self.defaultMaximumLifetime)
     }
 
     /// The time to rotate a certificate valid from `notBefore` to `notAfter`. `randomUnit` is a uniform
     /// sample in [0, 1): 0 gives the earliest time (ratio + jitter), 0.5 exactly the ratio.
     public func rotateAt(notBefore: Timestamp, notAfter: Timestamp, randomUnit: Double) -> Timestamp {
-        let lifetime = notAfter - notBefore
-        guard lifetime > 0 else { return notBefore }
+        guard notAfter > notBefore else { return notBefore }
+        // Compared before subtracting: two outside timestamps far apart must not overflow.
+        let counted =
+            notAfter.secondsSinceEpoch.subtractingReportingOverflow(notBefore.secondsSinceEpoch).overflow
+            ? maximumLifetime : min(notAfter - notBefore, maximumLifetime)
         let unit = min(max(randomUnit, 0), 1)
         let ratio = min(max(gracePeriodRatio + jitter * (1 - 2 * unit), 0), 1)
-        let grace = Int64((Double(lifetime) * ratio).rounded())
-        return notAfter - grace
+        let grace = Int64((Double(counted) * ratio).rounded())
+        return notBefore + (counted - grace)
     }
 
     /// Same, drawing the sample from `generator`.

@@ -14,12 +14,12 @@ final class MemoryBIO {
     init(bytes: [UInt8]) throws {
         guard let bio = BIO_new(BIO_s_mem()) else { throw PKIError.openSSL("BIO_new") }
         self.bio = bio
+        // Once `self.bio` is set, `deinit` owns the BIO: a failed write throws and lets deinit free it (freeing it
+        // here too was a double free). A length past Int32 is refused before the conversion could trap.
+        guard bytes.count <= Int(Int32.max) else { throw PKIError.openSSL("BIO_write: input too large") }
         if !bytes.isEmpty {
             let written = bytes.withUnsafeBytes { BIO_write(bio, $0.baseAddress, Int32($0.count)) }
-            guard written == Int32(bytes.count) else {
-                BIO_free(bio)
-                throw PKIError.openSSL("BIO_write")
-            }
+            guard written == Int32(bytes.count) else { throw PKIError.openSSL("BIO_write") }
         }
     }
 

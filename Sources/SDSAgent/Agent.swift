@@ -325,7 +325,9 @@ public final class Agent {
             extraHeaders: settings.headers.map { ($0.name, $0.value) }, keyAlgorithm: algorithm,
             spiffeID: try SPIFFEID(parsing: configuration.spiffeID),
             requestedTTL: Int64(configuration.svidTTL.rounded(.up)),
-            rotation: RotationPolicy(gracePeriodRatio: configuration.rotateRatio))
+            rotation: RotationPolicy(
+                gracePeriodRatio: configuration.rotateRatio,
+                maximumLifetime: Int64(configuration.svidTTL.rounded(.up))))
         logger.info(
             "istiod issuer",
             metadata: [

@@ -23,8 +23,8 @@ public final class HealthService {
     public var watcherCount: Int { watchers.count }
 
     public func register(on router: GRPCRouter) {
-        router.register(Self.checkPath) { [unowned self] call in self.check(call) }
-        router.register(Self.watchPath) { [unowned self] call in self.watch(call) }
+        router.register(Self.checkPath) { [weak self] call in self?.check(call) }
+        router.register(Self.watchPath) { [weak self] call in self?.watch(call) }
     }
 
     /// Changes the status; every watcher hears it (only when it changed).
@@ -38,7 +38,8 @@ public final class HealthService {
 
     private func check(_ call: GRPCServerCall) {
         var answered = false
-        call.onMessage = { [unowned self, unowned call] bytes in
+        call.onMessage = { [weak self, weak call] bytes in
+            guard let self, let call else { return }
             guard !answered else {
                 call.finish(GRPCStatus(.invalidArgument, "Check is unary: one request"))
                 return
@@ -55,14 +56,15 @@ public final class HealthService {
             call.send(HealthWire.response(self.currentStatus))
             call.finish(.ok)
         }
-        call.onHalfClose = { [unowned call] in
-            if !answered { call.finish(GRPCStatus(.invalidArgument, "Check needs a HealthCheckRequest")) }
+        call.onHalfClose = { [weak call] in
+            if !answered, let call { call.finish(GRPCStatus(.invalidArgument, "Check needs a HealthCheckRequest")) }
         }
     }
 
     private func watch(_ call: GRPCServerCall) {
         let key = ObjectIdentifier(call)
-        call.onMessage = { [unowned self, unowned call] bytes in
+        call.onMessage = { [weak self, weak call] bytes in
+            guard let self, let call else { return }
             guard self.watchers[key] == nil else {
                 call.finish(GRPCStatus(.invalidArgument, "Watch takes one request"))
                 self.forget(key)
@@ -81,10 +83,11 @@ public final class HealthService {
             self.watchers[key] = call
             self.send(self.currentStatus, on: call, key: key)
         }
-        call.onWritable = { [unowned self, unowned call] in
+        call.onWritable = { [weak self, weak call] in
+            guard let self, let call else { return }
             if self.behind.remove(key) != nil { self.send(self.currentStatus, on: call, key: key) }
         }
-        call.onCancel = { [unowned self] in self.forget(key) }
+        call.onCancel = { [weak self] in self?.forget(key) }
         call.onHalfClose = {}  // a Watch client may half-close; the stream goes on until it cancels
     }
 

@@ -93,10 +93,15 @@ public final class SDSServer {
 
     /// Binds the socket (mode applied at creation) and starts accepting.
     public func listen(on address: UnixSocketAddress, mode: UInt32) throws(SystemError) {
-        let listener = try UnixListener(address: address, mode: mode, loop: loop) { [unowned self] fd in
+        let listener = try UnixListener(address: address, mode: mode, loop: loop) { [weak self] fd in
+            guard let self else {
+                Glibc.close(fd)
+                return
+            }
             self.accept(fd)
         }
-        listener.onPause = { [unowned self] error in
+        listener.onPause = { [weak self] (error: SystemError) in
+            guard let self else { return }
             self.refused("accept paused: \(error)", metadata: ["connections": "\(self.connections.count)"])
         }
         self.listener = listener
@@ -176,10 +181,11 @@ public final class SDSServer {
                 "connection": "\(connection.id)", "peer_pid": "\(peer.pid)", "peer_uid": "\(peer.uid)",
                 "peer_gid": "\(peer.gid)",
             ])
-        connection.grpc.onLimitExceeded = { [unowned self] limit in
-            self.refused("HTTP/2 \(limit.rawValue) limit crossed: stream refused", metadata: [:])
+        connection.grpc.onLimitExceeded = { [weak self] limit in
+            self?.refused("HTTP/2 \(limit.rawValue) limit crossed: stream refused", metadata: [:])
         }
-        connection.grpc.onBufferBudgetExceeded = { [unowned self] in
+        connection.grpc.onBufferBudgetExceeded = { [weak self] in
+            guard let self else { return }
             let budget = self.inboundLimits.maxBufferedRequestBytesPerConnection
             self.refused("partial requests on one connection past \(budget) bytes: stream ended", metadata: [:])
         }
@@ -245,7 +251,8 @@ final class ServerConnection: ConnectionDelegate {
     let id: UInt64
     let grpc: GRPCServerConnection
     var socket: Connection?
-    private unowned let server: SDSServer
+    /// Weak: the server may be gone (stopped) while a socket event for this connection is still queued.
+    private weak var server: SDSServer?
     private let loop: EventLoop
     private var outputBuffer: [UInt8] = []
     /// Closes the connection if the peer's HTTP/2 preface has not arrived in time (`InboundLimits.prefaceTimeout`).
@@ -305,7 +312,7 @@ final class ServerConnection: ConnectionDelegate {
     func connectionDrained(_ connection: Connection) { flush() }
 
     func connectionClosed(_ connection: Connection, error: SystemError?) {
-        server.closed(self, reason: error.map { "\($0)" } ?? (closing ? "session finished" : "peer closed"))
+        server?.closed(self, reason: error.map { "\($0)" } ?? (closing ? "session finished" : "peer closed"))
     }
 
     /// Moves session output to the socket until the session has nothing more or the socket backs up.
@@ -321,7 +328,7 @@ final class ServerConnection: ConnectionDelegate {
             closeAfterWrites(reason: "session finished")
             return
         }
-        if queuedBytes > server.limits.maxQueuedBytes {
+        if let server, queuedBytes > server.limits.maxQueuedBytes {
             server.cutOff(self, reason: "more than \(server.limits.maxQueuedBytes) bytes queued")
             return
         }
@@ -335,22 +342,20 @@ final class ServerConnection: ConnectionDelegate {
         closing = true
         stopStallWatch()
         socket.closeAfterWrites()
-        if socket.isClosed { server.closed(self, reason: reason) }
+        if socket.isClosed { server?.closed(self, reason: reason) }
     }
 
     /// Arms the stall timer when data starts waiting; it fires after the timeout and cuts the peer off if it took
     /// nothing meanwhile (else it re-arms).
     private func watchForStall() {
-        guard stallTimer == nil, queuedBytes > 0 else { return }
+        guard stallTimer == nil, queuedBytes > 0, let timeout = server?.limits.writeStallTimeout else { return }
         takenAtArming = bytesTaken
-        stallTimer = loop.schedule(after: server.limits.writeStallTimeout) { [weak self] in
+        stallTimer = loop.schedule(after: timeout) { [weak self] in
             guard let self else { return }
             self.stallTimer = nil
             guard self.queuedBytes > 0, self.socket?.isClosed == false else { return }
             if self.bytesTaken == self.takenAtArming {
-                self.server.cutOff(
-                    self,
-                    reason: "took no byte for \(DurationText.format(seconds: self.server.limits.writeStallTimeout))")
+                self.server?.cutOff(self, reason: "took no byte for \(DurationText.format(seconds: timeout))")
             } else {
                 self.watchForStall()
             }

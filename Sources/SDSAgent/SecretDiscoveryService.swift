@@ -72,9 +72,9 @@ public final class SecretDiscoveryService {
 
     /// Registers StreamSecrets, DeltaSecrets and FetchSecrets.
     public func register(on router: GRPCRouter) {
-        router.register(SecretDiscoveryServiceMethod.streamSecrets.path) { [unowned self] in self.openSotW($0) }
-        router.register(SecretDiscoveryServiceMethod.deltaSecrets.path) { [unowned self] in self.openDelta($0) }
-        router.register(SecretDiscoveryServiceMethod.fetchSecrets.path) { [unowned self] in self.openFetch($0) }
+        router.register(SecretDiscoveryServiceMethod.streamSecrets.path) { [weak self] in self?.openSotW($0) }
+        router.register(SecretDiscoveryServiceMethod.deltaSecrets.path) { [weak self] in self?.openDelta($0) }
+        router.register(SecretDiscoveryServiceMethod.fetchSecrets.path) { [weak self] in self?.openFetch($0) }
     }
 
     // MARK: Publishing
@@ -146,7 +146,10 @@ public final class SecretDiscoveryService {
     ) {
         let key = ObjectIdentifier(call)
         logger.debug("stream opened", metadata: ["stream": "\(streamID)", "mode": "\(mode)"])
-        call.onMessage = { [unowned self] bytes in
+        // Weak, not unowned: an error path (a protocol error, a response too large for the queue) drops the stream
+        // while its handler is still running; the handler then finds it gone instead of trapping.
+        call.onMessage = { [weak self] bytes in
+            guard let self else { return }
             let request: Request
             do { request = try Request(wireBytes: bytes) } catch {
                 self.fail(call, key: key, GRPCStatus(.invalidArgument, "malformed \(Request.self): \(error)"))
@@ -154,8 +157,9 @@ public final class SecretDiscoveryService {
             }
             receive(request)
         }
-        call.onHalfClose = { [unowned self] in self.close(call, key: key, status: .ok) }
-        call.onCancel = { [unowned self] in
+        call.onHalfClose = { [weak self] in self?.close(call, key: key, status: .ok) }
+        call.onCancel = { [weak self] in
+            guard let self else { return }
             self.sotwStreams.removeValue(forKey: key)
             self.deltaStreams.removeValue(forKey: key)
             self.holdNames([], for: key)
@@ -180,7 +184,10 @@ public final class SecretDiscoveryService {
         let stream = SotWCall(call: call, id: nextStreamID())
         sotwStreams[ObjectIdentifier(call)] = stream
         acceptRequests(on: call, streamID: stream.id, mode: "sotw") {
-            [unowned self, unowned stream] (request: DiscoveryRequest) in
+            [weak self, weak stream] (request: DiscoveryRequest) in
+            // Strong for the whole request: `perform` may end the call (and drop the stream) half-way.
+            guard let self, let stream else { return }
+            let key = ObjectIdentifier(call)
             let firstNames = stream.machine.subscribedNames
             let actions = stream.machine.receive(request, cache: self.cache)
             let subscribed = stream.machine.subscribedNames != firstNames
@@ -194,19 +201,19 @@ public final class SecretDiscoveryService {
                     ])
             }
             self.perform(actions, on: stream)
-            if subscribed {
+            // A request that ended its own stream (a protocol error, a response too large) subscribes nothing.
+            if subscribed, self.sotwStreams[key] === stream {
                 // After `perform`: loading on-demand secrets pushes through `cacheChanged`, which must come after
                 // the response this request produced.
                 self.onSubscribe?(stream.machine.subscribedNames, call.peer)
                 self.noteNeverServed(stream.machine.subscribedNames, node: stream.machine.node?.id ?? "")
-            }
-            if subscribed, self.sotwStreams[ObjectIdentifier(call)] != nil {
-                self.holdNames(stream.machine.subscribedNames, for: ObjectIdentifier(call))
+                if self.sotwStreams[key] === stream { self.holdNames(stream.machine.subscribedNames, for: key) }
             }
         }
         // Pull-style: the machine holds changes while its last response is in the transport and builds the merged
         // one when the transport took it.
-        call.onWritable = { [unowned self, unowned stream] in
+        call.onWritable = { [weak self, weak stream] in
+            guard let self, let stream else { return }
             self.perform(stream.machine.transportReady(self.cache), on: stream)
         }
     }
@@ -278,7 +285,9 @@ public final class SecretDiscoveryService {
         let stream = DeltaCall(call: call, id: nextStreamID())
         deltaStreams[ObjectIdentifier(call)] = stream
         acceptRequests(on: call, streamID: stream.id, mode: "delta") {
-            [unowned self, unowned stream] (request: DeltaDiscoveryRequest) in
+            [weak self, weak stream] (request: DeltaDiscoveryRequest) in
+            guard let self, let stream else { return }
+            let key = ObjectIdentifier(call)
             let actions = stream.machine.receive(request, cache: self.cache)
             let changed = !request.resourceNamesSubscribe.isEmpty || !request.resourceNamesUnsubscribe.isEmpty
             if changed {
@@ -290,15 +299,15 @@ public final class SecretDiscoveryService {
                     ])
             }
             self.perform(actions, on: stream)
-            if changed {
+            // A request that ended its own stream (a wrong type URL, a response too large) subscribes nothing.
+            if changed, self.deltaStreams[key] === stream {
                 self.onSubscribe?(request.resourceNamesSubscribe, call.peer)
                 self.noteNeverServed(request.resourceNamesSubscribe, node: stream.machine.node?.id ?? "")
-                if self.deltaStreams[ObjectIdentifier(call)] != nil {
-                    self.holdNames(stream.machine.subscribedNames, for: ObjectIdentifier(call))
-                }
+                if self.deltaStreams[key] === stream { self.holdNames(stream.machine.subscribedNames, for: key) }
             }
         }
-        call.onWritable = { [unowned self, unowned stream] in
+        call.onWritable = { [weak self, weak stream] in
+            guard let self, let stream else { return }
             self.perform(stream.machine.transportReady(self.cache), on: stream)
         }
     }
@@ -354,7 +363,8 @@ public final class SecretDiscoveryService {
     private func openFetch(_ call: GRPCServerCall) {
         let key = ObjectIdentifier(call)
         var request: DiscoveryRequest?
-        call.onMessage = { [unowned self] bytes in
+        call.onMessage = { [weak self] bytes in
+            guard let self else { return }
             guard request == nil else {
                 self.fail(call, key: key, GRPCStatus(.invalidArgument, "FetchSecrets is unary: one request"))
                 return
@@ -363,7 +373,8 @@ public final class SecretDiscoveryService {
                 self.fail(call, key: key, GRPCStatus(.invalidArgument, "malformed DiscoveryRequest: \(error)"))
             }
         }
-        call.onHalfClose = { [unowned self] in
+        call.onHalfClose = { [weak self] in
+            guard let self else { return }
             guard let request else {
                 call.finish(GRPCStatus(.invalidArgument, "FetchSecrets needs a DiscoveryRequest"))
                 return
@@ -377,7 +388,8 @@ public final class SecretDiscoveryService {
                 self.heldFetches[key] = (call, request)
             }
         }
-        call.onCancel = { [unowned self] in
+        call.onCancel = { [weak self] in
+            guard let self else { return }
             self.heldFetches.removeValue(forKey: key)
             self.holdNames([], for: key)
         }

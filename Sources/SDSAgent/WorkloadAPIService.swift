@@ -54,27 +54,30 @@ public final class WorkloadAPIService {
     public var openStreamCount: Int { streams.count }
 
     public func register(on router: GRPCRouter) {
-        router.register(SpiffeWorkloadAPIMethod.fetchX509SVID.path) { [unowned self] call in
-            self.open(call, kind: .x509SVID, request: X509SVIDRequest.self)
+        router.register(SpiffeWorkloadAPIMethod.fetchX509SVID.path) { [weak self] call in
+            self?.open(call, kind: .x509SVID, request: X509SVIDRequest.self)
         }
-        router.register(SpiffeWorkloadAPIMethod.fetchX509Bundles.path) { [unowned self] call in
-            self.open(call, kind: .x509Bundles, request: X509BundlesRequest.self)
+        router.register(SpiffeWorkloadAPIMethod.fetchX509Bundles.path) { [weak self] call in
+            self?.open(call, kind: .x509Bundles, request: X509BundlesRequest.self)
         }
-        router.register(SpiffeWorkloadAPIMethod.fetchJWTBundles.path) { [unowned self] call in
+        router.register(SpiffeWorkloadAPIMethod.fetchJWTBundles.path) { [weak self] call in
+            guard let self else { return }
             guard !Self.hasSecurityHeader(call) || self.jwt != nil else {
                 self.refuse(call, self.jwtUnavailable)
                 return
             }
             self.open(call, kind: .jwtBundles, request: JWTBundlesRequest.self)
         }
-        router.register(SpiffeWorkloadAPIMethod.fetchJWTSVID.path) { [unowned self] call in
-            self.unary(call, request: JWTSVIDRequest.self) { request, reply in
+        router.register(SpiffeWorkloadAPIMethod.fetchJWTSVID.path) { [weak self] call in
+            self?.unary(call, request: JWTSVIDRequest.self) { [weak self] request, reply in
+                guard let self else { return reply(.failure(GRPCStatus(.unavailable, "shutting down"))) }
                 guard let jwt = self.jwt else { return reply(.failure(self.jwtUnavailable)) }
                 jwt.fetchJWTSVID(request) { reply($0.map { $0.wireBytes() }) }
             }
         }
-        router.register(SpiffeWorkloadAPIMethod.validateJWTSVID.path) { [unowned self] call in
-            self.unary(call, request: ValidateJWTSVIDRequest.self) { request, reply in
+        router.register(SpiffeWorkloadAPIMethod.validateJWTSVID.path) { [weak self] call in
+            self?.unary(call, request: ValidateJWTSVIDRequest.self) { [weak self] request, reply in
+                guard let self else { return reply(.failure(GRPCStatus(.unavailable, "shutting down"))) }
                 guard let jwt = self.jwt else { return reply(.failure(self.jwtUnavailable)) }
                 jwt.validateJWTSVID(request) { reply($0.map { $0.wireBytes() }) }
             }
@@ -150,7 +153,8 @@ public final class WorkloadAPIService {
         let stream = StreamCall(call: call, kind: kind)
         streams[key] = stream
         logger.debug("workload API stream opened", metadata: ["path": "\(call.path)", "peer": "\(call.peer)"])
-        call.onMessage = { [unowned self, unowned stream] bytes in
+        call.onMessage = { [weak self, weak stream] bytes in
+            guard let self, let stream else { return }
             guard !stream.receivedRequest else {
                 return self.fail(stream, GRPCStatus(.invalidArgument, "a server-streaming call takes one request"))
             }
@@ -159,10 +163,11 @@ public final class WorkloadAPIService {
                 self.fail(stream, GRPCStatus(.invalidArgument, "malformed \(Request.self): \(error)"))
             }
         }
-        call.onCancel = { [unowned self] in
-            self.streams.removeValue(forKey: key)
+        call.onCancel = { [weak self] in
+            self?.streams.removeValue(forKey: key)
         }
-        call.onWritable = { [unowned self, unowned stream] in
+        call.onWritable = { [weak self, weak stream] in
+            guard let self, let stream else { return }
             self.perform(stream.machine.transportReady(current: self.published[stream.kind]?.generation), on: stream)
         }
         perform(stream.machine.stateChanged(to: published[kind]?.generation), on: stream)
@@ -198,7 +203,8 @@ public final class WorkloadAPIService {
         guard Self.hasSecurityHeader(call) else { return refuse(call, Self.missingSecurityHeader) }
         var request: Request?
         var failed = false
-        call.onMessage = { [unowned self] bytes in
+        call.onMessage = { [weak self] bytes in
+            guard let self else { return }
             guard request == nil, !failed else {
                 failed = true
                 return self.refuse(call, GRPCStatus(.invalidArgument, "a unary call takes one request"))
@@ -208,14 +214,14 @@ public final class WorkloadAPIService {
                 self.refuse(call, GRPCStatus(.invalidArgument, "malformed \(Request.self): \(error)"))
             }
         }
-        call.onHalfClose = { [unowned self] in
-            guard !failed else { return }
+        call.onHalfClose = { [weak self] in
+            guard let self, !failed else { return }
             guard let request else {
                 return self.refuse(call, GRPCStatus(.invalidArgument, "\(call.path) needs a request message"))
             }
             var answering = true
-            answer(request) { [weak call] result in
-                guard let call, !call.isClosed else { return }
+            answer(request) { [weak self, weak call] result in
+                guard let self, let call, !call.isClosed else { return }
                 switch result {
                 case .success(let bytes):
                     call.send(bytes)

@@ -33,14 +33,12 @@ public final class Connection {
     /// at once).
     static let maxReadsPerWakeup = 4
 
-    nonisolated(unsafe) private static var readBuffer = UnsafeMutableRawBufferPointer.allocate(
-        byteCount: 64 * 1024, alignment: 16)
 
     public init(fd: Int32, loop: EventLoop, delegate: ConnectionDelegate?) throws(SystemError) {
         self.fd = fd
         self.loop = loop
         self.delegate = delegate
-        try loop.register(fd: fd, events: .readable) { [unowned self] readiness in self.handle(readiness) }
+        try loop.register(fd: fd, events: .readable) { [weak self] readiness in self?.handle(readiness) }
     }
 
     deinit {
@@ -95,7 +93,7 @@ public final class Connection {
     }
 
     private func readAvailable() {
-        let buffer = Self.readBuffer
+        let buffer = loop.readBuffer
         for _ in 0..<Self.maxReadsPerWakeup where !isClosed {
             let count = Glibc.read(fd, buffer.baseAddress, buffer.count)
             if count > 0 {

@@ -49,14 +49,22 @@ public final class EventLoop {
     private var signalFD: Int32 = -1
     private var signalHandlers: [Int32: () -> Void] = [:]
     private var stopping = false
+    /// One read buffer per loop, shared by the connections it drives: they run one at a time on this loop's thread,
+    /// so one buffer serves them all (64 KiB once, not per connection), and another loop on another thread (sds-dump,
+    /// the healthcheck, tests) never reads into the same memory.
+    let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
 
     public init() throws(SystemError) {
         let fd = epoll_create1(Int32(EPOLL_CLOEXEC))
-        guard fd >= 0 else { throw SystemError.last("epoll_create1") }
+        guard fd >= 0 else {
+            readBuffer.deallocate()
+            throw SystemError.last("epoll_create1")
+        }
         epollFD = fd
     }
 
     deinit {
+        readBuffer.deallocate()
         if signalFD >= 0 { close(signalFD) }
         close(epollFD)
     }
@@ -95,9 +103,8 @@ public final class EventLoop {
     /// Runs `action` on the loop after `seconds` (monotonic clock).
     @discardableResult
     public func schedule(after seconds: Double, _ action: @escaping () -> Void) -> Timer {
-        let delay = UInt64(max(0, seconds) * 1_000_000_000)
         timerSequence &+= 1
-        let timer = Timer(deadline: Self.monotonicNanos() &+ delay, sequence: timerSequence, action: action)
+        let timer = Timer(deadline: Self.deadline(after: seconds, from: Self.monotonicNanos()), sequence: timerSequence, action: action)
         if timers.count >= timerSweepThreshold {
             timers.removeAll { !$0.isPending }
             // Twice the live timers: sweeping stays amortised O(1) per schedule.
@@ -106,6 +113,19 @@ public final class EventLoop {
         let index = timers.firstIndex { ($0.deadline, $0.sequence) > (timer.deadline, timer.sequence) }
         timers.insert(timer, at: index ?? timers.endIndex)
         return timer
+    }
+
+    /// The longest delay a timer takes: a delay computed from an outside value (a certificate valid until 9999, a
+    /// refresh hint) is clamped here, not trapped on. A century is far past any lifetime the agent schedules for,
+    /// and far below `UInt64.max` nanoseconds (~584 years) once added to the monotonic clock.
+    public static let maximumDelaySeconds: Double = 100 * 365 * 86_400
+
+    /// The one place a delay in seconds becomes a monotonic deadline in nanoseconds. Negative, NaN and too-large
+    /// delays are clamped (to now, now, and `maximumDelaySeconds`) so no caller can trap the conversion.
+    public static func deadline(after seconds: Double, from now: UInt64) -> UInt64 {
+        let clamped = seconds.isNaN ? 0 : min(max(0, seconds), maximumDelaySeconds)
+        let (sum, overflow) = now.addingReportingOverflow(UInt64(clamped * 1_000_000_000))
+        return overflow ? UInt64.max : sum
     }
 
     // MARK: Signals
@@ -167,7 +187,7 @@ public final class EventLoop {
     /// Runs iterations until `condition` holds or `timeout` seconds pass; for tests and clients that wait for an
     /// answer. Returns whether the condition held.
     public func run(until condition: () -> Bool, timeout: Double) -> Bool {
-        let deadline = Self.monotonicNanos() &+ UInt64(timeout * 1_000_000_000)
+        let deadline = Self.deadline(after: timeout, from: Self.monotonicNanos())
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         while !condition() {
             let now = Self.monotonicNanos()

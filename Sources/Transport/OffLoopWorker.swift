@@ -7,44 +7,50 @@ import Glibc
 ///                                        │ stores the result in the job, writes the job's address to the pipe
 ///     loop thread: pipe readable ◄───────┘ reads the address, runs `then(result)`
 ///
-/// The pipe is the only thing the threads share: the write happens after the result is stored and the loop reads
-/// it before touching the result, so the pipe orders the two (no lock). A job's address is 8 bytes, below
-/// PIPE_BUF, so concurrent writes never interleave. A thread per job, not a pool: jobs are rare (one per
-/// rotation or connection) and an idle agent then holds no extra thread.
+/// The socket pair is the only thing the threads share: the write happens after the result is stored and the loop
+/// reads it before touching the result, so the socket orders the two (no lock). Each job's address is one datagram,
+/// so concurrent writes never interleave. A thread per job, not a pool: jobs are rare (one per rotation or
+/// connection) and an idle agent then holds no extra thread.
+///
+/// The write end belongs to a reference-counted `WakeWriter` that every job holds: a worker dropped while a
+/// thread still runs closes only its read end, and the thread's late write fails (`send` with `MSG_NOSIGNAL`, no
+/// SIGPIPE) instead of landing in whatever descriptor reused the number.
 public final class OffLoopWorker {
     private let loop: EventLoop
     private let readFD: Int32
-    private let writeFD: Int32
+    private let writer: WakeWriter
     /// Jobs whose thread has not reported yet (kept so `cancelAll` can drop their completions).
     private var pending: Set<ObjectIdentifier> = []
 
     public init(loop: EventLoop) throws(SystemError) {
         var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw SystemError.last("pipe") }
-        for fd in fds {
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        guard socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+            throw SystemError.last("socketpair")
         }
-        // Only the read end is non-blocking: a worker's 8-byte write into a pipe never blocks for long, and a
-        // blocking write cannot lose the result.
+        // Only the read end is non-blocking: a worker's 8-byte write never blocks for long, and a blocking write
+        // cannot lose the result.
         _ = fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK)
         self.loop = loop
         self.readFD = fds[0]
-        self.writeFD = fds[1]
+        self.writer = WakeWriter(fd: fds[1])
         do {
-            try loop.register(fd: readFD, events: .readable) { [unowned self] _ in self.drain() }
+            try loop.register(fd: readFD, events: .readable) { [weak self] _ in self?.drain() }
         } catch {
             Glibc.close(fds[0])
-            Glibc.close(fds[1])
             throw error
         }
     }
 
     deinit {
         loop.deregister(fd: readFD)
+        // Jobs whose threads have not reported are dropped with their results (their threads' writes now fail, and
+        // each thread releases its own job). The write end closes when the last job lets go of `writer`. Reports
+        // already queued hold a reference each: take them back first.
+        var address: UInt = 0
+        while Glibc.read(readFD, &address, MemoryLayout<UInt>.size) == MemoryLayout<UInt>.size {
+            if let raw = UnsafeMutableRawPointer(bitPattern: address) { Unmanaged<AnyJob>.fromOpaque(raw).release() }
+        }
         Glibc.close(readFD)
-        // A worker still running keeps writing into a closed pipe: it gets EPIPE/EBADF and drops its result.
-        // Leaving the write end open until then would need a reference count; jobs are short, so close it.
-        Glibc.close(writeFD)
     }
 
     /// Jobs started and not yet completed.
@@ -52,7 +58,7 @@ public final class OffLoopWorker {
 
     /// Runs `work` on a new thread, then `completion` with its result on the loop (never inside `run`).
     public func run<T: Sendable>(_ work: @escaping @Sendable () -> T, then completion: @escaping (T) -> Void) {
-        let job = Job(work: work, completion: completion, writeFD: writeFD)
+        let job = Job(work: work, completion: completion, writer: writer)
         pending.insert(ObjectIdentifier(job))
         // One reference for the thread; `drain` takes it back.
         let context = Unmanaged.passRetained(job).toOpaque()
@@ -60,12 +66,14 @@ public final class OffLoopWorker {
         let started = pthread_create(
             &thread, nil,
             { raw in
-                Unmanaged<AnyJob>.fromOpaque(raw!).takeUnretainedValue().execute()
+                let job = Unmanaged<AnyJob>.fromOpaque(raw!)
+                // Not reported (the worker is gone): nobody will take the thread's reference back, so drop it here.
+                if !job.takeUnretainedValue().execute() { job.release() }
                 return nil
             }, context)
         if started != 0 {
             // No thread: run it here rather than lose it (the caller still hears back on the next turn).
-            job.execute()
+            if !job.execute() { Unmanaged.passUnretained(job as AnyJob).release() }
         } else {
             pthread_detach(thread)
         }
@@ -87,8 +95,27 @@ public final class OffLoopWorker {
 
 /// A job as the thread and the pipe see it.
 class AnyJob: @unchecked Sendable {
-    func execute() {}
+    /// Runs the work and reports the job to the loop; false when the report could not be sent.
+    func execute() -> Bool { false }
     func complete() {}
+}
+
+/// The write end of a worker's socket pair, closed when the worker and every job that may still write are gone.
+final class WakeWriter: @unchecked Sendable {
+    let fd: Int32
+    init(fd: Int32) { self.fd = fd }
+    deinit { Glibc.close(fd) }
+
+    /// Sends the job's address as one datagram; false if the read end is gone.
+    func report(_ address: UInt) -> Bool {
+        var address = address
+        while true {
+            let sent = Glibc.send(fd, &address, MemoryLayout<UInt>.size, Int32(MSG_NOSIGNAL))
+            if sent == MemoryLayout<UInt>.size { return true }
+            if sent < 0 && errno == EINTR { continue }
+            return false
+        }
+    }
 }
 
 /// `@unchecked Sendable`: `result` is written by the worker thread before it writes the job's address to the pipe
@@ -97,18 +124,17 @@ final class Job<T: Sendable>: AnyJob, @unchecked Sendable {
     private let work: @Sendable () -> T
     private var completion: ((T) -> Void)?
     private var result: T?
-    private let writeFD: Int32
+    private let writer: WakeWriter
 
-    init(work: @escaping @Sendable () -> T, completion: @escaping (T) -> Void, writeFD: Int32) {
+    init(work: @escaping @Sendable () -> T, completion: @escaping (T) -> Void, writer: WakeWriter) {
         self.work = work
         self.completion = completion
-        self.writeFD = writeFD
+        self.writer = writer
     }
 
-    override func execute() {
+    override func execute() -> Bool {
         result = work()
-        var address = UInt(bitPattern: Unmanaged.passUnretained(self as AnyJob).toOpaque())
-        while Glibc.write(writeFD, &address, MemoryLayout<UInt>.size) < 0 && errno == EINTR {}
+        return writer.report(UInt(bitPattern: Unmanaged.passUnretained(self as AnyJob).toOpaque()))
     }
 
     override func complete() {

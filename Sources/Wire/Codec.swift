@@ -14,9 +14,13 @@ enum Codec {
 
     static func decode<C, R>(
         _ bytes: UnsafeRawBufferPointer, limit: Int, protoName: String, unpack: Unpack<C>,
-        convert: (UnsafeMutablePointer<C>) throws(WireError) -> R
+        descriptor: ProtobufCMessageDescriptor, convert: (UnsafeMutablePointer<C>) throws(WireError) -> R
     ) throws(WireError) -> R {
         guard bytes.count <= limit else { throw .oversize(bytes: bytes.count, limit: limit) }
+        // Before protobuf-c sees a byte: it recurses once per nesting level and keeps strings as C strings.
+        try withUnsafePointer(to: descriptor) { (pointer) throws(WireError) in
+            try WireValidation.check(bytes, descriptor: pointer, depth: 0)
+        }
         // protobuf-c allocates roughly as much as it reads (plus struct overhead): size the first chunk to match.
         let arena = CArena(initialCapacity: min(max(bytes.count * 2, 1024), 1 << 20))
         let base = bytes.baseAddress?.assumingMemoryBound(to: UInt8.self)
@@ -88,6 +92,65 @@ func swiftMessages<C, R>(
         result.append(try convert(element))
     }
     return result
+}
+
+// MARK: - Checks before unpacking
+
+/// What protobuf-c does not check, checked on the wire bytes before it unpacks them:
+/// - **Nesting depth.** protobuf-c unpacks nested messages recursively: a `google.protobuf.Struct` nested 5,000
+///   deep (claims in a ValidateJWTSVID answer, node metadata) overflows the stack before any limit of ours could
+///   look at the result. This walk is recursive too, but stops at `maxDepth`.
+/// - **Strings.** protobuf-c hands strings over NUL-terminated, so `svc-a\0svc-b` would silently become `svc-a`
+///   (and `<own ID>\0/admin` our own ID). Proto3 requires UTF-8; a NUL byte is refused too: no name, ID, audience
+///   or URL here may hold one. The status names the field.
+/// Unknown fields are skipped (protobuf-c keeps them as bytes, never recursing into them).
+enum WireValidation {
+    /// Why 100: protobuf's own C++ and Java runtimes stop at 100 levels by default; a `Struct` level costs three
+    /// (Struct → fields entry → Value), so JSON-like metadata may nest ~33 deep, far past what Envoy, Istio or a
+    /// SPIRE agent send.
+    static let maxDepth = 100
+
+    static func check(
+        _ bytes: UnsafeRawBufferPointer, descriptor: UnsafePointer<ProtobufCMessageDescriptor>, depth: Int
+    ) throws(WireError) {
+        let messageName = descriptor.pointee.name.map { String(cString: $0) } ?? "message"
+        guard depth < maxDepth else {
+            throw .malformed(message: "\(messageName): messages nested deeper than \(maxDepth) levels")
+        }
+        var scanner = WireScanner(bytes)
+        while true {
+            let next: WireScanner.Field?
+            do { next = try scanner.next() } catch {
+                throw .malformed(message: "\(messageName): \(WireScanner.diagnose(bytes))")
+            }
+            guard let field = next else { return }
+            guard field.wireType == .lengthDelimited, field.number <= UInt64(UInt32.max),
+                let fieldDescriptor = protobuf_c_message_descriptor_get_field(descriptor, UInt32(field.number))
+            else { continue }
+            let payload = UnsafeRawBufferPointer(rebasing: bytes[field.payload])
+            switch fieldDescriptor.pointee.type {
+            case PROTOBUF_C_TYPE_STRING:
+                if let problem = stringProblem(payload) {
+                    let fieldName = fieldDescriptor.pointee.name.map { String(cString: $0) } ?? "\(field.number)"
+                    throw .malformed(message: "\(messageName).\(fieldName): \(problem)")
+                }
+            case PROTOBUF_C_TYPE_MESSAGE:
+                guard let nested = fieldDescriptor.pointee.descriptor else { continue }
+                try check(
+                    payload, descriptor: nested.assumingMemoryBound(to: ProtobufCMessageDescriptor.self),
+                    depth: depth + 1)
+            default:
+                continue
+            }
+        }
+    }
+
+    /// Why a string field's bytes cannot be taken as they are, or nil.
+    static func stringProblem(_ bytes: UnsafeRawBufferPointer) -> String? {
+        if bytes.contains(0) { return "string contains a NUL byte" }
+        if String(validating: bytes, as: UTF8.self) == nil { return "string is not valid UTF-8" }
+        return nil
+    }
 }
 
 // MARK: - Raw wire scanning

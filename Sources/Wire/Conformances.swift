@@ -46,6 +46,7 @@ extension AnyMessage: WireMessage {
     public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName, unpack: google__protobuf__any__unpack,
+            descriptor: google__protobuf__any__descriptor,
             convert: { (c) throws(WireError) in try AnyMessage(c: c) })
     }
 
@@ -78,6 +79,7 @@ extension RPCStatus: WireMessage {
     public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName, unpack: google__rpc__status__unpack,
+            descriptor: google__rpc__status__descriptor,
             convert: { (c) throws(WireError) in try RPCStatus(c: c) })
     }
 
@@ -113,6 +115,7 @@ extension Node: WireMessage {
     public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName, unpack: envoy__config__core__v3__node__unpack,
+            descriptor: envoy__config__core__v3__node__descriptor,
             convert: { (c) throws(WireError) in try Node(c: c, rawBytes: Array(wireBuffer)) })
     }
 
@@ -279,6 +282,7 @@ extension DiscoveryRequest: WireMessage {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName,
             unpack: envoy__service__discovery__v3__discovery_request__unpack,
+            descriptor: envoy__service__discovery__v3__discovery_request__descriptor,
             convert: { (c) throws(WireError) in
                 let m = c.pointee
                 return DiscoveryRequest(
@@ -320,6 +324,7 @@ extension DiscoveryResponse: WireMessage {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName,
             unpack: envoy__service__discovery__v3__discovery_response__unpack,
+            descriptor: envoy__service__discovery__v3__discovery_response__descriptor,
             convert: { (c) throws(WireError) in
                 let m = c.pointee
                 return DiscoveryResponse(
@@ -356,6 +361,7 @@ extension DeltaDiscoveryRequest: WireMessage {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName,
             unpack: envoy__service__discovery__v3__delta_discovery_request__unpack,
+            descriptor: envoy__service__discovery__v3__delta_discovery_request__descriptor,
             convert: { (c) throws(WireError) in
                 let m = c.pointee
                 var versions: [String: String] = [:]
@@ -422,6 +428,7 @@ extension Resource: WireMessage {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName,
             unpack: envoy__service__discovery__v3__resource__unpack,
+            descriptor: envoy__service__discovery__v3__resource__descriptor,
             convert: { (c) throws(WireError) in try Resource(c: c) })
     }
 
@@ -457,6 +464,7 @@ extension DeltaDiscoveryResponse: WireMessage {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName,
             unpack: envoy__service__discovery__v3__delta_discovery_response__unpack,
+            descriptor: envoy__service__discovery__v3__delta_discovery_response__descriptor,
             convert: { (c) throws(WireError) in
                 let m = c.pointee
                 return DeltaDiscoveryResponse(
@@ -499,6 +507,7 @@ extension TLSCertificate: WireMessage {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName,
             unpack: envoy__extensions__transport_sockets__tls__v3__tls_certificate__unpack,
+            descriptor: envoy__extensions__transport_sockets__tls__v3__tls_certificate__descriptor,
             convert: { (c) throws(WireError) in try TLSCertificate(c: c) })
     }
 
@@ -533,6 +542,7 @@ extension CertificateValidationContext: WireMessage {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName,
             unpack: envoy__extensions__transport_sockets__tls__v3__certificate_validation_context__unpack,
+            descriptor: envoy__extensions__transport_sockets__tls__v3__certificate_validation_context__descriptor,
             convert: { (c) throws(WireError) in try CertificateValidationContext(c: c) })
     }
 
@@ -568,6 +578,7 @@ extension SPIFFECertValidatorConfig: WireMessage {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName,
             unpack: envoy__extensions__transport_sockets__tls__v3__spiffecert_validator_config__unpack,
+            descriptor: envoy__extensions__transport_sockets__tls__v3__spiffecert_validator_config__descriptor,
             convert: { (c) throws(WireError) in
                 SPIFFECertValidatorConfig(
                     trustDomains: try swiftMessages(c.pointee.n_trust_domains, c.pointee.trust_domains) {
@@ -609,6 +620,7 @@ extension Secret: WireMessage {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName,
             unpack: envoy__extensions__transport_sockets__tls__v3__secret__unpack,
+            descriptor: envoy__extensions__transport_sockets__tls__v3__secret__descriptor,
             convert: { (c) throws(WireError) in
                 let m = c.pointee
                 var kind: Kind?
@@ -669,6 +681,7 @@ extension X509SVIDRequest: WireMessage {
     public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName, unpack: x509_svidrequest__unpack,
+            descriptor: x509_svidrequest__descriptor,
             convert: { (_) throws(WireError) in X509SVIDRequest() })
     }
 
@@ -682,6 +695,7 @@ extension X509BundlesRequest: WireMessage {
     public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName, unpack: x509_bundles_request__unpack,
+            descriptor: x509_bundles_request__descriptor,
             convert: { (_) throws(WireError) in X509BundlesRequest() })
     }
 
@@ -695,6 +709,7 @@ extension X509SVIDMessage: WireMessage {
     public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName, unpack: x509_svid__unpack,
+            descriptor: x509_svid__descriptor,
             convert: { (c) throws(WireError) in try X509SVIDMessage(c: c) })
     }
 
@@ -746,6 +761,7 @@ extension X509SVIDResponse: WireMessage {
     public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName, unpack: x509_svidresponse__unpack,
+            descriptor: x509_svidresponse__descriptor,
             convert: { (c) throws(WireError) in
                 let m = c.pointee
                 return X509SVIDResponse(
@@ -787,6 +803,7 @@ extension X509BundlesResponse: WireMessage {
     public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName, unpack: x509_bundles_response__unpack,
+            descriptor: x509_bundles_response__descriptor,
             convert: { (c) throws(WireError) in
                 let m = c.pointee
                 return X509BundlesResponse(
@@ -823,6 +840,7 @@ extension JWTSVIDRequest: WireMessage {
     public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName, unpack: jwtsvidrequest__unpack,
+            descriptor: jwtsvidrequest__descriptor,
             convert: { (c) throws(WireError) in
                 JWTSVIDRequest(
                     audience: try swiftStrings(
@@ -850,6 +868,7 @@ extension JWTSVIDMessage: WireMessage {
     public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName, unpack: jwtsvid__unpack,
+            descriptor: jwtsvid__descriptor,
             convert: { (c) throws(WireError) in try JWTSVIDMessage(c: c) })
     }
 
@@ -882,6 +901,7 @@ extension JWTSVIDResponse: WireMessage {
     public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName, unpack: jwtsvidresponse__unpack,
+            descriptor: jwtsvidresponse__descriptor,
             convert: { (c) throws(WireError) in
                 JWTSVIDResponse(
                     svids: try swiftMessages(c.pointee.n_svids, c.pointee.svids) { (s) throws(WireError) in
@@ -909,6 +929,7 @@ extension JWTBundlesRequest: WireMessage {
     public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName, unpack: jwtbundles_request__unpack,
+            descriptor: jwtbundles_request__descriptor,
             convert: { (_) throws(WireError) in JWTBundlesRequest() })
     }
 
@@ -922,6 +943,7 @@ extension JWTBundlesResponse: WireMessage {
     public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName, unpack: jwtbundles_response__unpack,
+            descriptor: jwtbundles_response__descriptor,
             convert: { (c) throws(WireError) in
                 JWTBundlesResponse(
                     bundles: try bundleMap(
@@ -956,6 +978,7 @@ extension ValidateJWTSVIDRequest: WireMessage {
     public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName, unpack: validate_jwtsvidrequest__unpack,
+            descriptor: validate_jwtsvidrequest__descriptor,
             convert: { (c) throws(WireError) in
                 ValidateJWTSVIDRequest(
                     audience: try swiftString(c.pointee.audience, field: "ValidateJWTSVIDRequest.audience"),
@@ -983,6 +1006,7 @@ extension ValidateJWTSVIDResponse: WireMessage {
     public init(wireBuffer: UnsafeRawBufferPointer, limit: Int) throws(WireError) {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName, unpack: validate_jwtsvidresponse__unpack,
+            descriptor: validate_jwtsvidresponse__descriptor,
             convert: { (c) throws(WireError) in
                 ValidateJWTSVIDResponse(
                     spiffeID: try swiftString(c.pointee.spiffe_id, field: "ValidateJWTSVIDResponse.spiffe_id"),

@@ -42,6 +42,7 @@ extension IstioCertificateRequest: WireMessage {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName,
             unpack: istio__v1__auth__istio_certificate_request__unpack,
+            descriptor: istio__v1__auth__istio_certificate_request__descriptor,
             convert: { (c) throws(WireError) in
                 IstioCertificateRequest(
                     csr: try swiftString(c.pointee.csr, field: "IstioCertificateRequest.csr"),
@@ -70,6 +71,7 @@ extension IstioCertificateResponse: WireMessage {
         self = try Codec.decode(
             wireBuffer, limit: limit, protoName: Self.protoName,
             unpack: istio__v1__auth__istio_certificate_response__unpack,
+            descriptor: istio__v1__auth__istio_certificate_response__descriptor,
             convert: { (c) throws(WireError) in
                 IstioCertificateResponse(
                     certChain: try swiftStrings(
