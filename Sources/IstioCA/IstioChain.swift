@@ -32,7 +32,8 @@ public enum IstioChain {
         for (index, pem) in chainPEMs.enumerated() {
             // An element may itself hold several PEM blocks (some CAs concatenate); take them all in order.
             do {
-                let parsed = try Certificate.parseChain(pem: pem)
+                // The budget left, not the whole cap: an answer of thousands of certificates stops at the 17th.
+                let parsed = try Certificate.parseChain(pem: pem, maxCount: maxCertificates - certificates.count)
                 guard !parsed.isEmpty else { throw refuse("element \(index) holds no certificate") }
                 certificates += parsed
             } catch let error as IssuerError {

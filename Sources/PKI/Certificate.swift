@@ -96,13 +96,23 @@ public struct Certificate: Sendable, Hashable, CustomStringConvertible {
         self = certificates[0]
     }
 
-    /// Parses every `CERTIFICATE` block of a PEM text, in order (a chain or a bundle). At least one is required.
-    public static func parseChain(pem: String) throws -> [Certificate] {
+    /// The most certificates one chain holds: a leaf, intermediates, a root. Why 16: CAs return 2 or 3; a plugged-in
+    /// CA hierarchy may add a few intermediates; RFC 5280 sets no limit, OpenSSL's default verify depth is 100.
+    public static let maxChainCertificates = 16
+    /// The most certificates one trust bundle holds. Why 512: a bundle of every public root is ~150; a trust domain's
+    /// own roots are a handful even mid-rotation.
+    public static let maxBundleCertificates = 512
+
+    /// Parses every `CERTIFICATE` block of a PEM text, in order (a chain or a bundle). At least one is required, at
+    /// most `maxCount`: the count is checked while parsing, so a 6,000-certificate answer costs 17 parses, not 6,000.
+    public static func parseChain(pem: String, maxCount: Int = maxBundleCertificates) throws -> [Certificate] {
         PKIError.clearErrorQueue()
         let bio = try MemoryBIO(bytes: Array(pem.utf8))
         var certificates: [Certificate] = []
         while let x509 = PEM_read_bio_X509(bio.bio, nil, nil, nil) {
-            certificates.append(Certificate(handle: try X509Handle(taking: x509)))
+            let certificate = Certificate(handle: try X509Handle(taking: x509))
+            guard certificates.count < maxCount else { throw tooMany(maxCount) }
+            certificates.append(certificate)
         }
         // The loop ends on an error: "no start line" at a clean end of input, anything else is real damage.
         let code = ERR_peek_last_error()
@@ -117,11 +127,13 @@ public struct Certificate: Sendable, Hashable, CustomStringConvertible {
         return certificates
     }
 
-    /// Parses concatenated DER certificates (the Workload API's `x509_svid` and `bundle` fields).
-    public static func parseChain(der: [UInt8]) throws -> [Certificate] {
+    /// Parses concatenated DER certificates (the Workload API's `x509_svid` and `bundle` fields), at most
+    /// `maxCount` (checked before each parse).
+    public static func parseChain(der: [UInt8], maxCount: Int = maxBundleCertificates) throws -> [Certificate] {
         var certificates: [Certificate] = []
         var rest = der[...]
         while !rest.isEmpty {
+            guard certificates.count < maxCount else { throw tooMany(maxCount) }
             let (certificate, consumed) = try parseOneDER(rest)
             certificates.append(certificate)
             rest = rest.dropFirst(consumed)
@@ -130,6 +142,10 @@ public struct Certificate: Sendable, Hashable, CustomStringConvertible {
             throw PKIError(operation: "parsing DER certificates", reasons: ["no certificate"])
         }
         return certificates
+    }
+
+    private static func tooMany(_ maxCount: Int) -> PKIError {
+        PKIError(operation: "parsing certificates", reasons: ["more than \(maxCount) certificates"])
     }
 
     private static func parseOneDER(_ bytes: ArraySlice<UInt8>) throws -> (Certificate, Int) {

@@ -111,7 +111,8 @@ public struct X509SVID: Sendable {
         expectedTrustDomain: TrustDomain? = nil
     ) throws {
         try self.init(
-            chain: Certificate.parseChain(pem: chainPEM), privateKey: PrivateKey(pem: keyPEM), now: now,
+            chain: Certificate.parseChain(pem: chainPEM, maxCount: Certificate.maxChainCertificates),
+            privateKey: PrivateKey(pem: keyPEM), now: now,
             expectedID: expectedID, expectedTrustDomain: expectedTrustDomain)
     }
 
@@ -121,7 +122,8 @@ public struct X509SVID: Sendable {
         expectedTrustDomain: TrustDomain? = nil
     ) throws {
         try self.init(
-            chain: Certificate.parseChain(der: chainDER), privateKey: PrivateKey(pkcs8DER: keyPKCS8DER), now: now,
+            chain: Certificate.parseChain(der: chainDER, maxCount: Certificate.maxChainCertificates),
+            privateKey: PrivateKey(pkcs8DER: keyPKCS8DER), now: now,
             expectedID: expectedID, expectedTrustDomain: expectedTrustDomain)
     }
 

@@ -33,7 +33,6 @@ public final class Connection {
     /// at once).
     static let maxReadsPerWakeup = 4
 
-
     public init(fd: Int32, loop: EventLoop, delegate: ConnectionDelegate?) throws(SystemError) {
         self.fd = fd
         self.loop = loop

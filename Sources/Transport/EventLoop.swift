@@ -104,7 +104,9 @@ public final class EventLoop {
     @discardableResult
     public func schedule(after seconds: Double, _ action: @escaping () -> Void) -> Timer {
         timerSequence &+= 1
-        let timer = Timer(deadline: Self.deadline(after: seconds, from: Self.monotonicNanos()), sequence: timerSequence, action: action)
+        let timer = Timer(
+            deadline: Self.deadline(after: seconds, from: Self.monotonicNanos()), sequence: timerSequence,
+            action: action)
         if timers.count >= timerSweepThreshold {
             timers.removeAll { !$0.isPending }
             // Twice the live timers: sweeping stays amortised O(1) per schedule.

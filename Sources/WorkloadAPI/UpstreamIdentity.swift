@@ -23,7 +23,9 @@ public enum UpstreamIdentity {
         let chosen: X509SVIDMessage
         if let wanted {
             guard let match = response.svids.first(where: { (try? SPIFFEID(parsing: $0.spiffeID)) == wanted }) else {
-                let offered = response.svids.map(\.spiffeID).joined(separator: ", ")
+                // The first few only: the answer is the upstream's, and its size must not set the log line's.
+                var offered = response.svids.prefix(4).map { String($0.spiffeID.prefix(256)) }.joined(separator: ", ")
+                if response.svids.count > 4 { offered += " and \(response.svids.count - 4) more" }
                 throw IssuerError(
                     kind: .issuanceFailed,
                     message: "the Workload API offers no SVID for \(wanted) (offered: \(offered))")
@@ -67,13 +69,22 @@ public enum UpstreamIdentity {
         return (svid, bundle)
     }
 
+    /// Why 128 trust domains: a mesh federates with a handful; more is an upstream gone wrong, and every bundle is
+    /// parsed, held and pushed to every stream.
+    public static let maxTrustDomains = 128
+
     /// Parses a `trust domain → DER certificates` map (`federated_bundles`, or `X509BundlesResponse.bundles`).
     /// Entries that do not parse are left out and described in `problems` (the rest stay usable).
     public static func bundles(_ entries: [String: [UInt8]]) -> (bundles: [TrustDomain: X509Bundle], problems: [String])
     {
         var bundles: [TrustDomain: X509Bundle] = [:]
         var problems: [String] = []
-        for (key, der) in entries.sorted(by: { $0.key < $1.key }) {
+        // Capped before any is parsed: each costs certificate parses and a Secret served to every stream.
+        if entries.count > maxTrustDomains {
+            problems.append(
+                "\(entries.count) trust domains' bundles: only the first \(maxTrustDomains) by name are used")
+        }
+        for (key, der) in entries.sorted(by: { $0.key < $1.key }).prefix(maxTrustDomains) {
             do {
                 let trustDomain = try TrustDomain(key)
                 bundles[trustDomain] = try X509Bundle(trustDomain: trustDomain, der: der)

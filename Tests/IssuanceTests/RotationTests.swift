@@ -66,3 +66,34 @@ import Testing
         #expect(now.secondsSinceEpoch > 1_735_689_600 && now.secondsSinceEpoch < 4_102_444_800)
     }
 }
+
+/// An upstream's certificate valid until 9999-12-31 (RFC 5280's "no well-defined expiration") is served, and
+/// rotated on the agent's own cadence: its lifetime counts as at most `maximumLifetime` (`--svid-ttl`).
+@Suite struct FarFutureRotationTests {
+    let now = Timestamp(secondsSinceEpoch: 1_800_000_000)
+    let year9999 = Timestamp(secondsSinceEpoch: 253_402_300_799)
+
+    @Test func aFarFutureNotAfterRotatesAsIfItLivedTheAgentsTTL() {
+        let policy = RotationPolicy(gracePeriodRatio: 0.5, jitter: 0, maximumLifetime: 3600)
+        #expect(policy.rotateAt(notBefore: now, notAfter: year9999, randomUnit: 0.5) == now + 1800)
+    }
+
+    @Test func withoutABoundOfItsOwnACenturyIsTheMost() {
+        let policy = RotationPolicy(jitter: 0)
+        let at = policy.rotateAt(notBefore: now, notAfter: year9999, randomUnit: 0.5)
+        #expect(at == now + RotationPolicy.defaultMaximumLifetime / 2)
+    }
+
+    @Test func extremeTimestampsNeverTrap() {
+        let policy = RotationPolicy(maximumLifetime: 3600)
+        let lowest = Timestamp(secondsSinceEpoch: .min)
+        let highest = Timestamp(secondsSinceEpoch: .max)
+        #expect(policy.rotateAt(notBefore: lowest, notAfter: highest, randomUnit: 0.5) > lowest)
+        #expect(policy.rotateAt(notBefore: highest, notAfter: lowest, randomUnit: 0.5) == highest)
+    }
+
+    @Test func shortLifetimesAreUnchanged() {
+        let policy = RotationPolicy(jitter: 0, maximumLifetime: 3600)
+        #expect(policy.rotateAt(notBefore: now, notAfter: now + 600, randomUnit: 0.5) == now + 300)
+    }
+}

@@ -16,7 +16,10 @@ final class ServiceHarness {
     let client: GRPCClientConnection
     let pair: InMemoryPair
 
-    init(feedMode: InMemoryPair.FeedMode = .whole, clientConfiguration: H2Configuration = H2Configuration()) {
+    init(
+        feedMode: InMemoryPair.FeedMode = .whole, clientConfiguration: H2Configuration = H2Configuration(),
+        serverConfiguration: H2Configuration = H2Configuration()
+    ) {
         service = SecretDiscoveryService(
             classifier: {
                 SecretName($0, ownID: "spiffe://example.org/ns/a/sa/b", ownTrustDomain: "example.org") == .unknown
@@ -25,7 +28,7 @@ final class ServiceHarness {
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
         let router = GRPCRouter()
         service.register(on: router)
-        server = GRPCServerConnection(router: router)
+        server = GRPCServerConnection(router: router, configuration: serverConfiguration)
         client = GRPCClientConnection(authority: "sds-grpc", configuration: clientConfiguration)
         pair = InMemoryPair(client: client.session, server: server.session, feedMode: feedMode)
         pair.pump()
@@ -45,7 +48,7 @@ final class Received {
     var status: GRPCStatus?
 }
 
-private func open(_ h: ServiceHarness, _ method: SecretDiscoveryServiceMethod) throws -> (GRPCClientCall, Received) {
+func open(_ h: ServiceHarness, _ method: SecretDiscoveryServiceMethod) throws -> (GRPCClientCall, Received) {
     let call = try h.client.startCall(path: method.path)
     let received = Received()
     call.onMessage = { received.messages.append($0) }
