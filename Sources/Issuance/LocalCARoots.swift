@@ -85,7 +85,7 @@ public final class LocalCARoots {
             nextKey: stateDirectory + "/" + successorKeyFileName
         )
         for key in [paths.key, paths.nextKey] where Files.exists(key) {
-            try checkOwnedByUs(key, what: "key file", directory: false)
+            try checkPrivateKeyFile(key, what: "key file")
         }
 
         var finished = false
@@ -201,6 +201,22 @@ public final class LocalCARoots {
             let mode = String(info.st_mode & 0o7777, radix: 8)
             throw LocalCAError(
                 "\(what) \(path) is writable by group or others (mode 0\(mode)); refusing to trust it (chmod go-w)")
+        }
+    }
+
+    /// A private key file must be ours and readable by no one else (0600 or 0400): any local user who can read the
+    /// CA key can mint SVIDs for every workload of the trust domain.
+    public static func checkPrivateKeyFile(_ path: String, what: String) throws {
+        try checkOwnedByUs(path, what: what, directory: false)
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            throw LocalCAError("\(what) \(path): \(String(cString: strerror(errno)))")
+        }
+        guard info.st_mode & mode_t(0o077) == 0 else {
+            let mode = String(info.st_mode & 0o7777, radix: 8)
+            throw LocalCAError(
+                "\(what) \(path) has mode 0\(mode): group or others may read it; refusing to use it (chmod 600 \(path))"
+            )
         }
     }
 

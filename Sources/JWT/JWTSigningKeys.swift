@@ -55,7 +55,7 @@ public final class JWTSigningKeys {
         // Whoever can replace a signing key can mint JWT-SVIDs: the same ownership rules as the CA's key files.
         try LocalCARoots.checkOwnedByUs(stateDirectory, what: "state dir", directory: true)
         for path in [currentPath, successorPath] where Files.exists(path) {
-            try LocalCARoots.checkOwnedByUs(path, what: "JWT key file", directory: false)
+            try LocalCARoots.checkPrivateKeyFile(path, what: "JWT key file")
         }
         var successor = Files.exists(successorPath) ? try read(successorPath) : nil
         guard Files.exists(currentPath) else {

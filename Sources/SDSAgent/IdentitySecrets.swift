@@ -89,7 +89,9 @@ enum FileSecrets {
                 name: name,
                 kind: .tlsCertificate(
                     TLSCertificate(
-                        certificateChain: .inlineBytes(Array(chainPEM.utf8)),
+                        // The parsed certificates, re-encoded: a chain file that also holds a key (a Pod
+                        // Certificates credential bundle) never puts that key in the certificate field.
+                        certificateChain: .inlineBytes(Array(Certificate.pem(chain).utf8)),
                         privateKey: .inlineBytes(Array(keyPEM.utf8)))
                 ))
         case .fileRoot(let path):
@@ -97,9 +99,12 @@ enum FileSecrets {
             let chain: [Certificate]
             do { chain = try Certificate.parseChain(pem: pem) } catch { throw .notReady("\(path): \(error)") }
             guard !chain.isEmpty else { throw .notReady("\(path): no certificate") }
+            // Only the certificates, re-encoded: a validation context never carries a key, whatever else the file
+            // holds (a cert-and-key file named as a root would otherwise hand its key to every client).
             return Secret(
                 name: name,
-                kind: .validationContext(CertificateValidationContext(trustedCA: .inlineBytes(Array(pem.utf8)))))
+                kind: .validationContext(
+                    CertificateValidationContext(trustedCA: .inlineBytes(Array(Certificate.pem(chain).utf8)))))
         default:
             throw .notReady("\(name) is not a file-backed name")
         }

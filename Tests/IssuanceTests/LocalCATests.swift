@@ -160,6 +160,7 @@ import Testing
         defer { temp.remove() }
         try temp.write("chain.pem", Certificate.pem([intermediate.certificate, test.root]))
         try temp.write("key.pem", intermediate.key.pkcs8PEM())
+        try temp.chmod("key.pem", 0o600)
         let ca = try LocalCA.operatorSupplied(
             certificateChainPath: temp.path + "/chain.pem", keyPath: temp.path + "/key.pem",
             trustDomain: test.trustDomain, now: now)
@@ -168,6 +169,30 @@ import Testing
         let svid = try ca.issue(spiffeID: id, ttl: 600, now: now)
         #expect(svid.chain == [svid.leaf, intermediate.certificate])
         try svid.verify(against: test.bundle, at: now)
+    }
+
+    /// Any local user who can read the CA key can mint every workload's identity: a key readable by group or others
+    /// is refused with the file, its mode and the fix.
+    @Test(arguments: [0o644, 0o640, 0o604])
+    func anOperatorKeyOthersCanReadIsRefused(mode: Int) throws {
+        let test = try TestCA(now: now)
+        let intermediate = try test.makeIntermediate()
+        let temp = try TempDirectory()
+        defer { temp.remove() }
+        try temp.write("chain.pem", Certificate.pem([intermediate.certificate, test.root]))
+        try temp.write("key.pem", intermediate.key.pkcs8PEM())
+        try temp.chmod("key.pem", mode)
+        #expect {
+            _ = try LocalCA.operatorSupplied(
+                certificateChainPath: temp.path + "/chain.pem", keyPath: temp.path + "/key.pem",
+                trustDomain: test.trustDomain, now: now)
+        } throws: { error in
+            "\(error)".contains("key.pem has mode 0\(String(mode, radix: 8))") && "\(error)".contains("chmod 600")
+        }
+        try temp.chmod("key.pem", 0o400)
+        _ = try LocalCA.operatorSupplied(
+            certificateChainPath: temp.path + "/chain.pem", keyPath: temp.path + "/key.pem",
+            trustDomain: test.trustDomain, now: now)
     }
 
     @Test func operatorSuppliedChainWithoutRootOrWithWrongKeyIsRefused() throws {

@@ -19,6 +19,10 @@ struct TempDirectory {
         try Data(bytes).write(to: URL(fileURLWithPath: path + "/" + name))
     }
 
+    func chmod(_ name: String, _ mode: Int) throws {
+        try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: path + "/" + name)
+    }
+
     func mode(_ name: String) throws -> Int {
         let attributes = try FileManager.default.attributesOfItem(atPath: name.isEmpty ? path : path + "/" + name)
         return (attributes[.posixPermissions] as? Int) ?? -1

@@ -288,8 +288,24 @@ private func keys(_ keys: JWTSigningKey...) -> [String: PublicKey] {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try "kid=x\n-----BEGIN PRIVATE KEY-----\ngarbage\n".write(
             toFile: dir + "/" + JWTSigningKeys.currentFileName, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes(
+            [.posixPermissions: 0o600], ofItemAtPath: dir + "/" + JWTSigningKeys.currentFileName)
         #expect(throws: JWTSVIDError.self) {
             try JWTSigningKeys.open(stateDirectory: dir, now: now, keyLifetime: 6000, tokenLifetime: 300)
+        }
+    }
+
+    /// A JWT signing key other users can read lets them mint tokens for this workload: refused, naming the fix.
+    @Test func aKeyOthersCanReadIsRefused() throws {
+        let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = try JWTSigningKeys.open(stateDirectory: dir, now: now, keyLifetime: 6000, tokenLifetime: 300)
+        let path = dir + "/" + JWTSigningKeys.currentFileName
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: path)
+        #expect {
+            try JWTSigningKeys.open(stateDirectory: dir, now: now, keyLifetime: 6000, tokenLifetime: 300)
+        } throws: { error in
+            "\(error)".contains("mode 0644") && "\(error)".contains("chmod 600")
         }
     }
 }
