@@ -46,7 +46,11 @@ public final class GRPCServerCall {
     /// build their next, merged response here rather than queue one per change).
     public var onWritable: (() -> Void)?
 
-    weak var connection: GRPCServerConnection?
+    weak var connection: GRPCServerConnection? {
+        didSet { connectionID = connection.map(ObjectIdentifier.init) ?? connectionID }
+    }
+    /// Which connection the call arrived on, kept after the connection is gone: handlers budget per connection.
+    public private(set) var connectionID: ObjectIdentifier?
     var state = ServerCallStateMachine()
     /// Cancels the `grpc-timeout` timer, if one is armed.
     var cancelDeadline: (() -> Void)?

@@ -14,6 +14,9 @@ public final class TLSServer {
     private let ssl: OpaquePointer
     private let networkIn: OpaquePointer
     private let networkOut: OpaquePointer
+    /// The ALPN callback's argument: retained for the context's lifetime, released in `deinit` after the SSL
+    /// (and with it the context) is freed.
+    private var alpnBox: Unmanaged<ALPNChoice>?
 
     /// - Parameters:
     ///   - chain: the server's certificate first, then intermediates.
@@ -45,6 +48,7 @@ public final class TLSServer {
         }
         if let alpn {
             let box = Unmanaged.passRetained(ALPNChoice(Array(alpn.utf8)))
+            alpnBox = box
             SSL_CTX_set_alpn_select_cb(
                 ctx,
                 { _, out, outLength, offered, offeredLength, arg in
@@ -63,7 +67,6 @@ public final class TLSServer {
                     }
                     return SSL_TLSEXT_ERR_NOACK
                 }, box.toOpaque())
-            // Leaked on purpose for the context's lifetime; the context dies with the SSL below (tests only).
         }
         guard let ssl = SSL_new(ctx), let networkIn = BIO_new(BIO_s_mem()), let networkOut = BIO_new(BIO_s_mem())
         else { throw PKIError.openSSL("SSL_new") }
@@ -74,7 +77,10 @@ public final class TLSServer {
         self.networkOut = networkOut
     }
 
-    deinit { SSL_free(ssl) }
+    deinit {
+        SSL_free(ssl)
+        alpnBox?.release()
+    }
 
     /// Feeds ciphertext; returns decrypted application bytes.
     public func receive(_ bytes: [UInt8]) -> [UInt8] {

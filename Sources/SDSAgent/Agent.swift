@@ -83,10 +83,19 @@ public final class Agent {
             case .federatedBundle, .unknown: return .neverServed
             }
         }
-        self.service = SecretDiscoveryService(classifier: classifier, logger: logger, metrics: metrics)
+        self.service = SecretDiscoveryService(
+            classifier: classifier, logger: logger, metrics: metrics,
+            metricLabel: { SecretName.metricLabel(for: $0, ownID: ownID, ownTrustDomain: ownTD) },
+            monotonicNow: EventLoop.monotonicSeconds,
+            isOnDemand: { name in
+                switch classify(name) {
+                case .fileCertificate, .fileRoot, .jwtSVID: true
+                default: false
+                }
+            })
         let router = GRPCRouter()
         service.register(on: router)
-        self.workloadAPI = WorkloadAPIService(logger: logger)
+        self.workloadAPI = WorkloadAPIService(logger: logger, monotonicNow: EventLoop.monotonicSeconds)
         workloadAPI.register(on: router)
         health.register(on: router)
         self.server = SDSServer(
@@ -229,7 +238,7 @@ public final class Agent {
         workloadAPI.flushReplies = { [unowned self] in self.server.flushAll() }
         if let upstream = issuer as? WorkloadAPIIssuer {
             // The upstream (a SPIRE agent) serves JWT-SVIDs itself: relay them.
-            workloadAPI.jwt = UpstreamJWTRelay(issuer: upstream)
+            workloadAPI.jwt = UpstreamJWTRelay(issuer: upstream, spiffeID: configuration.spiffeID)
             upstream.onJWTBundles = { [unowned self] bundles in
                 self.workloadAPI.publishJWTBundles(bundles)
                 self.server.flushAll()
@@ -426,7 +435,9 @@ public final class Agent {
         out.sample("sds_agent_streams", ["api": "fetch"], Int64(calls.fetch))
         out.family("sds_agent_pushes_total", .counter, "SDS responses queued to streams.")
         out.sample("sds_agent_pushes_total", metrics.pushes)
-        out.family("sds_agent_nacks_total", .counter, "NACKs from Envoy, by secret name (names this agent serves).")
+        out.family(
+            "sds_agent_nacks_total", .counter,
+            "NACKs from Envoy, by secret: a configured name, else the kind of name (file-cert, jwt-svid, other, ...).")
         for (name, count) in metrics.nacks.sorted(by: { $0.key < $1.key }) {
             out.sample("sds_agent_nacks_total", ["secret": name], count)
         }
@@ -436,7 +447,7 @@ public final class Agent {
         for reason in AgentMetrics.RefusalReason.allCases {
             out.sample("sds_agent_refusals_total", ["reason": reason.rawValue], metrics.refusals[reason] ?? 0)
         }
-        return out.text
+        return out.page
     }
 
     /// The leaf's notAfter of a certificate secret with an inline PEM chain; nil for anything else.

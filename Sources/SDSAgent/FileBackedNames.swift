@@ -42,6 +42,9 @@ final class FileBackedNames {
     private var reported: Set<String> = []
     private var unreportedRefusals = 0
     static let maxReportedRefusals = 1024
+    /// Names refused only because `FileAccessPolicy.maxNames` were in use, still subscribed: retried as soon as
+    /// room frees, so the refusal never outlives the load that caused it.
+    private var waitingForRoom: Set<String> = []
 
     /// Puts secrets into the cache / takes them out / re-asks the classifier.
     var publish: ([Secret]) -> Void = { _ in }
@@ -75,6 +78,7 @@ final class FileBackedNames {
             }
             if filesByName.count >= FileAccessPolicy.maxNames {
                 refuse(name, .tooManyNames, peer: peer)
+                waitingForRoom.insert(name)
                 refusedAny = true
                 continue
             }
@@ -97,6 +101,7 @@ final class FileBackedNames {
     func release(_ names: [String]) {
         var gone: [String] = []
         for name in names {
+            waitingForRoom.remove(name)
             refusals.byName.removeValue(forKey: name)
             errors.removeValue(forKey: name)
             guard let paths = filesByName.removeValue(forKey: name) else { continue }
@@ -110,6 +115,18 @@ final class FileBackedNames {
             }
         }
         if !gone.isEmpty { unpublish(gone) }
+        retryWaitingForRoom()
+    }
+
+    /// Names that found no room get another try now, in name order: each takes a slot or waits again.
+    private func retryWaitingForRoom() {
+        guard !waitingForRoom.isEmpty, filesByName.count < FileAccessPolicy.maxNames else { return }
+        let retry = waitingForRoom.sorted()
+        waitingForRoom = []
+        for name in retry { refusals.byName.removeValue(forKey: name) }
+        subscribe(retry, peer: "")
+        // Subscribing reclassifies only on a refusal; the names that got room leave `neverServed` here.
+        reclassify()
     }
 
     /// Re-reads every held name (SIGHUP).
@@ -146,7 +163,8 @@ final class FileBackedNames {
                     // Held, not failed: istio-agent also waits for mounted files to appear.
                     if errors[name] != problem {
                         logger.warning(
-                            "file-backed secret not ready", metadata: ["name": "\(name)", "error": "\(problem)"])
+                            "file-backed secret not ready",
+                            metadata: ["name": "\(LogSummary.text(name))", "error": "\(LogSummary.text(problem))"])
                     }
                     errors[name] = problem
                 }
@@ -238,6 +256,9 @@ final class FileBackedNames {
         }
         reported.insert(name)
         logger.warning(
-            "file-backed name refused", metadata: ["name": "\(name)", "reason": "\(refusal)", "peer": "\(peer)"])
+            "file-backed name refused",
+            metadata: [
+                "name": "\(LogSummary.text(name))", "reason": "\(LogSummary.text("\(refusal)"))", "peer": "\(peer)",
+            ])
     }
 }

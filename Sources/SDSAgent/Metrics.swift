@@ -2,7 +2,8 @@
 /// scrape time, so only events are counted here.
 ///
 /// Cardinality is bounded by construction: every label value is either a fixed word (a reason, an API, an issuer
-/// kind) or a secret name the agent serves — never a stream, connection, peer or requested-but-refused name.
+/// kind), a name the operator configured (`default`, `ROOTCA`, the own SPIFFE ID), or the kind of a name a client
+/// chose (`file-cert`, `jwt-svid`, `other`, ...) — never a stream, connection, peer or client-chosen name.
 public final class AgentMetrics {
     /// Why a rotation wave happened (`sds_agent_rotations_total{reason}`).
     public enum RotationReason: String, CaseIterable, Sendable {
@@ -57,8 +58,19 @@ public struct MetricsExposition {
     public static let contentType = "text/plain; version=0.0.4; charset=utf-8"
 
     public private(set) var text = ""
+    /// Why 1 MiB: today's exposition is ~3 KB; a page this large is a bug, and a scrape must never cost the event
+    /// loop more than a few milliseconds. Samples past it are dropped and the page says how many.
+    public static let maxBytes = 1 << 20
+    private let maxBytes: Int
+    public private(set) var omittedSamples = 0
 
-    public init() {}
+    public init(maxBytes: Int = MetricsExposition.maxBytes) { self.maxBytes = maxBytes }
+
+    /// The page: the text, and a comment line if samples were left out.
+    public var page: String {
+        omittedSamples == 0
+            ? text : text + "# sds-agent: \(omittedSamples) samples omitted (page over \(maxBytes) bytes)\n"
+    }
 
     public enum Kind: String {
         case counter, gauge
@@ -73,40 +85,41 @@ public struct MetricsExposition {
     public mutating func sample(_ name: String, _ value: some BinaryInteger) { sample(name, [:], value) }
 
     public mutating func sample(_ name: String, _ labels: [String: String], _ value: some BinaryInteger) {
-        text += name
+        var line = name
         if !labels.isEmpty {
-            text += "{"
-            text += labels.sorted { $0.key < $1.key }.map { "\($0.key)=\"\(Self.escapeLabelValue($0.value))\"" }
+            line += "{"
+            line += labels.sorted { $0.key < $1.key }.map { "\($0.key)=\"\(Self.escapeLabelValue($0.value))\"" }
                 .joined(separator: ",")
-            text += "}"
+            line += "}"
         }
-        text += " \(value)\n"
+        line += " \(value)\n"
+        guard text.utf8.count + line.utf8.count <= maxBytes else {
+            omittedSamples += 1
+            return
+        }
+        text += line
     }
 
-    /// Label values escape backslash, double quote and line feed.
-    static func escapeLabelValue(_ value: String) -> String {
-        var out = ""
-        for character in value {
-            switch character {
-            case "\\": out += "\\\\"
-            case "\"": out += "\\\""
-            case "\n": out += "\\n"
-            default: out.append(character)
-            }
-        }
-        return out
-    }
+    /// Label values escape backslash, double quote and line feed, byte by byte: walking Characters would see
+    /// `"\r\n"` as one (neither `"\r"` nor `"\n"`) and let a raw line feed through, forging a sample. The format
+    /// has no escape for other control bytes; they become `?`.
+    static func escapeLabelValue(_ value: String) -> String { escape(value, quote: true) }
 
-    /// HELP text escapes backslash and line feed.
-    static func escapeHelp(_ value: String) -> String {
-        var out = ""
-        for character in value {
-            switch character {
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            default: out.append(character)
+    /// HELP text escapes backslash and line feed (byte by byte, as label values).
+    static func escapeHelp(_ value: String) -> String { escape(value, quote: false) }
+
+    private static func escape(_ value: String, quote: Bool) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity(value.utf8.count)
+        for byte in value.utf8 {
+            switch byte {
+            case UInt8(ascii: "\\"): out += [UInt8(ascii: "\\"), UInt8(ascii: "\\")]
+            case UInt8(ascii: "\"") where quote: out += [UInt8(ascii: "\\"), UInt8(ascii: "\"")]
+            case UInt8(ascii: "\n"): out += [UInt8(ascii: "\\"), UInt8(ascii: "n")]
+            case 0..<0x20, 0x7f: out.append(UInt8(ascii: "?"))
+            default: out.append(byte)
             }
         }
-        return out
+        return String(decoding: out, as: UTF8.self)
     }
 }

@@ -133,16 +133,41 @@ public final class SDSServer {
         connections.removeAll()
     }
 
-    /// The connection cap: past `inboundLimits.maxConnections` a new connection is closed at once, before any byte is
-    /// read or written (the peer sees EOF), so a flood of connections costs one accept and close each.
+    /// The connection cap. At `inboundLimits.maxConnections` a newcomer first makes room: the oldest connection that
+    /// never completed the HTTP/2 preface goes, else the oldest one without an open call; only when every connection
+    /// holds a call is the newcomer closed at once, before any byte is read or written (the peer sees EOF). So
+    /// half-open or idle connections can no longer lock Envoy out; each eviction kind is logged once per interval
+    /// with a count.
     private func admitUnderConnectionCap(_ fd: Int32) -> Bool {
-        guard connections.count < inboundLimits.maxConnections else {
-            Glibc.close(fd)
+        guard connections.count >= inboundLimits.maxConnections else { return true }
+        if let (victim, kind) = evictionCandidate() {
             refused(
-                "connection limit (\(inboundLimits.maxConnections)) reached: closing new connections", metadata: [:])
-            return false
+                "connection limit (\(inboundLimits.maxConnections)) reached: evicted the oldest connection \(kind)",
+                metadata: [:])
+            victim.close()
+            closed(victim, reason: "evicted at the connection limit (\(kind))")
+            return true
         }
-        return true
+        Glibc.close(fd)
+        refused("connection limit (\(inboundLimits.maxConnections)) reached: closing new connections", metadata: [:])
+        return false
+    }
+
+    /// The connection to close for a newcomer at the cap, and why, in order: no preface yet, then no open call.
+    /// Oldest first (the lowest id): it has had the longest to make progress.
+    private func evictionCandidate() -> (ServerConnection, String)? {
+        var noPreface: ServerConnection?
+        var noCalls: ServerConnection?
+        for connection in connections.values {
+            if !connection.grpc.session.prefaceReceived {
+                if connection.id < noPreface?.id ?? .max { noPreface = connection }
+            } else if connection.grpc.activeCallCount == 0 {
+                if connection.id < noCalls?.id ?? .max { noCalls = connection }
+            }
+        }
+        if let noPreface { return (noPreface, "without an HTTP/2 preface") }
+        if let noCalls { return (noCalls, "without an open call") }
+        return nil
     }
 
     /// Logs a refusal once per cause and interval (see `RefusalLog`), never once per event.

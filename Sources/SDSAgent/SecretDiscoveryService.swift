@@ -21,6 +21,16 @@ public final class SecretDiscoveryService {
     private var streamCounter: UInt64 = 0
     /// The names each open call holds (its part of `subscriptions`).
     private var namesByCall: [ObjectIdentifier: [String]] = [:]
+    /// Which connection each call holding names belongs to (for the per-connection on-demand budget).
+    private var connectionByCall: [ObjectIdentifier: ObjectIdentifier] = [:]
+    /// Says which names cost work on demand (a file read and watch, a JWT mint): those a connection may hold only
+    /// `maxOnDemandNamesPerConnection` of.
+    private let isOnDemand: (String) -> Bool
+    /// Why 32: a pod's Envoy asks for a few `file-*` names and a JWT-SVID per upstream audience; 32 distinct ones
+    /// on one connection is a client inventing names, and half of the agent's `file-*` room
+    /// (`FileAccessPolicy.maxNames`) is left for everyone else. Counted from what the connection's calls hold now, so the
+    /// budget frees as soon as they release names or end.
+    public static let maxOnDemandNamesPerConnection = 32
     /// Called after a request subscribed names, with the peer that asked (for logs), so the owner can load
     /// secrets that are produced on demand (file-backed names).
     public var onSubscribe: ((_ names: [String], _ peer: String) -> Void)?
@@ -37,12 +47,23 @@ public final class SecretDiscoveryService {
     /// up, and it is counted (`refusals{reason="names"}`), not logged.
     static let maxWarnedNeverServed = 256
 
+    /// The label a name is counted under in `/metrics` (see `SecretName.metricLabel`): a bounded set.
+    private let metricLabel: (String) -> String
+    /// NACKs and failed calls, logged at most once per kind and interval.
+    private var warnings: WarningLimiter
+
     public init(
-        classifier: @escaping SecretCache.NameClassifier, logger: Logger, metrics: AgentMetrics = AgentMetrics()
+        classifier: @escaping SecretCache.NameClassifier, logger: Logger, metrics: AgentMetrics = AgentMetrics(),
+        metricLabel: @escaping (String) -> String = { _ in "other" },
+        monotonicNow: @escaping () -> Double = { 0 },
+        isOnDemand: @escaping (String) -> Bool = { _ in false }
     ) {
+        self.isOnDemand = isOnDemand
+        self.warnings = WarningLimiter(logger: logger, now: monotonicNow)
         self.cache = SecretCache(classifier: classifier)
         self.logger = logger
         self.metrics = metrics
+        self.metricLabel = metricLabel
     }
 
     public var openStreamCount: Int { sotwStreams.count + deltaStreams.count }
@@ -61,13 +82,15 @@ public final class SecretDiscoveryService {
             else { continue }
             logger.warning(
                 "requested name will never be served here (unknown name, another workload's identity, or refused)",
-                metadata: ["name": "\(name)", "node": "\(node)"])
+                metadata: ["name": "\(LogSummary.text(name))", "node": "\(LogSummary.text(node))"])
         }
     }
 
-    /// Counts a NACK against the names it concerns that this agent serves (others would be unbounded labels).
+    /// Counts a NACK against the names it concerns that this agent serves, each under its bounded label.
     private func countNack(_ names: some Sequence<String>) {
-        for name in names where cache.availability(of: name) != .neverServed { metrics.nacks[name, default: 0] += 1 }
+        for name in names where cache.availability(of: name) != .neverServed {
+            metrics.nacks[metricLabel(name), default: 0] += 1
+        }
     }
 
     /// Registers StreamSecrets, DeltaSecrets and FetchSecrets.
@@ -148,8 +171,10 @@ public final class SecretDiscoveryService {
         logger.debug("stream opened", metadata: ["stream": "\(streamID)", "mode": "\(mode)"])
         // Weak, not unowned: an error path (a protocol error, a response too large for the queue) drops the stream
         // while its handler is still running; the handler then finds it gone instead of trapping.
-        call.onMessage = { [weak self] bytes in
-            guard let self else { return }
+        // The call's own closures hold it weakly: strongly, each call would be a cycle with its closures that only
+        // the end of its stream breaks.
+        call.onMessage = { [weak self, weak call] bytes in
+            guard let self, let call else { return }
             let request: Request
             do { request = try Request(wireBytes: bytes) } catch {
                 self.fail(call, key: key, GRPCStatus(.invalidArgument, "malformed \(Request.self): \(error)"))
@@ -157,7 +182,10 @@ public final class SecretDiscoveryService {
             }
             receive(request)
         }
-        call.onHalfClose = { [weak self] in self?.close(call, key: key, status: .ok) }
+        call.onHalfClose = { [weak self, weak call] in
+            guard let call else { return }
+            self?.close(call, key: key, status: .ok)
+        }
         call.onCancel = { [weak self] in
             guard let self else { return }
             self.sotwStreams.removeValue(forKey: key)
@@ -187,7 +215,7 @@ public final class SecretDiscoveryService {
             [weak self, weak stream] (request: DiscoveryRequest) in
             // Strong for the whole request: `perform` may end the call (and drop the stream) half-way.
             guard let self, let stream else { return }
-            let key = ObjectIdentifier(call)
+            let key = ObjectIdentifier(stream.call)
             let firstNames = stream.machine.subscribedNames
             let actions = stream.machine.receive(request, cache: self.cache)
             let subscribed = stream.machine.subscribedNames != firstNames
@@ -196,18 +224,24 @@ public final class SecretDiscoveryService {
                 self.logger.info(
                     "subscribed",
                     metadata: [
-                        "stream": "\(stream.id)", "mode": "sotw", "names": "\(stream.machine.subscribedNames)",
-                        "node": "\(stream.machine.node?.id ?? "")",
+                        "stream": "\(stream.id)", "mode": "sotw",
+                        "names": "\(LogSummary.names(stream.machine.subscribedNames))",
+                        "node": "\(LogSummary.text(stream.machine.node?.id ?? ""))",
                     ])
+            }
+            if subscribed, let status = self.onDemandBudgetExceeded(stream.machine.subscribedNames, on: stream.call) {
+                return self.fail(stream.call, key: key, status)
             }
             self.perform(actions, on: stream)
             // A request that ended its own stream (a protocol error, a response too large) subscribes nothing.
             if subscribed, self.sotwStreams[key] === stream {
                 // After `perform`: loading on-demand secrets pushes through `cacheChanged`, which must come after
                 // the response this request produced.
-                self.onSubscribe?(stream.machine.subscribedNames, call.peer)
+                self.onSubscribe?(stream.machine.subscribedNames, stream.call.peer)
                 self.noteNeverServed(stream.machine.subscribedNames, node: stream.machine.node?.id ?? "")
-                if self.sotwStreams[key] === stream { self.holdNames(stream.machine.subscribedNames, for: key) }
+                if self.sotwStreams[key] === stream {
+                    self.holdNames(stream.machine.subscribedNames, for: key, on: stream.call)
+                }
             }
         }
         // Pull-style: the machine holds changes while its last response is in the transport and builds the merged
@@ -227,16 +261,18 @@ public final class SecretDiscoveryService {
                 logger.debug(
                     "ack",
                     metadata: [
-                        "stream": "\(stream.id)", "nonce": "\(nonce)", "version": "\(version)",
-                        "names": "\(names)",
+                        "stream": "\(stream.id)", "nonce": "\(LogSummary.text(nonce))",
+                        "version": "\(LogSummary.text(version))",
+                        "names": "\(LogSummary.names(names))",
                     ])
             case .nack(let nonce, _, let rejected, let names, let detail):
                 countNack(names)
-                logger.warning(
-                    "nack",
+                warnings.warn(
+                    kind: "nack", "nack",
                     metadata: [
-                        "stream": "\(stream.id)", "nonce": "\(nonce)", "rejected_version": "\(rejected)",
-                        "names": "\(names)", "error": "\(detail.message)",
+                        "stream": "\(stream.id)", "nonce": "\(LogSummary.text(nonce))",
+                        "rejected_version": "\(LogSummary.text(rejected))",
+                        "names": "\(LogSummary.names(names))", "error": "\(LogSummary.text(detail.message))",
                     ])
             case .protocolError(let error):
                 fail(stream.call, key: ObjectIdentifier(stream.call), GRPCStatus(.invalidArgument, error.description))
@@ -287,23 +323,29 @@ public final class SecretDiscoveryService {
         acceptRequests(on: call, streamID: stream.id, mode: "delta") {
             [weak self, weak stream] (request: DeltaDiscoveryRequest) in
             guard let self, let stream else { return }
-            let key = ObjectIdentifier(call)
+            let key = ObjectIdentifier(stream.call)
             let actions = stream.machine.receive(request, cache: self.cache)
             let changed = !request.resourceNamesSubscribe.isEmpty || !request.resourceNamesUnsubscribe.isEmpty
             if changed {
                 self.logger.info(
                     "subscribed",
                     metadata: [
-                        "stream": "\(stream.id)", "mode": "delta", "names": "\(stream.machine.subscribedNames)",
-                        "node": "\(stream.machine.node?.id ?? "")",
+                        "stream": "\(stream.id)", "mode": "delta",
+                        "names": "\(LogSummary.names(stream.machine.subscribedNames))",
+                        "node": "\(LogSummary.text(stream.machine.node?.id ?? ""))",
                     ])
+            }
+            if changed, let status = self.onDemandBudgetExceeded(stream.machine.subscribedNames, on: stream.call) {
+                return self.fail(stream.call, key: key, status)
             }
             self.perform(actions, on: stream)
             // A request that ended its own stream (a wrong type URL, a response too large) subscribes nothing.
             if changed, self.deltaStreams[key] === stream {
-                self.onSubscribe?(request.resourceNamesSubscribe, call.peer)
+                self.onSubscribe?(request.resourceNamesSubscribe, stream.call.peer)
                 self.noteNeverServed(request.resourceNamesSubscribe, node: stream.machine.node?.id ?? "")
-                if self.deltaStreams[key] === stream { self.holdNames(stream.machine.subscribedNames, for: key) }
+                if self.deltaStreams[key] === stream {
+                    self.holdNames(stream.machine.subscribedNames, for: key, on: stream.call)
+                }
             }
         }
         call.onWritable = { [weak self, weak stream] in
@@ -321,16 +363,18 @@ public final class SecretDiscoveryService {
                 logger.debug(
                     "ack",
                     metadata: [
-                        "stream": "\(stream.id)", "nonce": "\(nonce)", "versions": "\(versions)",
-                        "removed": "\(removed)",
+                        "stream": "\(stream.id)", "nonce": "\(LogSummary.text(nonce))",
+                        "versions": "\(LogSummary.names(versions.map { "\($0.key)@\($0.value)" }))",
+                        "removed": "\(LogSummary.names(removed))",
                     ])
             case .nack(let nonce, let rejected, _, let detail):
                 countNack(rejected.keys)
-                logger.warning(
-                    "nack",
+                warnings.warn(
+                    kind: "nack", "nack",
                     metadata: [
-                        "stream": "\(stream.id)", "nonce": "\(nonce)", "rejected_versions": "\(rejected)",
-                        "error": "\(detail.message)",
+                        "stream": "\(stream.id)", "nonce": "\(LogSummary.text(nonce))",
+                        "rejected_versions": "\(LogSummary.names(rejected.map { "\($0.key)@\($0.value)" }))",
+                        "error": "\(LogSummary.text(detail.message))",
                     ])
             case .protocolError(let error):
                 fail(stream.call, key: ObjectIdentifier(stream.call), GRPCStatus(.invalidArgument, error.description))
@@ -348,8 +392,8 @@ public final class SecretDiscoveryService {
                 "push",
                 metadata: [
                     "stream": "\(stream.id)", "mode": "delta",
-                    "resources": "\(response.resources.map { "\($0.name)@\($0.version)" })",
-                    "removed": "\(response.removedResources)", "nonce": "\(response.nonce)",
+                    "resources": "\(LogSummary.names(response.resources.map { "\($0.name)@\($0.version)" }))",
+                    "removed": "\(LogSummary.names(response.removedResources))", "nonce": "\(response.nonce)",
                 ])
         case .wouldExceed:
             fail(stream.call, key: ObjectIdentifier(stream.call), Self.responseTooLarge)
@@ -363,8 +407,8 @@ public final class SecretDiscoveryService {
     private func openFetch(_ call: GRPCServerCall) {
         let key = ObjectIdentifier(call)
         var request: DiscoveryRequest?
-        call.onMessage = { [weak self] bytes in
-            guard let self else { return }
+        call.onMessage = { [weak self, weak call] bytes in
+            guard let self, let call else { return }
             guard request == nil else {
                 self.fail(call, key: key, GRPCStatus(.invalidArgument, "FetchSecrets is unary: one request"))
                 return
@@ -373,13 +417,16 @@ public final class SecretDiscoveryService {
                 self.fail(call, key: key, GRPCStatus(.invalidArgument, "malformed DiscoveryRequest: \(error)"))
             }
         }
-        call.onHalfClose = { [weak self] in
-            guard let self else { return }
+        call.onHalfClose = { [weak self, weak call] in
+            guard let self, let call else { return }
             guard let request else {
                 call.finish(GRPCStatus(.invalidArgument, "FetchSecrets needs a DiscoveryRequest"))
                 return
             }
-            self.holdNames(request.resourceNames, for: key)
+            if let status = self.onDemandBudgetExceeded(request.resourceNames, on: call) {
+                return self.fail(call, key: key, status)
+            }
+            self.holdNames(request.resourceNames, for: key, on: call)
             self.onSubscribe?(request.resourceNames, call.peer)
             self.noteNeverServed(request.resourceNames, node: request.node?.id ?? "")
             if self.answerFetch(call, request) {
@@ -405,7 +452,7 @@ public final class SecretDiscoveryService {
         case .wait:
             return false
         case .neverServed(let names):
-            call.finish(GRPCStatus(.notFound, "not served here: \(names.joined(separator: ", "))"))
+            call.finish(GRPCStatus(.notFound, "not served here: \(LogSummary.names(names))"))
             return true
         case .protocolError(let error):
             call.finish(GRPCStatus(.invalidArgument, error.description))
@@ -416,7 +463,9 @@ public final class SecretDiscoveryService {
     // MARK: Ending calls
 
     private func fail(_ call: GRPCServerCall, key: ObjectIdentifier, _ status: GRPCStatus) {
-        logger.warning("call failed", metadata: ["path": "\(call.path)", "status": "\(status)"])
+        warnings.warn(
+            kind: "failed \(call.path)", "call failed",
+            metadata: ["path": "\(call.path)", "status": "\(LogSummary.text("\(status)"))"])
         close(call, key: key, status: status)
     }
 
@@ -428,10 +477,36 @@ public final class SecretDiscoveryService {
         call.finish(status)
     }
 
+    /// The status that ends a call whose request would make its connection hold more than
+    /// `maxOnDemandNamesPerConnection` distinct on-demand names, or nil. Counted from what the connection's other
+    /// calls hold now, before anything is read or minted for the new names.
+    private func onDemandBudgetExceeded(_ names: [String], on call: GRPCServerCall) -> GRPCStatus? {
+        var onDemand = Set(names.lazy.filter(isOnDemand))
+        guard !onDemand.isEmpty else { return nil }
+        let key = ObjectIdentifier(call)
+        if let connection = call.connectionID {
+            for (other, held) in namesByCall where other != key && connectionByCall[other] == connection {
+                onDemand.formUnion(held.lazy.filter(isOnDemand))
+            }
+        }
+        guard onDemand.count > Self.maxOnDemandNamesPerConnection else { return nil }
+        metrics.countRefusal(.names)
+        return GRPCStatus(
+            .resourceExhausted,
+            "this connection would hold \(onDemand.count) jwt-svid:/file-* names; at most "
+                + "\(Self.maxOnDemandNamesPerConnection) (release some, or use another connection)")
+    }
+
     /// Records that the call `key` now holds `names`; names nobody holds any more go to `onRelease`.
-    private func holdNames(_ names: [String], for key: ObjectIdentifier) {
+    private func holdNames(_ names: [String], for key: ObjectIdentifier, on call: GRPCServerCall? = nil) {
         let old = namesByCall[key] ?? []
-        if names.isEmpty { namesByCall.removeValue(forKey: key) } else { namesByCall[key] = names }
+        if names.isEmpty {
+            namesByCall.removeValue(forKey: key)
+            connectionByCall.removeValue(forKey: key)
+        } else {
+            namesByCall[key] = names
+            if let connection = call?.connectionID { connectionByCall[key] = connection }
+        }
         let released = subscriptions.update(from: old, to: names)
         if !released.isEmpty { onRelease?(released) }
     }

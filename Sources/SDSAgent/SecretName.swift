@@ -28,6 +28,20 @@ public enum SecretName: Equatable, Hashable, Sendable {
     /// Debian's trust store, what `file-root:system` resolves to.
     public static let systemTrustStore = "/etc/ssl/certs/ca-certificates.crt"
 
+    /// What a metric may say about `name`: the name itself when the operator's configuration fixes it (`default`,
+    /// `ROOTCA`, `ALL`, the own SPIFFE ID and trust domain: five values at most), else only its kind. A client
+    /// chooses every other name, and a label per client-chosen name would grow `/metrics` without bound.
+    public static func metricLabel(for name: String, ownID: String, ownTrustDomain: String) -> String {
+        switch SecretName(name, ownID: ownID, ownTrustDomain: ownTrustDomain) {
+        case .workloadCertificate, .ownBundle, .allBundles: name
+        case .federatedBundle: "federated"
+        case .fileCertificate: "file-cert"
+        case .fileRoot: "file-root"
+        case .jwtSVID: "jwt-svid"
+        case .unknown: "other"
+        }
+    }
+
     /// Classifies `name` for a workload `ownID` in trust domain `ownTrustDomain` (both without trailing slash).
     public init(_ name: String, ownID: String, ownTrustDomain: String) {
         switch name {

@@ -83,7 +83,9 @@ public final class StatusServer {
     fileprivate let respond: (HTTPRequestParser.Request) -> HTTPResponse
     /// Called when a connection is turned away at the cap.
     var onRefused: (() -> Void)?
-    private var refusalLogged = false
+    /// Evictions and refusals at the cap, logged once per kind and interval with a count.
+    private var refusals = RefusalLog()
+    private var connectionCounter: UInt64 = 0
 
     public init(
         loop: EventLoop, logger: Logger, limits: StatusLimits = StatusLimits(),
@@ -96,10 +98,18 @@ public final class StatusServer {
     }
 
     public var connectionCount: Int { connections.count }
+    /// Open connections whose peer has not sent a byte yet (the first to go at the cap).
+    public var silentConnectionCount: Int { connections.values.filter { !$0.receivedAny }.count }
     public var boundAddress: TCPAddress? { listener?.boundAddress }
 
     public func listen(on address: TCPAddress) throws(SystemError) {
-        listener = try TCPListener(address: address, loop: loop) { [unowned self] fd in self.accept(fd) }
+        listener = try TCPListener(address: address, loop: loop) { [weak self] fd in
+            guard let self else {
+                Glibc.close(fd)
+                return
+            }
+            self.accept(fd)
+        }
     }
 
     public func stopListening() {
@@ -112,19 +122,26 @@ public final class StatusServer {
         connections.removeAll()
     }
 
+    /// The cap, fairly: the last slot is kept for loopback peers (an exec probe, a local scraper), and at the cap a
+    /// newcomer takes the place of the oldest connection that has not sent a byte. Idle connections reopened as
+    /// fast as they close therefore never starve a probe: a kubelet's request arrives with its connection, so it is
+    /// never the idle one for long, and a loopback probe always finds its slot.
     private func accept(_ fd: Int32) {
-        guard connections.count < limits.maxConnections else {
-            Glibc.close(fd)
-            onRefused?()
-            if !refusalLogged {
-                refusalLogged = true
-                logger.warning(
-                    "status listener: connection cap reached; further connections are closed (logged once)",
-                    metadata: ["max_connections": "\(limits.maxConnections)"])
+        let loopback = Self.peerIsLoopback(fd)
+        let cap = loopback ? limits.maxConnections : max(1, limits.maxConnections - 1)
+        if connections.count >= cap {
+            if let victim = connections.values.filter({ !$0.receivedAny }).min(by: { $0.id < $1.id }) {
+                victim.close()
+                closed(victim)
+                report("evicted the oldest connection that sent nothing")
+            } else {
+                Glibc.close(fd)
+                report("connection cap reached: closing new connections")
+                return
             }
-            return
         }
-        let connection = StatusConnection(server: self, maxHeadBytes: limits.maxHeadBytes)
+        connectionCounter += 1
+        let connection = StatusConnection(server: self, id: connectionCounter, maxHeadBytes: limits.maxHeadBytes)
         do {
             connection.socket = try Connection(fd: fd, loop: loop, delegate: connection)
         } catch {
@@ -139,6 +156,40 @@ public final class StatusServer {
         }
     }
 
+    private func report(_ cause: String) {
+        onRefused?()
+        guard let entry = refusals.record(cause, now: EventLoop.monotonicSeconds()) else { return }
+        var metadata: Logger.Metadata = ["max_connections": "\(limits.maxConnections)"]
+        if entry.suppressed > 0 { metadata["suppressed"] = "\(entry.suppressed)" }
+        logger.warning("status listener: \(cause)", metadata: metadata)
+    }
+
+    /// Whether the peer of `fd` is on this host's loopback (127.0.0.0/8 or ::1, v4-mapped included).
+    static func peerIsLoopback(_ fd: Int32) -> Bool {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let ok = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) == 0 }
+        }
+        guard ok else { return false }
+        switch Int32(storage.ss_family) {
+        case AF_INET:
+            return withUnsafeBytes(of: &storage) { raw in
+                raw.load(fromByteOffset: MemoryLayout<sockaddr_in>.offset(of: \.sin_addr)!, as: UInt8.self) == 127
+            }
+        case AF_INET6:
+            return withUnsafeBytes(of: &storage) { raw in
+                let offset = MemoryLayout<sockaddr_in6>.offset(of: \.sin6_addr)!
+                let bytes = Array(raw[offset..<offset + 16])
+                let loopback6 = bytes[0..<15].allSatisfy { $0 == 0 } && bytes[15] == 1
+                let mapped = bytes[0..<10].allSatisfy { $0 == 0 } && bytes[10] == 0xff && bytes[11] == 0xff
+                return loopback6 || (mapped && bytes[12] == 127)
+            }
+        default:
+            return false
+        }
+    }
+
     fileprivate func closed(_ connection: StatusConnection) {
         connection.deadline?.cancel()
         connections.removeValue(forKey: ObjectIdentifier(connection))
@@ -147,19 +198,25 @@ public final class StatusServer {
 
 /// One status connection: bytes into the parser until a verdict, then one response and close.
 final class StatusConnection: ConnectionDelegate {
-    private unowned let server: StatusServer
+    /// Weak: the server may be stopped while a socket event for this connection is still queued.
+    private weak var server: StatusServer?
+    let id: UInt64
     private var parser: HTTPRequestParser
     var socket: Connection?
     var deadline: EventLoop.Timer?
     private var answered = false
+    /// Whether the peer sent anything: at the cap, connections that never did are the first to go.
+    private(set) var receivedAny = false
 
-    init(server: StatusServer, maxHeadBytes: Int) {
+    init(server: StatusServer, id: UInt64, maxHeadBytes: Int) {
         self.server = server
+        self.id = id
         self.parser = HTTPRequestParser(maxHeadBytes: maxHeadBytes)
     }
 
     func connection(_ connection: Connection, received bytes: UnsafeRawBufferPointer) {
-        guard !answered else { return }  // bytes after the request (a body, a pipelined request) are discarded
+        receivedAny = true
+        guard !answered, let server else { return }  // bytes after the request (a body, a pipelined one) are dropped
         switch parser.feed(bytes) {
         case .needMoreBytes:
             return
@@ -189,7 +246,7 @@ final class StatusConnection: ConnectionDelegate {
         if answered { shutdownWrites(connection) }
     }
 
-    func connectionClosed(_ connection: Connection, error: SystemError?) { server.closed(self) }
+    func connectionClosed(_ connection: Connection, error: SystemError?) { server?.closed(self) }
 
     func close() {
         deadline?.cancel()

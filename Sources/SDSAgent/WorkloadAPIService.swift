@@ -46,8 +46,13 @@ public final class WorkloadAPIService {
     /// Why JWT calls fail when `jwt` is nil (e.g. the issuer has no JWT source).
     var jwtUnavailable = GRPCStatus(.unavailable, "this sds-agent serves no JWT-SVIDs")
 
-    public init(logger: Logger) {
+    /// Refused and failed calls, logged at most once per kind and interval (a client without the security header
+    /// calling in a loop costs one line a minute).
+    private var warnings: WarningLimiter
+
+    public init(logger: Logger, monotonicNow: @escaping () -> Double = { 0 }) {
         self.logger = logger
+        self.warnings = WarningLimiter(logger: logger, now: monotonicNow)
     }
 
     /// Open server streams (for logs and tests).
@@ -143,7 +148,9 @@ public final class WorkloadAPIService {
         .invalidArgument, "security header missing from request (workload.spiffe.io: true)")
 
     private func refuse(_ call: GRPCServerCall, _ status: GRPCStatus) {
-        logger.warning("workload API call refused", metadata: ["path": "\(call.path)", "status": "\(status)"])
+        warnings.warn(
+            kind: "refused \(call.path) \(status.code)", "workload API call refused",
+            metadata: ["path": "\(call.path)", "status": "\(LogSummary.text("\(status)"))"])
         call.finish(status)
     }
 
@@ -190,7 +197,9 @@ public final class WorkloadAPIService {
     }
 
     private func fail(_ stream: StreamCall, _ status: GRPCStatus) {
-        logger.warning("workload API call failed", metadata: ["path": "\(stream.call.path)", "status": "\(status)"])
+        warnings.warn(
+            kind: "failed \(stream.call.path) \(status.code)", "workload API call failed",
+            metadata: ["path": "\(stream.call.path)", "status": "\(LogSummary.text("\(status)"))"])
         streams.removeValue(forKey: ObjectIdentifier(stream.call))
         stream.call.finish(status)
     }
@@ -203,8 +212,8 @@ public final class WorkloadAPIService {
         guard Self.hasSecurityHeader(call) else { return refuse(call, Self.missingSecurityHeader) }
         var request: Request?
         var failed = false
-        call.onMessage = { [weak self] bytes in
-            guard let self else { return }
+        call.onMessage = { [weak self, weak call] bytes in
+            guard let self, let call else { return }
             guard request == nil, !failed else {
                 failed = true
                 return self.refuse(call, GRPCStatus(.invalidArgument, "a unary call takes one request"))
@@ -214,8 +223,8 @@ public final class WorkloadAPIService {
                 self.refuse(call, GRPCStatus(.invalidArgument, "malformed \(Request.self): \(error)"))
             }
         }
-        call.onHalfClose = { [weak self] in
-            guard let self, !failed else { return }
+        call.onHalfClose = { [weak self, weak call] in
+            guard let self, let call, !failed else { return }
             guard let request else {
                 return self.refuse(call, GRPCStatus(.invalidArgument, "\(call.path) needs a request message"))
             }

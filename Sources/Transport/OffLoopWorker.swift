@@ -1,3 +1,4 @@
+internal import CLinux
 import Glibc
 
 /// Runs work that would stall the event loop (RSA key generation: ~200 ms for 2048 bits, seconds for 4096; DNS

@@ -236,7 +236,7 @@ private final class HealthHarness {
         let slow = [connect(port), connect(port)]
         defer { slow.forEach { close($0) } }
         for fd in slow { _ = "GET /live HTTP/1.1\r\n".withCString { write(fd, $0, strlen($0)) } }
-        #expect(loop.run(until: { server.connectionCount == 2 }, timeout: 5))
+        #expect(loop.run(until: { server.connectionCount == 2 && server.silentConnectionCount == 0 }, timeout: 5))
         let extra = connect(port)
         defer { close(extra) }
         var ignored: [UInt8] = []
@@ -245,6 +245,27 @@ private final class HealthHarness {
         // The deadline passes with the heads unfinished: both are closed.
         #expect(loop.run(until: { server.connectionCount == 0 }, timeout: 5))
         for fd in slow { #expect(drive(loop) { !readSome(fd, into: &ignored) }) }
+    }
+
+    /// Connections that never send a byte, reopened as fast as they close, must not starve a probe: at the cap the
+    /// newcomer takes the oldest silent connection's place and is answered.
+    @Test func aProbeEvictsTheOldestSilentConnectionAtTheCap() throws {
+        let loop = try EventLoop()
+        let server = try makeServer(loop, limits: StatusLimits(maxConnections: 2, connectionTimeout: 30))
+        let port = try #require(server.boundAddress?.port)
+        let silent = [connect(port), connect(port)]
+        defer { silent.forEach { close($0) } }
+        #expect(loop.run(until: { server.connectionCount == 2 }, timeout: 5))
+        for round in 0..<5 {
+            let probe = connect(port)
+            _ = "GET /live HTTP/1.1\r\nHost: x\r\n\r\n".withCString { write(probe, $0, strlen($0)) }
+            var received: [UInt8] = []
+            #expect(drive(loop) { !readSome(probe, into: &received) }, "round \(round): answered, then EOF")
+            #expect(String(decoding: received, as: UTF8.self).hasPrefix("HTTP/1.1 200 OK\r\n"))
+            close(probe)
+        }
+        var ignored: [UInt8] = []
+        #expect(drive(loop) { !readSome(silent[0], into: &ignored) }, "the oldest silent one was closed")
     }
 
     @Test func oversizedHeadIs431() throws {

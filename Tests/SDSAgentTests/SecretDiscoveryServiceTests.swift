@@ -25,7 +25,10 @@ final class ServiceHarness {
                 SecretName($0, ownID: "spiffe://example.org/ns/a/sa/b", ownTrustDomain: "example.org") == .unknown
                     ? .neverServed : .served
             },
-            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+            metricLabel: {
+                SecretName.metricLabel(for: $0, ownID: "spiffe://example.org/ns/a/sa/b", ownTrustDomain: "example.org")
+            })
         let router = GRPCRouter()
         service.register(on: router)
         server = GRPCServerConnection(router: router, configuration: serverConfiguration)
