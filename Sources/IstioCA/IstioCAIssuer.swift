@@ -53,8 +53,10 @@ public struct IstioCAConfiguration: Sendable {
     /// Why 10 s per try: dial, TLS handshake and one signature on istiod take milliseconds; istio-agent's CSR
     /// context gives up after 10 s as well. A try cut off here counts as DEADLINE_EXCEEDED (retried).
     public static let callTimeout: Double = 10
-    /// Why 4 MiB: gRPC's default maximum message; a chain of a few certificates is a few KiB.
-    public static let maxResponseBytes = 4 << 20
+    /// Why 256 KiB: an answer is at most `IstioChain.maxCertificates` (16) PEM certificates of a few KiB each (an
+    /// RSA-4096 one is ~2.5 KiB); refusing a larger message at its length prefix means a hostile or broken istiod
+    /// costs neither the buffering nor the parsing of megabytes (a 3.4 MB answer used to cost ~20 MB of RSS).
+    public static let maxResponseBytes = 256 << 10
 }
 
 /// An `Issuer` that gets the workload certificate from istiod the way istio-agent does: a key made here (off the

@@ -82,8 +82,17 @@ final class FileBackedNames {
                 refusedAny = true
                 continue
             }
-            // Checked before anything is watched or opened: a refused path is never touched.
-            if let refusal = paths.lazy.compactMap({ self.check($0) }).first {
+            // Checked before anything is watched or opened: a refused path is never touched. Each path is checked
+            // exactly once and that verdict is used: a lazy `compactMap(...).first` evaluates its closure twice, and a
+            // symlink flipped in between turned the second (unwrapped) verdict into nil, a trap.
+            var firstRefusal: FileAccessPolicy.Refusal?
+            for path in paths {
+                if let refusal = check(path) {
+                    firstRefusal = refusal
+                    break
+                }
+            }
+            if let refusal = firstRefusal {
                 refuse(name, refusal, peer: peer)
                 refusedAny = true
                 continue

@@ -25,7 +25,8 @@ public struct PeerAdmission: Sendable, Equatable {
 /// changes into the next one), so what a connection can hold is bounded by its streams; these bounds cut off a peer
 /// that makes even that much wait.
 public struct OutboundLimits: Sendable, Equatable {
-    /// Bytes a connection may have waiting for its peer (HTTP/2 stream queues plus the socket's write queue).
+    /// Bytes a connection may have waiting for its peer (HTTP/2 stream queues plus the socket's write queue) while
+    /// the peer takes none of them: a peer still reading is never cut for the size of what it asked for.
     /// Why 16 MiB: the largest legitimate burst is one response per stream on a full connection — 128 streams
     /// (our SETTINGS_MAX_CONCURRENT_STREAMS) of a few KiB each — with ample room for large trust bundles.
     public static let defaultMaxQueuedBytes = 16 << 20
@@ -289,6 +290,8 @@ final class ServerConnection: ConnectionDelegate {
     private var takenAtArming: UInt64 = 0
     /// The session finished; the socket closes once its queue is written (or the drain timeout ends it).
     private var closing = false
+    /// What the peer had taken when the queue was last seen over `OutboundLimits.maxQueuedBytes`; nil while under.
+    private var takenWhenOverBudget: UInt64?
 
     init(
         id: UInt64, router: GRPCRouter, configuration: H2Configuration, inboundLimits: InboundLimits,
@@ -354,8 +357,15 @@ final class ServerConnection: ConnectionDelegate {
             return
         }
         if let server, queuedBytes > server.limits.maxQueuedBytes {
-            server.cutOff(self, reason: "more than \(server.limits.maxQueuedBytes) bytes queued")
-            return
+            // Over the budget is only a peer that does not read when it took nothing since the last time it was
+            // over: one response larger than the budget (a big trust bundle) to a peer that is reading it is not.
+            if let taken = takenWhenOverBudget, taken == bytesTaken {
+                server.cutOff(self, reason: "more than \(server.limits.maxQueuedBytes) bytes queued, none taken")
+                return
+            }
+            takenWhenOverBudget = bytesTaken
+        } else {
+            takenWhenOverBudget = nil
         }
         watchForStall()
     }

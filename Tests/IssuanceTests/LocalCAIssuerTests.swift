@@ -22,7 +22,9 @@ final class IssuerHarness {
     }
 
     func start() {
-        issuer.start(onUpdate: { self.updates.append($0) }, onError: { self.errors.append($0) })
+        issuer.start(
+            onUpdate: { [unowned self] in self.updates.append($0) },
+            onError: { [unowned self] in self.errors.append($0) })
     }
 }
 

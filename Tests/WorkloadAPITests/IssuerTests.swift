@@ -185,7 +185,13 @@ final class Recorder {
             })
         let recorder = Recorder()
         recorder.start(issuer)
-        defer { issuer.stop() }
+        defer {
+            issuer.stop()
+            // One more turn: the closed connection is kept alive until then (it may close inside its own callback).
+            var turned = false
+            loop.schedule(after: 0) { turned = true }
+            _ = loop.run(until: { turned }, timeout: 5)
+        }
 
         #expect(loop.run(until: { !recorder.updates.isEmpty }, timeout: 20), "no SVID from the server")
         let first = try #require(recorder.updates.first)
