@@ -290,8 +290,11 @@ final class ServerConnection: ConnectionDelegate {
     private var takenAtArming: UInt64 = 0
     /// The session finished; the socket closes once its queue is written (or the drain timeout ends it).
     private var closing = false
-    /// What the peer had taken when the queue was last seen over `OutboundLimits.maxQueuedBytes`; nil while under.
-    private var takenWhenOverBudget: UInt64?
+    /// Armed while the queue is over `OutboundLimits.maxQueuedBytes`: see `watchOverBudget`.
+    private var overBudgetTimer: EventLoop.Timer?
+    /// Why 1 s: a peer that reads takes bytes within milliseconds of their arrival; one over the budget that takes
+    /// none for a second is not reading, and its queue is held that long at most.
+    static let overBudgetGrace: Double = 1
 
     init(
         id: UInt64, router: GRPCRouter, configuration: H2Configuration, inboundLimits: InboundLimits,
@@ -357,17 +360,27 @@ final class ServerConnection: ConnectionDelegate {
             return
         }
         if let server, queuedBytes > server.limits.maxQueuedBytes {
-            // Over the budget is only a peer that does not read when it took nothing since the last time it was
-            // over: one response larger than the budget (a big trust bundle) to a peer that is reading it is not.
-            if let taken = takenWhenOverBudget, taken == bytesTaken {
-                server.cutOff(self, reason: "more than \(server.limits.maxQueuedBytes) bytes queued, none taken")
-                return
-            }
-            takenWhenOverBudget = bytesTaken
-        } else {
-            takenWhenOverBudget = nil
+            watchOverBudget(server.limits.maxQueuedBytes)
         }
         watchForStall()
+    }
+
+    /// Over the budget, a peer is cut off if it takes no byte within `overBudgetGrace`: one response larger than
+    /// the budget (a big trust bundle) to a peer that is reading it must not end the connection, and two flushes a
+    /// microsecond apart say nothing about whether the peer reads.
+    private func watchOverBudget(_ limit: Int) {
+        guard overBudgetTimer == nil else { return }
+        let takenAtArming = bytesTaken
+        overBudgetTimer = loop.schedule(after: Self.overBudgetGrace) { [weak self] in
+            guard let self else { return }
+            self.overBudgetTimer = nil
+            guard self.socket?.isClosed == false, self.queuedBytes > limit else { return }
+            if self.bytesTaken == takenAtArming {
+                self.server?.cutOff(self, reason: "more than \(limit) bytes queued and none taken for 1 s")
+            } else {
+                self.watchOverBudget(limit)
+            }
+        }
     }
 
     /// Closes once the socket has written everything (GOAWAY and trailers included); the server forgets the
@@ -400,6 +413,8 @@ final class ServerConnection: ConnectionDelegate {
     func stopStallWatch() {
         stallTimer?.cancel()
         stallTimer = nil
+        overBudgetTimer?.cancel()
+        overBudgetTimer = nil
     }
 
     func close() {

@@ -14,7 +14,9 @@ format sds-agent was built from, and the field numbers were checked against isti
 
 Every call is recorded (`requests`), including the token it carried, so tests observe what reached istiod.
 `mode` makes it misbehave on purpose: `wrong-id` (leaf for another SPIFFE ID), `wrong-key` (leaf certifying
-another public key).
+another public key), `huge-chain` (the first `cert_chain` element holds the leaf and then `huge_chain_count - 1`
+copies of the intermediate: ~6,000 PEM certificates, ~3.4 MB, in one string). `leaf_not_after`, when set, is every
+leaf's notAfter whatever TTL was asked (a CA handing out 9999-12-31).
 """
 from __future__ import annotations
 
@@ -176,6 +178,8 @@ class FakeIstiod:
         self.root_cert_path.write_text(pem(self.root.cert))
         self.requests: list[Recorded] = []
         self.mode = "normal"
+        self.huge_chain_count = 6000
+        self.leaf_not_after: datetime.datetime | None = None
         self.port = 0
         self._server: grpc.Server | None = None
         self._lock = threading.Lock()
@@ -268,7 +272,8 @@ class FakeIstiod:
         now = _now()
         leaf = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.intermediate.cert.subject)
                 .public_key(leaf_key).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(seconds=60)).not_valid_after(now + ttl)
+                .not_valid_before(now - datetime.timedelta(seconds=60))
+                .not_valid_after(self.leaf_not_after or now + ttl)
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                 .add_extension(_leaf_usage(isinstance(leaf_key, rsa.RSAPublicKey)), critical=True)
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
@@ -279,6 +284,9 @@ class FakeIstiod:
                 .sign(self.intermediate.key, hashes.SHA256()))
         record.serial = format(leaf.serial_number, "x")
         record.outcome = f"issued {record.serial}"
+        if self.mode == "huge-chain":
+            element = pem(leaf) + pem(self.intermediate.cert) * (self.huge_chain_count - 1)
+            return self.response_class(cert_chain=[element, pem(self.root.cert)])
         return self.response_class(cert_chain=[pem(leaf), pem(self.intermediate.cert), pem(self.root.cert)])
 
     def _authenticate(self, token: str | None) -> tuple[str, str] | None:

@@ -23,6 +23,13 @@ def now_utc() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
+def as_utc(moment: datetime.datetime | None) -> datetime.datetime | None:
+    """A naive datetime is taken as UTC (so `datetime(9999, 12, 31, 23, 59, 59)` works as it reads)."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=datetime.timezone.utc)
+    return moment
+
+
 def organization(name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, name)])
 
@@ -62,8 +69,10 @@ class SpiffeRoot:
 
     @classmethod
     def create(
-        cls, trust_domain: str, subject: x509.Name, lifetime: datetime.timedelta, backdate: datetime.timedelta
+        cls, trust_domain: str, subject: x509.Name, lifetime: datetime.timedelta, backdate: datetime.timedelta,
+        not_after: datetime.datetime | None = None,
     ) -> "SpiffeRoot":
+        """`not_after` (UTC), when given, replaces now + `lifetime` (a root valid until 9999-12-31, say)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = now_utc()
         cert = (
@@ -73,7 +82,7 @@ class SpiffeRoot:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - backdate)
-            .not_valid_after(now + lifetime)
+            .not_valid_after(as_utc(not_after) or now + lifetime)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(_key_usage(is_ca=True), critical=True)
             .add_extension(
@@ -86,9 +95,11 @@ class SpiffeRoot:
         return cls(trust_domain, key, cert)
 
     def issue(
-        self, spiffe_id: str, subject: x509.Name, ttl: datetime.timedelta, backdate: datetime.timedelta
+        self, spiffe_id: str, subject: x509.Name, ttl: datetime.timedelta, backdate: datetime.timedelta,
+        not_after: datetime.datetime | None = None,
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        """A leaf for `spiffe_id` with a new key; valid from `backdate` ago (clocks of peers differ) for `ttl`."""
+        """A leaf for `spiffe_id` with a new key; valid from `backdate` ago (clocks of peers differ) for `ttl`, or
+        until `not_after` (UTC) when given; never after the root either way."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = now_utc()
         cert = (
@@ -98,7 +109,7 @@ class SpiffeRoot:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - backdate)
-            .not_valid_after(min(now + ttl, self.cert.not_valid_after_utc))
+            .not_valid_after(min(as_utc(not_after) or now + ttl, self.cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(is_ca=False), critical=True)
             .add_extension(

@@ -2,7 +2,7 @@
 
 - A peer that opens hundreds of streams and never reads costs one response per stream however often secrets rotate
   (RSS from /proc), while a well-behaved grpcio client keeps being served at once; the stalled peer is cut off after
-  `--write-stall-timeout`, or at once when it makes more than `--max-queued-bytes` wait.
+  `--write-stall-timeout`, or within a second when it makes more than `--max-queued-bytes` wait and takes none of it.
 - `grpc-timeout` is honoured: a held call ends DEADLINE_EXCEEDED when it runs out; a malformed one is INTERNAL.
 - SIGTERM drains: the two-step GOAWAY, every stream's UNAVAILABLE trailers reach its client, exit 0 well within
   `--drain-timeout`.
