@@ -48,7 +48,7 @@ let package = Package(
         .target(name: "JSONText"),
 
         // Domain concepts.
-        .target(name: "SPIFFE", dependencies: ["PKI"]),
+        .target(name: "SPIFFE", dependencies: ["PKI", "JSONText"]),
         .target(name: "XDS", dependencies: ["Wire"]),
         .target(name: "GRPC", dependencies: ["H2"]),
         .target(name: "Issuance", dependencies: ["SPIFFE", "PKI", "Transport"]),
@@ -56,6 +56,9 @@ let package = Package(
         .target(
             name: "WorkloadAPI",
             dependencies: ["Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport", "Upstream"]),
+        // Identities from files (Kubernetes Pod Certificates, cert-manager, Istio's file layout): the pure reading of
+        // a chain, key and bundle, and the issuer that watches them.
+        .target(name: "FileIdentity", dependencies: ["Issuance", "SPIFFE", "PKI", "Transport"]),
         // JWT-SVIDs: ES256 tokens, JWKS, the state dir's rotating signing keys.
         .target(name: "JWT", dependencies: ["PKI", "SPIFFE", "JSONText", "Issuance", "Transport"]),
         // The one client connection driver: socket ⇄ optional TLS ⇄ nghttp2 client session.
@@ -68,6 +71,7 @@ let package = Package(
             name: "SDSAgent",
             dependencies: [
                 "Wire", "XDS", "GRPC", "H2", "Transport", "Issuance", "SPIFFE", "PKI", "JSONText", "WorkloadAPI",
+                "FileIdentity",
                 "IstioCA", "HTTP1", "JWT", .product(name: "Logging", package: "swift-log"),
             ]),
 
@@ -113,6 +117,8 @@ let package = Package(
             ]),
         .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "JSONText", "Wire", "GRPC", "PKI", "TestSupport"]),
         .testTarget(name: "BenchTests", dependencies: ["Bench"]),
+        .testTarget(
+            name: "FileIdentityTests", dependencies: ["FileIdentity", "Issuance", "PKI", "SPIFFE", "TestSupport"]),
         .testTarget(name: "JWTTests", dependencies: ["JWT", "PKI", "SPIFFE", "JSONText", "Issuance", "TestSupport"]),
         .testTarget(
             name: "IstioCATests",

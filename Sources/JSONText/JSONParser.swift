@@ -18,9 +18,9 @@ extension JSONValue {
     /// ambiguous claim set must not validate), numbers only as 64-bit integers (what JWT NumericDates from this
     /// agent and SPIRE are; a fraction or exponent is refused rather than rounded), nesting within
     /// `maxParseDepth`, at most `maxParseBytes`. Pure: the fuzz targets call it directly.
-    public static func parse(_ bytes: [UInt8]) throws(JSONParseError) -> JSONValue {
-        guard bytes.count <= maxParseBytes else {
-            throw JSONParseError(reason: "document longer than \(maxParseBytes) bytes", offset: 0)
+    public static func parse(_ bytes: [UInt8], maxBytes: Int = maxParseBytes) throws(JSONParseError) -> JSONValue {
+        guard bytes.count <= maxBytes else {
+            throw JSONParseError(reason: "document longer than \(maxBytes) bytes", offset: 0)
         }
         var parser = Parser(bytes: bytes)
         parser.skipWhitespace()

@@ -1,3 +1,4 @@
+import FileIdentity
 import GRPC
 import Glibc
 import HTTP1
@@ -34,8 +35,9 @@ public final class Agent {
     private var lastIssuerError: IssuerError?
     private var draining = false
     private var expiryTimer: EventLoop.Timer?
-    private let ownID: String
-    private let ownTrustDomain: String
+    /// The one identity this agent serves, as names are classified by it. Fixed by the configuration, except with
+    /// `--issuer files` and no `--spiffe-id`: then it is the leaf's, known once the files are read.
+    private let own: OwnIdentity
     private var jwtAuthority: LocalJWTAuthority?
     private var jwtKeyTimer: EventLoop.Timer?
     /// `jwt-svid:<audience>` names served over SDS (local CA only).
@@ -57,12 +59,10 @@ public final class Agent {
         self.clock = clock
         self.loop = try EventLoop()
         LogSink.standardError.attach(to: loop)
-        let ownID = configuration.spiffeID
-        let ownTD = configuration.trustDomain
-        self.ownID = ownID
-        self.ownTrustDomain = ownTD
+        let own = OwnIdentity(id: configuration.spiffeID, trustDomain: configuration.trustDomain)
+        self.own = own
         let classify: @Sendable (String) -> SecretName = { name in
-            SecretName(name, ownID: ownID, ownTrustDomain: ownTD)
+            SecretName(name, ownID: own.id, ownTrustDomain: own.trustDomain)
         }
         let fileNames = FileBackedNames(
             policy: FileAccessPolicy(
@@ -85,7 +85,7 @@ public final class Agent {
         }
         self.service = SecretDiscoveryService(
             classifier: classifier, logger: logger, metrics: metrics,
-            metricLabel: { SecretName.metricLabel(for: $0, ownID: ownID, ownTrustDomain: ownTD) },
+            metricLabel: { SecretName.metricLabel(for: $0, ownID: own.id, ownTrustDomain: own.trustDomain) },
             monotonicNow: EventLoop.monotonicSeconds,
             isOnDemand: { name in
                 switch classify(name) {
@@ -317,6 +317,23 @@ public final class Agent {
             loop: loop, scheduler: EventLoopScheduler(loop: loop), clock: clock)
     }
 
+    /// `--issuer files`: the identity that credential files hold, followed as they change.
+    public func makeFilesIssuer() throws -> any Issuer {
+        guard let files = configuration.credentialFiles else {
+            throw ConfigurationError(flag: "--svid-file", problem: "--issuer files needs --svid-file and --bundle-file")
+        }
+        let expected = configuration.spiffeIDGiven ? try SPIFFEID(parsing: configuration.spiffeID) : nil
+        logger.info(
+            "credential files issuer",
+            metadata: [
+                "svid_file": "\(files.svid)", "key_file": "\(files.key ?? "(in the SVID file)")",
+                "bundle_file": "\(files.bundle)", "spiffe_id": "\(expected?.uri ?? "(from the leaf)")",
+            ])
+        return FileIdentityIssuer(
+            paths: CredentialFilePaths(svid: files.svid, key: files.key, bundle: files.bundle), expectedID: expected,
+            loop: loop, clock: clock)
+    }
+
     /// The istiod CSR client for this configuration (`--issuer istiod`).
     public func makeIstiodIssuer() throws -> any Issuer {
         let settings = configuration.istiod
@@ -474,6 +491,15 @@ public final class Agent {
             logger.info("issuer recovered")
             lastIssuerError = nil
         }
+        let identity = update.svid.spiffeID
+        if identity.uri != own.id {
+            // Only `--issuer files` without `--spiffe-id` gets here (every other issuer is held to the configured
+            // ID): the identity is the leaf's, and names are classified by it from now on.
+            logger.info("identity taken from the credential files", metadata: ["spiffe_id": "\(identity)"])
+            own.id = identity.uri
+            own.trustDomain = identity.trustDomain.name
+            service.reclassify()
+        }
         current = update
         let changed = service.publish(secrets)
         do { try workloadAPI.publish(update) } catch {
@@ -481,7 +507,7 @@ public final class Agent {
         }
         // Federated bundles that disappeared: Delta streams hear `removed_resources`.
         let nowFederated = Set(
-            update.bundles.map { $0.trustDomain.idString }.filter { $0 != "spiffe://" + ownTrustDomain })
+            update.bundles.map { $0.trustDomain.idString }.filter { $0 != "spiffe://" + own.trustDomain })
         let gone = federatedNames.subtracting(nowFederated)
         if !gone.isEmpty { service.unpublish(Array(gone)) }
         federatedNames = nowFederated
@@ -575,5 +601,17 @@ public final class Agent {
             deadline.cancel()
             self.loop.stop()
         }
+    }
+}
+
+/// The agent's own SPIFFE ID and trust domain, as the secret cache's classifier reads them (it must be
+/// `@Sendable`). Only the event-loop thread reads or writes it.
+final class OwnIdentity: @unchecked Sendable {
+    var id: String
+    var trustDomain: String
+
+    init(id: String, trustDomain: String) {
+        self.id = id
+        self.trustDomain = trustDomain
     }
 }

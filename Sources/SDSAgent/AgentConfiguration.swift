@@ -11,6 +11,16 @@ public struct AgentConfiguration: Sendable {
         case workloadAPI = "workload-api"
         /// istiod (or cert-manager's istio-csr): a CSR with the pod's token, like istio-agent.
         case istiod
+        /// Credential files someone else keeps fresh (Kubernetes Pod Certificates, cert-manager's CSI driver).
+        case files
+    }
+
+    /// `--issuer files`: where the chain, key and bundle are (`--svid-file`, `--svid-key-file`, `--bundle-file`).
+    public struct CredentialFiles: Sendable, Equatable {
+        public var svid: String
+        /// nil when `svid` is a credential bundle holding the key too.
+        public var key: String?
+        public var bundle: String
     }
 
     /// The workload key `--issuer istiod` makes (istio-agent's ECC_SIGNATURE_ALGORITHM / ECC_CURVE /
@@ -58,6 +68,11 @@ public struct AgentConfiguration: Sendable {
     public var issuer: IssuerKind
     public var upstreamSocket: UnixSocketAddress
     public var istiod: IstiodSettings
+    /// Set with `--issuer files`.
+    public var credentialFiles: CredentialFiles?
+    /// Whether `spiffeID` is the operator's (`--spiffe-id`/`SPIFFE_ID`) rather than the default made from the pod's
+    /// namespace and service account. With `--issuer files` and no operator ID, the leaf's URI SAN is the identity.
+    public var spiffeIDGiven = true
     public var logLevel: Logger.Level
     public var logFormat: LogOutput.Format
     public var drainTimeout: Double
@@ -145,6 +160,9 @@ public struct RawAgentOptions: Sendable, Equatable {
     public var maxQueuedBytes: String?
     public var jwtTTL: String?
     public var statusAddress: String?
+    public var svidFile: String?
+    public var svidKeyFile: String?
+    public var bundleFile: String?
     public init() {}
 }
 
@@ -211,7 +229,7 @@ extension AgentConfiguration {
         let issuerText = pick(options.issuer, "SDS_ISSUER", istioInjected ? "istiod" : "local")
         guard let issuer = IssuerKind(rawValue: issuerText) else {
             throw ConfigurationError(
-                flag: "--issuer", problem: "'\(issuerText)' is not one of: local, workload-api, istiod")
+                flag: "--issuer", problem: "'\(issuerText)' is not one of: local, workload-api, istiod, files")
         }
         // istiod: istio-agent's SECRET_TTL default (24 h, istiod's default workload lifetime); the local CA signs
         // hour-long SVIDs by default, rotation being free there.
@@ -312,7 +330,41 @@ extension AgentConfiguration {
             pick(options.jwtTTL, "SDS_JWT_TTL", "5m"), flag: "--jwt-ttl", range: jwtTTLRange,
             why: "a bearer token should not live long")
         configuration.statusAddress = statusAddress
+        configuration.spiffeIDGiven = pickOptional(options.spiffeID, "SPIFFE_ID") != nil
+        configuration.credentialFiles = try credentialFiles(options, issuer: issuer, pickOptional: pickOptional)
         return configuration
+    }
+
+    /// `--svid-file`, `--svid-key-file`, `--bundle-file`: required with `--issuer files` (the key file only when the
+    /// SVID file is not a credential bundle), refused with any other issuer (they would be silently ignored).
+    private static func credentialFiles(
+        _ options: RawAgentOptions, issuer: IssuerKind, pickOptional: (String?, String) -> String?
+    ) throws(ConfigurationError) -> CredentialFiles? {
+        let svid = pickOptional(options.svidFile, "SDS_SVID_FILE")
+        let key = pickOptional(options.svidKeyFile, "SDS_SVID_KEY_FILE")
+        let bundle = pickOptional(options.bundleFile, "SDS_BUNDLE_FILE")
+        guard issuer == .files else {
+            if svid != nil || key != nil || bundle != nil {
+                let flag = svid != nil ? "--svid-file" : key != nil ? "--svid-key-file" : "--bundle-file"
+                throw ConfigurationError(flag: flag, problem: "only used with --issuer files")
+            }
+            return nil
+        }
+        guard let svid else {
+            throw ConfigurationError(
+                flag: "--svid-file (SDS_SVID_FILE)",
+                problem: "--issuer files needs the certificate chain file (or a Pod Certificates credential bundle)")
+        }
+        guard let bundle else {
+            throw ConfigurationError(
+                flag: "--bundle-file (SDS_BUNDLE_FILE)",
+                problem: "--issuer files needs the trust domain's roots (PEM or a SPIFFE bundle document)")
+        }
+        for (flag, path) in [("--svid-file", svid), ("--svid-key-file", key ?? "/"), ("--bundle-file", bundle)]
+        where !path.hasPrefix("/") {
+            throw ConfigurationError(flag: flag, problem: "'\(path)' must be an absolute path")
+        }
+        return CredentialFiles(svid: svid, key: key, bundle: bundle)
     }
 
     private static func istiodSettings(

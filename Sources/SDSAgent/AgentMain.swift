@@ -33,6 +33,7 @@ public enum AgentMain {
             case .local: return try agent.makeLocalCAIssuer()
             case .workloadAPI: return try agent.makeWorkloadAPIIssuer()
             case .istiod: return try agent.makeIstiodIssuer()
+            case .files: return try agent.makeFilesIssuer()
             }
         }
         // The last lines (why it stopped) matter most; wait for stderr a bounded time, the loop is done by now.

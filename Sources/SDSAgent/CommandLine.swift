@@ -40,7 +40,8 @@ public enum AgentCommandLine {
             help: "Trust domain of the workload's SPIFFE ID (default cluster.local).", set: { $0.trustDomain = $1 }),
         Flag(
             name: "spiffe-id", valueName: "id", environment: "SPIFFE_ID",
-            help: "Workload SPIFFE ID (default spiffe://<td>/ns/$POD_NAMESPACE/sa/$SERVICE_ACCOUNT).",
+            help:
+                "Workload SPIFFE ID, the one identity served (default spiffe://<td>/ns/$POD_NAMESPACE/sa/$SERVICE_ACCOUNT).",
             set: { $0.spiffeID = $1 }),
         Flag(
             name: "svid-ttl", valueName: "duration", environment: "SECRET_TTL",
@@ -73,8 +74,22 @@ public enum AgentCommandLine {
         Flag(
             name: "issuer", valueName: "kind", environment: "SDS_ISSUER",
             help:
-                "Where SVIDs come from: local (embedded CA, default), workload-api (a SPIRE agent) or istiod (a CSR to istiod or istio-csr; the default when PILOT_CERT_PROVIDER=istiod and CA_ADDR are set).",
+                "Where SVIDs come from: local (embedded CA, default), workload-api (a SPIRE agent), istiod (a CSR to istiod or istio-csr; the default when PILOT_CERT_PROVIDER=istiod and CA_ADDR are set) or files (--svid-file, kept fresh by someone else).",
             set: { $0.issuer = $1 }),
+        Flag(
+            name: "svid-file", valueName: "pem", environment: "SDS_SVID_FILE",
+            help:
+                "--issuer files: the certificate chain, or a Pod Certificates credential bundle (key and chain in one file, either order).",
+            set: { $0.svidFile = $1 }),
+        Flag(
+            name: "svid-key-file", valueName: "pem", environment: "SDS_SVID_KEY_FILE",
+            help: "--issuer files: the private key, when --svid-file holds only the chain (tls.key, key.pem).",
+            set: { $0.svidKeyFile = $1 }),
+        Flag(
+            name: "bundle-file", valueName: "file", environment: "SDS_BUNDLE_FILE",
+            help:
+                "--issuer files: the trust domain's roots, PEM or a SPIFFE bundle document (ca.crt, a ClusterTrustBundle projection).",
+            set: { $0.bundleFile = $1 }),
         Flag(
             name: "upstream-socket", valueName: "unix:///path", environment: "UPSTREAM_SPIFFE_ENDPOINT_SOCKET",
             help:
@@ -135,7 +150,8 @@ public enum AgentCommandLine {
             set: { $0.writeStallTimeout = $1 }),
         Flag(
             name: "max-queued-bytes", valueName: "bytes", environment: "SDS_MAX_QUEUED_BYTES",
-            help: "Disconnect a peer that lets more than this wait for it, per connection (default 16777216).",
+            help:
+                "Disconnect a peer that lets more than this wait for it and takes none for 1 s, per connection (default 16777216).",
             set: { $0.maxQueuedBytes = $1 }),
         Flag(
             name: "max-request-bytes", valueName: "bytes", environment: "SDS_MAX_REQUEST_BYTES",
@@ -251,6 +267,9 @@ public enum AgentCommandLine {
               closed before any byte is read. file-cert:/file-root: names read only regular files below --file-dirs
               (symlinks resolved), never the state dir or --ca-key. --ca-cert/--ca-key in every pod lets every pod
               mint any identity of the trust domain: a dev or single-node mode; a mesh uses --issuer workload-api.
+              A pod holds exactly one identity, --spiffe-id, whatever the issuer: with --issuer workload-api, X.509-
+              and JWT-SVIDs the upstream would issue for other SPIFFE IDs are refused (PERMISSION_DENIED). Private
+              keys (state dir, --ca-key) must be the agent's own and mode 0600 or 0400, or it does not start.
 
             EXIT CODES: 0 clean stop, 1 runtime failure (e.g. damaged --state-dir), 2 bad flag or value.
 
@@ -259,6 +278,8 @@ public enum AgentCommandLine {
               SECRET_TTL=24h POD_NAMESPACE=shop SERVICE_ACCOUNT=web sds-agent run --state-dir /var/lib/sds-agent
               sds-agent run --issuer workload-api --upstream-socket unix:///run/spire/sockets/agent.sock
               CA_ADDR=istiod.istio-system.svc:15012 sds-agent run --issuer istiod --key-type ecdsa-p256
+              sds-agent run --issuer files --svid-file /var/run/pod-cert/credential-bundle.pem \\
+                --bundle-file /var/run/trust/roots.pem
 
             """
         return text

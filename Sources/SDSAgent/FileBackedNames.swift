@@ -144,7 +144,7 @@ final class FileBackedNames {
     private func watch(_ paths: [String]) {
         do {
             if watcher == nil {
-                watcher = try FileWatcher(loop: loop) { [unowned self] changed in self.filesChanged(changed) }
+                watcher = try FileWatcher(loop: loop) { [weak self] changed in self?.filesChanged(changed) }
             }
             for path in paths { try watcher?.watch(file: path) }
         } catch {

@@ -78,8 +78,8 @@ public final class HealthCheckClient: ConnectionDelegate {
         }
         var status: HealthWire.ServingStatus?
         call.onMessage = { bytes in status = HealthWire.status(fromResponse: bytes) }
-        call.onFinish = { [unowned self] grpcStatus, _ in
-            guard self.verdict == nil else { return }
+        call.onFinish = { [weak self] grpcStatus, _ in
+            guard let self, self.verdict == nil else { return }
             if grpcStatus.code != .ok {
                 self.verdict = .callFailed(grpcStatus)
             } else if let status {

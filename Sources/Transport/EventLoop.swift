@@ -146,7 +146,7 @@ public final class EventLoop {
         guard fd >= 0 else { throw SystemError.last("signalfd") }
         if signalFD < 0 {
             signalFD = fd
-            try register(fd: fd, events: .readable) { [unowned self] _ in self.drainSignals() }
+            try register(fd: fd, events: .readable) { [weak self] _ in self?.drainSignals() }
         }
     }
 

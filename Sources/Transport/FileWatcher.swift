@@ -20,7 +20,7 @@ public final class FileWatcher {
         self.fd = fd
         self.loop = loop
         self.onChange = onChange
-        try loop.register(fd: fd, events: .readable) { [unowned self] _ in self.drain() }
+        try loop.register(fd: fd, events: .readable) { [weak self] _ in self?.drain() }
     }
 
     deinit {

@@ -142,7 +142,7 @@ public final class LogSink: @unchecked Sendable {
     private func watchWritable() {
         guard !watching, let loop else { return }
         do {
-            try loop.register(fd: isSocket ? 2 : fd, events: .writable) { [unowned self] _ in self.writable() }
+            try loop.register(fd: isSocket ? 2 : fd, events: .writable) { [weak self] _ in self?.writable() }
             watching = true
         } catch {
             // Regular files cannot be polled, and never return EAGAIN: nothing to wait for.

@@ -105,7 +105,7 @@ public final class TCPListener {
         self.fd = fd
         self.boundAddress = Self.localAddress(fd, asked: address)
         do {
-            try loop.register(fd: fd, events: .readable) { [unowned self] _ in self.acceptAll() }
+            try loop.register(fd: fd, events: .readable) { [weak self] _ in self?.acceptAll() }
         } catch {
             Glibc.close(fd)
             throw error
@@ -135,7 +135,7 @@ public final class TCPListener {
                 loop.deregister(fd: fd)
                 backoffTimer = loop.schedule(after: Self.descriptorBackoff) { [weak self] in
                     guard let self, self.fd >= 0 else { return }
-                    try? self.loop.register(fd: self.fd, events: .readable) { [unowned self] _ in self.acceptAll() }
+                    try? self.loop.register(fd: self.fd, events: .readable) { [weak self] _ in self?.acceptAll() }
                 }
                 return
             case EINTR, ECONNABORTED, EPROTO:

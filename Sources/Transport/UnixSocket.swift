@@ -162,7 +162,7 @@ public final class UnixListener {
     }
 
     private func watch() throws(SystemError) {
-        try loop.register(fd: fd, events: .readable) { [unowned self] _ in self.acceptAll() }
+        try loop.register(fd: fd, events: .readable) { [weak self] _ in self?.acceptAll() }
     }
 
     private func acceptAll() {
