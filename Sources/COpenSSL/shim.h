@@ -22,6 +22,11 @@ static inline long sds_BIO_get_mem_data(BIO *bio, char **data) {
 
 static inline void sds_OPENSSL_free(void *ptr) { OPENSSL_free(ptr); }
 
+static inline int sds_X509_CRL_revoked_count(X509_CRL *crl) {
+    STACK_OF(X509_REVOKED) *revoked = X509_CRL_get_REVOKED(crl);
+    return revoked == NULL ? 0 : sk_X509_REVOKED_num(revoked);
+}
+
 // EVP_EC_gen is a variadic macro: generate an EC key on a named group (e.g. "P-256").
 static inline EVP_PKEY *sds_EC_generate(const char *group) {
     EVP_PKEY *pkey = NULL;

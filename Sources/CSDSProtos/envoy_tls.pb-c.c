@@ -405,7 +405,7 @@ const ProtobufCMessageDescriptor envoy__extensions__transport_sockets__tls__v3__
   (ProtobufCMessageInit) envoy__extensions__transport_sockets__tls__v3__tls_certificate__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor envoy__extensions__transport_sockets__tls__v3__certificate_validation_context__field_descriptors[2] =
+static const ProtobufCFieldDescriptor envoy__extensions__transport_sockets__tls__v3__certificate_validation_context__field_descriptors[4] =
 {
   {
     "trusted_ca",
@@ -414,6 +414,18 @@ static const ProtobufCFieldDescriptor envoy__extensions__transport_sockets__tls_
     PROTOBUF_C_TYPE_MESSAGE,
     0,   /* quantifier_offset */
     offsetof(Envoy__Extensions__TransportSockets__Tls__V3__CertificateValidationContext, trusted_ca),
+    &envoy__config__core__v3__data_source__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "crl",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Envoy__Extensions__TransportSockets__Tls__V3__CertificateValidationContext, crl),
     &envoy__config__core__v3__data_source__descriptor,
     NULL,
     0,             /* flags */
@@ -431,16 +443,32 @@ static const ProtobufCFieldDescriptor envoy__extensions__transport_sockets__tls_
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "only_verify_leaf_cert_crl",
+    14,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Envoy__Extensions__TransportSockets__Tls__V3__CertificateValidationContext, only_verify_leaf_cert_crl),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned envoy__extensions__transport_sockets__tls__v3__certificate_validation_context__field_indices_by_name[] = {
-  1,   /* field[1] = custom_validator_config */
+  1,   /* field[1] = crl */
+  2,   /* field[2] = custom_validator_config */
+  3,   /* field[3] = only_verify_leaf_cert_crl */
   0,   /* field[0] = trusted_ca */
 };
-static const ProtobufCIntRange envoy__extensions__transport_sockets__tls__v3__certificate_validation_context__number_ranges[2 + 1] =
+static const ProtobufCIntRange envoy__extensions__transport_sockets__tls__v3__certificate_validation_context__number_ranges[4 + 1] =
 {
   { 1, 0 },
-  { 12, 1 },
-  { 0, 2 }
+  { 7, 1 },
+  { 12, 2 },
+  { 14, 3 },
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor envoy__extensions__transport_sockets__tls__v3__certificate_validation_context__descriptor =
 {
@@ -450,10 +478,10 @@ const ProtobufCMessageDescriptor envoy__extensions__transport_sockets__tls__v3__
   "Envoy__Extensions__TransportSockets__Tls__V3__CertificateValidationContext",
   "envoy.extensions.transport_sockets.tls.v3",
   sizeof(Envoy__Extensions__TransportSockets__Tls__V3__CertificateValidationContext),
-  2,
+  4,
   envoy__extensions__transport_sockets__tls__v3__certificate_validation_context__field_descriptors,
   envoy__extensions__transport_sockets__tls__v3__certificate_validation_context__field_indices_by_name,
-  2,  envoy__extensions__transport_sockets__tls__v3__certificate_validation_context__number_ranges,
+  4,  envoy__extensions__transport_sockets__tls__v3__certificate_validation_context__number_ranges,
   (ProtobufCMessageInit) envoy__extensions__transport_sockets__tls__v3__certificate_validation_context__init,
   NULL,NULL,NULL    /* reserved[123] */
 };

@@ -39,6 +39,14 @@ public final class JWTSigningKeys {
         self.createdNewKey = createdNewKey
     }
 
+    /// Refuses the state dir's JWT key files if others may read or replace them (see
+    /// `LocalCARoots.checkPrivateKeyFile`): run before anything else is loaded, so a bad mode is the only line.
+    public static func checkKeyFiles(stateDirectory: String) throws {
+        for name in [currentFileName, successorFileName] where Files.exists(stateDirectory + "/" + name) {
+            try LocalCARoots.checkPrivateKeyFile(stateDirectory + "/" + name, what: "JWT key file")
+        }
+    }
+
     /// Loads the keys of `stateDirectory` or creates the first one. A damaged file throws a one-line error naming
     /// it; nothing is overwritten.
     public static func open(stateDirectory: String, now: Timestamp, keyLifetime: Int64, tokenLifetime: Int64) throws

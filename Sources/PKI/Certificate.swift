@@ -193,7 +193,7 @@ public struct Certificate: Sendable, Hashable, CustomStringConvertible {
     /// Issuer distinguished name in RFC 2253 form.
     public var issuer: String { Certificate.nameString(X509_get_issuer_name(handle.pointer)) }
 
-    private static func nameString(_ name: OpaquePointer?) -> String {
+    static func nameString(_ name: OpaquePointer?) -> String {
         guard let name, let bio = try? MemoryBIO() else { return "" }
         guard X509_NAME_print_ex(bio.bio, name, 0, sds_XN_FLAG_RFC2253()) >= 0 else { return "" }
         return bio.string
@@ -215,7 +215,13 @@ public struct Certificate: Sendable, Hashable, CustomStringConvertible {
     public var notBefore: Timestamp { Certificate.timestamp(X509_get0_notBefore(handle.pointer)) }
     public var notAfter: Timestamp { Certificate.timestamp(X509_get0_notAfter(handle.pointer)) }
 
-    private static func timestamp(_ time: UnsafePointer<ASN1_TIME>?) -> Timestamp {
+    /// A CRL's `thisUpdate` / `nextUpdate` (same conversion as certificates' times).
+    static func crlTimes(_ crl: OpaquePointer) -> (thisUpdate: Timestamp, nextUpdate: Timestamp?) {
+        let next = X509_CRL_get0_nextUpdate(crl)
+        return (timestamp(X509_CRL_get0_lastUpdate(crl)), next.map { timestamp($0) })
+    }
+
+    fileprivate static func timestamp(_ time: UnsafePointer<ASN1_TIME>?) -> Timestamp {
         var parts = tm()
         guard let time, ASN1_TIME_to_tm(time, &parts) == 1 else { return Timestamp(secondsSinceEpoch: 0) }
         return Timestamp(secondsSinceEpoch: Int64(timegm(&parts)))

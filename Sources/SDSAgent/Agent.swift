@@ -47,6 +47,10 @@ public final class Agent {
     private(set) var status: StatusServer?
     /// Why the next identity update happens: SIGHUP sets `.signal` until the update it asked for arrives.
     private var pendingRotationReason: AgentMetrics.RotationReason?
+    /// `--output-dir`/`--output-jwt`: the identity as files too (nil when neither is asked for).
+    private var outputs: FileOutputs?
+    /// `--crl-file`: CRLs served with the own trust domain's bundle (nil without one).
+    private var revocation: RevocationFile?
     /// Expiry of each served `file-cert:` certificate, by name (read when the file is loaded, not per scrape).
     private var fileCertificateExpiry: [String: Int64] = [:]
 
@@ -145,6 +149,22 @@ public final class Agent {
             logger.critical("cannot set up JWT-SVID signing", metadata: ["error": "\(error)"])
             return 1
         }
+        if let path = configuration.crlFile, configuration.crlFileGiven || Files.exists(path) {
+            let revocation = RevocationFile(path: path, loop: loop, clock: clock, logger: logger)
+            revocation.onChange = { [unowned self] in
+                guard let current = self.current else { return }
+                self.publishSecrets(for: current)
+                self.server.flushAll()
+            }
+            self.revocation = revocation
+        }
+        do {
+            let outputs = try FileOutputs(configuration: configuration, loop: loop, clock: clock, logger: logger)
+            if !outputs.isEmpty { self.outputs = outputs }
+        } catch {
+            logger.critical("cannot set up --output-dir", metadata: ["error": "\(error)"])
+            return 1
+        }
         do {
             // Signals first: the loop owns them before anything else can run.
             try loop.onSignal(SIGHUP) { [unowned self] in self.rotateNow() }
@@ -179,7 +199,9 @@ public final class Agent {
         issuer.start(
             onUpdate: { [unowned self] update in self.identityChanged(update) },
             onError: { [unowned self] error in self.issuerFailed(error) })
+        if let jwt = workloadAPI.jwt, !configuration.outputJWTs.isEmpty { outputs?.startJWTs(from: jwt) }
         loop.run()
+        outputs?.stop()
         issuer.stop()
         server.closeAll()
         server.stopListening()
@@ -192,6 +214,9 @@ public final class Agent {
     /// The embedded CA issuer for this configuration: an operator-supplied CA (warned about before it expires) or
     /// the state dir's self-made roots (rotated on `RootRotationSchedule`).
     public func makeLocalCAIssuer() throws -> any Issuer {
+        // Every key file of the state dir is checked before any is loaded: a readable JWT key must not leave a
+        // "CA loaded" line before the refusal.
+        try JWTSigningKeys.checkKeyFiles(stateDirectory: configuration.stateDir)
         let trustDomain = try TrustDomain(configuration.trustDomain)
         let spiffeID = try SPIFFEID(parsing: configuration.spiffeID)
         let now = clock.now()
@@ -480,9 +505,11 @@ public final class Agent {
     private func identityChanged(_ update: IdentityUpdate) {
         let started = EventLoop.monotonicSeconds()
         let pushesBefore = metrics.pushes
+        // The CRLs are checked against this identity's CAs before its secrets are built with them.
+        revocation?.identityChanged(update)
         let secrets: [Secret]
         do {
-            secrets = try IdentitySecrets.secrets(for: update)
+            secrets = try IdentitySecrets.secrets(for: update, crlPEM: revocation?.pem)
         } catch {
             logger.error("cannot encode the SVID", metadata: ["error": "\(error)"])
             return
@@ -501,6 +528,7 @@ public final class Agent {
             service.reclassify()
         }
         current = update
+        outputs?.identityChanged(update)
         let changed = service.publish(secrets)
         do { try workloadAPI.publish(update) } catch {
             logger.error("cannot encode the SVID for the Workload API", metadata: ["error": "\(error)"])
@@ -529,6 +557,17 @@ public final class Agent {
                 "streams": "\(service.openStreamCount)", "pushed": "\(metrics.pushes - pushesBefore)",
                 "duration_ms": "\((elapsed * 1_000_000).rounded() / 1000)",
             ])
+    }
+
+    /// Publishes `update`'s secrets again (the CRLs changed); returns the names whose content changed.
+    @discardableResult
+    private func publishSecrets(for update: IdentityUpdate) -> [String] {
+        do {
+            return service.publish(try IdentitySecrets.secrets(for: update, crlPEM: revocation?.pem))
+        } catch {
+            logger.error("cannot encode the SVID", metadata: ["error": "\(error)"])
+            return []
+        }
     }
 
     /// An SVID is served until it expires, however long the issuer is down — and not after: an expired certificate

@@ -1,3 +1,4 @@
+import FileIdentity
 import Glibc
 import Issuance
 import Logging
@@ -70,6 +71,22 @@ public struct AgentConfiguration: Sendable {
     public var istiod: IstiodSettings
     /// Set with `--issuer files`.
     public var credentialFiles: CredentialFiles?
+    /// `--output-dir` (`OUTPUT_CERTS`): where the identity is also written as files, in `outputLayout`.
+    public var outputDirectory: String?
+    public var outputLayout: OutputLayout = .istio
+    /// `--output-jwt <audience>=<file>`: JWT-SVID files kept fresh.
+    public var outputJWTs: [OutputJWT] = []
+    /// `--output-signal <pidfile>:<SIGNAL>`: who to tell once an update's files are all in place.
+    public var outputSignal: OutputSignal?
+    /// `--crl-file` (`CRL_FILE`); by default istio-agent's path, used when it exists at start.
+    public var crlFile: String?
+    public var crlFileGiven = false
+    public static let defaultCRLFile = "/var/run/secrets/istio/crl/ca-crl.pem"
+
+    public struct OutputJWT: Sendable, Equatable {
+        public var audience: String
+        public var path: String
+    }
     /// Whether `spiffeID` is the operator's (`--spiffe-id`/`SPIFFE_ID`) rather than the default made from the pod's
     /// namespace and service account. With `--issuer files` and no operator ID, the leaf's URI SAN is the identity.
     public var spiffeIDGiven = true
@@ -163,6 +180,12 @@ public struct RawAgentOptions: Sendable, Equatable {
     public var svidFile: String?
     public var svidKeyFile: String?
     public var bundleFile: String?
+    public var outputDir: String?
+    public var outputLayout: String?
+    /// Each `--output-jwt`, in order (the flag repeats).
+    public var outputJWT: [String] = []
+    public var outputSignal: String?
+    public var crlFile: String?
     public init() {}
 }
 
@@ -332,7 +355,69 @@ extension AgentConfiguration {
         configuration.statusAddress = statusAddress
         configuration.spiffeIDGiven = pickOptional(options.spiffeID, "SPIFFE_ID") != nil
         configuration.credentialFiles = try credentialFiles(options, issuer: issuer, pickOptional: pickOptional)
+        try resolveOutputs(options, environment: environment, pickOptional: pickOptional, into: &configuration)
+        if let crl = pickOptional(options.crlFile, "CRL_FILE") {
+            guard crl.hasPrefix("/") else {
+                throw ConfigurationError(flag: "--crl-file (CRL_FILE)", problem: "'\(crl)' must be an absolute path")
+            }
+            configuration.crlFile = crl
+            configuration.crlFileGiven = true
+        } else {
+            configuration.crlFile = defaultCRLFile
+        }
         return configuration
+    }
+
+    /// `--output-dir`, `--output-layout`, `--output-jwt`, `--output-signal`.
+    private static func resolveOutputs(
+        _ options: RawAgentOptions, environment: [String: String], pickOptional: (String?, String) -> String?,
+        into configuration: inout AgentConfiguration
+    ) throws(ConfigurationError) {
+        if let directory = pickOptional(options.outputDir, "OUTPUT_CERTS") {
+            guard directory.hasPrefix("/") else {
+                throw ConfigurationError(
+                    flag: "--output-dir (OUTPUT_CERTS)", problem: "'\(directory)' must be an absolute path")
+            }
+            configuration.outputDirectory = directory
+        }
+        if let layoutText = pickOptional(options.outputLayout, "SDS_OUTPUT_LAYOUT") {
+            guard let layout = OutputLayout(rawValue: layoutText) else {
+                throw ConfigurationError(
+                    flag: "--output-layout", problem: "'\(layoutText)' is not one of: istio, spiffe-helper")
+            }
+            configuration.outputLayout = layout
+        }
+        // The environment form separates entries with commas (an audience holding one needs the flag).
+        let jwtEntries =
+            options.outputJWT.isEmpty
+            ? (environment["SDS_OUTPUT_JWT"] ?? "").split(separator: ",").map(String.init) : options.outputJWT
+        for entry in jwtEntries {
+            guard let eq = entry.lastIndex(of: "="), eq != entry.startIndex else {
+                throw ConfigurationError(
+                    flag: "--output-jwt", problem: "'\(entry)' must be <audience>=<file>, e.g. spiffe://td/db=/run/jwt")
+            }
+            let path = String(entry[entry.index(after: eq)...])
+            guard path.hasPrefix("/") else {
+                throw ConfigurationError(flag: "--output-jwt", problem: "'\(path)' must be an absolute path")
+            }
+            configuration.outputJWTs.append(OutputJWT(audience: String(entry[..<eq]), path: path))
+        }
+        if !configuration.outputJWTs.isEmpty, configuration.issuer != .local, configuration.issuer != .workloadAPI {
+            throw ConfigurationError(
+                flag: "--output-jwt",
+                problem: "--issuer \(configuration.issuer.rawValue) has no JWT-SVID source (local and workload-api do)")
+        }
+        if let signalText = pickOptional(options.outputSignal, "SDS_OUTPUT_SIGNAL") {
+            switch OutputSignal.parse(signalText) {
+            case .success(let signal): configuration.outputSignal = signal
+            case .failure(let error): throw ConfigurationError(flag: "--output-signal", problem: error.description)
+            }
+            guard configuration.outputDirectory != nil || !configuration.outputJWTs.isEmpty else {
+                throw ConfigurationError(
+                    flag: "--output-signal",
+                    problem: "signals after files are written: needs --output-dir or --output-jwt")
+            }
+        }
     }
 
     /// `--svid-file`, `--svid-key-file`, `--bundle-file`: required with `--issuer files` (the key file only when the

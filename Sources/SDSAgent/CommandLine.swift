@@ -77,6 +77,29 @@ public enum AgentCommandLine {
                 "Where SVIDs come from: local (embedded CA, default), workload-api (a SPIRE agent), istiod (a CSR to istiod or istio-csr; the default when PILOT_CERT_PROVIDER=istiod and CA_ADDR are set) or files (--svid-file, kept fresh by someone else).",
             set: { $0.issuer = $1 }),
         Flag(
+            name: "output-dir", valueName: "dir", environment: "OUTPUT_CERTS",
+            help:
+                "Also write the identity as files here on every change, atomically: key.pem (0600), cert-chain.pem, root-cert.pem.",
+            set: { $0.outputDir = $1 }),
+        Flag(
+            name: "output-layout", valueName: "layout", environment: "SDS_OUTPUT_LAYOUT",
+            help: "istio (default) or spiffe-helper (svid.pem, svid_key.pem, svid_bundle.pem).",
+            set: { $0.outputLayout = $1 }),
+        Flag(
+            name: "output-jwt", valueName: "aud=file", environment: "SDS_OUTPUT_JWT",
+            help: "Keep a JWT-SVID for <aud> in <file> (0600), re-written at half-life; repeatable.",
+            set: { $0.outputJWT.append($1) }),
+        Flag(
+            name: "output-signal", valueName: "pidfile:SIG", environment: "SDS_OUTPUT_SIGNAL",
+            help:
+                "Signal the process in <pidfile> once every file of an update is in place (e.g. /run/app.pid:SIGHUP).",
+            set: { $0.outputSignal = $1 }),
+        Flag(
+            name: "crl-file", valueName: "pem", environment: "CRL_FILE",
+            help:
+                "PEM CRLs of the trust domain, served in ROOTCA and spiffe://<td> (default /var/run/secrets/istio/crl/ca-crl.pem if present).",
+            set: { $0.crlFile = $1 }),
+        Flag(
             name: "svid-file", valueName: "pem", environment: "SDS_SVID_FILE",
             help:
                 "--issuer files: the certificate chain, or a Pod Certificates credential bundle (key and chain in one file, either order).",

@@ -11,7 +11,11 @@ enum IdentitySecrets {
     /// The name Envoy's SPIFFE certificate validator is registered under.
     static let spiffeValidatorName = "envoy.tls.cert_validator.spiffe"
 
-    static func secrets(for update: IdentityUpdate) throws -> [Secret] {
+    /// `crlPEM`, when the operator gave CRLs (`--crl-file`), goes into the own trust domain's validation contexts
+    /// (`ROOTCA`, `spiffe://<td>`), checked for the leaf only: the file names the CAs it covers, and requiring a CRL
+    /// for every CA of every chain would fail handshakes the operator did not mean to revoke. Not into `ALL`:
+    /// Envoy's SPIFFE validator takes only `allow_expired_certificate` and the SAN matchers from its context.
+    static func secrets(for update: IdentityUpdate, crlPEM: String? = nil) throws -> [Secret] {
         let svid = update.svid
         let certificate = Secret.Kind.tlsCertificate(
             TLSCertificate(
@@ -22,9 +26,13 @@ enum IdentitySecrets {
             Secret(name: svid.spiffeID.uri, kind: certificate),
         ]
         let ownDomain = svid.spiffeID.trustDomain
+        let crl = crlPEM.map { DataSource.inlineBytes(Array($0.utf8)) }
         for bundle in update.bundles {
+            let own = bundle.trustDomain == ownDomain
             let context = Secret.Kind.validationContext(
-                CertificateValidationContext(trustedCA: .inlineBytes(Array(bundle.pem.utf8))))
+                CertificateValidationContext(
+                    trustedCA: .inlineBytes(Array(bundle.pem.utf8)), crl: own ? crl : nil,
+                    onlyVerifyLeafCertCRL: own && crl != nil))
             secrets.append(Secret(name: bundle.trustDomain.idString, kind: context))
             if bundle.trustDomain == ownDomain { secrets.append(Secret(name: SecretName.istioRoot, kind: context)) }
         }

@@ -75,15 +75,21 @@ public final class SecretDiscoveryService {
 
     /// A requested name this agent will never serve is held in silence by SotW (and Envoy waits forever), so it is
     /// warned once per name, with the node that asked: a typo in a bootstrap shows in the log at once.
+    /// One line per request at most (the new names summarised), and those lines rate-limited: a request naming
+    /// thousands of other workloads' IDs costs a line, not thousands.
     private func noteNeverServed(_ names: [String], node: String) {
+        var fresh: [String] = []
         for name in names where cache.availability(of: name) == .neverServed {
             metrics.countRefusal(.names)
             guard warnedNeverServed.count < Self.maxWarnedNeverServed, warnedNeverServed.insert(name).inserted
             else { continue }
-            logger.warning(
-                "requested name will never be served here (unknown name, another workload's identity, or refused)",
-                metadata: ["name": "\(LogSummary.text(name))", "node": "\(LogSummary.text(node))"])
+            fresh.append(name)
         }
+        guard !fresh.isEmpty else { return }
+        warnings.warn(
+            kind: "never served",
+            "requested names will never be served here (unknown names, another workload's identity, or refused)",
+            metadata: ["names": "\(LogSummary.names(fresh))", "node": "\(LogSummary.text(node))"])
     }
 
     /// Counts a NACK against the names it concerns that this agent serves, each under its bounded label.

@@ -99,7 +99,7 @@ public final class StatusServer {
 
     public var connectionCount: Int { connections.count }
     /// Open connections whose peer has not sent a byte yet (the first to go at the cap).
-    public var silentConnectionCount: Int { connections.values.filter { !$0.receivedAny }.count }
+    public var silentConnectionCount: Int { connections.values.filter { $0.isSilent }.count }
     public var boundAddress: TCPAddress? { listener?.boundAddress }
 
     public func listen(on address: TCPAddress) throws(SystemError) {
@@ -130,7 +130,7 @@ public final class StatusServer {
         let loopback = Self.peerIsLoopback(fd)
         let cap = loopback ? limits.maxConnections : max(1, limits.maxConnections - 1)
         if connections.count >= cap {
-            if let victim = connections.values.filter({ !$0.receivedAny }).min(by: { $0.id < $1.id }) {
+            if let victim = connections.values.filter({ $0.isSilent }).min(by: { $0.id < $1.id }) {
                 victim.close()
                 closed(victim)
                 report("evicted the oldest connection that sent nothing")
@@ -205,8 +205,16 @@ final class StatusConnection: ConnectionDelegate {
     var socket: Connection?
     var deadline: EventLoop.Timer?
     private var answered = false
-    /// Whether the peer sent anything: at the cap, connections that never did are the first to go.
+    /// Whether the peer sent anything we read: at the cap, connections that never did are the first to go.
     private(set) var receivedAny = false
+
+    /// Nothing read and nothing waiting to be read: a probe whose request arrived in the same loop turn as a burst
+    /// of newcomers is not silent, though its bytes have not been read yet (it would otherwise be the one evicted).
+    var isSilent: Bool {
+        guard !receivedAny, let socket, !socket.isClosed else { return false }
+        var byte: UInt8 = 0
+        return recv(socket.fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) <= 0
+    }
 
     init(server: StatusServer, id: UInt64, maxHeadBytes: Int) {
         self.server = server

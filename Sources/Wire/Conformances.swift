@@ -559,7 +559,8 @@ extension CertificateValidationContext: WireMessage {
             trustedCA: try DataSource.optional(c.pointee.trusted_ca),
             customValidatorConfig: try c.pointee.custom_validator_config.map { (t) throws(WireError) in
                 try TypedExtensionConfig(c: t)
-            })
+            }, crl: try DataSource.optional(c.pointee.crl),
+            onlyVerifyLeafCertCRL: c.pointee.only_verify_leaf_cert_crl != 0)
     }
 
     func build(in arena: CArena) -> UnsafeMutablePointer<CCertificateValidationContext> {
@@ -567,6 +568,8 @@ extension CertificateValidationContext: WireMessage {
         envoy__extensions__transport_sockets__tls__v3__certificate_validation_context__init(c)
         c.pointee.trusted_ca = trustedCA?.build(in: arena)
         c.pointee.custom_validator_config = customValidatorConfig?.build(in: arena)
+        c.pointee.crl = crl?.build(in: arena)
+        c.pointee.only_verify_leaf_cert_crl = onlyVerifyLeafCertCRL ? 1 : 0
         return c
     }
 }

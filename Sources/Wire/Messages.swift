@@ -265,9 +265,18 @@ public struct CertificateValidationContext: Sendable, Equatable {
     public var trustedCA: DataSource?
     /// `custom_validator_config`, e.g. `envoy.tls.cert_validator.spiffe` with a `SPIFFECertValidatorConfig`.
     public var customValidatorConfig: TypedExtensionConfig?
-    public init(trustedCA: DataSource? = nil, customValidatorConfig: TypedExtensionConfig? = nil) {
+    /// `crl`: PEM certificate revocation lists.
+    public var crl: DataSource?
+    /// `only_verify_leaf_cert_crl`.
+    public var onlyVerifyLeafCertCRL: Bool
+    public init(
+        trustedCA: DataSource? = nil, customValidatorConfig: TypedExtensionConfig? = nil, crl: DataSource? = nil,
+        onlyVerifyLeafCertCRL: Bool = false
+    ) {
         self.trustedCA = trustedCA
         self.customValidatorConfig = customValidatorConfig
+        self.crl = crl
+        self.onlyVerifyLeafCertCRL = onlyVerifyLeafCertCRL
     }
 }
 

@@ -206,9 +206,11 @@ def test_slowloris_is_cut_at_the_connection_timeout_and_the_cap_turns_extras_awa
             s.sendall(b"GET /live HTTP/1.1\r\nX-Slow: ")
             held.append(s)
         opened = time.monotonic()
-        # One more is closed at once, without an answer.
+        # One more never waits: it is closed at once, or — when the agent had not yet read a byte from one of the
+        # slow clients, which then counts as silent and gives up its place — answered at once.
         received, seconds = raw_exchange(port, b"GET /live HTTP/1.1\r\n\r\n", timeout=3)
-        assert received == b"" and seconds < 2, (received, seconds)
+        assert seconds < 2, (received, seconds)
+        assert received == b"" or received.startswith(b"HTTP/1.1 200 OK\r\n"), received
         # Trickling does not extend the deadline: one more byte per second, and the agent still closes each one.
         for s in held:
             s.setblocking(False)

@@ -92,13 +92,21 @@ struct  Envoy__Extensions__TransportSockets__Tls__V3__CertificateValidationConte
   ProtobufCMessage base;
   Envoy__Config__Core__V3__DataSource *trusted_ca;
   /*
-   * 2..11, 13..17 (hash/SPKI pinning, SAN matchers, CRL, ...), not modelled.
+   * PEM CRLs; with them, Envoy refuses peers whose certificate they revoke.
    */
+  Envoy__Config__Core__V3__DataSource *crl;
   Envoy__Config__Core__V3__TypedExtensionConfig *custom_validator_config;
+  /*
+   * Check only the leaf against the CRLs (else every CA of the chain needs one).
+   */
+  /*
+   * 2..6, 8..11, 13, 15..17 (hash/SPKI pinning, SAN matchers, ...), not modelled.
+   */
+  protobuf_c_boolean only_verify_leaf_cert_crl;
 };
 #define ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__CERTIFICATE_VALIDATION_CONTEXT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&envoy__extensions__transport_sockets__tls__v3__certificate_validation_context__descriptor) \
-    , NULL, NULL }
+    , NULL, NULL, NULL, 0 }
 
 
 struct  Envoy__Extensions__TransportSockets__Tls__V3__SPIFFECertValidatorConfig__TrustDomain
