@@ -122,19 +122,31 @@ public final class StatusServer {
         connections.removeAll()
     }
 
-    /// The cap, fairly: the last slot is kept for loopback peers (an exec probe, a local scraper), and at the cap a
-    /// newcomer takes the place of the oldest connection that has not sent a byte. Idle connections reopened as
-    /// fast as they close therefore never starve a probe: a kubelet's request arrives with its connection, so it is
-    /// never the idle one for long, and a loopback probe always finds its slot.
+    /// The cap, fairly. The last slot is kept for loopback peers (an exec probe, a local scraper). At the cap:
+    /// - a newcomer whose request has already arrived (a probe sends it with its connection) takes the place of the
+    ///   oldest connection that has sent nothing;
+    /// - a newcomer that has sent nothing yet may only replace a silent connection that has had `silentGrace` to
+    ///   speak. Without that, idle connections reopened as fast as they close would evict one another in a loop,
+    ///   and a probe accepted among them would be evicted before its request was read;
+    /// - with no one to replace, the one slot above the cap takes it; when that is taken too, it is closed at once.
+    /// At the cap, accepting also pauses for `capPause`: newcomers wait in the backlog, where a probe's request
+    /// arrives before it is looked at, and idle connections reopened in a loop cost one accept per pause, not a spin.
     private func accept(_ fd: Int32) {
         let loopback = Self.peerIsLoopback(fd)
         let cap = loopback ? limits.maxConnections : max(1, limits.maxConnections - 1)
         if connections.count >= cap {
-            if let victim = connections.values.filter({ $0.isSilent }).min(by: { $0.id < $1.id }) {
+            listener?.pause(for: Self.capPause)
+            let now = EventLoop.monotonicSeconds()
+            let hasRequest = Self.hasBytesWaiting(fd)
+            let victim = connections.values.filter {
+                $0.isSilent && (hasRequest || now - $0.openedAt >= Self.silentGrace)
+            }
+            .min { $0.id < $1.id }
+            if let victim {
                 victim.close()
                 closed(victim)
                 report("evicted the oldest connection that sent nothing")
-            } else {
+            } else if connections.count > cap {
                 Glibc.close(fd)
                 report("connection cap reached: closing new connections")
                 return
@@ -154,6 +166,17 @@ public final class StatusServer {
             connection.close()
             self.closed(connection)
         }
+    }
+
+    /// Why 250 ms: a client that connects sends its request within milliseconds (a probe under load within tens);
+    /// one silent for a quarter second may give its place to a newcomer.
+    static let silentGrace: Double = 0.25
+    /// Why 50 ms: long enough for a waiting probe's request to arrive, short next to any probe's timeout (1 s).
+    static let capPause: Double = 0.05
+
+    static func hasBytesWaiting(_ fd: Int32) -> Bool {
+        var byte: UInt8 = 0
+        return recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) > 0
     }
 
     private func report(_ cause: String) {
@@ -207,13 +230,14 @@ final class StatusConnection: ConnectionDelegate {
     private var answered = false
     /// Whether the peer sent anything we read: at the cap, connections that never did are the first to go.
     private(set) var receivedAny = false
+    /// When it was accepted (monotonic seconds).
+    let openedAt = EventLoop.monotonicSeconds()
 
     /// Nothing read and nothing waiting to be read: a probe whose request arrived in the same loop turn as a burst
     /// of newcomers is not silent, though its bytes have not been read yet (it would otherwise be the one evicted).
     var isSilent: Bool {
         guard !receivedAny, let socket, !socket.isClosed else { return false }
-        var byte: UInt8 = 0
-        return recv(socket.fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) <= 0
+        return !StatusServer.hasBytesWaiting(socket.fd)
     }
 
     init(server: StatusServer, id: UInt64, maxHeadBytes: Int) {

@@ -123,8 +123,24 @@ public final class TCPListener {
         fd = -1
     }
 
+    /// Stops accepting for `seconds`; new connections wait in the kernel's backlog meanwhile (their bytes arrive in
+    /// their own buffers, so a caller can tell a client that has spoken from one that has not when it accepts them).
+    public func pause(for seconds: Double) {
+        guard fd >= 0, backoffTimer == nil else { return }
+        paused = true
+        loop.deregister(fd: fd)
+        backoffTimer = loop.schedule(after: seconds) { [weak self] in
+            guard let self, self.fd >= 0 else { return }
+            self.backoffTimer = nil
+            self.paused = false
+            try? self.loop.register(fd: self.fd, events: .readable) { [weak self] _ in self?.acceptAll() }
+        }
+    }
+
+    private var paused = false
+
     private func acceptAll() {
-        while fd >= 0 {
+        while fd >= 0, !paused {
             let client = sds_accept_nonblocking(fd)
             if client >= 0 {
                 onAccept(client)
@@ -132,11 +148,8 @@ public final class TCPListener {
             }
             switch errno {
             case EMFILE, ENFILE, ENOBUFS, ENOMEM:
-                loop.deregister(fd: fd)
-                backoffTimer = loop.schedule(after: Self.descriptorBackoff) { [weak self] in
-                    guard let self, self.fd >= 0 else { return }
-                    try? self.loop.register(fd: self.fd, events: .readable) { [weak self] _ in self?.acceptAll() }
-                }
+                // Out of descriptors: leave the poll set (a level-triggered listener would spin) and come back later.
+                pause(for: Self.descriptorBackoff)
                 return
             case EINTR, ECONNABORTED, EPROTO:
                 continue  // that one connection is gone; the next may be fine
