@@ -36,7 +36,12 @@ from sds_servers import fetch_when_served, socket_accepts
 
 KUBERNETES = EXAMPLES / "kubernetes"
 # overlays/<name> -> the issuer it configures. Test ids and rehearsals go by these names.
-OVERLAYS = {"local-ca": "local", "spire": "workload-api", "istiod": "istiod"}
+OVERLAYS = {
+    "local-ca": "local", "spire": "workload-api", "istiod": "istiod", "pod-certificates": "files",
+    "csi-driver-spiffe": "files",
+}
+# The files each "files" overlay reads, by flag: written by the rehearsal as the kubelet / the CSI driver would.
+FILES_OVERLAY_VOLUMES = {"pod-certificates": "podCertificate", "csi-driver-spiffe": "csi"}
 INJECTION = KUBERNETES / "istio-injection"
 # Custom resources the examples use, which no Kubernetes schema knows: checked for their shape by hand.
 CUSTOM_KINDS = {("spire.spiffe.io/v1alpha1", "ClusterSPIFFEID")}
@@ -267,6 +272,29 @@ def test_issuer_and_its_volumes(name):
         assert volume(spec, mount_of(agent, ISTIO_ROOT_CERT))["configMap"]["name"] == "istio-ca-root-cert"
         # Neither volume is writable by the agent.
         assert all(m.get("readOnly") for m in agent["volumeMounts"] if m["name"] in ("istio-token", "istiod-ca-cert"))
+    elif OVERLAYS[name] == "files":
+        assert flags["--issuer"] == "files"
+        # The identity is the leaf's URI SAN: no --spiffe-id to disagree with it.
+        assert "--spiffe-id" not in flags
+        paths = [flags[f] for f in ("--svid-file", "--svid-key-file", "--bundle-file") if f in flags]
+        names = {mount_of(agent, path) for path in paths}
+        assert len(names) == 1, f"one volume holds the credential files: {names}"
+        source = volume(spec, names.pop())
+        assert all(m.get("readOnly") for m in agent["volumeMounts"] if m["mountPath"] in map(str, [
+            pathlib.PurePosixPath(p).parent for p in paths]))
+        if FILES_OVERLAY_VOLUMES[name] == "podCertificate":
+            # Key and chain in ONE file (read at once), the roots from a ClusterTrustBundle of the same signer.
+            assert "--svid-key-file" not in flags
+            sources = source["projected"]["sources"]
+            pod = [s["podCertificate"] for s in sources if "podCertificate" in s]
+            ctb = [s["clusterTrustBundle"] for s in sources if "clusterTrustBundle" in s]
+            assert pod and flags["--svid-file"].endswith("/" + pod[0]["credentialBundlePath"])
+            assert ctb and flags["--bundle-file"].endswith("/" + ctb[0]["path"])
+            assert ctb[0]["signerName"] == pod[0]["signerName"]
+        else:
+            assert source["csi"]["driver"] == "spiffe.csi.cert-manager.io" and source["csi"]["readOnly"]
+            assert [pathlib.PurePosixPath(flags[f]).name for f in ("--svid-file", "--svid-key-file", "--bundle-file")] \
+                == ["tls.crt", "tls.key", "ca.crt"]
     else:
         assert flags["--issuer"] == "workload-api" and flags["--upstream-socket"] == SPIRE_SOCKET
         socket_volume = volume(spec, mount_of(agent, SPIRE_SOCKET.removeprefix("unix://")))
@@ -401,6 +429,49 @@ def assert_serves_the_pod_identity(r: Rehearsal) -> None:
 def test_local_ca_overlay_rehearsal(short_dir, sds_agent_bin, sds_dump_bin):
     name = "local-ca"
     r = Rehearsal(name, short_dir, sds_agent_bin, sds_dump_bin)
+    try:
+        r.start()
+        assert_serves_the_pod_identity(r)
+    finally:
+        r.stop()
+
+
+@pytest.mark.parametrize("name", [n for n, issuer in OVERLAYS.items() if issuer == "files"])
+def test_files_overlay_rehearsal(name, short_dir, sds_agent_bin, sds_dump_bin):
+    """The files overlays' own command against files written as the kubelet (Pod Certificates: key first, then the
+    chain, in one file behind a `..data` swap) or csi-driver-spiffe (tls.crt, tls.key, ca.crt) would write them."""
+    import datetime
+
+    from cryptography.hazmat.primitives import serialization
+
+    import spiffe_test_ca
+
+    r = Rehearsal(name, short_dir, sds_agent_bin, sds_dump_bin)
+    flags = agent_flags(r.agent)
+    trust_domain = r.env()["TRUST_DOMAIN"]
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(x509.oid.NameOID.ORGANIZATION_NAME, text)])
+    root = spiffe_test_ca.SpiffeRoot.create(
+        trust_domain, name("example signer"), datetime.timedelta(days=1), datetime.timedelta(minutes=1))
+    leaf, key = root.issue(
+        r.expected_spiffe_id(), name("web"), datetime.timedelta(hours=1), datetime.timedelta(minutes=1))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    chain_pem = leaf.public_bytes(serialization.Encoding.PEM)
+    roots_pem = root.cert.public_bytes(serialization.Encoding.PEM)
+    if "--svid-key-file" in flags:
+        contents = {flags["--svid-file"]: chain_pem, flags["--svid-key-file"]: key_pem, flags["--bundle-file"]: roots_pem}
+    else:
+        contents = {flags["--svid-file"]: key_pem + chain_pem, flags["--bundle-file"]: roots_pem}
+    # As the kubelet's atomic writer lays a projected volume out: a timestamped directory, `..data` pointing at it,
+    # and each visible name a symlink into `..data`.
+    directory = pathlib.Path(r.local(str(pathlib.PurePosixPath(flags["--svid-file"]).parent)))
+    payload = directory / "..2026_12_06_00_00_00.000000001"
+    payload.mkdir()
+    for path, data in contents.items():
+        (payload / pathlib.PurePosixPath(path).name).write_bytes(data)
+        (directory / pathlib.PurePosixPath(path).name).symlink_to(f"..data/{pathlib.PurePosixPath(path).name}")
+    (directory / "..data").symlink_to(payload.name)
     try:
         r.start()
         assert_serves_the_pod_identity(r)
