@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import queue
 import select
@@ -238,16 +239,6 @@ def curl(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
                           f"http://{host}:{port}{path}"], capture_output=True, timeout=RUN_TIMEOUT)
     body, _, code = run.stdout.rpartition(b"\n")
     return int(code or 0), body
-
-
-def non_loopback_ipv4() -> str | None:
-    """An IPv4 address of this host outside 127/8: a peer connecting from it is not loopback to the agent."""
-    run = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True)
-    for line in run.stdout.splitlines():
-        fields = line.split()
-        if "inet" in fields:
-            return fields[fields.index("inet") + 1].split("/")[0]
-    return None
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -697,49 +688,97 @@ def test_status_probes_are_answered_while_idle_connections_fill_the_cap(agent_fa
     agent.check_alive()
 
 
-def test_status_listener_keeps_a_slot_for_loopback(agent_factory):
-    """16 peers from a non-loopback address of this host, each having sent part of a request (so not silent, not
-    evictable), fill the cap for non-loopback peers (15) and the one slot above it kept for requests that have
-    arrived; a 17th is turned away, and loopback probes are still answered."""
-    address = non_loopback_ipv4()
-    if address is None:
-        pytest.skip("this host has no non-loopback IPv4 address to connect from")
-    port = free_port()
-    agent = agent_factory.start("agent", WORKLOAD, ["--status-addr", f"0.0.0.0:{port}"])
+class PeerHost:
+    """A peer host of our own: a network namespace joined to this one by a veth pair (10.213.<n>.0/30), so the agent
+    sees connections from a non-loopback address while every packet stays inside this machine."""
+
+    def __init__(self, index: int):
+        self.ns = f"sdsit{os.getpid()}x{index}"
+        self.host_if, self.peer_if = f"sdh{os.getpid() % 10000}x{index}", f"sdp{os.getpid() % 10000}x{index}"
+        self.host_ip, self.peer_ip = f"10.213.{index}.1", f"10.213.{index}.2"
+
+    def __enter__(self) -> "PeerHost":
+        steps = [
+            ["ip", "netns", "add", self.ns],
+            ["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.peer_if],
+            ["ip", "link", "set", self.peer_if, "netns", self.ns],
+            ["ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if],
+            ["ip", "link", "set", self.host_if, "up"],
+            ["ip", "netns", "exec", self.ns, "ip", "addr", "add", f"{self.peer_ip}/30", "dev", self.peer_if],
+            ["ip", "netns", "exec", self.ns, "ip", "link", "set", self.peer_if, "up"],
+            ["ip", "netns", "exec", self.ns, "ip", "link", "set", "lo", "up"],
+        ]
+        for step in steps:
+            result = subprocess.run(step, capture_output=True, text=True)
+            if result.returncode != 0:
+                self.__exit__(None, None, None)
+                pytest.skip(f"no network namespace for a test host here: {' '.join(step)}: {result.stderr.strip()}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+
+    def popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], **kwargs)
+
+
+def slow_peers_from_test_host(target: str, port: int, count: int, stop_after: float) -> None:
+    """In the test host: `count` connections, each with part of a request head; prints how many the agent closed
+    once that number has been the same for a while (or `stop_after` seconds passed), then holds them until stdin
+    closes."""
     socks = []
-    try:
-        for _ in range(STATUS_CAP + 1):
-            sock = socket.socket()
-            sock.settimeout(5)
-            sock.bind((address, 0))
-            sock.connect((address, port))
-            try:
-                sock.sendall(b"GET /live HTTP/1.1\r\nX-Slow: ")
-            except OSError:
-                pass  # closed at once: counted below
-            socks.append(sock)
+    for _ in range(count):
+        sock = socket.socket()
+        sock.settimeout(5)
+        sock.connect((target, port))
+        try:
+            sock.sendall(b"GET /live HTTP/1.1\r\nX-Slow: ")
+        except OSError:
+            pass
+        socks.append(sock)
 
-        def closed_ones() -> int:
-            count = 0
-            for sock in socks:
-                readable, _, _ = select.select([sock], [], [], 0)
-                if readable:
-                    try:
-                        count += sock.recv(1, socket.MSG_PEEK) == b""
-                    except OSError:
-                        count += 1
-            return count
-
-        wait_until(closed_ones, 3, "one non-loopback peer turned away at 16 (15 + the request slot)")
-        codes = [curl(port, "/live")[0] for _ in range(3)]
-        closed = closed_ones()
-        print(f"\n{STATUS_CAP + 1} non-loopback peers ({address}): {STATUS_CAP + 1 - closed} held, {closed} turned "
-              f"away; loopback /live: {codes}")
-        assert closed == 1, f"{closed} of {STATUS_CAP + 1} non-loopback peers closed; they may hold 15 + 1"
-        assert codes == [200, 200, 200], codes
-    finally:
+    def closed_ones() -> int:
+        closed = 0
         for sock in socks:
-            sock.close()
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                try:
+                    closed += sock.recv(1, socket.MSG_PEEK) == b""
+                except OSError:
+                    closed += 1
+        return closed
+    deadline = time.monotonic() + stop_after
+    while closed_ones() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(json.dumps({"closed": closed_ones(), "count": count}), flush=True)
+    sys.stdin.read()
+
+
+def test_status_listener_keeps_a_slot_for_loopback(agent_factory):
+    """17 peers from a non-loopback address (a test host of our own, in a network namespace), each having sent part
+    of a request (so not silent, not evictable), fill the cap for non-loopback peers (15) and the one slot above it
+    kept for requests that have arrived; the 17th is turned away, and loopback probes are still answered."""
+    port = free_port()
+    with PeerHost(1) as host:
+        # All addresses: the test host's peers reach it on the veth, the probes below on loopback.
+        agent = agent_factory.start("agent", WORKLOAD, ["--status-addr", f"0.0.0.0:{port}"])
+        peers = host.popen(
+            [sys.executable, __file__, "slow-peers", "--target", host.host_ip, "--port", str(port), "--count",
+             str(STATUS_CAP + 1)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            line = peers.stdout.readline()
+            assert line, "the test host's peers reported nothing"
+            result = json.loads(line)
+            codes = [curl(port, "/live")[0] for _ in range(3)]
+            print(f"\n{result['count']} peers from {host.peer_ip}: {result['count'] - result['closed']} held, "
+                  f"{result['closed']} turned away; loopback /live: {codes}")
+            assert result["closed"] == 1, f"{result} : non-loopback peers may hold 15 + 1"
+            assert codes == [200, 200, 200], codes
+        finally:
+            peers.stdin.close()
+            peers.wait(10)
     agent.check_alive()
 
 
@@ -1204,14 +1243,17 @@ def _say(**fields) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("case", choices=["status-idle", "nack-storm", "over-budget", "headerless", "big-requests",
-                                         "file-hog"])
+                                         "file-hog", "slow-peers"])
+    parser.add_argument("--target")
     parser.add_argument("--socket")
     parser.add_argument("--port", type=int)
     parser.add_argument("--dir")
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
-    if args.case == "status-idle":
+    if args.case == "slow-peers":
+        slow_peers_from_test_host(args.target, args.port, args.count, 3.0)
+    elif args.case == "status-idle":
         _say(event="done", **hold_idle_status("127.0.0.1", args.port, args.count, args.seconds, None,
                                               ready=lambda: _say(event="ready")))
     elif args.case == "file-hog":
