@@ -35,10 +35,75 @@ public enum CredentialFiles {
     public struct Refusal: Error, Sendable, Equatable, CustomStringConvertible {
         public var description: String
         public var validFrom: Timestamp?
+        /// The leaf is not an X509-SVID only because it has no URI SAN (see `credential`).
+        public var leafHasNoURISAN = false
 
         public init(_ description: String, validFrom: Timestamp? = nil) {
             self.description = description
             self.validFrom = validFrom
+        }
+    }
+
+    /// A certificate and key that are consistent but not an X509-SVID: the leaf has no URI SAN (a Pod Certificates
+    /// signer or a CA that issues plain TLS certificates). Envoy can still use it as `default`; the Workload API,
+    /// whose answers are SPIFFE IDs, cannot.
+    public struct PlainCredential: Sendable {
+        public var chain: [Certificate]
+        public var key: PrivateKey
+        public var roots: [Certificate]
+    }
+
+    /// What the files hold: an X509-SVID with its bundle, or a plain certificate (when the leaf has no URI SAN and no
+    /// `expectedID` was asked for).
+    public enum Credential: Sendable {
+        case svid(IdentityUpdate)
+        case plain(PlainCredential)
+    }
+
+    /// `identity`, falling back to a plain certificate when the leaf has no URI SAN at all (and no SPIFFE ID was
+    /// required): the same consistency rules apply (key, validity, chain to the roots).
+    public static func credential(
+        _ contents: Contents, expectedID: SPIFFEID?, now: Timestamp
+    ) throws(Refusal) -> Credential {
+        do throws(Refusal) {
+            return .svid(try identity(contents, expectedID: expectedID, now: now))
+        } catch {
+            guard expectedID == nil, error.leafHasNoURISAN else { throw error }
+        }
+        let chain = try parseChain(contents)
+        let key = try parseKey(contents)
+        guard let leaf = chain.first, leaf.publicKeyMatches(key) else {
+            throw Refusal("the private key does not match the leaf certificate's public key")
+        }
+        guard now <= leaf.notAfter else { throw Refusal("the certificate expired at \(leaf.notAfter)") }
+        guard leaf.notBefore <= now else {
+            throw Refusal("the certificate is not valid before \(leaf.notBefore)", validFrom: leaf.notBefore)
+        }
+        let roots: [Certificate]
+        do {
+            roots = try Certificate.parseChain(
+                pem: String(decoding: contents.bundle, as: UTF8.self), maxCount: Certificate.maxBundleCertificates)
+            try TrustStore(roots: roots).verify(leaf: leaf, intermediates: Array(chain.dropFirst()), at: now)
+        } catch {
+            throw Refusal("the certificate does not chain to the bundle file's roots: \(error)")
+        }
+        return .plain(PlainCredential(chain: chain, key: key, roots: roots))
+    }
+
+    private static func parseChain(_ contents: Contents) throws(Refusal) -> [Certificate] {
+        do {
+            return try Certificate.parseChain(
+                pem: String(decoding: contents.svid, as: UTF8.self), maxCount: Certificate.maxChainCertificates)
+        } catch {
+            throw Refusal("the certificate file holds no complete certificate chain: \(error)")
+        }
+    }
+
+    private static func parseKey(_ contents: Contents) throws(Refusal) -> PrivateKey {
+        do { return try PrivateKey(pem: String(decoding: contents.key ?? contents.svid, as: UTF8.self)) } catch {
+            throw Refusal(
+                "\(contents.key == nil ? "the credential bundle" : "the key file") holds no complete private key: "
+                    + "\(error)")
         }
     }
 
@@ -47,20 +112,8 @@ public enum CredentialFiles {
     public static func identity(
         _ contents: Contents, expectedID: SPIFFEID?, now: Timestamp
     ) throws(Refusal) -> IdentityUpdate {
-        let chainText = String(decoding: contents.svid, as: UTF8.self)
-        let keyText = contents.key.map { String(decoding: $0, as: UTF8.self) } ?? chainText
-        let chain: [Certificate]
-        do {
-            chain = try Certificate.parseChain(pem: chainText, maxCount: Certificate.maxChainCertificates)
-        } catch {
-            throw Refusal("the certificate file holds no complete certificate chain: \(error)")
-        }
-        let key: PrivateKey
-        do { key = try PrivateKey(pem: keyText) } catch {
-            throw Refusal(
-                "\(contents.key == nil ? "the credential bundle" : "the key file") holds no complete private key: "
-                    + "\(error)")
-        }
+        let chain = try parseChain(contents)
+        let key = try parseKey(contents)
         let svid: X509SVID
         do {
             svid = try X509SVID(chain: chain, privateKey: key, now: now, expectedID: expectedID)
@@ -68,7 +121,9 @@ public enum CredentialFiles {
             if case .notYetValid(let notBefore, _) = error {
                 throw Refusal("the certificate is not valid yet: \(error)", validFrom: notBefore)
             }
-            throw Refusal("the certificate and key are not a usable X509-SVID: \(error)")
+            var refusal = Refusal("the certificate and key are not a usable X509-SVID: \(error)")
+            refusal.leafHasNoURISAN = error == .leafHasNoURISAN
+            throw refusal
         }
         let bundle: SPIFFEBundle
         do {

@@ -47,6 +47,9 @@ public final class FileIdentityIssuer: Issuer {
     private var lastRefusal: String?
     private var validFromTimer: EventLoop.Timer?
     private var pendingLoad: EventLoop.Timer?
+    /// A consistent certificate without a SPIFFE ID (no URI SAN, no `--spiffe-id` required): not an identity the
+    /// `Issuer` contract can carry, so it goes here (served as `default` only). Called on the loop, like `onUpdate`.
+    public var onPlainCredential: ((CredentialFiles.PlainCredential) -> Void)?
 
     public init(paths: CredentialFilePaths, expectedID: SPIFFEID?, loop: EventLoop, clock: any WallClock) {
         self.paths = paths
@@ -95,18 +98,26 @@ public final class FileIdentityIssuer: Issuer {
         } catch {
             return report("cannot read the credential files: \(error)")
         }
-        let update: IdentityUpdate
+        let credential: CredentialFiles.Credential
         do throws(CredentialFiles.Refusal) {
-            update = try CredentialFiles.identity(contents, expectedID: expectedID, now: clock.now())
+            credential = try CredentialFiles.credential(contents, expectedID: expectedID, now: clock.now())
         } catch {
             if let validFrom = error.validFrom { lookAgain(at: validFrom) }
             return report(error.description)
         }
         lastRefusal = nil
-        let fingerprint = [update.svid.chainDER] + update.bundles.map(\.der)
-        guard fingerprint != lastDelivered else { return }
-        lastDelivered = fingerprint
-        callbacks.deliver(update)
+        switch credential {
+        case .svid(let update):
+            let fingerprint = [update.svid.chainDER] + update.bundles.map(\.der)
+            guard fingerprint != lastDelivered else { return }
+            lastDelivered = fingerprint
+            callbacks.deliver(update)
+        case .plain(let plain):
+            let fingerprint = [Certificate.concatenatedDER(plain.chain), Certificate.concatenatedDER(plain.roots)]
+            guard fingerprint != lastDelivered, callbacks.isStarted else { return }
+            lastDelivered = fingerprint
+            onPlainCredential?(plain)
+        }
     }
 
     /// A leaf delivered before its notBefore becomes servable without any file event: look again then.

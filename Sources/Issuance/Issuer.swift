@@ -84,6 +84,9 @@ public struct IssuerCallbacks {
 
     public mutating func stop() { handlers = nil }
 
+    /// Started and not stopped: callbacks (of any kind) may be delivered.
+    public var isStarted: Bool { handlers != nil }
+
     public func deliver(_ update: IdentityUpdate) { handlers?.onUpdate(update) }
 
     public func report(_ error: IssuerError) { handlers?.onError(error) }

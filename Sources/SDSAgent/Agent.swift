@@ -32,6 +32,8 @@ public final class Agent {
     let fileNames: FileBackedNames
     private var federatedNames: Set<String> = []
     private var current: IdentityUpdate?
+    /// `--issuer files` with a certificate that has no SPIFFE ID: served as `default`/`ROOTCA` only.
+    private var plain: CredentialFiles.PlainCredential?
     private var lastIssuerError: IssuerError?
     private var draining = false
     private var expiryTimer: EventLoop.Timer?
@@ -354,9 +356,11 @@ public final class Agent {
                 "svid_file": "\(files.svid)", "key_file": "\(files.key ?? "(in the SVID file)")",
                 "bundle_file": "\(files.bundle)", "spiffe_id": "\(expected?.uri ?? "(from the leaf)")",
             ])
-        return FileIdentityIssuer(
+        let issuer = FileIdentityIssuer(
             paths: CredentialFilePaths(svid: files.svid, key: files.key, bundle: files.bundle), expectedID: expected,
             loop: loop, clock: clock)
+        issuer.onPlainCredential = { [unowned self] plain in self.plainCredentialChanged(plain) }
+        return issuer
     }
 
     /// The istiod CSR client for this configuration (`--issuer istiod`).
@@ -406,7 +410,9 @@ public final class Agent {
 
     /// SERVING / ready: an SVID is held and has not expired, and the agent is not draining (it no longer accepts).
     var isServing: Bool {
-        guard let current, !draining else { return false }
+        guard !draining else { return false }
+        if let plain, let leaf = plain.chain.first { return leaf.notAfter > clock.now() }
+        guard let current else { return false }
         return current.svid.notAfter > clock.now()
     }
 
@@ -528,6 +534,7 @@ public final class Agent {
             service.reclassify()
         }
         current = update
+        plain = nil
         outputs?.identityChanged(update)
         let changed = service.publish(secrets)
         do { try workloadAPI.publish(update) } catch {
@@ -559,6 +566,44 @@ public final class Agent {
             ])
     }
 
+    /// A consistent certificate without a SPIFFE ID from `--issuer files`: Envoy gets it as `default` with its roots
+    /// as `ROOTCA`; the SPIFFE-ID names and the Workload API cannot carry it, and the latter says so.
+    private func plainCredentialChanged(_ credential: CredentialFiles.PlainCredential) {
+        guard let leaf = credential.chain.first else { return }
+        let key: String
+        do { key = try credential.key.pkcs8PEM() } catch {
+            logger.error("cannot encode the certificate's key", metadata: ["error": "\(error)"])
+            return
+        }
+        logger.warning(
+            "the certificate in --svid-file has no SPIFFE ID (URI SAN): served as default and ROOTCA only",
+            metadata: ["serial": "\(leaf.serialHex)", "not_after": "\(leaf.notAfter)"])
+        plain = credential
+        if let old = current {
+            current = nil
+            service.unpublish([old.svid.spiffeID.uri])
+        }
+        workloadAPI.x509Unavailable = GRPCStatus(
+            .unavailable,
+            "no X509-SVID: the certificate in --svid-file has no SPIFFE ID (URI SAN); Envoy gets it as default only")
+        service.publish([
+            Secret(
+                name: SecretName.istioWorkload,
+                kind: .tlsCertificate(
+                    TLSCertificate(
+                        certificateChain: .inlineBytes(Array(Certificate.pem(credential.chain).utf8)),
+                        privateKey: .inlineBytes(Array(key.utf8))))),
+            Secret(
+                name: SecretName.istioRoot,
+                kind: .validationContext(
+                    CertificateValidationContext(
+                        trustedCA: .inlineBytes(Array(Certificate.pem(credential.roots).utf8))))),
+        ])
+        health.setServing(isServing)
+        server.flushAll()
+        armExpiry(leaf.notAfter)
+    }
+
     /// Publishes `update`'s secrets again (the CRLs changed); returns the names whose content changed.
     @discardableResult
     private func publishSecrets(for update: IdentityUpdate) -> [String] {
@@ -577,6 +622,16 @@ public final class Agent {
         expiryTimer?.cancel()
         let seconds = Double(notAfter - clock.now()) + 1
         expiryTimer = loop.schedule(after: max(0, seconds)) { [unowned self] in
+            if let plain = self.plain, let leaf = plain.chain.first, leaf.notAfter <= self.clock.now() {
+                self.logger.error(
+                    "certificate expired; holding requests until the files hold a new one",
+                    metadata: ["serial": "\(leaf.serialHex)", "not_after": "\(leaf.notAfter)"])
+                self.plain = nil
+                self.health.setServing(false)
+                self.service.unpublish([SecretName.istioWorkload])
+                self.server.flushAll()
+                return
+            }
             guard let current = self.current, current.svid.notAfter <= self.clock.now() else { return }
             self.logger.error(
                 "SVID expired; holding requests until the issuer delivers a new one",

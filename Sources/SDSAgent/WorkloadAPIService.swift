@@ -60,6 +60,10 @@ public final class WorkloadAPIService {
 
     public func register(on router: GRPCRouter) {
         router.register(SpiffeWorkloadAPIMethod.fetchX509SVID.path) { [weak self] call in
+            if let status = self?.x509Unavailable, Self.hasSecurityHeader(call) {
+                call.finish(status)
+                return
+            }
             self?.open(call, kind: .x509SVID, request: X509SVIDRequest.self)
         }
         router.register(SpiffeWorkloadAPIMethod.fetchX509Bundles.path) { [weak self] call in
@@ -105,6 +109,7 @@ public final class WorkloadAPIService {
                     bundle: own)
             ],
             federatedBundles: bundles.filter { $0.key != ownDomain.idString })
+        x509Unavailable = nil
         set(.x509SVID, svidResponse.wireBytes())
         set(.x509Bundles, X509BundlesResponse(bundles: bundles).wireBytes())
     }
@@ -117,6 +122,19 @@ public final class WorkloadAPIService {
     /// The SVID expired: new streams wait; open ones keep what they have (an expired SVID is not re-sent).
     public func withdrawSVID() {
         published[.x509SVID] = nil
+    }
+
+    /// Why there is no X509-SVID to serve at all (a certificate without a SPIFFE ID): FetchX509SVID calls end with
+    /// this status, open ones now and new ones at once, until an SVID is published again (nil).
+    var x509Unavailable: GRPCStatus? {
+        didSet {
+            guard let status = x509Unavailable else { return }
+            published[.x509SVID] = nil
+            for (key, stream) in streams where stream.kind == .x509SVID {
+                streams.removeValue(forKey: key)
+                stream.call.finish(status)
+            }
+        }
     }
 
     private func set(_ kind: StreamKind, _ bytes: [UInt8]) {

@@ -130,4 +130,34 @@ import Testing
             }
         }
     }
+
+    @Test func aCertificateWithoutASPIFFEIDIsAPlainCredentialUnlessAnIDIsRequired() throws {
+        var options = TestCA.LeafOptions(spiffeID: id)
+        options.uriSANs = []
+        let (ca, contents, leaf) = try files(options)
+        guard case .plain(let plain) = try CredentialFiles.credential(contents, expectedID: nil, now: ca.now) else {
+            Issue.record("expected a plain credential")
+            return
+        }
+        #expect(plain.chain.first == leaf && plain.roots == [ca.root])
+        #expect(throws: CredentialFiles.Refusal.self) {
+            try CredentialFiles.credential(contents, expectedID: try SPIFFEID(parsing: id), now: ca.now)
+        }
+        // The same consistency rules: another key is refused.
+        var mismatched = options
+        mismatched.mismatchedKey = true
+        let (_, bad, _) = try files(mismatched)
+        #expect(throws: CredentialFiles.Refusal.self) {
+            try CredentialFiles.credential(bad, expectedID: nil, now: ca.now)
+        }
+    }
+
+    @Test func anSVIDIsStillAnSVIDThroughCredential() throws {
+        let (ca, contents, _) = try files()
+        guard case .svid(let update) = try CredentialFiles.credential(contents, expectedID: nil, now: ca.now) else {
+            Issue.record("expected an SVID")
+            return
+        }
+        #expect(update.svid.spiffeID.uri == id)
+    }
 }
