@@ -118,9 +118,12 @@ public enum CredentialFiles {
         do {
             svid = try X509SVID(chain: chain, privateKey: key, now: now, expectedID: expectedID)
         } catch {
+            // Without the current time in the text: a refusal is reported once per distinct text, and the same
+            // expired file seen again a second later must not be a new report.
             if case .notYetValid(let notBefore, _) = error {
-                throw Refusal("the certificate is not valid yet: \(error)", validFrom: notBefore)
+                throw Refusal("the certificate is not valid before \(notBefore)", validFrom: notBefore)
             }
+            if case .expired(let notAfter, _) = error { throw Refusal("the certificate expired at \(notAfter)") }
             var refusal = Refusal("the certificate and key are not a usable X509-SVID: \(error)")
             refusal.leafHasNoURISAN = error == .leafHasNoURISAN
             throw refusal

@@ -107,9 +107,11 @@ extension String {
     }
 }
 
-/// Writes identities (and JWT-SVIDs) to files off the event loop, one update at a time: an update that arrives
-/// while one is being written waits, and only the latest waiting one is written (a burst of rotations ends in the
-/// newest files, not in every intermediate set).
+/// Writes identities (and JWT-SVIDs) to files off the event loop, one job at a time, in one queue: an identity
+/// update that arrives while one is being written waits, and only the latest waiting one is written (a burst of
+/// rotations ends in the newest files, not in every intermediate set); single files (a JWT-SVID) wait their turn
+/// too, after the first identity set (with an output directory). Because nothing else writes while a job runs, the
+/// signal sent at the end of each job always finds every file of the last update in place.
 public final class CredentialFileWriter {
     public struct Outcome: Sendable {
         /// Files written (names).
@@ -118,16 +120,24 @@ public final class CredentialFileWriter {
         public var problem: String?
     }
 
-    private let directory: String
+    private enum Job {
+        case identity([OutputFile])
+        case file(directory: String, file: OutputFile, completion: (Outcome) -> Void)
+    }
+
+    private let directory: String?
     private let layout: OutputLayout
     private let signal: OutputSignal?
     private let worker: OffLoopWorker
     private let onOutcome: (Outcome) -> Void
     private var writing = false
-    private var waiting: [OutputFile]?
+    private var waitingIdentity: [OutputFile]?
+    private var waitingFiles: [Job] = []
+    private var identityWritten = false
 
+    /// `directory` nil: no identity files, only single files (`--output-jwt` without `--output-dir`).
     public init(
-        directory: String, layout: OutputLayout, signal: OutputSignal?, worker: OffLoopWorker,
+        directory: String?, layout: OutputLayout, signal: OutputSignal?, worker: OffLoopWorker,
         onOutcome: @escaping (Outcome) -> Void
     ) {
         self.directory = directory
@@ -137,23 +147,49 @@ public final class CredentialFileWriter {
         self.onOutcome = onOutcome
     }
 
-    /// Writes `update` (after the one in progress, if any).
+    /// Writes `update` as the identity files (after the job in progress, if any). Without a directory: nothing.
     public func write(_ update: IdentityUpdate) {
-        let files: [OutputFile]
-        do { files = try CredentialOutput.files(for: update, layout: layout) } catch {
+        guard directory != nil else { return }
+        do { waitingIdentity = try CredentialOutput.files(for: update, layout: layout) } catch {
             onOutcome(Outcome(written: [], problem: "cannot encode the identity: \(error)"))
             return
         }
-        waiting = files
+        writeNext()
+    }
+
+    /// Writes one file (a JWT-SVID) in its turn; `completion` hears how it went.
+    public func write(
+        _ bytes: [UInt8], to path: String, mode: UInt32, completion: @escaping (Outcome) -> Void
+    ) {
+        let slash = path.lastIndex(of: "/") ?? path.startIndex
+        let directory = slash == path.startIndex ? "/" : String(path[..<slash])
+        let name = String(path[path.index(after: slash)...])
+        waitingFiles.append(
+            .file(directory: directory, file: OutputFile(name: name, bytes: bytes, mode: mode), completion: completion))
         writeNext()
     }
 
     private func writeNext() {
-        guard !writing, let files = waiting else { return }
-        waiting = nil
+        guard !writing else { return }
+        let job: Job
+        if let files = waitingIdentity {
+            waitingIdentity = nil
+            job = .identity(files)
+        } else if !waitingFiles.isEmpty, identityWritten || directory == nil {
+            // With an output directory, single files wait for the first identity set: the process the signal wakes
+            // reads that set.
+            job = waitingFiles.removeFirst()
+        } else {
+            return
+        }
         writing = true
-        let directory = directory
-        let signal = signal
+        let (directory, files, completion): (String, [OutputFile], ((Outcome) -> Void)?) =
+            switch job {
+            case .identity(let files): (self.directory ?? "/", files, nil)
+            case .file(let directory, let file, let completion): (directory, [file], completion)
+            }
+        let isIdentity = completion == nil
+        let signal = self.signal
         worker.run(
             { () -> Outcome in
                 var written: [String] = []
@@ -171,7 +207,12 @@ public final class CredentialFileWriter {
             then: { [weak self] outcome in
                 guard let self else { return }
                 self.writing = false
-                self.onOutcome(outcome)
+                if isIdentity {
+                    if outcome.written.count == files.count { self.identityWritten = true }
+                    self.onOutcome(outcome)
+                } else {
+                    completion?(outcome)
+                }
                 self.writeNext()
             })
     }

@@ -13,7 +13,6 @@ import Wire
 final class FileOutputs {
     private let writer: CredentialFileWriter?
     private let jwts: [AgentConfiguration.OutputJWT]
-    private let signal: OutputSignal?
     private let worker: OffLoopWorker
     private let loop: EventLoop
     private let clock: any WallClock
@@ -30,29 +29,31 @@ final class FileOutputs {
         self.clock = clock
         self.logger = logger
         self.jwts = configuration.outputJWTs
-        self.signal = configuration.outputSignal
         self.worker = try OffLoopWorker(loop: loop)
-        if let directory = configuration.outputDirectory {
+        let directory = configuration.outputDirectory
+        if let directory {
             // Created at start (not by resolving the configuration): an emptyDir shared with the app usually exists.
             try Files.ensureDirectory(directory, mode: 0o755)
-            writer = CredentialFileWriter(
+        }
+        // One writer for the identity files and the JWT-SVID files: one queue, so a signal never lands mid-update.
+        writer =
+            directory == nil && configuration.outputJWTs.isEmpty
+            ? nil
+            : CredentialFileWriter(
                 directory: directory, layout: configuration.outputLayout, signal: configuration.outputSignal,
                 worker: worker
             ) { [logger] outcome in
                 if let problem = outcome.problem {
                     logger.warning(
                         "identity files: \(outcome.written.count == 3 ? "written, but" : "not all written:")",
-                        metadata: ["directory": "\(directory)", "problem": "\(problem)"])
+                        metadata: ["directory": "\(directory ?? "")", "problem": "\(problem)"])
                 } else {
-                    logger.debug("identity files written", metadata: ["directory": "\(directory)"])
+                    logger.debug("identity files written", metadata: ["directory": "\(directory ?? "")"])
                 }
             }
-        } else {
-            writer = nil
-        }
     }
 
-    var isEmpty: Bool { writer == nil && jwts.isEmpty }
+    var isEmpty: Bool { writer == nil }
 
     /// A new identity (every issuer, every rotation and bundle change).
     func identityChanged(_ update: IdentityUpdate) { writer?.write(update) }
@@ -81,25 +82,13 @@ final class FileOutputs {
     }
 
     private func writeJWT(_ token: String, _ output: AgentConfiguration.OutputJWT) {
-        let (directory, name) = Self.split(output.path)
-        let signal = signal
-        worker.run(
-            { () -> String? in
-                do {
-                    try Files.writeAtomically(directory: directory, name: name, bytes: Array(token.utf8), mode: 0o600)
-                } catch {
-                    return "\(error)"
-                }
-                return signal?.send()
-            },
-            then: { [weak self] problem in
-                guard let self else { return }
-                if let problem {
-                    self.logger.warning(
-                        "JWT-SVID file", metadata: ["file": "\(output.path)", "problem": "\(problem)"])
-                }
-                self.scheduleRenewal(token, output)
-            })
+        writer?.write(Array(token.utf8), to: output.path, mode: 0o600) { [weak self] outcome in
+            guard let self else { return }
+            if let problem = outcome.problem {
+                self.logger.warning("JWT-SVID file", metadata: ["file": "\(output.path)", "problem": "\(problem)"])
+            }
+            self.scheduleRenewal(token, output)
+        }
     }
 
     /// Re-fetched at half-life (the token's own `iat`/`exp`, as the Workload API's clients renew).
@@ -126,11 +115,5 @@ final class FileOutputs {
         for timer in jwtTimers.values { timer.cancel() }
         jwtTimers.removeAll()
         jwtSource = nil
-    }
-
-    private static func split(_ path: String) -> (directory: String, name: String) {
-        guard let slash = path.lastIndex(of: "/") else { return (".", path) }
-        let directory = String(path[..<slash])
-        return (directory.isEmpty ? "/" : directory, String(path[path.index(after: slash)...]))
     }
 }

@@ -265,15 +265,17 @@ public struct WorkloadAPIClientStateMachine {
         current = chosen
         let parsed = UpstreamIdentity.bundles(response.federatedBundles)
         svidStreamBundles = parsed.bundles
-        return deliverIfChanged() + reportProblems(parsed.problems)
+        return deliverIfChanged(now: now) + reportProblems(parsed.problems)
     }
 
-    /// An X509BundlesResponse arrived on `attempt`'s connection.
-    public mutating func received(_ response: X509BundlesResponse, attempt: Int) -> [Action] {
+    /// An X509BundlesResponse arrived on `attempt`'s connection. The SVID it is delivered with was checked when it
+    /// arrived; `now` checks it again, since the bundles may come after it expired (found by fuzzing: an expired SVID
+    /// was delivered again with new bundles).
+    public mutating func received(_ response: X509BundlesResponse, attempt: Int, now: Timestamp) -> [Action] {
         guard self.attempt == attempt else { return [] }
         let parsed = UpstreamIdentity.bundles(response.bundles)
         bundleStreamBundles = parsed.bundles
-        return deliverIfChanged() + reportProblems(parsed.problems)
+        return deliverIfChanged(now: now) + reportProblems(parsed.problems)
     }
 
     private mutating func reportProblems(_ problems: [String]) -> [Action] {
@@ -285,8 +287,15 @@ public struct WorkloadAPIClientStateMachine {
                     + problems.joined(separator: "; ")))
     }
 
-    private mutating func deliverIfChanged() -> [Action] {
+    private mutating func deliverIfChanged(now: Timestamp) -> [Action] {
         guard let current else { return [] }
+        guard current.svid.notBefore <= now, now <= current.svid.notAfter else {
+            return reportOnce(
+                IssuerError(
+                    kind: .issuanceFailed,
+                    message: "the Workload API's last SVID (\(current.svid.spiffeID)) is not valid now (valid "
+                        + "\(current.svid.notBefore) to \(current.svid.notAfter)); waiting for its next one"))
+        }
         // The bundle stream, once heard from, is the complete truth (it shows removals); before that, the SVID
         // response's federated bundles stand in.
         var federated = bundleStreamBundles ?? svidStreamBundles

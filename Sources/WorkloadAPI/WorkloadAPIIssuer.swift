@@ -268,7 +268,7 @@ public final class WorkloadAPIIssuer: Issuer {
                 perform(machine.received(response, attempt: attempt, now: clock.now()))
             case .x509Bundles:
                 let response = try X509BundlesResponse(wireBytes: message)
-                perform(machine.received(response, attempt: attempt))
+                perform(machine.received(response, attempt: attempt, now: clock.now()))
             }
         } catch {
             perform(

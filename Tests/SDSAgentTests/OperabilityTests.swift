@@ -237,12 +237,16 @@ private final class HealthHarness {
         defer { slow.forEach { close($0) } }
         for fd in slow { _ = "GET /live HTTP/1.1\r\n".withCString { write(fd, $0, strlen($0)) } }
         #expect(loop.run(until: { server.connectionCount == 2 && server.silentConnectionCount == 0 }, timeout: 5))
+        // The third takes the one slot above the cap; the fourth, silent like it, finds no one to replace.
+        let third = connect(port)
+        defer { close(third) }
+        #expect(loop.run(until: { server.connectionCount == 3 }, timeout: 5))
         let extra = connect(port)
         defer { close(extra) }
         var ignored: [UInt8] = []
-        #expect(drive(loop, timeout: 0.2) { !readSome(extra, into: &ignored) }, "the third is closed at once")
-        #expect(refused == 1 && server.connectionCount == 2)
-        // The deadline passes with the heads unfinished: both are closed.
+        #expect(drive(loop, timeout: 0.5) { !readSome(extra, into: &ignored) }, "the fourth is closed at once")
+        #expect(refused == 1 && server.connectionCount == 3)
+        // The deadline passes with the heads unfinished: all are closed.
         #expect(loop.run(until: { server.connectionCount == 0 }, timeout: 5))
         for fd in slow { #expect(drive(loop) { !readSome(fd, into: &ignored) }) }
     }

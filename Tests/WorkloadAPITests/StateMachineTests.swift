@@ -251,7 +251,7 @@ func connectedMachine(wanted: String? = Upstream.workload) throws -> Machine {
             updates(
                 machine.received(
                     X509BundlesResponse(bundles: ["spiffe://example.org": upstream.ca.bundle.der]),
-                    attempt: 1)
+                    attempt: 1, now: upstream.now)
             ).isEmpty, "the own bundle, again: no change")
         let rotated = updates(machine.received(upstream.response([try upstream.svid()]), attempt: 1, now: upstream.now))
         #expect(rotated.count == 1)
@@ -277,13 +277,14 @@ func connectedMachine(wanted: String? = Upstream.workload) throws -> Machine {
         let withOther = X509BundlesResponse(bundles: [
             "spiffe://example.org": upstream.ca.bundle.der, "spiffe://other.org": upstream.other.bundle.der,
         ])
-        #expect(steps(machine.received(withOther, attempt: 1)).isEmpty)
+        #expect(steps(machine.received(withOther, attempt: 1, now: upstream.now)).isEmpty)
         #expect(
             steps(machine.received(upstream.response([try upstream.svid()]), attempt: 1, now: upstream.now)).map(
                 \.description
             ).first?.contains("[\"example.org\", \"other.org\"]") == true)
         let removed = machine.received(
-            X509BundlesResponse(bundles: ["spiffe://example.org": upstream.ca.bundle.der]), attempt: 1)
+            X509BundlesResponse(bundles: ["spiffe://example.org": upstream.ca.bundle.der]), attempt: 1,
+            now: upstream.now)
         #expect(updates(removed).first?.bundles.map(\.trustDomain.name) == ["example.org"])
     }
 
