@@ -36,7 +36,7 @@ PROTO_OUT    := Sources/CSDSProtos
 export SDS_PYTHON := $(CURDIR)/$(PYTHON)
 
 .PHONY: help deps venv build build-debug image run test unit integration lint format protos protos-check bench clean
-.PHONY: fuzz sanitize
+.PHONY: fuzz sanitize sanitize-thread soak
 
 help: ## Show this help
 	@echo "sds-agent — Envoy SDS provider sidecar"
@@ -124,13 +124,22 @@ bench: deps venv build ## Benchmarks (release binaries): one JSON object per met
 	python3 Tests/Bench/bench.py
 	$(PYTHON) Tests/Bench/istiod_bench.py
 
+# Soak: the release agent for SOAK_SECONDS at --svid-ttl 10s under two Envoys' mTLS traffic, SDS and Workload API
+# client churn and hostile requests; samples RSS, descriptors, CPU and push latency every 10 s. Not part of `make
+# test`. Writes SOAK_OUT (default .build/soak/soak.json) and the chart beside it (soak.svg); see Tests/Soak/README.md.
+SOAK_SECONDS ?= 3600
+
+soak: venv build ## Release agent under load for SOAK_SECONDS (default 3600): .build/soak/soak.{json,svg}; exit 1 past a bound
+	SDS_AGENT="$${SDS_AGENT:-$(CURDIR)/$(BIN_RELEASE)/sds-agent}" SOAK_SECONDS=$(SOAK_SECONDS) \
+	  $(PYTHON) Tests/Soak/soak.py
+
 # Fuzzing: Tests/Fuzz is a package of its own (libFuzzer executables over the FuzzTargets module), so the normal
 # build never links libFuzzer. Every module of ours is instrumented (-Xswiftc: SwiftPM's --sanitize covers only the
 # fuzz package's own targets). Committed seeds: Tests/Fuzz/Corpus/<target> (read only); what a run adds goes to
 # $(FUZZ_BUILD)/corpus/<target>, crashes to $(FUZZ_BUILD)/artifacts/.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= server-request-path wire-decoders workload-api-responses pki-parsing text-parsing http-request \
-                jwt-svid
+                jwt-svid agent-ops issuer-responses file-names
 FUZZ_BUILD   := .build-fuzz
 FUZZ_FLAGS   := -c release --sanitize=fuzzer --sanitize=address -Xswiftc -sanitize=fuzzer,address
 
@@ -156,13 +165,20 @@ fuzz: deps ## libFuzzer + ASan on each target for FUZZ_SECONDS (default 60) each
 	done; \
 	[ -z "$$failed" ] || { echo "add each crash to Tests/Fuzz/Corpus/<target>/ as a regression once fixed"; exit 1; }
 
-# The unit tests under AddressSanitizer, in a scratch path of their own. Leak checking is off here: tests drop
-# harnesses mid-stream (a service, its calls and their closures form cycles that the agent breaks only when a
-# connection ends) and Foundation's Process / XCTest leak by themselves; the fuzz targets run every connection to
-# its end, so libFuzzer's leak checking covers the request path instead.
-sanitize: venv ## Swift unit tests under AddressSanitizer (own build in .build-asan; clean: ~80 s build + ~25 s tests)
+# The unit tests under AddressSanitizer with LeakSanitizer on, in a scratch path of their own. The suppressions
+# (Tests/Sanitizers/lsan.supp) name only the toolchain's XCTest harness and Foundation's Process (tests run Python
+# peers with it): a leak in our code fails the run.
+LSAN_SUPPRESSIONS := $(CURDIR)/Tests/Sanitizers/lsan.supp
+sanitize: venv ## Swift unit tests under AddressSanitizer + LeakSanitizer (own build in .build-asan)
 	swift build --build-tests --sanitize=address --scratch-path .build-asan $(SWIFT_BUILD_FLAGS)
-	ASAN_OPTIONS=detect_leaks=0 swift test --skip-build --sanitize=address --scratch-path .build-asan $(SWIFT_BUILD_FLAGS)
+	ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=$(LSAN_SUPPRESSIONS) \
+	  swift test --skip-build --sanitize=address --scratch-path .build-asan $(SWIFT_BUILD_FLAGS)
+
+# The unit tests under ThreadSanitizer: the off-loop workers, the log sink's drain and tests that drive two loops on
+# two threads are where a data race would be.
+sanitize-thread: venv ## Swift unit tests under ThreadSanitizer (own build in .build-tsan)
+	swift build --build-tests --sanitize=thread --scratch-path .build-tsan $(SWIFT_BUILD_FLAGS)
+	TSAN_OPTIONS=halt_on_error=1 swift test --skip-build --sanitize=thread --scratch-path .build-tsan $(SWIFT_BUILD_FLAGS)
 
 clean: ## Remove build products, venv and run dir
 	rm -rf .build .build-* $(VENV) $(RUN_DIR)

@@ -20,6 +20,12 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case httpRequest = "http-request"
     /// JWT-SVIDs as `ValidateJWTSVID` receives them: base64url, the bounded JSON parser, the JWT-SVID checks.
     case jwtSVID = "jwt-svid"
+    /// Operations on the SDS, health and Workload API services behind several in-memory connections at once.
+    case agentOps = "agent-ops"
+    /// Upstream responses into the Workload API issuer's shell (over a socket pair) and the istiod client.
+    case issuerResponses = "issuer-responses"
+    /// File-backed names (`file-cert:`, `file-root:`) against a directory tree the input builds and changes.
+    case fileNames = "file-names"
 
     /// Runs one input through this target.
     public func run(_ input: UnsafeRawBufferPointer) {
@@ -31,12 +37,21 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .textParsing: TextParsingTarget.run(input)
         case .httpRequest: HTTPRequestTarget.run(input)
         case .jwtSVID: JWTSVIDTarget.run(input)
+        case .agentOps: AgentOpsTarget.run(input)
+        case .issuerResponses: IssuerResponsesTarget.run(input)
+        case .fileNames: FileNamesTarget.run(input)
         }
     }
 
     /// Runs one input through this target.
     public func run(_ input: [UInt8]) {
         input.withUnsafeBytes { run($0) }
+    }
+
+    /// Ends what the target keeps running between inputs (file-names: the agent under test and its thread), so a
+    /// process that replayed a corpus ends with nothing of it alive. No input of this target may run afterwards.
+    public func tearDown() {
+        if self == .fileNames { FileNamesTarget.stop() }
     }
 }
 

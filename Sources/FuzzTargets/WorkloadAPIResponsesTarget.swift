@@ -46,7 +46,7 @@ enum WorkloadAPIResponsesTarget {
             case 1:
                 let bytes = reader.lengthPrefixed()
                 do {
-                    apply(machine.received(try X509BundlesResponse(wireBytes: bytes), attempt: target))
+                    apply(machine.received(try X509BundlesResponse(wireBytes: bytes), attempt: target, now: now))
                 } catch {
                     apply(
                         machine.malformedMessage(

@@ -1,0 +1,8 @@
+import FuzzTargets
+
+/// libFuzzer's entry point (its own `main` drives it): one input through the `agent-ops` target.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    FuzzTarget.agentOps.run(UnsafeRawBufferPointer(start: data, count: data == nil ? 0 : size))
+    return 0
+}
