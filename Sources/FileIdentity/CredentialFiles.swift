@@ -75,7 +75,7 @@ public enum CredentialFiles {
         guard let leaf = chain.first, leaf.publicKeyMatches(key) else {
             throw Refusal("the private key does not match the leaf certificate's public key")
         }
-        guard now <= leaf.notAfter else { throw Refusal("the certificate expired at \(leaf.notAfter)") }
+        guard now < leaf.notAfter else { throw Refusal("the certificate expired at \(leaf.notAfter)") }
         guard leaf.notBefore <= now else {
             throw Refusal("the certificate is not valid before \(leaf.notBefore)", validFrom: leaf.notBefore)
         }

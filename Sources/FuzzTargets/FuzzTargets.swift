@@ -48,6 +48,12 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         input.withUnsafeBytes { run($0) }
     }
 
+    /// Called by a fuzzer's entry point: this target owns the process, so checks that look at process-wide state
+    /// (descriptors left open) are sound. Replayed among other tests running in parallel, they are not.
+    public func ownsProcess() {
+        if self == .issuerResponses { IssuerResponsesTarget.checksDescriptors = true }
+    }
+
     /// Ends what the target keeps running between inputs (file-names: the agent under test and its thread), so a
     /// process that replayed a corpus ends with nothing of it alive. No input of this target may run afterwards.
     public func tearDown() {

@@ -45,6 +45,10 @@ import WorkloadAPI
 /// delivered or reported after `stop()`; each relayed call is answered exactly once; every socket handed to the
 /// issuer is closed once it stopped.
 enum IssuerResponsesTarget {
+    /// Whether `finish` checks that the issuer closed every socket it was given (see there). The fuzzer's entry
+    /// point turns it on.
+    nonisolated(unsafe) static var checksDescriptors = false
+
     static let maxOps = 64
     static let workloadID = "spiffe://example.org/ns/default/sa/web"
     static let istioID = "spiffe://example.org/ns/default/sa/default"
@@ -615,6 +619,9 @@ enum IssuerResponsesTarget {
             for upstream in upstreams { upstream.closeSocket() }
             expiryTimer?.cancel()
             issuer = nil
+            // Only where this target owns the process (the fuzzer): replayed among other tests running in parallel,
+            // a closed descriptor's number is soon another test's, and the check would blame the issuer for it.
+            guard IssuerResponsesTarget.checksDescriptors else { return }
             for fd in issuerSockets {
                 invariant(fcntl(fd, F_GETFD) == -1, "the issuer left socket \(fd) open after stop()")
             }

@@ -90,7 +90,7 @@ enum FileSecrets {
             guard leaf.publicKeyMatches(key) else {
                 throw .notReady("\(keyPath) does not match the certificate in \(certificatePath)")
             }
-            guard now <= leaf.notAfter else {
+            guard now < leaf.notAfter else {
                 throw .notReady("\(certificatePath) expired at \(leaf.notAfter)")
             }
             return Secret(

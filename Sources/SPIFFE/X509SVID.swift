@@ -59,7 +59,8 @@ public struct X509SVID: Sendable {
 
     /// Validates `chain` + `privateKey` as an X509-SVID at `now`:
     /// - leaf: exactly one URI SAN, a SPIFFE ID with a path; CA:FALSE; keyUsage with digitalSignature, without keyCertSign
-    ///   and cRLSign; `privateKey` matches; `notBefore <= now <= notAfter`;
+    ///   and cRLSign; `privateKey` matches; `notBefore <= now < notAfter` (OpenSSL, BoringSSL and so Envoy count a
+    ///   certificate as expired from its notAfter second on: so does this);
     /// - every following certificate: CA:TRUE with keyCertSign;
     /// - the SPIFFE ID equals `expectedID` and belongs to `expectedTrustDomain` when those are given.
     /// Chain signatures are checked by `verify(against:at:)`, which needs the bundle.
@@ -93,7 +94,7 @@ public struct X509SVID: Sendable {
             }
         }
         guard leaf.publicKeyMatches(privateKey) else { throw .keyMismatch }
-        guard now <= leaf.notAfter else { throw .expired(notAfter: leaf.notAfter, now: now) }
+        guard now < leaf.notAfter else { throw .expired(notAfter: leaf.notAfter, now: now) }
         guard leaf.notBefore <= now else { throw .notYetValid(notBefore: leaf.notBefore, now: now) }
         if let expectedID, expectedID != id { throw .wrongSPIFFEID(expected: expectedID, actual: id) }
         if let expectedTrustDomain, expectedTrustDomain != id.trustDomain {

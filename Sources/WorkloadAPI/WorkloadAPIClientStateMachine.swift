@@ -289,7 +289,7 @@ public struct WorkloadAPIClientStateMachine {
 
     private mutating func deliverIfChanged(now: Timestamp) -> [Action] {
         guard let current else { return [] }
-        guard current.svid.notBefore <= now, now <= current.svid.notAfter else {
+        guard current.svid.notBefore <= now, now < current.svid.notAfter else {
             return reportOnce(
                 IssuerError(
                     kind: .issuanceFailed,
