@@ -289,12 +289,14 @@ public struct WorkloadAPIClientStateMachine {
 
     private mutating func deliverIfChanged(now: Timestamp) -> [Action] {
         guard let current else { return [] }
-        guard current.svid.notBefore <= now, now < current.svid.notAfter else {
+        // The whole chain, not only the leaf's dates: an intermediate may have expired since the SVID arrived
+        // (found by fuzzing).
+        do { try current.svid.verify(against: current.bundle, at: now) } catch {
             return reportOnce(
                 IssuerError(
                     kind: .issuanceFailed,
-                    message: "the Workload API's last SVID (\(current.svid.spiffeID)) is not valid now (valid "
-                        + "\(current.svid.notBefore) to \(current.svid.notAfter)); waiting for its next one"))
+                    message: "the Workload API's last SVID (\(current.svid.spiffeID)) does not verify now: \(error); "
+                        + "waiting for its next one"))
         }
         // The bundle stream, once heard from, is the complete truth (it shows removals); before that, the SVID
         // response's federated bundles stand in.
