@@ -78,7 +78,8 @@ enum AgentOpsTarget {
                 let svid = try X509SVID(chain: leaf.chain, privateKey: leaf.key, now: ca.now)
                 let update = IdentityUpdate(svid: svid, bundles: [ca.bundle])
                 return Generation(
-                    update: update, secrets: try secrets(for: update), chainPEM: Array(svid.chainPEM.utf8))
+                    update: update, secrets: try IdentitySecrets.secrets(for: update),
+                    chainPEM: Array(svid.chainPEM.utf8))
             }
             let bigPEM = String(repeating: ca.root.pem, count: 200)
             let bigBundle = Secret(
@@ -95,40 +96,6 @@ enum AgentOpsTarget {
             fatalError("fuzz fixture: \(error)")
         }
     }()
-
-    /// The names and contents the agent publishes for an identity (as `IdentitySecrets` in SDSAgent does).
-    static func secrets(for update: IdentityUpdate) throws -> [Secret] {
-        let svid = update.svid
-        let certificate = Secret.Kind.tlsCertificate(
-            TLSCertificate(
-                certificateChain: .inlineBytes(Array(svid.chainPEM.utf8)),
-                privateKey: .inlineBytes(Array(try svid.privateKey.pkcs8PEM().utf8))))
-        var secrets = [
-            Secret(name: SecretName.istioWorkload, kind: certificate),
-            Secret(name: svid.spiffeID.uri, kind: certificate),
-        ]
-        for bundle in update.bundles {
-            let context = Secret.Kind.validationContext(
-                CertificateValidationContext(trustedCA: .inlineBytes(Array(bundle.pem.utf8))))
-            secrets.append(Secret(name: bundle.trustDomain.idString, kind: context))
-            if bundle.trustDomain == svid.spiffeID.trustDomain {
-                secrets.append(Secret(name: SecretName.istioRoot, kind: context))
-            }
-        }
-        let validator = SPIFFECertValidatorConfig(
-            trustDomains: update.bundles.map {
-                SPIFFECertValidatorConfig.TrustDomain(
-                    name: $0.trustDomain.name, trustBundle: .inlineBytes(Array($0.pem.utf8)))
-            })
-        secrets.append(
-            Secret(
-                name: SecretName.allBundlesName,
-                kind: .validationContext(
-                    CertificateValidationContext(
-                        customValidatorConfig: TypedExtensionConfig(
-                            name: "envoy.tls.cert_validator.spiffe", typedConfig: AnyMessage(packing: validator))))))
-        return secrets
-    }
 
     /// What a leak of `key` would look like in output: its PKCS#8 DER, the second line of its PEM (the first is
     /// mostly the algorithm header every P-256 key shares), and the raw private scalar.

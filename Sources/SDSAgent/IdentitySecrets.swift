@@ -7,7 +7,7 @@ import Wire
 /// Turns an issuer's identity into the Envoy `Secret`s every supported name expects: the same SVID under `default`
 /// and its SPIFFE ID, the own bundle under `ROOTCA` and `spiffe://<td>`, each federated bundle under
 /// `spiffe://<other>`, and all bundles under `ALL` as Envoy's SPIFFE validator config.
-enum IdentitySecrets {
+public enum IdentitySecrets {
     /// The name Envoy's SPIFFE certificate validator is registered under.
     static let spiffeValidatorName = "envoy.tls.cert_validator.spiffe"
 
@@ -15,7 +15,7 @@ enum IdentitySecrets {
     /// (`ROOTCA`, `spiffe://<td>`), checked for the leaf only: the file names the CAs it covers, and requiring a CRL
     /// for every CA of every chain would fail handshakes the operator did not mean to revoke. Not into `ALL`:
     /// Envoy's SPIFFE validator takes only `allow_expired_certificate` and the SAN matchers from its context.
-    static func secrets(for update: IdentityUpdate, crlPEM: String? = nil) throws -> [Secret] {
+    public static func secrets(for update: IdentityUpdate, crlPEM: String? = nil) throws -> [Secret] {
         let svid = update.svid
         let certificate = Secret.Kind.tlsCertificate(
             TLSCertificate(

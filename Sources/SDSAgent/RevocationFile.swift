@@ -42,7 +42,11 @@ final class RevocationFile {
     /// The identity changed: its CAs are the ones a CRL must be signed by.
     func identityChanged(_ update: IdentityUpdate) {
         let own = update.bundles.first { $0.trustDomain == update.svid.spiffeID.trustDomain }
-        issuers = (own?.certificates ?? []) + Array(update.svid.chain.dropFirst())
+        let cas = (own?.certificates ?? []) + Array(update.svid.chain.dropFirst())
+        // A rotation under the same CAs changes nothing the CRLs are checked against: the file is re-read on its own
+        // events, not on every rotation.
+        guard cas != issuers else { return }
+        issuers = cas
         load()
     }
 
