@@ -5,6 +5,7 @@ public enum SPIFFEIDError: Error, Sendable, Hashable, CustomStringConvertible {
     case tooLong(bytes: Int)
     case wrongScheme
     case missingTrustDomain
+    case trustDomainTooLong(bytes: Int)
     case trustDomainHasPort
     case trustDomainHasUserinfo
     case badTrustDomainCharacter(Character)
@@ -20,6 +21,9 @@ public enum SPIFFEIDError: Error, Sendable, Hashable, CustomStringConvertible {
         case .tooLong(let bytes): "SPIFFE ID is \(bytes) bytes, the maximum is 2048"
         case .wrongScheme: "scheme must be \"spiffe://\" (lower case)"
         case .missingTrustDomain: "trust domain is missing"
+        case .trustDomainTooLong(let bytes):
+            "trust domain is \(bytes) bytes, the maximum is \(TrustDomain.maxBytes) (its ID, spiffe://<name>, must fit "
+                + "in 2048)"
         case .trustDomainHasPort: "trust domain must not contain a port"
         case .trustDomainHasUserinfo: "trust domain must not contain userinfo (\"@\")"
         case .badTrustDomainCharacter(let c):
@@ -54,8 +58,13 @@ public struct TrustDomain: Sendable, Hashable, Comparable, CustomStringConvertib
         self.name = name
     }
 
+    /// The longest name whose ID (`spiffe://<name>`) is still a SPIFFE ID: a name accepted bare must also be
+    /// accepted in its ID form, or a flag value would parse and its ID would not (found by fuzzing).
+    public static let maxBytes = 2048 - "spiffe://".utf8.count
+
     static func validate(_ name: String) throws {
         guard !name.isEmpty else { throw SPIFFEIDError.missingTrustDomain }
+        guard name.utf8.count <= maxBytes else { throw SPIFFEIDError.trustDomainTooLong(bytes: name.utf8.count) }
         for byte in name.utf8 {
             switch byte {
             case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),

@@ -61,6 +61,16 @@ import Testing
         #expect(throws: SPIFFEIDError.tooLong(bytes: 2049)) { try SPIFFEID(parsing: atLimit + "a") }
     }
 
+    @Test func aBareTrustDomainIsAcceptedOnlyIfItsIDIs() throws {
+        let longest = String(repeating: "a", count: TrustDomain.maxBytes)
+        let domain = try TrustDomain(longest)
+        #expect(try TrustDomain(domain.idString) == domain)
+        #expect(try SPIFFEID(parsing: domain.idString).trustDomain == domain)
+        #expect(throws: SPIFFEIDError.trustDomainTooLong(bytes: TrustDomain.maxBytes + 1)) {
+            try TrustDomain(longest + "a")
+        }
+    }
+
     @Test func trustDomainAcceptsNameOrIDForm() throws {
         #expect(try TrustDomain("example.org").idString == "spiffe://example.org")
         #expect(try TrustDomain("spiffe://example.org") == TrustDomain("example.org"))
