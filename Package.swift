@@ -55,22 +55,24 @@ let package = Package(
         .target(name: "Transport", dependencies: ["CLinux"]),
         .target(
             name: "WorkloadAPI",
-            dependencies: ["Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport", "Upstream"]),
+            dependencies: ["Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport", "ConnectionDriver"]),
         // Identities from files (Kubernetes Pod Certificates, cert-manager, Istio's file layout): the pure reading of
         // a chain, key and bundle, and the issuer that watches them.
         .target(name: "FileIdentity", dependencies: ["Issuance", "SPIFFE", "PKI", "Transport"]),
         // JWT-SVIDs: ES256 tokens, JWKS, the state dir's rotating signing keys.
         .target(name: "JWT", dependencies: ["PKI", "SPIFFE", "JSONText", "Issuance", "Transport"]),
-        // The one client connection driver: socket ⇄ optional TLS ⇄ nghttp2 client session.
-        .target(name: "Upstream", dependencies: ["GRPC", "H2", "Transport", "PKI"]),
+        // The one HTTP/2 connection driver, client or server: socket ⇄ optional TLS ⇄ nghttp2 session, with the
+        // back-pressure, write-stall, queued-bytes and preface rules every connection shares.
+        .target(name: "ConnectionDriver", dependencies: ["H2", "Transport", "PKI"]),
         // istiod / istio-csr CSR client: pure state machine + I/O shell.
         .target(
             name: "IstioCA",
-            dependencies: ["Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport", "Upstream"]),
+            dependencies: ["Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport", "ConnectionDriver"]),
         .target(
             name: "SDSAgent",
             dependencies: [
-                "Wire", "XDS", "GRPC", "H2", "Transport", "Issuance", "SPIFFE", "PKI", "JSONText", "WorkloadAPI",
+                "Wire", "XDS", "GRPC", "H2", "Transport", "ConnectionDriver", "Issuance", "SPIFFE", "PKI", "JSONText",
+                "WorkloadAPI",
                 "FileIdentity",
                 "IstioCA", "HTTP1", "JWT", .product(name: "Logging", package: "swift-log"),
             ]),
@@ -79,14 +81,16 @@ let package = Package(
         // No swift-argument-parser anywhere: it links FoundationEssentials (+3.6 MB RSS); see AgentCommandLine.
         // sds-agent is also sds-dump when called by that name (the image ships one binary under both names).
         .executableTarget(name: "sds-agent", dependencies: ["SDSAgent", "SDSDump"]),
-        .target(name: "SDSDump", dependencies: ["Wire", "GRPC", "H2", "Transport", "PKI", "JSONText", "Upstream"]),
+        .target(name: "SDSDump", dependencies: ["Wire", "GRPC", "H2", "Transport", "PKI", "JSONText", "ConnectionDriver"]),
         .executableTarget(name: "sds-dump", dependencies: ["SDSDump"]),
 
         // `make bench`: the load client and issuance benchmark, and the RSS floor (same libraries, no agent).
         .target(name: "Bench", dependencies: ["JSONText"]),
         .executableTarget(
             name: "sds-bench",
-            dependencies: ["Bench", "Wire", "GRPC", "H2", "Transport", "Issuance", "JWT", "PKI", "SPIFFE"]),
+            dependencies: [
+                "Bench", "Wire", "GRPC", "H2", "Transport", "ConnectionDriver", "Issuance", "JWT", "PKI", "SPIFFE",
+            ]),
         // The floor links only the C libraries the agent links, with the static Swift stdlib: what the agent's RSS
         // is measured against.
         .executableTarget(name: "sds-floor", dependencies: ["CNGHTTP2", "COpenSSL", "CProtobufC"]),
@@ -94,13 +98,16 @@ let package = Package(
         // Shared test fixtures: a test CA, a fake issuer, an in-memory connection pair, a fake clock.
         .target(
             name: "TestSupport",
-            dependencies: ["PKI", "SPIFFE", "Issuance", "H2"],
+            dependencies: ["PKI", "SPIFFE", "Issuance", "H2", "Transport"],
             path: "Tests/TestSupport"),
 
         .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"]),
         .testTarget(name: "PKITests", dependencies: ["PKI", "TestSupport"]),
         .testTarget(name: "SPIFFETests", dependencies: ["SPIFFE", "PKI", "TestSupport"]),
-        .testTarget(name: "IssuanceTests", dependencies: ["Issuance", "SPIFFE", "PKI", "TestSupport"]),
+        .testTarget(name: "IssuanceTests", dependencies: ["Issuance", "SPIFFE", "PKI", "Transport", "TestSupport"]),
+        .testTarget(
+            name: "ConnectionDriverTests",
+            dependencies: ["ConnectionDriver", "H2", "GRPC", "Transport", "TestSupport"]),
         .testTarget(name: "H2Tests", dependencies: ["H2", "TestSupport"]),
         .testTarget(name: "GRPCTests", dependencies: ["GRPC", "H2", "TestSupport"]),
         .testTarget(name: "XDSTests", dependencies: ["XDS", "Wire", "TestSupport"]),
@@ -123,7 +130,7 @@ let package = Package(
         .testTarget(
             name: "IstioCATests",
             dependencies: [
-                "IstioCA", "Upstream", "Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport", "TestSupport",
+                "IstioCA", "ConnectionDriver", "Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport", "TestSupport",
             ]),
 
         // Fuzz targets, one function per attack surface: Tests/Fuzz builds them into libFuzzer executables (`make

@@ -6,6 +6,7 @@ import PKI
 import SDSAgent
 import SPIFFE
 import TestSupport
+import Transport
 import Wire
 
 /// The agent's serving side as clients see it, driven by operations instead of raw bytes: the real

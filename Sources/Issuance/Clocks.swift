@@ -16,17 +16,3 @@ public struct SystemWallClock: WallClock {
         return Timestamp(secondsSinceEpoch: Int64(spec.tv_sec))
     }
 }
-
-/// A one-shot timer handle. `cancel()` after it fired, or twice, does nothing.
-public protocol ScheduledTimer {
-    func cancel()
-}
-
-/// Runs closures later on the owner's thread (the event loop implements it; tests use `FakeScheduler`).
-/// Delays are monotonic seconds: a wall-clock jump does not move a scheduled timer.
-public protocol Scheduler: AnyObject {
-    /// Runs `action` once, `seconds` from now (0 = on the next loop turn, never synchronously inside
-    /// `schedule`).
-    @discardableResult
-    func schedule(after seconds: Double, _ action: @escaping () -> Void) -> ScheduledTimer
-}

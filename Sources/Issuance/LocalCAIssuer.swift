@@ -1,5 +1,6 @@
 public import PKI
 public import SPIFFE
+public import Transport
 
 /// An `Issuer` over the embedded CA: issues the configured SPIFFE ID, renews it at the time the `RotationPolicy`
 /// picks, rotates a self-made root on the `RootRotationSchedule` (or warns before an operator CA expires), and

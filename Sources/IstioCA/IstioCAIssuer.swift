@@ -1,3 +1,4 @@
+import ConnectionDriver
 import GRPC
 import Glibc
 import H2
@@ -5,7 +6,6 @@ public import Issuance
 public import PKI
 public import SPIFFE
 public import Transport
-import Upstream
 import Wire
 
 /// Where and how to reach istiod (or cert-manager's istio-csr), with istio-agent's names in comments.
@@ -271,15 +271,16 @@ public final class IstioCAIssuer: Issuer {
         let grpc = GRPCClientConnection(
             authority: configuration.address.description, scheme: "https",
             maxMessageBytes: IstioCAConfiguration.maxResponseBytes)
-        let driver: ClientConnectionDriver
+        let driver: H2ConnectionDriver
         do throws(SystemError) {
-            driver = try ClientConnectionDriver(fd: fd, loop: loop, tls: tls, grpc: grpc)
+            driver = try H2ConnectionDriver.onSocket(fd, loop: loop, session: grpc.session, tls: tls)
         } catch {
             fail(GRPCStatus(.unavailable, "\(error)"))
             return
         }
         inFlight.driver = driver
-        driver.onLost = { reason in
+        driver.afterClosed = { [grpc] in grpc.connectionLost() }
+        driver.onClosed = { reason in
             // After the answer, the connection closing is expected.
             guard !inFlight.finished else { return }
             fail(GRPCStatus(.unavailable, "\(reason)"))
@@ -381,7 +382,7 @@ public final class IstioCAIssuer: Issuer {
 /// One try: the dial, then the connection; `finish` tears down whatever exists and silences late events.
 final class InFlightCall {
     var dial: TCPDial?
-    var driver: ClientConnectionDriver?
+    var driver: H2ConnectionDriver?
     var deadline: (any ScheduledTimer)?
     private(set) var finished = false
 

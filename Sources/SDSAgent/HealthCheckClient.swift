@@ -1,3 +1,4 @@
+import ConnectionDriver
 import GRPC
 import Glibc
 import H2
@@ -5,7 +6,7 @@ import Transport
 
 /// `sds-agent healthcheck`: one `grpc.health.v1.Health/Check` over the SDS socket, for an exec probe that needs no
 /// port (like `spire-agent healthcheck`). Exit 0 and one line when SERVING; exit 1 and one line saying why not.
-public final class HealthCheckClient: ConnectionDelegate {
+public final class HealthCheckClient {
     /// Why 2 s: a healthy agent answers in well under a millisecond; 2 s leaves room for a loaded node and stays
     /// under a probe's `timeoutSeconds: 3` (the examples'), so the probe reports our one line, not kubelet's kill.
     /// An agent that takes longer is not healthy, and the probe must never hang.
@@ -49,9 +50,8 @@ public final class HealthCheckClient: ConnectionDelegate {
 
     private let loop: EventLoop
     private let grpc = GRPCClientConnection()
-    private var socket: Connection?
+    private var driver: H2ConnectionDriver?
     private var verdict: Verdict?
-    private var outputBuffer: [UInt8] = []
 
     public init() throws(SystemError) {
         loop = try EventLoop()
@@ -66,10 +66,21 @@ public final class HealthCheckClient: ConnectionDelegate {
             return .cannotConnect("\(error)")
         }
         do throws(SystemError) {
-            socket = try Connection(fd: try connectUnixSocket(address), loop: loop, delegate: self)
+            driver = try H2ConnectionDriver.onSocket(try connectUnixSocket(address), loop: loop, session: grpc.session)
         } catch {
             return .cannotConnect(String(cString: strerror(error.errno)))
         }
+        driver?.onClosed = { [weak self] loss in
+            guard let self, self.verdict == nil else { return }
+            let reason =
+                switch loss {
+                case .closedByPeer, .sessionEnded: "the agent closed the connection"
+                case .socket(let error): String(cString: strerror(error.errno))
+                default: "\(loss)"
+                }
+            self.verdict = .callFailed(GRPCStatus(.unavailable, reason))
+        }
+        driver?.afterClosed = { [grpc] in grpc.connectionLost() }
         let call: GRPCClientCall
         do throws(GRPCStatus) {
             call = try grpc.startCall(path: HealthService.checkPath)
@@ -90,41 +101,10 @@ public final class HealthCheckClient: ConnectionDelegate {
         }
         call.send(HealthWire.request(service: ""))
         call.closeSend()
-        flush()
+        driver?.flush()
         _ = loop.run(until: { self.verdict != nil }, timeout: Self.timeout)
-        socket?.close()
+        driver?.close()
         return verdict ?? .timedOut
-    }
-
-    public func connection(_ connection: Connection, received bytes: UnsafeRawBufferPointer) {
-        do throws(H2Error) {
-            try grpc.session.receive(bytes)
-        } catch {
-            connection.close()
-            grpc.connectionLost()
-            if verdict == nil { verdict = .callFailed(GRPCStatus(.unavailable, "HTTP/2 error: \(error)")) }
-            return
-        }
-        flush()
-    }
-
-    public func connectionDrained(_ connection: Connection) { flush() }
-
-    public func connectionClosed(_ connection: Connection, error: SystemError?) {
-        grpc.connectionLost()
-        if verdict == nil {
-            let reason = error.map { String(cString: strerror($0.errno)) } ?? "the agent closed the connection"
-            verdict = .callFailed(GRPCStatus(.unavailable, reason))
-        }
-    }
-
-    private func flush() {
-        guard let socket, !socket.isClosed else { return }
-        while true {
-            outputBuffer.removeAll(keepingCapacity: true)
-            if grpc.session.takeOutput(into: &outputBuffer, maxBytes: 64 * 1024) == 0 { break }
-            socket.write(outputBuffer)
-        }
     }
 
     /// The whole command: resolves the socket like `run` does (flag, then SDS_SOCKET, then the default), checks,

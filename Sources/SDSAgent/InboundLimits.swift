@@ -19,7 +19,7 @@ import H2
 /// | stream resets                 | 1000 + 33/s | GOAWAY, connection closed                  | H2Configuration, nghttp2 |
 /// | HPACK tables                  | 4 KiB each  | (never larger, whatever the peer asks)     | H2Configuration, nghttp2 |
 /// | reads per wakeup              | 4 × 64 KiB  | the rest waits for the next loop iteration | Transport.Connection     |
-/// | descriptors (EMFILE)          | —           | listener paused 0.25 s or until a close    | Transport.UnixListener   |
+/// | descriptors (EMFILE)          | —           | listener paused 0.25 s or until a close    | Transport.Listener       |
 ///
 /// Buffers grow with the bytes that arrived, never with what a length prefix announces, and HTTP/2 flow control
 /// follows what the gRPC layer has processed.

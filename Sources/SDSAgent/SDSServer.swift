@@ -1,3 +1,4 @@
+import ConnectionDriver
 import GRPC
 import Glibc
 import H2
@@ -57,7 +58,7 @@ public final class SDSServer {
     private let loop: EventLoop
     private let router: GRPCRouter
     private let logger: Logger
-    private var listener: UnixListener?
+    private var listener: Listener?
     private var connections: [ObjectIdentifier: ServerConnection] = [:]
     private var connectionCounter: UInt64 = 0
     private let h2Configuration: H2Configuration
@@ -72,8 +73,6 @@ public final class SDSServer {
     /// What a peer may make the agent hold or do (see `InboundLimits`).
     let inboundLimits: InboundLimits
     private var refusals = RefusalLog()
-    /// Stop pulling bytes from nghttp2 while this much is queued in user space for the socket.
-    static let writeHighWater = 256 * 1024
 
     public init(
         loop: EventLoop, router: GRPCRouter, logger: Logger, admission: PeerAdmission,
@@ -94,7 +93,7 @@ public final class SDSServer {
 
     /// Binds the socket (mode applied at creation) and starts accepting.
     public func listen(on address: UnixSocketAddress, mode: UInt32) throws(SystemError) {
-        let listener = try UnixListener(address: address, mode: mode, loop: loop) { [weak self] fd in
+        let listener = try Listener(unix: address, mode: mode, loop: loop) { [weak self] fd in
             guard let self else {
                 Glibc.close(fd)
                 return
@@ -187,16 +186,33 @@ public final class SDSServer {
             return
         }
         connectionCounter += 1
-        let connection = ServerConnection(
-            id: connectionCounter, router: router, configuration: h2Configuration, inboundLimits: inboundLimits,
-            server: self, loop: loop)
-        connection.grpc.peer = peer.description
+        let id = connectionCounter
+        let flusher = WeakDriver()
+        let grpc = GRPCServerConnection(
+            router: router, configuration: h2Configuration, maxMessageBytes: inboundLimits.maxRequestBytes,
+            maxBufferedRequestBytes: inboundLimits.maxBufferedRequestBytesPerConnection,
+            scheduler: { [loop] seconds, action in
+                // Deadlines (`grpc-timeout`) run on the loop's timers; what an expiry writes is flushed right after.
+                let timer = loop.schedule(after: seconds) {
+                    action()
+                    flusher.driver?.flush()
+                }
+                return { timer.cancel() }
+            })
+        grpc.peer = peer.description
+        let driver: H2ConnectionDriver
         do {
-            connection.socket = try Connection(fd: fd, loop: loop, delegate: connection)
+            driver = try H2ConnectionDriver.onSocket(fd, loop: loop, session: grpc.session, limits: driverLimits)
         } catch {
             logger.error("accept failed", metadata: ["error": "\(error)"])
-            Glibc.close(fd)
             return
+        }
+        let connection = ServerConnection(id: id, grpc: grpc, driver: driver)
+        flusher.driver = driver
+        driver.afterClosed = { [weak grpc] in grpc?.connectionLost() }
+        driver.onClosed = { [weak self, weak connection] loss in
+            guard let self, let connection else { return }
+            self.ended(connection, loss)
         }
         connections[ObjectIdentifier(connection)] = connection
         // Debug, like the close: an exec probe (`sds-agent healthcheck`) opens a connection every period, and the
@@ -214,12 +230,6 @@ public final class SDSServer {
             guard let self else { return }
             let budget = self.inboundLimits.maxBufferedRequestBytesPerConnection
             self.refused("partial requests on one connection past \(budget) bytes: stream ended", metadata: [:])
-        }
-        connection.prefaceTimer = loop.schedule(after: inboundLimits.prefaceTimeout) { [weak self, weak connection] in
-            guard let self, let connection, !connection.grpc.session.prefaceReceived else { return }
-            self.refused("no HTTP/2 preface within \(self.inboundLimits.prefaceTimeout) s: closing", metadata: [:])
-            connection.close()
-            self.closed(connection, reason: "no HTTP/2 preface")
         }
         connection.flush()  // the server preface, now
     }
@@ -247,24 +257,36 @@ public final class SDSServer {
     /// Distinct refused identities logged; beyond, refusals are only counted (`refusedPeerCount`).
     static let maxReportedRefusals = 256
 
-    /// The peer stopped taking bytes or made too many wait: closed now, logged once (Envoy reconnects and gets the
-    /// current state).
-    fileprivate func cutOff(_ connection: ServerConnection, reason: String) {
-        metrics?.countRefusal(.limits)
-        logger.warning(
-            "disconnecting a peer that does not read",
-            metadata: [
-                "connection": "\(connection.id)", "reason": "\(reason)", "queued_bytes": "\(connection.queuedBytes)",
-            ])
-        connection.close()
-        closed(connection, reason: reason)
+    /// The driver's limits for a server connection: the operator's outbound limits and the preface timeout.
+    private var driverLimits: H2ConnectionDriver.Limits {
+        H2ConnectionDriver.Limits(
+            maxQueuedBytes: limits.maxQueuedBytes, writeStallTimeout: limits.writeStallTimeout,
+            prefaceTimeout: inboundLimits.prefaceTimeout)
+    }
+
+    /// The driver ended a connection: peer gone, protocol error, session finished, or a rule cut it off.
+    private func ended(_ connection: ServerConnection, _ loss: ConnectionLoss) {
+        switch loss {
+        case .noPreface(let seconds):
+            refused("no HTTP/2 preface within \(seconds) s: closing", metadata: [:])
+        case .writeStalled, .overBudget:
+            // The peer stopped taking bytes or made too many wait: logged once per connection (Envoy reconnects
+            // and gets the current state).
+            metrics?.countRefusal(.limits)
+            logger.warning(
+                "disconnecting a peer that does not read",
+                metadata: [
+                    "connection": "\(connection.id)", "reason": "\(loss)",
+                    "queued_bytes": "\(connection.queuedBytes)",
+                ])
+        default:
+            break
+        }
+        closed(connection, reason: "\(loss)")
     }
 
     fileprivate func closed(_ connection: ServerConnection, reason: String) {
         guard connections.removeValue(forKey: ObjectIdentifier(connection)) != nil else { return }
-        connection.prefaceTimer?.cancel()
-        connection.stopStallWatch()
-        connection.grpc.connectionLost()
         // A descriptor is free again: a listener paused on EMFILE may accept now.
         listener?.resume()
         logger.debug("connection closed", metadata: ["connection": "\(connection.id)", "reason": "\(reason)"])
@@ -272,155 +294,26 @@ public final class SDSServer {
     }
 }
 
-/// One accepted connection: socket bytes ⇄ nghttp2 session ⇄ gRPC calls.
-final class ServerConnection: ConnectionDelegate {
+/// Lets the deadline timers reach a connection's driver without keeping it alive.
+private final class WeakDriver {
+    weak var driver: H2ConnectionDriver?
+}
+
+final class ServerConnection {
     let id: UInt64
     let grpc: GRPCServerConnection
-    var socket: Connection?
-    /// Weak: the server may be gone (stopped) while a socket event for this connection is still queued.
-    private weak var server: SDSServer?
-    private let loop: EventLoop
-    private var outputBuffer: [UInt8] = []
-    /// Closes the connection if the peer's HTTP/2 preface has not arrived in time (`InboundLimits.prefaceTimeout`).
-    var prefaceTimer: EventLoop.Timer?
-    /// Bytes handed to the socket since the connection opened; minus what it still queues, what the peer took.
-    private var bytesHanded: UInt64 = 0
-    private var stallTimer: EventLoop.Timer?
-    /// What the peer had taken when the stall timer was armed.
-    private var takenAtArming: UInt64 = 0
-    /// The session finished; the socket closes once its queue is written (or the drain timeout ends it).
-    private var closing = false
-    /// Armed while the queue is over `OutboundLimits.maxQueuedBytes`: see `watchOverBudget`.
-    private var overBudgetTimer: EventLoop.Timer?
-    /// Why 1 s: a peer that reads takes bytes within milliseconds of their arrival; one over the budget that takes
-    /// none for a second is not reading, and its queue is held that long at most.
-    static let overBudgetGrace: Double = 1
+    let driver: H2ConnectionDriver
 
-    init(
-        id: UInt64, router: GRPCRouter, configuration: H2Configuration, inboundLimits: InboundLimits,
-        server: SDSServer, loop: EventLoop
-    ) {
+    init(id: UInt64, grpc: GRPCServerConnection, driver: H2ConnectionDriver) {
         self.id = id
-        self.loop = loop
-        // Deadlines (`grpc-timeout`) run on the loop's timers; what an expiry writes is flushed right after.
-        let flusher = WeakFlusher()
-        self.grpc = GRPCServerConnection(
-            router: router, configuration: configuration, maxMessageBytes: inboundLimits.maxRequestBytes,
-            maxBufferedRequestBytes: inboundLimits.maxBufferedRequestBytesPerConnection,
-            scheduler: { seconds, action in
-                let timer = loop.schedule(after: seconds) {
-                    action()
-                    flusher.connection?.flush()
-                }
-                return { timer.cancel() }
-            })
-        self.server = server
-        flusher.connection = self
+        self.grpc = grpc
+        self.driver = driver
     }
 
-    /// Lets the deadline timers reach this connection without keeping it alive.
-    private final class WeakFlusher {
-        weak var connection: ServerConnection?
-    }
+    var queuedBytes: Int { driver.queuedBytes }
 
-    /// Bytes waiting for the peer: HTTP/2 stream queues plus the socket's write queue.
-    var queuedBytes: Int { grpc.session.totalQueuedBytes + (socket?.pendingWriteBytes ?? 0) }
+    func flush() { driver.flush() }
 
-    private var bytesTaken: UInt64 { bytesHanded - UInt64(socket?.pendingWriteBytes ?? 0) }
-
-    func connection(_ connection: Connection, received bytes: UnsafeRawBufferPointer) {
-        do {
-            try grpc.session.receive(bytes)
-        } catch {
-            // A protocol violation: nghttp2 queued a GOAWAY; write it, then close.
-            flush()
-            closeAfterWrites(reason: "protocol error: \(error)")
-            return
-        }
-        flush()
-    }
-
-    func connectionDrained(_ connection: Connection) { flush() }
-
-    func connectionClosed(_ connection: Connection, error: SystemError?) {
-        server?.closed(self, reason: error.map { "\($0)" } ?? (closing ? "session finished" : "peer closed"))
-    }
-
-    /// Moves session output to the socket until the session has nothing more or the socket backs up.
-    func flush() {
-        guard let socket, !socket.isClosed, !closing else { return }
-        while socket.pendingWriteBytes < SDSServer.writeHighWater {
-            outputBuffer.removeAll(keepingCapacity: true)
-            if grpc.session.takeOutput(into: &outputBuffer, maxBytes: 64 * 1024) == 0 { break }
-            bytesHanded += UInt64(outputBuffer.count)
-            socket.write(outputBuffer)
-        }
-        if grpc.session.isClosed {
-            closeAfterWrites(reason: "session finished")
-            return
-        }
-        if let server, queuedBytes > server.limits.maxQueuedBytes {
-            watchOverBudget(server.limits.maxQueuedBytes)
-        }
-        watchForStall()
-    }
-
-    /// Over the budget, a peer is cut off if it takes no byte within `overBudgetGrace`: one response larger than
-    /// the budget (a big trust bundle) to a peer that is reading it must not end the connection, and two flushes a
-    /// microsecond apart say nothing about whether the peer reads.
-    private func watchOverBudget(_ limit: Int) {
-        guard overBudgetTimer == nil else { return }
-        let takenAtArming = bytesTaken
-        overBudgetTimer = loop.schedule(after: Self.overBudgetGrace) { [weak self] in
-            guard let self else { return }
-            self.overBudgetTimer = nil
-            guard self.socket?.isClosed == false, self.queuedBytes > limit else { return }
-            if self.bytesTaken == takenAtArming {
-                self.server?.cutOff(self, reason: "more than \(limit) bytes queued and none taken for 1 s")
-            } else {
-                self.watchOverBudget(limit)
-            }
-        }
-    }
-
-    /// Closes once the socket has written everything (GOAWAY and trailers included); the server forgets the
-    /// connection only then, so a drain waits for those bytes.
-    private func closeAfterWrites(reason: String) {
-        guard let socket, !closing else { return }
-        closing = true
-        stopStallWatch()
-        socket.closeAfterWrites()
-        if socket.isClosed { server?.closed(self, reason: reason) }
-    }
-
-    /// Arms the stall timer when data starts waiting; it fires after the timeout and cuts the peer off if it took
-    /// nothing meanwhile (else it re-arms).
-    private func watchForStall() {
-        guard stallTimer == nil, queuedBytes > 0, let timeout = server?.limits.writeStallTimeout else { return }
-        takenAtArming = bytesTaken
-        stallTimer = loop.schedule(after: timeout) { [weak self] in
-            guard let self else { return }
-            self.stallTimer = nil
-            guard self.queuedBytes > 0, self.socket?.isClosed == false else { return }
-            if self.bytesTaken == self.takenAtArming {
-                self.server?.cutOff(self, reason: "took no byte for \(DurationText.format(seconds: timeout))")
-            } else {
-                self.watchForStall()
-            }
-        }
-    }
-
-    func stopStallWatch() {
-        stallTimer?.cancel()
-        stallTimer = nil
-        overBudgetTimer?.cancel()
-        overBudgetTimer = nil
-    }
-
-    func close() {
-        prefaceTimer?.cancel()
-        stopStallWatch()
-        socket?.close()
-        grpc.connectionLost()
-    }
+    /// Closes now (eviction, shutdown): no `onClosed`, the server does its own bookkeeping.
+    func close() { driver.close() }
 }

@@ -15,8 +15,8 @@ import XDS
 public final class SecretDiscoveryService {
     public private(set) var cache: SecretCache
     private let logger: Logger
-    private var sotwStreams: [ObjectIdentifier: SotWCall] = [:]
-    private var deltaStreams: [ObjectIdentifier: DeltaCall] = [:]
+    /// Open StreamSecrets and DeltaSecrets calls.
+    private var streams: [ObjectIdentifier: any OpenStream] = [:]
     private var heldFetches: [ObjectIdentifier: (call: GRPCServerCall, request: DiscoveryRequest)] = [:]
     private var streamCounter: UInt64 = 0
     /// The names each open call holds (its part of `subscriptions`).
@@ -66,11 +66,12 @@ public final class SecretDiscoveryService {
         self.metricLabel = metricLabel
     }
 
-    public var openStreamCount: Int { sotwStreams.count + deltaStreams.count }
+    public var openStreamCount: Int { streams.count }
 
     /// Open calls by API, for `/metrics` (`fetch`: FetchSecrets calls held until their names are issued).
     public var openCallCounts: (sotw: Int, delta: Int, fetch: Int) {
-        (sotwStreams.count, deltaStreams.count, heldFetches.count)
+        let sotw = streams.values.count { $0.mode == SotWStream.mode }
+        return (sotw, streams.count - sotw, heldFetches.count)
     }
 
     /// A requested name this agent will never serve is held in silence by SotW (and Envoy waits forever), so it is
@@ -101,8 +102,12 @@ public final class SecretDiscoveryService {
 
     /// Registers StreamSecrets, DeltaSecrets and FetchSecrets.
     public func register(on router: GRPCRouter) {
-        router.register(SecretDiscoveryServiceMethod.streamSecrets.path) { [weak self] in self?.openSotW($0) }
-        router.register(SecretDiscoveryServiceMethod.deltaSecrets.path) { [weak self] in self?.openDelta($0) }
+        router.register(SecretDiscoveryServiceMethod.streamSecrets.path) { [weak self] in
+            self?.open($0, as: SotWStream.self)
+        }
+        router.register(SecretDiscoveryServiceMethod.deltaSecrets.path) { [weak self] in
+            self?.open($0, as: DeltaStream.self)
+        }
         router.register(SecretDiscoveryServiceMethod.fetchSecrets.path) { [weak self] in self?.openFetch($0) }
     }
 
@@ -136,8 +141,7 @@ public final class SecretDiscoveryService {
     }
 
     private func pushCacheChange() {
-        for stream in sotwStreams.values { perform(stream.machine.cacheChanged(cache), on: stream) }
-        for stream in deltaStreams.values { perform(stream.machine.cacheChanged(cache), on: stream) }
+        for stream in streams.values { stream.cacheChanged(in: self) }
         var answered: [ObjectIdentifier] = []
         for (key, held) in heldFetches where answerFetch(held.call, held.request) { answered.append(key) }
         for key in answered {
@@ -148,11 +152,9 @@ public final class SecretDiscoveryService {
 
     /// Ends every call with `status` (graceful drain: Envoy reconnects elsewhere or to our successor).
     public func finishAll(_ status: GRPCStatus) {
-        for stream in sotwStreams.values { stream.call.finish(status) }
-        for stream in deltaStreams.values { stream.call.finish(status) }
+        for stream in streams.values { stream.call.finish(status) }
         for held in heldFetches.values { held.call.finish(status) }
-        sotwStreams.removeAll()
-        deltaStreams.removeAll()
+        streams.removeAll()
         heldFetches.removeAll()
         let held = Array(subscriptions.names)
         subscriptions = SubscriptionCounts()
@@ -194,58 +196,68 @@ public final class SecretDiscoveryService {
         }
         call.onCancel = { [weak self] in
             guard let self else { return }
-            self.sotwStreams.removeValue(forKey: key)
-            self.deltaStreams.removeValue(forKey: key)
+            self.streams.removeValue(forKey: key)
             self.holdNames([], for: key)
             self.logger.debug("stream closed by peer", metadata: ["stream": "\(streamID)"])
         }
     }
 
-    // MARK: StreamSecrets (SotW)
+    // MARK: StreamSecrets (SotW) and DeltaSecrets, one call type
 
-    final class SotWCall {
+    /// One open StreamSecrets or DeltaSecrets call and its stream machine.
+    final class StreamCall<Machine: SecretStreamMachine>: OpenStream {
         let call: GRPCServerCall
-        var machine: SotWStream
+        var machine: Machine
         let id: UInt64
         init(call: GRPCServerCall, id: UInt64) {
             self.call = call
             self.id = id
-            self.machine = SotWStream(nonces: NonceSequence(prefix: "\(id)-"))
+            self.machine = Machine(nonces: NonceSequence(prefix: "\(id)-"))
+        }
+
+        var mode: String { Machine.mode }
+
+        func cacheChanged(in service: SecretDiscoveryService) {
+            service.perform(machine.cacheChanged(service.cache), on: self)
         }
     }
 
-    private func openSotW(_ call: GRPCServerCall) {
-        let stream = SotWCall(call: call, id: nextStreamID())
-        sotwStreams[ObjectIdentifier(call)] = stream
-        acceptRequests(on: call, streamID: stream.id, mode: "sotw") {
-            [weak self, weak stream] (request: DiscoveryRequest) in
+    /// Only one response per stream is ever in the transport, so the queue bound is only crossed by a single
+    /// response larger than it.
+    static let responseTooLarge = GRPCStatus(.resourceExhausted, "response larger than the stream's send queue")
+
+    private func open<Machine: SecretStreamMachine>(_ call: GRPCServerCall, as _: Machine.Type) {
+        let stream = StreamCall<Machine>(call: call, id: nextStreamID())
+        streams[ObjectIdentifier(call)] = stream
+        acceptRequests(on: call, streamID: stream.id, mode: Machine.mode) {
+            [weak self, weak stream] (request: Machine.Request) in
             // Strong for the whole request: `perform` may end the call (and drop the stream) half-way.
             guard let self, let stream else { return }
             let key = ObjectIdentifier(stream.call)
-            let firstNames = stream.machine.subscribedNames
+            let before = stream.machine.subscribedNames
             let actions = stream.machine.receive(request, cache: self.cache)
-            let subscribed = stream.machine.subscribedNames != firstNames
+            let asked = stream.machine.namesAsked(by: request, before: before)
             // Logged before the push it may cause, so the log reads in causal order.
-            if subscribed {
+            if asked != nil {
                 self.logger.info(
                     "subscribed",
                     metadata: [
-                        "stream": "\(stream.id)", "mode": "sotw",
+                        "stream": "\(stream.id)", "mode": "\(Machine.mode)",
                         "names": "\(LogSummary.names(stream.machine.subscribedNames))",
                         "node": "\(LogSummary.text(stream.machine.node?.id ?? ""))",
                     ])
             }
-            if subscribed, let status = self.onDemandBudgetExceeded(stream.machine.subscribedNames, on: stream.call) {
+            if asked != nil, let status = self.onDemandBudgetExceeded(stream.machine.subscribedNames, on: stream.call) {
                 return self.fail(stream.call, key: key, status)
             }
             self.perform(actions, on: stream)
             // A request that ended its own stream (a protocol error, a response too large) subscribes nothing.
-            if subscribed, self.sotwStreams[key] === stream {
+            if let asked, self.streams[key] === stream {
                 // After `perform`: loading on-demand secrets pushes through `cacheChanged`, which must come after
                 // the response this request produced.
-                self.onSubscribe?(stream.machine.subscribedNames, stream.call.peer)
-                self.noteNeverServed(stream.machine.subscribedNames, node: stream.machine.node?.id ?? "")
-                if self.sotwStreams[key] === stream {
+                self.onSubscribe?(asked, stream.call.peer)
+                self.noteNeverServed(asked, node: stream.machine.node?.id ?? "")
+                if self.streams[key] === stream {
                     self.holdNames(stream.machine.subscribedNames, for: key, on: stream.call)
                 }
             }
@@ -258,154 +270,50 @@ public final class SecretDiscoveryService {
         }
     }
 
-    private func perform(_ actions: [SotWStream.Action], on stream: SotWCall) {
+    fileprivate func perform<Machine: SecretStreamMachine>(_ actions: [Machine.Action], on stream: StreamCall<Machine>)
+    {
         for action in actions {
-            switch action {
+            switch Machine.step(action) {
             case .send(let response):
                 send(response, on: stream)
-            case .ack(let nonce, let version, let names):
-                logger.debug(
-                    "ack",
-                    metadata: [
-                        "stream": "\(stream.id)", "nonce": "\(LogSummary.text(nonce))",
-                        "version": "\(LogSummary.text(version))",
-                        "names": "\(LogSummary.names(names))",
-                    ])
-            case .nack(let nonce, _, let rejected, let names, let detail):
+            case .ack(let fields):
+                logger.debug("ack", metadata: Self.metadata(stream: stream.id, fields))
+            case .nack(let names, let fields):
                 countNack(names)
-                warnings.warn(
-                    kind: "nack", "nack",
-                    metadata: [
-                        "stream": "\(stream.id)", "nonce": "\(LogSummary.text(nonce))",
-                        "rejected_version": "\(LogSummary.text(rejected))",
-                        "names": "\(LogSummary.names(names))", "error": "\(LogSummary.text(detail.message))",
-                    ])
+                warnings.warn(kind: "nack", "nack", metadata: Self.metadata(stream: stream.id, fields))
             case .protocolError(let error):
                 fail(stream.call, key: ObjectIdentifier(stream.call), GRPCStatus(.invalidArgument, error.description))
             }
         }
     }
 
-    private func send(_ response: DiscoveryResponse, on stream: SotWCall) {
+    private func send<Machine: SecretStreamMachine>(_ response: Machine.Response, on stream: StreamCall<Machine>) {
         switch stream.call.send(response.wireBytes()) {
         case .queued:
             stream.machine.responseAwaitsTransport()
             metrics.pushes += 1
             // Per stream at debug: a rotation at 10,000 streams is one info line (the agent's), not 10,000.
-            logger.debug(
-                "push",
-                metadata: [
-                    "stream": "\(stream.id)", "mode": "sotw", "version": "\(response.versionInfo)",
-                    "nonce": "\(response.nonce)",
-                ])
+            var metadata = Self.metadata(stream: stream.id, Machine.pushFields(response))
+            metadata["mode"] = "\(Machine.mode)"
+            logger.debug("push", metadata: metadata)
         case .wouldExceed:
             // One response alone is larger than the stream's queue bound: it can never be sent.
             fail(stream.call, key: ObjectIdentifier(stream.call), Self.responseTooLarge)
         case .closed:
-            sotwStreams.removeValue(forKey: ObjectIdentifier(stream.call))
+            streams.removeValue(forKey: ObjectIdentifier(stream.call))
         }
     }
 
-    // MARK: DeltaSecrets
-
-    final class DeltaCall {
-        let call: GRPCServerCall
-        var machine: DeltaStream
-        let id: UInt64
-        init(call: GRPCServerCall, id: UInt64) {
-            self.call = call
-            self.id = id
-            self.machine = DeltaStream(nonces: NonceSequence(prefix: "\(id)-"))
-        }
-    }
-
-    /// Only one response per stream is ever in the transport, so the queue bound is only crossed by a single
-    /// response larger than it.
-    static let responseTooLarge = GRPCStatus(.resourceExhausted, "response larger than the stream's send queue")
-
-    private func openDelta(_ call: GRPCServerCall) {
-        let stream = DeltaCall(call: call, id: nextStreamID())
-        deltaStreams[ObjectIdentifier(call)] = stream
-        acceptRequests(on: call, streamID: stream.id, mode: "delta") {
-            [weak self, weak stream] (request: DeltaDiscoveryRequest) in
-            guard let self, let stream else { return }
-            let key = ObjectIdentifier(stream.call)
-            let actions = stream.machine.receive(request, cache: self.cache)
-            let changed = !request.resourceNamesSubscribe.isEmpty || !request.resourceNamesUnsubscribe.isEmpty
-            if changed {
-                self.logger.info(
-                    "subscribed",
-                    metadata: [
-                        "stream": "\(stream.id)", "mode": "delta",
-                        "names": "\(LogSummary.names(stream.machine.subscribedNames))",
-                        "node": "\(LogSummary.text(stream.machine.node?.id ?? ""))",
-                    ])
-            }
-            if changed, let status = self.onDemandBudgetExceeded(stream.machine.subscribedNames, on: stream.call) {
-                return self.fail(stream.call, key: key, status)
-            }
-            self.perform(actions, on: stream)
-            // A request that ended its own stream (a wrong type URL, a response too large) subscribes nothing.
-            if changed, self.deltaStreams[key] === stream {
-                self.onSubscribe?(request.resourceNamesSubscribe, stream.call.peer)
-                self.noteNeverServed(request.resourceNamesSubscribe, node: stream.machine.node?.id ?? "")
-                if self.deltaStreams[key] === stream {
-                    self.holdNames(stream.machine.subscribedNames, for: key, on: stream.call)
-                }
+    /// Log metadata with every client-chosen value bounded (`LogSummary`).
+    private static func metadata(stream: UInt64, _ fields: [(String, StreamLogField)]) -> Logger.Metadata {
+        var metadata: Logger.Metadata = ["stream": "\(stream)"]
+        for (key, value) in fields {
+            switch value {
+            case .text(let text): metadata[key] = "\(LogSummary.text(text))"
+            case .names(let names): metadata[key] = "\(LogSummary.names(names))"
             }
         }
-        call.onWritable = { [weak self, weak stream] in
-            guard let self, let stream else { return }
-            self.perform(stream.machine.transportReady(self.cache), on: stream)
-        }
-    }
-
-    private func perform(_ actions: [DeltaStream.Action], on stream: DeltaCall) {
-        for action in actions {
-            switch action {
-            case .send(let response):
-                send(response, on: stream)
-            case .ack(let nonce, let versions, let removed):
-                logger.debug(
-                    "ack",
-                    metadata: [
-                        "stream": "\(stream.id)", "nonce": "\(LogSummary.text(nonce))",
-                        "versions": "\(LogSummary.names(versions.map { "\($0.key)@\($0.value)" }))",
-                        "removed": "\(LogSummary.names(removed))",
-                    ])
-            case .nack(let nonce, let rejected, _, let detail):
-                countNack(rejected.keys)
-                warnings.warn(
-                    kind: "nack", "nack",
-                    metadata: [
-                        "stream": "\(stream.id)", "nonce": "\(LogSummary.text(nonce))",
-                        "rejected_versions": "\(LogSummary.names(rejected.map { "\($0.key)@\($0.value)" }))",
-                        "error": "\(LogSummary.text(detail.message))",
-                    ])
-            case .protocolError(let error):
-                fail(stream.call, key: ObjectIdentifier(stream.call), GRPCStatus(.invalidArgument, error.description))
-            }
-        }
-    }
-
-    private func send(_ response: DeltaDiscoveryResponse, on stream: DeltaCall) {
-        switch stream.call.send(response.wireBytes()) {
-        case .queued:
-            stream.machine.responseAwaitsTransport()
-            metrics.pushes += 1
-            // Per stream at debug: a rotation at 10,000 streams is one info line (the agent's), not 10,000.
-            logger.debug(
-                "push",
-                metadata: [
-                    "stream": "\(stream.id)", "mode": "delta",
-                    "resources": "\(LogSummary.names(response.resources.map { "\($0.name)@\($0.version)" }))",
-                    "removed": "\(LogSummary.names(response.removedResources))", "nonce": "\(response.nonce)",
-                ])
-        case .wouldExceed:
-            fail(stream.call, key: ObjectIdentifier(stream.call), Self.responseTooLarge)
-        case .closed:
-            deltaStreams.removeValue(forKey: ObjectIdentifier(stream.call))
-        }
+        return metadata
     }
 
     // MARK: FetchSecrets
@@ -476,8 +384,7 @@ public final class SecretDiscoveryService {
     }
 
     private func close(_ call: GRPCServerCall, key: ObjectIdentifier, status: GRPCStatus) {
-        sotwStreams.removeValue(forKey: key)
-        deltaStreams.removeValue(forKey: key)
+        streams.removeValue(forKey: key)
         heldFetches.removeValue(forKey: key)
         holdNames([], for: key)
         call.finish(status)
@@ -530,4 +437,12 @@ enum ContentHash {
         let text = String(hash, radix: 16)
         return String(repeating: "0", count: 16 - text.count) + text
     }
+}
+
+/// An open stream of either kind, as the service's table holds it.
+protocol OpenStream: AnyObject {
+    var call: GRPCServerCall { get }
+    var mode: String { get }
+    /// Lets the machine react to a cache change (through the service's generic `perform`).
+    func cacheChanged(in service: SecretDiscoveryService)
 }

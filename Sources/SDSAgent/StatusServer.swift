@@ -78,7 +78,7 @@ public final class StatusServer {
     private let loop: EventLoop
     private let logger: Logger
     private let limits: StatusLimits
-    private var listener: TCPListener?
+    private var listener: Listener?
     private var connections: [ObjectIdentifier: StatusConnection] = [:]
     fileprivate let respond: (HTTPRequestParser.Request) -> HTTPResponse
     /// Called when a connection is turned away at the cap.
@@ -100,10 +100,10 @@ public final class StatusServer {
     public var connectionCount: Int { connections.count }
     /// Open connections whose peer has not sent a byte yet (the first to go at the cap).
     public var silentConnectionCount: Int { connections.values.filter { $0.isSilent }.count }
-    public var boundAddress: TCPAddress? { listener?.boundAddress }
+    public var boundAddress: TCPAddress? { listener?.boundTCPAddress }
 
     public func listen(on address: TCPAddress) throws(SystemError) {
-        listener = try TCPListener(address: address, loop: loop) { [weak self] fd in
+        listener = try Listener(tcp: address, loop: loop) { [weak self] fd in
             guard let self else {
                 Glibc.close(fd)
                 return

@@ -1,12 +1,12 @@
+import ConnectionDriver
 import GRPC
 import Glibc
 import H2
 import PKI
 import Transport
-import Upstream
 import Wire
 
-/// The I/O shell around `DumpSession`: one Unix-socket connection (moved by the shared `ClientConnectionDriver`),
+/// The I/O shell around `DumpSession`: one Unix-socket connection (moved by the shared `H2ConnectionDriver`),
 /// one HTTP/2 session, one gRPC call per stream, an epoll loop with the timeout and SIGINT/SIGTERM, stdout, stderr
 /// and --pem-dir. Decides nothing itself.
 public final class DumpClient {
@@ -14,7 +14,7 @@ public final class DumpClient {
     private var session: DumpSession
     private let loop: EventLoop
     private let grpc = GRPCClientConnection()
-    private var connection: ClientConnectionDriver?
+    private var connection: H2ConnectionDriver?
     private var path = ""
     private var calls: [Int: GRPCClientCall] = [:]
     private var fetchCall: GRPCClientCall?
@@ -53,8 +53,9 @@ public final class DumpClient {
         path = address.path
         do throws(SystemError) {
             let fd = try connectUnixSocket(address)
-            let driver = try ClientConnectionDriver(fd: fd, loop: loop, tls: nil, grpc: grpc)
-            driver.onLost = { [unowned self] loss in self.lost(loss) }
+            let driver = try H2ConnectionDriver.onSocket(fd, loop: loop, session: grpc.session)
+            driver.onClosed = { [weak self] loss in self?.lost(loss) }
+            driver.afterClosed = { [grpc] in grpc.connectionLost() }
             connection = driver
             try loop.onSignal(SIGINT) { [unowned self] in self.perform(self.session.interrupted()) }
             try loop.onSignal(SIGTERM) { [unowned self] in self.perform(self.session.interrupted()) }
@@ -197,7 +198,7 @@ public final class DumpClient {
 
     /// The connection is gone. The session hears it before the calls end with UNAVAILABLE (the driver closes them
     /// right after), which would otherwise read as exit 5.
-    private func lost(_ loss: ClientConnectionLoss) {
+    private func lost(_ loss: ConnectionLoss) {
         let reason =
             switch loss {
             case .closedByPeer: "the server closed the connection"

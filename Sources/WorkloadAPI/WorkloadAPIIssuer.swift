@@ -1,3 +1,4 @@
+import ConnectionDriver
 public import GRPC
 import Glibc
 import H2
@@ -5,7 +6,6 @@ public import Issuance
 import PKI
 public import SPIFFE
 public import Transport
-import Upstream
 public import Wire
 
 /// An `Issuer` that relays the SVID and bundles a SPIRE agent (any SPIFFE Workload API server) streams to us.
@@ -287,11 +287,11 @@ public final class WorkloadAPIIssuer: Issuer {
 }
 
 /// One connection to the upstream: the two gRPC calls over the shared client driver (socket ⇄ nghttp2 client
-/// session, plaintext over the Unix socket; see `ClientConnectionDriver`).
+/// session, plaintext over the Unix socket; see `H2ConnectionDriver`).
 final class UpstreamConnection {
     let attempt: Int
     let grpc = GRPCClientConnection()
-    private var driver: ClientConnectionDriver?
+    private var driver: H2ConnectionDriver?
     private weak var issuer: WorkloadAPIIssuer?
     private var calls: [GRPCClientCall] = []
     /// Relayed unary calls waiting for the upstream's answer.
@@ -308,9 +308,10 @@ final class UpstreamConnection {
 
     /// Hands the connected socket to the driver (which closes it if this fails).
     func attach(fd: Int32, loop: EventLoop) throws(SystemError) {
-        let driver = try ClientConnectionDriver(fd: fd, loop: loop, tls: nil, grpc: grpc)
+        let driver = try H2ConnectionDriver.onSocket(fd, loop: loop, session: grpc.session)
         let attempt = self.attempt
-        driver.onLost = { [weak self] reason in
+        driver.afterClosed = { [grpc] in grpc.connectionLost() }
+        driver.onClosed = { [weak self] reason in
             guard let self, !self.closed else { return }
             self.issuer?.lost(attempt: attempt, reason: "\(reason)")
         }

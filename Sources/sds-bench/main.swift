@@ -1,4 +1,5 @@
 import Bench
+import ConnectionDriver
 import GRPC
 import Glibc
 import H2
@@ -85,12 +86,18 @@ struct Arguments {
 }
 
 /// One client connection: the transport feeds the H2 session and flushes what it produces.
-final class BenchConnection: ConnectionDelegate {
+/// One client connection to the agent, driven like every other HTTP/2 peer of ours (`H2ConnectionDriver`).
+final class BenchConnection {
     let grpc = GRPCClientConnection()
-    var transport: Connection?
+    let driver: H2ConnectionDriver
 
     init(fd: Int32, loop: EventLoop) {
-        do { transport = try Connection(fd: fd, loop: loop, delegate: self) } catch { fail("register: \(error)") }
+        do {
+            driver = try H2ConnectionDriver.onSocket(fd, loop: loop, session: grpc.session)
+        } catch {
+            fail("register: \(error)")
+        }
+        driver.onClosed = { loss in fail("the agent closed a connection (\(loss))") }
     }
 
     convenience init(address: UnixSocketAddress, loop: EventLoop) {
@@ -99,25 +106,7 @@ final class BenchConnection: ConnectionDelegate {
         self.init(fd: fd, loop: loop)
     }
 
-    func connection(_ connection: Connection, received bytes: UnsafeRawBufferPointer) {
-        do throws(H2Error) {
-            try grpc.session.receive(bytes)
-        } catch {
-            fail("HTTP/2 error from the agent: \(error)")
-        }
-        flush()
-    }
-
-    func connectionDrained(_ connection: Connection) { flush() }
-
-    func connectionClosed(_ connection: Connection, error: SystemError?) {
-        fail("the agent closed a connection (\(error.map { "\($0)" } ?? "EOF"))")
-    }
-
-    func flush() {
-        let output = grpc.session.takeOutput()
-        if !output.isEmpty { transport?.write(output) }
-    }
+    func flush() { driver.flush() }
 }
 
 /// Opens a StreamSecrets stream for `name` and ACKs every response like Envoy; `onVersion` sees each version.
@@ -129,7 +118,8 @@ func openStream(on connection: BenchConnection, name: String, onVersion: @escapi
         fail("cannot start StreamSecrets: \(error)")
     }
     let node = Node(id: "sds-bench", cluster: "bench")
-    call.onMessage = { [unowned call] bytes in
+    call.onMessage = { [weak call] bytes in
+        guard let call else { return }
         let response: DiscoveryResponse
         do throws(WireError) {
             response = try DiscoveryResponse(wireBytes: bytes)

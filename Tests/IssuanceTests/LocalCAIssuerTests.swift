@@ -3,6 +3,7 @@ import PKI
 import SPIFFE
 import TestSupport
 import Testing
+import Transport
 
 /// Drives a `LocalCAIssuer` with a fake clock and scheduler, recording what it delivers.
 final class IssuerHarness {

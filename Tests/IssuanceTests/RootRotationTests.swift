@@ -4,6 +4,7 @@ import PKI
 import SPIFFE
 import TestSupport
 import Testing
+import Transport
 
 /// The timeline of `RootRotationSchedule` as a pure value: no clock, no files.
 @Suite struct RootRotationScheduleTests {

@@ -1,4 +1,4 @@
-public import Issuance
+public import Transport
 
 /// A `Scheduler` driven by the test: `advance(by:)` moves virtual monotonic time (and the `FakeClock` with
 /// it) and runs the timers that fall due, in due-time order (ties in scheduling order), including timers

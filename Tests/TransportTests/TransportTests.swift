@@ -52,7 +52,7 @@ private final class Recorder: ConnectionDelegate {
         let dir = temporaryDirectory()
         let loop = try EventLoop()
         let address = try UnixSocketAddress(dir + "/s.sock")
-        let listener = try UnixListener(address: address, loop: loop) { Glibc.close($0) }
+        let listener = try Listener(unix: address, loop: loop) { Glibc.close($0) }
         var info = stat()
         #expect(stat(address.path, &info) == 0)
         #expect(info.st_mode & 0o777 == 0o600)
@@ -64,7 +64,7 @@ private final class Recorder: ConnectionDelegate {
         let dir = temporaryDirectory()
         let loop = try EventLoop()
         let address = try UnixSocketAddress(dir + "/s.sock")
-        let listener = try UnixListener(address: address, mode: 0o660, loop: loop) { Glibc.close($0) }
+        let listener = try Listener(unix: address, mode: 0o660, loop: loop) { Glibc.close($0) }
         var info = stat()
         #expect(stat(address.path, &info) == 0)
         #expect(info.st_mode & 0o777 == 0o660)
@@ -79,10 +79,10 @@ private final class Recorder: ConnectionDelegate {
         #expect(address.withSockaddr { bind(stale, $0, $1) } == 0)
         Glibc.close(stale)
         let loop = try EventLoop()
-        let live = try UnixListener(address: address, loop: loop) { Glibc.close($0) }
+        let live = try Listener(unix: address, loop: loop) { Glibc.close($0) }
         // A second listener on a live socket must refuse, naming the path.
         #expect(throws: SystemError.self) {
-            _ = try UnixListener(address: address, loop: loop) { Glibc.close($0) }
+            _ = try Listener(unix: address, loop: loop) { Glibc.close($0) }
         }
         #expect(access(address.path, F_OK) == 0)
         live.close()
@@ -94,7 +94,7 @@ private final class Recorder: ConnectionDelegate {
         #expect(FileManager.default.createFile(atPath: path, contents: Data("keep".utf8)))
         let loop = try EventLoop()
         #expect(throws: SystemError.self) {
-            _ = try UnixListener(address: UnixSocketAddress(path), loop: loop) { Glibc.close($0) }
+            _ = try Listener(unix: UnixSocketAddress(path), loop: loop) { Glibc.close($0) }
         }
         #expect(try String(contentsOfFile: path, encoding: .utf8) == "keep")
     }
@@ -108,7 +108,7 @@ private final class Recorder: ConnectionDelegate {
         let serverSide = Recorder()
         serverSide.echo = true
         var accepted: [Connection] = []
-        let listener = try UnixListener(address: address, loop: loop) { fd in
+        let listener = try Listener(unix: address, loop: loop) { fd in
             accepted.append(try! Connection(fd: fd, loop: loop, delegate: serverSide))
         }
         let clientSide = Recorder()
@@ -129,7 +129,7 @@ private final class Recorder: ConnectionDelegate {
         let dir = temporaryDirectory()
         let loop = try EventLoop()
         let address = try UnixSocketAddress(dir + "/s.sock")
-        let listener = try UnixListener(address: address, backlog: 1, loop: loop) { fd in close(fd) }
+        let listener = try Listener(unix: address, backlog: 1, loop: loop) { fd in close(fd) }
         defer { listener.close() }
         var connected: [Int32] = []
         defer { for fd in connected { close(fd) } }
@@ -148,6 +148,30 @@ private final class Recorder: ConnectionDelegate {
         #expect(failure?.errno == EAGAIN, "\(String(describing: failure)) after \(connected.count) connects")
         #expect(EventLoop.monotonicSeconds() - started < 1, "nothing waited on the full backlog")
         #expect(failure?.description.contains("backlog full") == true)
+    }
+
+    /// The one listener type serves TCP the way it serves Unix sockets: a paused listener accepts nothing, and the
+    /// connections that waited in the backlog meanwhile are accepted once the pause ends.
+    @Test func aTCPListenerPausedOnPurposeAcceptsTheWaitingConnectionsAfterwards() throws {
+        let loop = try EventLoop()
+        var accepted = 0
+        let listener = try Listener(tcp: TCPAddress("127.0.0.1:0"), loop: loop) { fd in
+            accepted += 1
+            close(fd)
+        }
+        defer { listener.close() }
+        let address = try #require(listener.boundTCPAddress)
+        #expect(address.port != 0)
+        listener.pause(for: 0.2)
+        #expect(listener.isPaused)
+        let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(client) }
+        let connected = address.withSockaddr { connect(client, $0, $1) }
+        #expect(connected == 0)
+        _ = loop.run(until: { accepted > 0 }, timeout: 0.1)
+        #expect(accepted == 0)
+        #expect(loop.run(until: { accepted == 1 }, timeout: 5))
+        #expect(!listener.isPaused)
     }
 
     @Test func connectToMissingSocketFailsWithPath() throws {

@@ -1,0 +1,118 @@
+public import Wire
+
+/// One field of a log line about a stream event: a client-chosen text or list of names, which the service bounds
+/// before logging (a request may name thousands).
+public enum StreamLogField: Sendable {
+    case text(String)
+    case names([String])
+}
+
+/// What the SDS service does with one machine action, whatever the protocol variant: the service drives SotW and
+/// Delta streams with one generic call type, and each machine says here what its actions mean.
+public enum SecretStreamStep<Response: Sendable>: Sendable {
+    /// Write this response on the stream.
+    case send(Response)
+    /// The client applied a response: log these fields at debug.
+    case ack(fields: [(String, StreamLogField)])
+    /// The client rejected a response for these names: count it and log these fields (rate-limited).
+    case nack(names: [String], fields: [(String, StreamLogField)])
+    /// The request broke the protocol: end the call with INVALID_ARGUMENT.
+    case protocolError(XDSProtocolError)
+}
+
+/// The interface the State-of-the-World and Delta stream machines share: requests and cache changes in, actions
+/// out, one response in the transport at a time (pull-style: `responseAwaitsTransport`, then `transportReady`).
+public protocol SecretStreamMachine {
+    associatedtype Request: WireMessage
+    associatedtype Response: WireMessage
+    associatedtype Action
+
+    /// `sotw` or `delta`: the `mode` field of logs.
+    static var mode: String { get }
+
+    init(nonces: NonceSequence)
+
+    var node: Node? { get }
+    var subscribedNames: [String] { get }
+
+    mutating func receive(_ request: Request, cache: SecretCache) -> [Action]
+    mutating func cacheChanged(_ cache: SecretCache) -> [Action]
+    mutating func responseAwaitsTransport()
+    mutating func transportReady(_ cache: SecretCache) -> [Action]
+
+    /// The names `request` newly asks for, when it changed the subscription (nil when it did not): what on-demand
+    /// secrets must be loaded for. `before` is `subscribedNames` before the request was received.
+    func namesAsked(by request: Request, before: [String]) -> [String]?
+
+    static func step(_ action: Action) -> SecretStreamStep<Response>
+
+    /// What a push log line says about `response`.
+    static func pushFields(_ response: Response) -> [(String, StreamLogField)]
+}
+
+extension SotWStream: SecretStreamMachine {
+    public static let mode = "sotw"
+
+    public func namesAsked(by request: DiscoveryRequest, before: [String]) -> [String]? {
+        subscribedNames != before ? subscribedNames : nil
+    }
+
+    public static func step(_ action: Action) -> SecretStreamStep<DiscoveryResponse> {
+        switch action {
+        case .send(let response):
+            return .send(response)
+        case .ack(let nonce, let version, let names):
+            return .ack(fields: [("nonce", .text(nonce)), ("version", .text(version)), ("names", .names(names))])
+        case .nack(let nonce, _, let rejected, let names, let detail):
+            return .nack(
+                names: names,
+                fields: [
+                    ("nonce", .text(nonce)), ("rejected_version", .text(rejected)), ("names", .names(names)),
+                    ("error", .text(detail.message)),
+                ])
+        case .protocolError(let error):
+            return .protocolError(error)
+        }
+    }
+
+    public static func pushFields(_ response: DiscoveryResponse) -> [(String, StreamLogField)] {
+        [("version", .text(response.versionInfo)), ("nonce", .text(response.nonce))]
+    }
+}
+
+extension DeltaStream: SecretStreamMachine {
+    public static let mode = "delta"
+
+    public func namesAsked(by request: DeltaDiscoveryRequest, before: [String]) -> [String]? {
+        request.resourceNamesSubscribe.isEmpty && request.resourceNamesUnsubscribe.isEmpty
+            ? nil : request.resourceNamesSubscribe
+    }
+
+    public static func step(_ action: Action) -> SecretStreamStep<DeltaDiscoveryResponse> {
+        switch action {
+        case .send(let response):
+            return .send(response)
+        case .ack(let nonce, let versions, let removed):
+            return .ack(fields: [
+                ("nonce", .text(nonce)), ("versions", .names(versions.map { "\($0.key)@\($0.value)" })),
+                ("removed", .names(removed)),
+            ])
+        case .nack(let nonce, let rejected, _, let detail):
+            return .nack(
+                names: Array(rejected.keys),
+                fields: [
+                    ("nonce", .text(nonce)), ("rejected_versions", .names(rejected.map { "\($0.key)@\($0.value)" })),
+                    ("error", .text(detail.message)),
+                ])
+        case .protocolError(let error):
+            return .protocolError(error)
+        }
+    }
+
+    public static func pushFields(_ response: DeltaDiscoveryResponse) -> [(String, StreamLogField)] {
+        [
+            ("resources", .names(response.resources.map { "\($0.name)@\($0.version)" })),
+            ("removed", .names(response.removedResources)), ("nonce", .text(response.nonce)),
+        ]
+    }
+}
