@@ -51,16 +51,21 @@ let package = Package(
         .target(name: "SPIFFE", dependencies: ["PKI", "JSONText"]),
         .target(name: "XDS", dependencies: ["Wire"]),
         .target(name: "GRPC", dependencies: ["H2"]),
+        // What every issuer promises (the Issuer contract, issued identities, rotation policy, clocks): no storage.
         .target(name: "Issuance", dependencies: ["SPIFFE", "PKI", "Transport"]),
+        // The embedded CA and its state dir: roots with their rotation schedule, and the issuer that signs SVIDs.
+        .target(name: "LocalCA", dependencies: ["Issuance", "SPIFFE", "PKI", "Transport"]),
         .target(name: "Transport", dependencies: ["CLinux"]),
         .target(
-            name: "WorkloadAPI",
+            // The SPIFFE Workload API client: relays a SPIRE agent (the server half is SDSAgent's
+            // WorkloadAPIService).
+            name: "WorkloadAPIClient",
             dependencies: ["Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport", "ConnectionDriver"]),
         // Identities from files (Kubernetes Pod Certificates, cert-manager, Istio's file layout): the pure reading of
         // a chain, key and bundle, and the issuer that watches them.
         .target(name: "FileIdentity", dependencies: ["Issuance", "SPIFFE", "PKI", "Transport"]),
         // JWT-SVIDs: ES256 tokens, JWKS, the state dir's rotating signing keys.
-        .target(name: "JWT", dependencies: ["PKI", "SPIFFE", "JSONText", "Issuance", "Transport"]),
+        .target(name: "JWT", dependencies: ["PKI", "SPIFFE", "JSONText", "Issuance", "LocalCA", "Transport"]),
         // The one HTTP/2 connection driver, client or server: socket ⇄ optional TLS ⇄ nghttp2 session, with the
         // back-pressure, write-stall, queued-bytes and preface rules every connection shares.
         .target(name: "ConnectionDriver", dependencies: ["H2", "Transport", "PKI"]),
@@ -72,16 +77,17 @@ let package = Package(
             name: "SDSAgent",
             dependencies: [
                 "Wire", "XDS", "GRPC", "H2", "Transport", "ConnectionDriver", "Issuance", "SPIFFE", "PKI", "JSONText",
-                "WorkloadAPI",
+                "WorkloadAPIClient",
                 "FileIdentity",
-                "IstioCA", "HTTP1", "JWT", .product(name: "Logging", package: "swift-log"),
+                "IstioCA", "HTTP1", "JWT", "LocalCA", .product(name: "Logging", package: "swift-log"),
             ]),
 
         // Executables: parse arguments, call a library.
         // No swift-argument-parser anywhere: it links FoundationEssentials (+3.6 MB RSS); see AgentCommandLine.
         // sds-agent is also sds-dump when called by that name (the image ships one binary under both names).
         .executableTarget(name: "sds-agent", dependencies: ["SDSAgent", "SDSDump"]),
-        .target(name: "SDSDump", dependencies: ["Wire", "GRPC", "H2", "Transport", "PKI", "JSONText", "ConnectionDriver"]),
+        .target(
+            name: "SDSDump", dependencies: ["Wire", "GRPC", "H2", "Transport", "PKI", "JSONText", "ConnectionDriver"]),
         .executableTarget(name: "sds-dump", dependencies: ["SDSDump"]),
 
         // `make bench`: the load client and issuance benchmark, and the RSS floor (same libraries, no agent).
@@ -89,7 +95,8 @@ let package = Package(
         .executableTarget(
             name: "sds-bench",
             dependencies: [
-                "Bench", "Wire", "GRPC", "H2", "Transport", "ConnectionDriver", "Issuance", "JWT", "PKI", "SPIFFE",
+                "Bench", "Wire", "GRPC", "H2", "Transport", "ConnectionDriver", "Issuance", "LocalCA", "JWT", "PKI",
+                "SPIFFE",
             ]),
         // The floor links only the C libraries the agent links, with the static Swift stdlib: what the agent's RSS
         // is measured against.
@@ -98,13 +105,14 @@ let package = Package(
         // Shared test fixtures: a test CA, a fake issuer, an in-memory connection pair, a fake clock.
         .target(
             name: "TestSupport",
-            dependencies: ["PKI", "SPIFFE", "Issuance", "H2", "Transport"],
+            dependencies: ["PKI", "SPIFFE", "Issuance", "LocalCA", "H2", "Transport"],
             path: "Tests/TestSupport"),
 
         .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"]),
         .testTarget(name: "PKITests", dependencies: ["PKI", "TestSupport"]),
         .testTarget(name: "SPIFFETests", dependencies: ["SPIFFE", "PKI", "TestSupport"]),
-        .testTarget(name: "IssuanceTests", dependencies: ["Issuance", "SPIFFE", "PKI", "Transport", "TestSupport"]),
+        .testTarget(
+            name: "IssuanceTests", dependencies: ["Issuance", "LocalCA", "SPIFFE", "PKI", "Transport", "TestSupport"]),
         .testTarget(
             name: "ConnectionDriverTests",
             dependencies: ["ConnectionDriver", "H2", "GRPC", "Transport", "TestSupport"]),
@@ -114,8 +122,10 @@ let package = Package(
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1"]),
         .testTarget(
-            name: "WorkloadAPITests",
-            dependencies: ["WorkloadAPI", "Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "Transport", "TestSupport"]),
+            name: "WorkloadAPIClientTests",
+            dependencies: [
+                "WorkloadAPIClient", "Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "Transport", "TestSupport",
+            ]),
         .testTarget(
             name: "SDSAgentTests",
             dependencies: [
@@ -126,22 +136,28 @@ let package = Package(
         .testTarget(name: "BenchTests", dependencies: ["Bench"]),
         .testTarget(
             name: "FileIdentityTests", dependencies: ["FileIdentity", "Issuance", "PKI", "SPIFFE", "TestSupport"]),
-        .testTarget(name: "JWTTests", dependencies: ["JWT", "PKI", "SPIFFE", "JSONText", "Issuance", "TestSupport"]),
+        .testTarget(
+            name: "JWTTests", dependencies: ["JWT", "PKI", "SPIFFE", "JSONText", "Issuance", "LocalCA", "TestSupport"]),
         .testTarget(
             name: "IstioCATests",
             dependencies: [
-                "IstioCA", "ConnectionDriver", "Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport", "TestSupport",
+                "IstioCA", "ConnectionDriver", "Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport",
+                "TestSupport",
             ]),
 
         // Fuzz targets, one function per attack surface: Tests/Fuzz builds them into libFuzzer executables (`make
         // fuzz`); FuzzTargetsTests replays every committed corpus file through them (part of `make unit`).
+        // Test code, so it lives under Tests/ (it drives the agent with TestSupport's fakes), though Tests/Fuzz
+        // links it as a library product.
         .target(
             name: "FuzzTargets",
             dependencies: [
-                "SDSAgent", "HTTP1", "GRPC", "H2", "Wire", "PKI", "SPIFFE", "WorkloadAPI", "TestSupport", "JWT",
+                "SDSAgent", "HTTP1", "GRPC", "H2", "Wire", "PKI", "SPIFFE", "WorkloadAPIClient", "TestSupport", "JWT",
+                "LocalCA",
                 "JSONText",
                 .product(name: "Logging", package: "swift-log"),
-            ]),
+            ],
+            path: "Tests/FuzzTargets"),
         .testTarget(name: "FuzzTargetsTests", dependencies: ["FuzzTargets"]),
     ]
 )

@@ -1,5 +1,5 @@
 import Glibc
-public import Issuance
+public import LocalCA
 public import PKI
 import Transport
 

@@ -5,12 +5,13 @@ import HTTP1
 import Issuance
 import IstioCA
 import JWT
+import LocalCA
 import Logging
 import PKI
 import SPIFFE
 import Transport
 import Wire
-import WorkloadAPI
+import WorkloadAPIClient
 import XDS
 
 /// The running agent: socket, SDS service, issuer, file-backed names, signals.

@@ -1,6 +1,7 @@
 import FileIdentity
 import Glibc
 import Issuance
+import LocalCA
 import Logging
 import Transport
 

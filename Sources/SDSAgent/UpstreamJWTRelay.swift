@@ -1,6 +1,6 @@
 import GRPC
 import Wire
-import WorkloadAPI
+import WorkloadAPIClient
 
 /// The JWT half of the Workload API with `--issuer workload-api`: the upstream (a SPIRE agent) already serves it,
 /// so FetchJWTSVID and ValidateJWTSVID are relayed, and its JWT bundles are republished.

@@ -5,6 +5,7 @@ import Glibc
 import H2
 import Issuance
 import JWT
+import LocalCA
 import PKI
 import SPIFFE
 import Transport

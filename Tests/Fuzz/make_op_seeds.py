@@ -2,7 +2,7 @@
 
     python3 Tests/Fuzz/make_op_seeds.py [corpus dir]
 
-Their inputs are op sequences (Sources/FuzzTargets/FuzzInput.swift): one byte picks the op, the bytes after it are
+Their inputs are op sequences (Tests/FuzzTargets/FuzzInput.swift): one byte picks the op, the bytes after it are
 its arguments, every read past the end yields 0. This script spells out meaningful sequences with the same
 encoding, one function per target mirroring the op table in the target's doc comment (AgentOpsTarget.swift,
 IssuerResponsesTarget.swift, FileNamesTarget.swift): when an op's arguments change there, change them here and rerun.

@@ -1,4 +1,5 @@
 import Issuance
+import LocalCA
 import PKI
 import SPIFFE
 import TestSupport

@@ -1,5 +1,6 @@
 import Foundation
 import Issuance
+import LocalCA
 import PKI
 import SPIFFE
 import TestSupport

@@ -1,6 +1,7 @@
 import Foundation
 import Issuance
 import JSONText
+import LocalCA
 import PKI
 import SPIFFE
 import Testing

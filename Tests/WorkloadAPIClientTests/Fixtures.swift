@@ -4,7 +4,7 @@ import PKI
 import SPIFFE
 import TestSupport
 import Wire
-import WorkloadAPI
+import WorkloadAPIClient
 
 /// Workload API responses made from `TestCA`s, and a compact view of the machine's actions for `#expect`.
 struct Upstream {

@@ -7,7 +7,7 @@ import SPIFFE
 import TestSupport
 import Transport
 import Wire
-import WorkloadAPI
+import WorkloadAPIClient
 
 /// Upstream issuers fed hostile *responses*: the first byte picks one, the rest is a sequence of ops (`FuzzInput`).
 ///

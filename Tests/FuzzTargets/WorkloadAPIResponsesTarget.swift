@@ -2,7 +2,7 @@ import GRPC
 import PKI
 import SPIFFE
 import Wire
-import WorkloadAPI
+import WorkloadAPIClient
 
 /// What an upstream Workload API server can make the client's state machine see. The input is
 /// `now` (4 bytes, seconds since 2020-01-01, so seeds can hold certificates valid at capture time), then records:

@@ -5,7 +5,7 @@ import SPIFFE
 import TestSupport
 import Testing
 import Transport
-import WorkloadAPI
+import WorkloadAPIClient
 
 /// Records what an issuer calls back with.
 final class Recorder {

@@ -1,3 +1,4 @@
+public import Issuance
 public import PKI
 public import SPIFFE
 public import Transport

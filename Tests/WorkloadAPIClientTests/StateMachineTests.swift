@@ -5,7 +5,7 @@ import SPIFFE
 import TestSupport
 import Testing
 import Wire
-import WorkloadAPI
+import WorkloadAPIClient
 
 typealias Machine = WorkloadAPIClientStateMachine
 
