@@ -1,12 +1,23 @@
 # sds-agent — an Envoy SDS provider sidecar in Swift.
-# `make run` starts the agent on the embedded CA; `make test` runs every test. Both install what they need.
+# `make run` starts the agent on the embedded CA; `make test` runs every test. Each target installs the missing Debian
+# packages it needs (and only those) first; see the package lists below.
 
 SHELL        := /bin/bash
 .DEFAULT_GOAL := help
 
-APT_PACKAGES := libssl-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler \
-                nghttp2-client openssl pkg-config python3 python3-venv prometheus curl \
-                umoci skopeo podman runc ca-certificates binutils
+# Debian packages, by what needs them. Swift 6.3 itself (with lld and swift-format) is assumed installed.
+# build: `swift build` of the static release binaries (pkg-config finds the C libraries; their static archives and
+#   glibc's libc.a come from the -dev packages; git fetches swift-log). Used by build, build-debug, run, fuzz.
+BUILD_PACKAGES := git pkg-config libc6-dev libssl-dev libnghttp2-dev libprotobuf-c-dev
+# protos: protoc-c, for `make protos` and `make protos-check` (the generated C is committed: a build needs none).
+PROTO_PACKAGES := protobuf-c-compiler
+# image: strip (binutils), the CA bundle the image ships, umoci and skopeo (Examples/image/make-image.sh).
+IMAGE_PACKAGES := binutils ca-certificates umoci skopeo
+# test: the peers and tools the tests run besides the venv's: python3 + venv (the pinned peers), openssl (unit and
+#   integration), h2load (nghttp2-client), protoc (fake istiod), Prometheus + promtool, curl, podman + runc (the
+#   image), iproute2 (network namespaces for peer hosts). `make test` also needs the build, protos and image lists.
+TEST_PACKAGES  := python3 python3-venv openssl nghttp2-client protobuf-compiler prometheus curl podman runc iproute2
+ALL_PACKAGES   := $(BUILD_PACKAGES) $(PROTO_PACKAGES) $(IMAGE_PACKAGES) $(TEST_PACKAGES)
 VENV         := .venv
 PYTHON       := $(VENV)/bin/python
 SWIFT_BUILD_FLAGS ?=
@@ -35,7 +46,7 @@ PROTO_OUT    := Sources/CSDSProtos
 
 export SDS_PYTHON := $(CURDIR)/$(PYTHON)
 
-.PHONY: help deps venv build build-debug image run test unit integration lint format protos protos-check bench clean
+.PHONY: help deps deps-build deps-protos deps-image deps-test venv build build-debug image run test unit integration lint format protos protos-check bench clean
 .PHONY: fuzz sanitize sanitize-thread soak
 
 help: ## Show this help
@@ -46,8 +57,10 @@ help: ## Show this help
 	@echo
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-deps: ## Install missing Debian packages (apt-get; idempotent)
-	@missing=""; for p in $(APT_PACKAGES); do \
+# Installs the packages of $(1) that are missing: nothing when all are there; else `apt-get update` first, then
+# `apt-get install` of the missing ones only, through sudo unless already root.
+define apt_install
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -55,22 +68,38 @@ deps: ## Install missing Debian packages (apt-get; idempotent)
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+endef
+
+deps: deps-test ## Install every missing Debian package any target uses (apt-get; idempotent)
+
+deps-build: ## Install the missing packages a build needs (libssl-dev, libnghttp2-dev, libprotobuf-c-dev, ...)
+	$(call apt_install,$(BUILD_PACKAGES))
+
+deps-protos:
+	$(call apt_install,$(PROTO_PACKAGES))
+
+deps-image: ## Install the missing packages `make image` needs (build + umoci, skopeo, binutils, ca-certificates)
+	$(call apt_install,$(BUILD_PACKAGES) $(IMAGE_PACKAGES))
+
+# Tests build, check the protos and build the image: one list, so a fresh machine runs apt-get once for `make test`.
+deps-test:
+	$(call apt_install,$(ALL_PACKAGES))
 
 $(VENV)/.stamp: Tests/Integration/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r Tests/Integration/requirements.txt
 	touch $@
 
-venv: deps $(VENV)/.stamp ## Python venv with the real peers (Envoy, grpcio, xds-protos, py-spiffe), pinned
+venv: deps-test $(VENV)/.stamp ## Python venv with the real peers (Envoy, grpcio, xds-protos, py-spiffe), pinned
 
-build: deps ## Release build of sds-agent and sds-dump
+build: deps-build ## Release build of sds-agent and sds-dump
 	swift build $(RELEASE_FLAGS) $(SWIFT_BUILD_FLAGS) --product sds-agent
 	swift build $(RELEASE_FLAGS) $(SWIFT_BUILD_FLAGS) --product sds-dump
 
-build-debug: deps
+build-debug: deps-build
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
 
-image: build ## OCI image of sds-agent + sds-dump (non-root, static): .build/image/oci and .build/image/sds-agent.tar
+image: deps-image build ## OCI image of sds-agent + sds-dump (non-root, static): .build/image/oci and .build/image/sds-agent.tar
 	RELEASE_DIR=$(BIN_RELEASE) OUT=$(IMAGE_DIR) IMAGE_NAME=$(IMAGE_NAME) IMAGE_VERSION=$(IMAGE_VERSION) \
 	  IMAGE_UID=$(IMAGE_UID) IMAGE_SOURCE=$(IMAGE_SOURCE) IMAGE_REVISION=$(IMAGE_REVISION) \
 	  IMAGE_LICENSES=$(IMAGE_LICENSES) SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) Examples/image/make-image.sh
@@ -79,7 +108,7 @@ run: build ## Start sds-agent on the embedded CA, socket under ./run
 	@mkdir -p $(RUN_DIR)
 	$(BIN_RELEASE)/sds-agent run --socket $(RUN_SOCKET) --state-dir $(RUN_STATE) --trust-domain example.org
 
-test: deps venv protos-check lint build-debug unit integration ## Unit tests and real-peer integration tests
+test: deps-test venv protos-check lint build-debug unit integration ## Unit tests and real-peer integration tests
 
 unit: venv build-debug ## Swift unit tests (pure state machines, in-memory transports, codec round trips)
 	swift test --skip-build $(SWIFT_BUILD_FLAGS)
@@ -107,18 +136,18 @@ define gen_protos
 	  echo '#endif'; } > $(1)/include/CSDSProtos.h
 endef
 
-protos: deps ## Regenerate Sources/CSDSProtos from Protos/*.proto with protoc-c
+protos: deps-protos ## Regenerate Sources/CSDSProtos from Protos/*.proto with protoc-c
 	@$(call gen_protos,.build-protos)
 	@rm -rf $(PROTO_OUT) && cp -r .build-protos $(PROTO_OUT)
 	@echo "generated $$(ls $(PROTO_OUT)/*.pb-c.c | wc -l) files into $(PROTO_OUT)"
 
-protos-check: deps ## Fail when the committed protoc-c output is stale
+protos-check: deps-protos ## Fail when the committed protoc-c output is stale
 	@$(call gen_protos,.build-protos-check)
 	@diff -r -q .build-protos-check $(PROTO_OUT) >/dev/null || { \
 	  diff -r -q .build-protos-check $(PROTO_OUT); echo "stale: $(PROTO_OUT) — run 'make protos'"; exit 1; }
 	@echo "protos up to date"
 
-bench: deps venv build ## Benchmarks (release binaries): one JSON object per metric, then a table (~2 min)
+bench: venv build ## Benchmarks (release binaries): one JSON object per metric, then a table (~2 min)
 	swift build $(RELEASE_FLAGS) $(SWIFT_BUILD_FLAGS) --product sds-bench
 	swift build $(RELEASE_FLAGS) $(SWIFT_BUILD_FLAGS) --product sds-floor
 	python3 Tests/Bench/bench.py
@@ -143,7 +172,7 @@ FUZZ_TARGETS ?= server-request-path wire-decoders workload-api-responses pki-par
 FUZZ_BUILD   := .build-fuzz
 FUZZ_FLAGS   := -c release --sanitize=fuzzer --sanitize=address -Xswiftc -sanitize=fuzzer,address
 
-fuzz: deps ## libFuzzer + ASan on each target for FUZZ_SECONDS (default 60) each; prints execs and coverage
+fuzz: deps-build ## libFuzzer + ASan on each target for FUZZ_SECONDS (default 60) each; prints execs and coverage
 	swift build --package-path Tests/Fuzz --scratch-path $(FUZZ_BUILD) $(FUZZ_FLAGS)
 	@failed=""; for t in $(FUZZ_TARGETS); do \
 	  mkdir -p $(FUZZ_BUILD)/corpus/$$t $(FUZZ_BUILD)/artifacts; \

@@ -15,7 +15,7 @@
 - text-parsing: the secret names the clients asked for, SPIFFE IDs and durations.
 
 A rerun replaces every seed-* file (new certificates, nonces and versions make new bytes); the regression inputs
-the fuzzer found (crash-*, see README) are kept.
+the fuzzer found (crash-*, see docs/security.md) are kept.
 """
 from __future__ import annotations
 

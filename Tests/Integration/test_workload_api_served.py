@@ -599,7 +599,7 @@ def base64url_encode(data: bytes) -> str:
 # Footprint: the Workload API in use keeps the agent within its idle RSS budget
 # ------------------------------------------------------------------------------------------------------------------
 
-IDLE_RSS_BUDGET_KB = 12 * 1024  # the agent's idle RSS goal (README, Performance)
+IDLE_RSS_BUDGET_KB = 12 * 1024  # the agent's idle RSS goal (docs/performance.md)
 
 
 def rss_kb(pid: int) -> int:
