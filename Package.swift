@@ -73,10 +73,20 @@ let package = Package(
         .target(
             name: "IstioCA",
             dependencies: ["Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "H2", "Transport", "ConnectionDriver"]),
+        // What the agent serves on its sockets: SDS (SotW, Delta, Fetch) and its server, the Workload API, gRPC
+        // health, the status listener and its metrics, and the limits every peer runs under.
+        .target(
+            name: "Servers",
+            dependencies: [
+                "Wire", "XDS", "GRPC", "H2", "Transport", "ConnectionDriver", "Issuance", "SPIFFE", "HTTP1",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        // The composition root: configuration, the issuers wired to the servers, on-demand names, the CLI.
         .target(
             name: "SDSAgent",
             dependencies: [
-                "Wire", "XDS", "GRPC", "H2", "Transport", "ConnectionDriver", "Issuance", "SPIFFE", "PKI", "JSONText",
+                "Servers", "Wire", "XDS", "GRPC", "H2", "Transport", "ConnectionDriver", "Issuance", "SPIFFE", "PKI",
+                "JSONText",
                 "WorkloadAPIClient",
                 "FileIdentity",
                 "IstioCA", "HTTP1", "JWT", "LocalCA", .product(name: "Logging", package: "swift-log"),
@@ -129,7 +139,7 @@ let package = Package(
         .testTarget(
             name: "SDSAgentTests",
             dependencies: [
-                "SDSAgent", "TestSupport", "GRPC", "H2", "Wire", "XDS", "HTTP1", "Transport",
+                "SDSAgent", "Servers", "TestSupport", "GRPC", "H2", "Wire", "XDS", "HTTP1", "Transport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "JSONText", "Wire", "GRPC", "PKI", "TestSupport"]),
@@ -152,7 +162,7 @@ let package = Package(
         .target(
             name: "FuzzTargets",
             dependencies: [
-                "SDSAgent", "HTTP1", "GRPC", "H2", "Wire", "PKI", "SPIFFE", "WorkloadAPIClient", "TestSupport", "JWT",
+                "SDSAgent", "Servers", "HTTP1", "GRPC", "H2", "Wire", "PKI", "SPIFFE", "WorkloadAPIClient", "TestSupport", "JWT",
                 "LocalCA",
                 "JSONText",
                 .product(name: "Logging", package: "swift-log"),

@@ -9,6 +9,7 @@ import LocalCA
 import Logging
 import PKI
 import SPIFFE
+import Servers
 import Transport
 import Wire
 import WorkloadAPIClient

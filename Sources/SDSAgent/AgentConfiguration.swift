@@ -3,6 +3,7 @@ import Glibc
 import Issuance
 import LocalCA
 import Logging
+import Servers
 import Transport
 
 /// Everything `sds-agent run` needs, resolved from flags, then the environment (istio-agent's variable names where

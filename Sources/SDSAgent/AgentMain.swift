@@ -1,6 +1,7 @@
 import Glibc
 import Logging
 import SPIFFE
+import Servers
 import Transport
 
 /// Entry point of `sds-agent run`: resolves the configuration, then runs the agent until a stop signal.

@@ -2,6 +2,7 @@ import Glibc
 import Issuance
 import Logging
 import PKI
+import Servers
 import Transport
 import Wire
 

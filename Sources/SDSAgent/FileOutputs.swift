@@ -3,6 +3,7 @@ import Issuance
 import JWT
 import Logging
 import PKI
+import Servers
 import Transport
 import Wire
 

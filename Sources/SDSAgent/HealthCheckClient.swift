@@ -2,6 +2,7 @@ import ConnectionDriver
 import GRPC
 import Glibc
 import H2
+import Servers
 import Transport
 
 /// `sds-agent healthcheck`: one `grpc.health.v1.Health/Check` over the SDS socket, for an exec probe that needs no

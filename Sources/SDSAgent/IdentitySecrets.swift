@@ -1,6 +1,7 @@
 import Issuance
 import PKI
 import SPIFFE
+import Servers
 import Transport
 import Wire
 

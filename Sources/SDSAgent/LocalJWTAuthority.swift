@@ -3,6 +3,7 @@ import Issuance
 import JWT
 import PKI
 import SPIFFE
+import Servers
 import Wire
 
 /// JWT-SVIDs from the local CA: the state dir's rotating ES256 keys (`JWTSigningKeys`), one token per audience set

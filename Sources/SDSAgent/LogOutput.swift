@@ -1,6 +1,7 @@
 import Glibc
 import JSONText
 import Logging
+import Servers
 import Transport
 
 /// A swift-log handler writing one line per event to stderr, as text or JSON — what `kubectl logs` and log shippers

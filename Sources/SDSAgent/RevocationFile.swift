@@ -2,6 +2,7 @@ import Issuance
 import Logging
 import PKI
 import SPIFFE
+import Servers
 import Transport
 
 /// `--crl-file`: PEM CRLs for the own trust domain, served in its validation contexts so Envoy refuses revoked

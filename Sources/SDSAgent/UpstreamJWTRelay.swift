@@ -1,4 +1,5 @@
 import GRPC
+import Servers
 import Wire
 import WorkloadAPIClient
 

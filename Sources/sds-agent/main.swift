@@ -1,6 +1,7 @@
 import Glibc
 import SDSAgent
 import SDSDump
+import Servers
 
 // Called as `sds-dump` (a link to this binary, as in the container image): the same sds-dump as its own executable,
 // without a second copy of libcrypto and the Swift runtime in the image.

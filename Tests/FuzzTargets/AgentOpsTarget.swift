@@ -5,6 +5,7 @@ import Logging
 import PKI
 import SDSAgent
 import SPIFFE
+import Servers
 import TestSupport
 import Transport
 import Wire

@@ -5,6 +5,7 @@ import Issuance
 import Logging
 import PKI
 import SDSAgent
+import Servers
 import Synchronization
 import TestSupport
 import Transport

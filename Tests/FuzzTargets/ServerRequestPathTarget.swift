@@ -4,6 +4,7 @@ import Logging
 import PKI
 import SDSAgent
 import SPIFFE
+import Servers
 import TestSupport
 import Wire
 

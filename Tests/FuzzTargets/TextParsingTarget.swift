@@ -1,5 +1,6 @@
 import SDSAgent
 import SPIFFE
+import Servers
 
 /// Text an operator or a peer supplies: SPIFFE IDs and trust domains (flags, URI SANs, Workload API map keys),
 /// the secret names Envoy requests, and durations (flags). What parses must print back to itself.

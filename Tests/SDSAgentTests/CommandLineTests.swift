@@ -1,6 +1,7 @@
 import Testing
 
 @testable import SDSAgent
+@testable import Servers
 
 @Suite struct AgentCommandLineTests {
     @Test func runWithFlagsInBothSpellings() throws {

@@ -1,6 +1,7 @@
 import Testing
 
 @testable import SDSAgent
+@testable import Servers
 
 @Suite struct DurationTextTests {
     @Test(arguments: [

@@ -5,6 +5,7 @@ import Wire
 import XDS
 
 @testable import SDSAgent
+@testable import Servers
 
 /// Requests that used to end the agent (`Attempted to read an unowned reference but object … was already
 /// destroyed`): the stream's own error path dropped it while its request handler still ran. Each must now end only

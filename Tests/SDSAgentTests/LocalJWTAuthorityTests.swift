@@ -9,6 +9,7 @@ import Testing
 import Wire
 
 @testable import SDSAgent
+@testable import Servers
 
 /// The local CA's JWT-SVIDs through the Workload API service, in memory, on a fake clock.
 @Suite struct LocalJWTAuthorityTests {

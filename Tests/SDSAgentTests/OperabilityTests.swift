@@ -9,6 +9,7 @@ import Transport
 import Wire
 
 @testable import SDSAgent
+@testable import Servers
 
 private let quietLogger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
 

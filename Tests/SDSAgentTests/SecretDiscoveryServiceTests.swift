@@ -7,6 +7,7 @@ import Wire
 import XDS
 
 @testable import SDSAgent
+@testable import Servers
 
 /// The SDS service end to end in memory: a gRPC client and server over two nghttp2 sessions pumping bytes, no
 /// sockets, no clock.

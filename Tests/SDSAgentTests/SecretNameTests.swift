@@ -1,6 +1,7 @@
 import Testing
 
 @testable import SDSAgent
+@testable import Servers
 
 @Suite struct SecretNameTests {
     private func classify(_ name: String) -> SecretName {

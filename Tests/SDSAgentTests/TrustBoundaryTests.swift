@@ -4,6 +4,7 @@ import Testing
 import Transport
 
 @testable import SDSAgent
+@testable import Servers
 
 @Suite struct FileAccessPolicyTests {
     private func refusal(_ path: String, dirs: [String] = ["/etc/certs"], protected: [String] = ["/var/lib/sds"])

@@ -9,6 +9,7 @@ import Testing
 import Wire
 
 @testable import SDSAgent
+@testable import Servers
 
 @Suite struct LatestStateStreamTests {
     @Test func waitsWhileNothingIsPublishedThenSendsTheFirstState() {

@@ -40,11 +40,11 @@ public final class WorkloadAPIService {
     private var generationCounter: UInt64 = 0
     private var streams: [ObjectIdentifier: StreamCall] = [:]
     /// The JWT methods: served by `jwt` when set, else answered with this status.
-    var jwt: (any JWTProvider)?
+    public var jwt: (any JWTProvider)?
     /// Called after a reply that arrived later than its request (a relayed call): the server must flush it.
-    var flushReplies: (() -> Void)?
+    public var flushReplies: (() -> Void)?
     /// Why JWT calls fail when `jwt` is nil (e.g. the issuer has no JWT source).
-    var jwtUnavailable = GRPCStatus(.unavailable, "this sds-agent serves no JWT-SVIDs")
+    public var jwtUnavailable = GRPCStatus(.unavailable, "this sds-agent serves no JWT-SVIDs")
 
     /// Refused and failed calls, logged at most once per kind and interval (a client without the security header
     /// calling in a loop costs one line a minute).
@@ -115,7 +115,7 @@ public final class WorkloadAPIService {
     }
 
     /// The JWT bundles changed (JWKS per trust domain ID).
-    func publishJWTBundles(_ bundles: [String: [UInt8]]) {
+    public func publishJWTBundles(_ bundles: [String: [UInt8]]) {
         set(.jwtBundles, JWTBundlesResponse(bundles: bundles).wireBytes())
     }
 
@@ -126,7 +126,7 @@ public final class WorkloadAPIService {
 
     /// Why there is no X509-SVID to serve at all (a certificate without a SPIFFE ID): FetchX509SVID calls end with
     /// this status, open ones now and new ones at once, until an SVID is published again (nil).
-    var x509Unavailable: GRPCStatus? {
+    public var x509Unavailable: GRPCStatus? {
         didSet {
             guard let status = x509Unavailable else { return }
             published[.x509SVID] = nil
@@ -265,7 +265,7 @@ public final class WorkloadAPIService {
 
 /// The JWT half of the Workload API: minted by the local CA's JWT authority, or relayed to an upstream Workload API.
 /// Replies run on the event loop thread, at once or later.
-protocol JWTProvider: AnyObject {
+public protocol JWTProvider: AnyObject {
     func fetchJWTSVID(_ request: JWTSVIDRequest, reply: @escaping (Result<JWTSVIDResponse, GRPCStatus>) -> Void)
     func validateJWTSVID(
         _ request: ValidateJWTSVIDRequest, reply: @escaping (Result<ValidateJWTSVIDResponse, GRPCStatus>) -> Void)

@@ -82,7 +82,7 @@ public final class StatusServer {
     private var connections: [ObjectIdentifier: StatusConnection] = [:]
     fileprivate let respond: (HTTPRequestParser.Request) -> HTTPResponse
     /// Called when a connection is turned away at the cap.
-    var onRefused: (() -> Void)?
+    public var onRefused: (() -> Void)?
     /// Evictions and refusals at the cap, logged once per kind and interval with a count.
     private var refusals = RefusalLog()
     private var connectionCounter: UInt64 = 0

@@ -68,7 +68,7 @@ public final class SDSServer {
     private var reportedRefusals: Set<UInt64> = []
     public private(set) var refusedPeerCount = 0
     /// Refusals by reason, for `/metrics`.
-    var metrics: AgentMetrics?
+    public var metrics: AgentMetrics?
     let limits: OutboundLimits
     /// What a peer may make the agent hold or do (see `InboundLimits`).
     let inboundLimits: InboundLimits

@@ -38,15 +38,15 @@ public final class AgentMetrics {
 
     public init() {}
 
-    func countRotation(_ reason: RotationReason, at seconds: Int64) {
+    public func countRotation(_ reason: RotationReason, at seconds: Int64) {
         rotations[reason, default: 0] += 1
         lastRotation = seconds
     }
 
-    func countRefusal(_ reason: RefusalReason) { refusals[reason, default: 0] += 1 }
+    public func countRefusal(_ reason: RefusalReason) { refusals[reason, default: 0] += 1 }
 
     /// Issuer kinds and failure reasons are fixed words; the key joins them for one dictionary.
-    func countIssuanceFailure(issuer: String, reason: String) {
+    public func countIssuanceFailure(issuer: String, reason: String) {
         issuanceFailures[issuer + "\u{0}" + reason, default: 0] += 1
     }
 }
