@@ -118,8 +118,12 @@ let package = Package(
             dependencies: ["PKI", "SPIFFE", "Issuance", "LocalCA", "H2", "Transport"],
             path: "Tests/TestSupport"),
 
+        // A TLS server over OpenSSL in memory, for tests of the TLS client and the istiod issuer only (it reaches
+        // PKI's internals, so debug builds only).
+        .target(name: "TLSTestServer", dependencies: ["PKI", "COpenSSL"], path: "Tests/TLSTestServer"),
+
         .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"]),
-        .testTarget(name: "PKITests", dependencies: ["PKI", "TestSupport"]),
+        .testTarget(name: "PKITests", dependencies: ["PKI", "TestSupport", "TLSTestServer"]),
         .testTarget(name: "SPIFFETests", dependencies: ["SPIFFE", "PKI", "TestSupport"]),
         .testTarget(
             name: "IssuanceTests", dependencies: ["Issuance", "LocalCA", "SPIFFE", "PKI", "Transport", "TestSupport"]),

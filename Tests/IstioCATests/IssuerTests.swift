@@ -5,6 +5,7 @@ import Issuance
 import IstioCA
 import PKI
 import SPIFFE
+import TLSTestServer
 import TestSupport
 import Testing
 import Transport

@@ -1,4 +1,5 @@
 import PKI
+import TLSTestServer
 import TestSupport
 import Testing
 

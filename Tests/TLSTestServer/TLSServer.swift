@@ -1,4 +1,5 @@
 private import COpenSSL
+@testable import PKI
 
 /// A TLS server as a byte transducer, the counterpart of `TLSClient` over the same memory BIOs. The agent serves SDS
 /// on a Unix socket without TLS; this exists so `TLSClient` can be tested in memory against a real OpenSSL peer
