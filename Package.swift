@@ -48,13 +48,18 @@ let package = Package(
         .target(name: "JSONText"),
 
         // Domain concepts.
+        // SPIFFE IDs and trust domains, SVIDs and bundles (X.509 and the SPIFFE bundle JSON).
         .target(name: "SPIFFE", dependencies: ["PKI", "JSONText"]),
+        // xDS secret discovery as pure stream machines (SotW, Delta, Fetch) over a secret cache: no I/O.
         .target(name: "XDS", dependencies: ["Wire"]),
+        // gRPC calls (framing, status, deadlines) over an H2 session, client and server: no sockets.
         .target(name: "GRPC", dependencies: ["H2"]),
         // What every issuer promises (the Issuer contract, issued identities, rotation policy, clocks): no storage.
         .target(name: "Issuance", dependencies: ["SPIFFE", "PKI", "Transport"]),
         // The embedded CA and its state dir: roots with their rotation schedule, and the issuer that signs SVIDs.
         .target(name: "LocalCA", dependencies: ["Issuance", "SPIFFE", "PKI", "Transport"]),
+        // The event loop and what runs on it: timers (`Scheduler`), sockets, listeners and connections, the off-loop
+        // worker, the non-blocking log stream, atomic file writes and file watching.
         .target(name: "Transport", dependencies: ["CLinux"]),
         .target(
             // The SPIFFE Workload API client: relays a SPIRE agent (the server half is SDSAgent's
@@ -96,6 +101,7 @@ let package = Package(
         // No swift-argument-parser anywhere: it links FoundationEssentials (+3.6 MB RSS); see AgentCommandLine.
         // sds-agent is also sds-dump when called by that name (the image ships one binary under both names).
         .executableTarget(name: "sds-agent", dependencies: ["SDSAgent", "SDSDump"]),
+        // sds-dump: what any SDS server serves, as a table or JSON.
         .target(
             name: "SDSDump", dependencies: ["Wire", "GRPC", "H2", "Transport", "PKI", "JSONText", "ConnectionDriver"]),
         .executableTarget(name: "sds-dump", dependencies: ["SDSDump"]),
