@@ -486,7 +486,8 @@ extension AgentOption {
         throws(ConfigurationError) -> T
     where T.RawValue == String {
         guard let value = T(rawValue: try choice(text, ignoringCase: ignoringCase)) else {
-            throw refusal("'\(text)' is not one of: \(T.self)")
+            // Only when the table's choices and `T`'s cases disagree: a refusal still beats a crash on input.
+            throw refusal("'\(text)' names no \(T.self)")
         }
         return value
     }
