@@ -46,7 +46,7 @@ PROTO_OUT    := Sources/CSDSProtos
 
 export SDS_PYTHON := $(CURDIR)/$(PYTHON)
 
-.PHONY: help deps deps-build deps-protos deps-image deps-test venv build build-debug image run test unit integration lint format protos protos-check bench clean
+.PHONY: help deps deps-build deps-protos deps-image deps-test venv build build-debug image run test unit integration lint format protos protos-check bench clean docs
 .PHONY: fuzz sanitize sanitize-thread soak
 
 help: ## Show this help
@@ -135,6 +135,14 @@ define gen_protos
 	  for h in $$(cd $(1)/include && ls *.pb-c.h | LC_ALL=C sort); do echo "#include \"$$h\""; done; \
 	  echo '#endif'; } > $(1)/include/CSDSProtos.h
 endef
+
+# docs/configuration.md is written from the option table (Sources/SDSAgent/Options.swift) by the agent itself; a
+# unit test (OptionTableTests) fails when the committed file is stale.
+docs: ## Regenerate docs/configuration.md from the option table
+	swift build $(SWIFT_BUILD_FLAGS) --product sds-agent
+	@mkdir -p docs
+	"$$(swift build $(SWIFT_BUILD_FLAGS) --show-bin-path)/sds-agent" --help-markdown > docs/configuration.md
+	@echo "wrote docs/configuration.md"
 
 protos: deps-protos ## Regenerate Sources/CSDSProtos from Protos/*.proto with protoc-c
 	@$(call gen_protos,.build-protos)

@@ -149,7 +149,8 @@ let package = Package(
         .testTarget(
             name: "SDSAgentTests",
             dependencies: [
-                "SDSAgent", "Servers", "TestSupport", "GRPC", "H2", "Wire", "XDS", "HTTP1", "Transport",
+                "SDSAgent", "Servers", "TestSupport", "GRPC", "H2", "Wire", "XDS", "HTTP1", "Transport", "PKI",
+                "SPIFFE",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "JSONText", "Wire", "GRPC", "PKI", "TestSupport"]),

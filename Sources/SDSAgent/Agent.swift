@@ -67,7 +67,7 @@ public final class Agent {
         self.clock = clock
         self.loop = try EventLoop()
         LogSink.standardError.attach(to: loop)
-        let own = OwnIdentity(id: configuration.spiffeID, trustDomain: configuration.trustDomain)
+        let own = OwnIdentity(id: configuration.spiffeID.uri, trustDomain: configuration.trustDomain.name)
         self.own = own
         let classify: @Sendable (String) -> SecretName = { name in
             SecretName(name, ownID: own.id, ownTrustDomain: own.trustDomain)
@@ -221,8 +221,8 @@ public final class Agent {
         // Every key file of the state dir is checked before any is loaded: a readable JWT key must not leave a
         // "CA loaded" line before the refusal.
         try JWTSigningKeys.checkKeyFiles(stateDirectory: configuration.stateDir)
-        let trustDomain = try TrustDomain(configuration.trustDomain)
-        let spiffeID = try SPIFFEID(parsing: configuration.spiffeID)
+        let trustDomain = configuration.trustDomain
+        let spiffeID = configuration.spiffeID
         let now = clock.now()
         let ttl = Int64(configuration.svidTTL.rounded(.up))
         let scheduler = EventLoopScheduler(loop: loop)
@@ -267,7 +267,7 @@ public final class Agent {
         workloadAPI.flushReplies = { [unowned self] in self.server.flushAll() }
         if let upstream = issuer as? WorkloadAPIIssuer {
             // The upstream (a SPIRE agent) serves JWT-SVIDs itself: relay them.
-            workloadAPI.jwt = UpstreamJWTRelay(issuer: upstream, spiffeID: configuration.spiffeID)
+            workloadAPI.jwt = UpstreamJWTRelay(issuer: upstream, spiffeID: configuration.spiffeID.uri)
             upstream.onJWTBundles = { [unowned self] bundles in
                 self.workloadAPI.publishJWTBundles(bundles)
                 self.server.flushAll()
@@ -292,7 +292,7 @@ public final class Agent {
             keys.createdNewKey ? "JWT signing key created" : "JWT signing key loaded",
             metadata: ["kid": "\(keys.current.kid)", "not_after": "\(keys.current.notAfter)"])
         let authority = try LocalJWTAuthority(
-            keys: keys, spiffeID: try SPIFFEID(parsing: configuration.spiffeID), ttl: ttl, clock: clock)
+            keys: keys, spiffeID: configuration.spiffeID, ttl: ttl, clock: clock)
         // Weak, both: the authority holds this closure, so a strong capture of it would be a cycle that outlives the
         // agent (found by the file-names fuzz target's leak check).
         authority.onBundleChanged = { [weak self, weak authority] bundles in
@@ -345,7 +345,7 @@ public final class Agent {
     /// The SPIRE Workload API client for this configuration (`--issuer workload-api`).
     public func makeWorkloadAPIIssuer() throws -> any Issuer {
         WorkloadAPIIssuer.make(
-            upstreamSocket: configuration.upstreamSocket, spiffeID: try SPIFFEID(parsing: configuration.spiffeID),
+            upstreamSocket: configuration.upstreamSocket, spiffeID: configuration.spiffeID,
             loop: loop, scheduler: EventLoopScheduler(loop: loop), clock: clock)
     }
 
@@ -354,7 +354,7 @@ public final class Agent {
         guard let files = configuration.credentialFiles else {
             throw ConfigurationError(flag: "--svid-file", problem: "--issuer files needs --svid-file and --bundle-file")
         }
-        let expected = configuration.spiffeIDGiven ? try SPIFFEID(parsing: configuration.spiffeID) : nil
+        let expected = configuration.spiffeIDGiven ? configuration.spiffeID : nil
         logger.info(
             "credential files issuer",
             metadata: [
@@ -371,19 +371,11 @@ public final class Agent {
     /// The istiod CSR client for this configuration (`--issuer istiod`).
     public func makeIstiodIssuer() throws -> any Issuer {
         let settings = configuration.istiod
-        let algorithm: KeyAlgorithm =
-            switch settings.keyType {
-            case .ecdsaP256: .ecdsaP256
-            case .ecdsaP384: .ecdsaP384
-            case .rsa2048: .rsa(bits: 2048)
-            case .rsa3072: .rsa(bits: 3072)
-            case .rsa4096: .rsa(bits: 4096)
-            }
         let istio = IstioCAConfiguration(
             address: settings.address, rootCertPath: settings.rootCertPath, serverName: settings.serverName,
             tokenPath: settings.tokenPath, clusterID: settings.clusterID,
-            extraHeaders: settings.headers.map { ($0.name, $0.value) }, keyAlgorithm: algorithm,
-            spiffeID: try SPIFFEID(parsing: configuration.spiffeID),
+            extraHeaders: settings.headers.map { ($0.name, $0.value) }, keyAlgorithm: settings.keyAlgorithm,
+            spiffeID: configuration.spiffeID,
             requestedTTL: Int64(configuration.svidTTL.rounded(.up)),
             rotation: RotationPolicy(
                 gracePeriodRatio: configuration.rotateRatio,
@@ -393,7 +385,8 @@ public final class Agent {
             metadata: [
                 "ca_addr": "\(settings.address)", "server_name": "\(settings.serverName)",
                 "root_cert": "\(settings.rootCertPath ?? "SYSTEM")", "token_file": "\(settings.tokenPath)",
-                "cluster_id": "\(settings.clusterID)", "key_type": "\(settings.keyType.rawValue)",
+                "cluster_id": "\(settings.clusterID)",
+                "key_type": "\(AgentConfiguration.keyAlgorithmName(settings.keyAlgorithm))",
             ])
         let worker = try OffLoopWorker(loop: loop)
         return IstioCAIssuer(

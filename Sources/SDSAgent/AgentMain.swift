@@ -10,9 +10,10 @@ public enum AgentMain {
     public static func run(options: RawAgentOptions, environment: [String: String]) -> Int32 {
         let configuration: AgentConfiguration
         do {
-            configuration = try AgentConfiguration.resolve(
-                options, environment: environment, validateTrustDomain: validateTrustDomain,
-                validateSPIFFEID: validateSPIFFEID)
+            configuration = try AgentConfiguration.resolve(options, environment: environment)
+            // Start-up's first touch of the file system: still a usage error (exit 2) when the socket's directory
+            // cannot be made or written, before anything else is created.
+            try prepareSocketDirectory(configuration.socket.path)
         } catch {
             printError("sds-agent: \(error)")
             return 2
@@ -42,25 +43,29 @@ public enum AgentMain {
         return code
     }
 
-    static func validateTrustDomain(_ text: String) -> String? {
-        do {
-            let domain = try TrustDomain(text)
-            return domain.name == text ? nil : "'\(text)' must be a bare trust domain name such as example.org"
-        } catch {
-            return "'\(text)' is not a valid trust domain: \(error)"
+    /// The socket's directory must exist (or be creatable) and be writable, or bind would fail later with less
+    /// context. Refusals name `--socket`, as a bad value of it would.
+    static func prepareSocketDirectory(_ path: String) throws(ConfigurationError) {
+        let directory: String
+        if let slash = path.lastIndex(of: "/") {
+            directory = slash == path.startIndex ? "/" : String(path[..<slash])
+        } else {
+            directory = "."
         }
-    }
-
-    static func validateSPIFFEID(_ text: String, _ trustDomain: String) -> String? {
-        do {
-            let id = try SPIFFEID(parsing: text)
-            if id.path.isEmpty { return "'\(text)' names a trust domain, not a workload (add a path)" }
-            if id.trustDomain.name != trustDomain {
-                return "'\(text)' is not in trust domain \(trustDomain) (set --trust-domain to match)"
+        if access(directory, F_OK) != 0 {
+            // Istio mounts an emptyDir here; outside Kubernetes create it (0755: the socket itself stays 0600).
+            var built = directory.hasPrefix("/") ? "" : "."
+            for component in directory.split(separator: "/") {
+                built += "/" + component
+                if access(built, F_OK) != 0 && mkdir(built, 0o755) != 0 && errno != EEXIST {
+                    throw AgentOption.socket.refusal(
+                        "cannot create directory \(built): \(String(cString: strerror(errno)))")
+                }
             }
-            return nil
-        } catch {
-            return "'\(text)' is not a valid SPIFFE ID: \(error)"
+        }
+        guard access(directory, W_OK | X_OK) == 0 else {
+            throw AgentOption.socket.refusal(
+                "directory \(directory) is not writable: \(String(cString: strerror(errno)))")
         }
     }
 

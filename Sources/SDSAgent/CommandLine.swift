@@ -8,6 +8,8 @@ public enum AgentCommandLine {
         /// `sds-agent healthcheck [--socket PATH]`: the socket to ask (nil: SDS_SOCKET, then the default).
         case healthcheck(socket: String?)
         case help
+        /// `--help-markdown` (not in `--help`): docs/configuration.md, as `make docs` writes it.
+        case helpMarkdown
         case version
     }
 
@@ -18,180 +20,6 @@ public enum AgentCommandLine {
 
     public static let version = "0.1.0"
 
-    struct Flag: Sendable {
-        let name: String
-        let valueName: String
-        let environment: String?
-        let help: String
-        let set: @Sendable (inout RawAgentOptions, String) -> Void
-    }
-
-    static let flags: [Flag] = [
-        Flag(
-            name: "socket", valueName: "path", environment: "SDS_SOCKET",
-            help: "Unix socket to serve SDS on (default /run/secrets/workload-spiffe-uds/socket).",
-            set: { $0.socket = $1 }),
-        Flag(
-            name: "socket-mode", valueName: "mode", environment: "SDS_SOCKET_MODE",
-            help: "File mode of the socket, octal (default 0600: only this user; Envoy must run as it).",
-            set: { $0.socketMode = $1 }),
-        Flag(
-            name: "trust-domain", valueName: "name", environment: "TRUST_DOMAIN",
-            help: "Trust domain of the workload's SPIFFE ID (default cluster.local).", set: { $0.trustDomain = $1 }),
-        Flag(
-            name: "spiffe-id", valueName: "id", environment: "SPIFFE_ID",
-            help:
-                "Workload SPIFFE ID, the one identity served (default spiffe://<td>/ns/$POD_NAMESPACE/sa/$SERVICE_ACCOUNT).",
-            set: { $0.spiffeID = $1 }),
-        Flag(
-            name: "svid-ttl", valueName: "duration", environment: "SECRET_TTL",
-            help: "SVID lifetime, e.g. 1h, 30m, 24h (default 1h, 24h with --issuer istiod; 10s to 2160h).",
-            set: { $0.svidTTL = $1 }),
-        Flag(
-            name: "rotate-ratio", valueName: "ratio", environment: "SECRET_GRACE_PERIOD_RATIO",
-            help: "Rotate when this fraction of the lifetime is left (default 0.5).", set: { $0.rotateRatio = $1 }),
-        Flag(
-            name: "state-dir", valueName: "dir", environment: "SDS_STATE_DIR",
-            help:
-                "Where the local CA keeps ca.pem, ca.key (and ca-next.* while rotating), 0600; must be ours and not group/world-writable (default /var/lib/sds-agent).",
-            set: { $0.stateDir = $1 }),
-        Flag(
-            name: "ca-ttl", valueName: "duration", environment: "SDS_CA_TTL",
-            help:
-                "Lifetime of each local CA root, rotated with overlap; 6 x --svid-ttl to 87600h (default 8760h).",
-            set: { $0.caTTL = $1 }),
-        Flag(
-            name: "jwt-ttl", valueName: "duration", environment: "SDS_JWT_TTL",
-            help: "Lifetime of the JWT-SVIDs the local CA mints, re-minted at half-life (default 5m; 10s to 24h).",
-            set: { $0.jwtTTL = $1 }),
-        Flag(
-            name: "ca-cert", valueName: "pem", environment: "SDS_CA_CERT",
-            help: "Operator CA certificate to sign with (then its chain), instead of a self-made root.",
-            set: { $0.caCert = $1 }),
-        Flag(
-            name: "ca-key", valueName: "pem", environment: "SDS_CA_KEY", help: "Private key of --ca-cert.",
-            set: { $0.caKey = $1 }),
-        Flag(
-            name: "issuer", valueName: "kind", environment: "SDS_ISSUER",
-            help:
-                "Where SVIDs come from: local (embedded CA, default), workload-api (a SPIRE agent), istiod (a CSR to istiod or istio-csr; the default when PILOT_CERT_PROVIDER=istiod and CA_ADDR are set) or files (--svid-file, kept fresh by someone else).",
-            set: { $0.issuer = $1 }),
-        Flag(
-            name: "output-dir", valueName: "dir", environment: "OUTPUT_CERTS",
-            help:
-                "Also write the identity as files here on every change, atomically: key.pem (0600), cert-chain.pem, root-cert.pem.",
-            set: { $0.outputDir = $1 }),
-        Flag(
-            name: "output-layout", valueName: "layout", environment: "SDS_OUTPUT_LAYOUT",
-            help: "istio (default) or spiffe-helper (svid.pem, svid_key.pem, svid_bundle.pem).",
-            set: { $0.outputLayout = $1 }),
-        Flag(
-            name: "output-jwt", valueName: "aud=file", environment: "SDS_OUTPUT_JWT",
-            help: "Keep a JWT-SVID for <aud> in <file> (0600), re-written at half-life; repeatable.",
-            set: { $0.outputJWT.append($1) }),
-        Flag(
-            name: "output-signal", valueName: "pidfile:SIG", environment: "SDS_OUTPUT_SIGNAL",
-            help:
-                "Signal the process in <pidfile> once every file of an update is in place (e.g. /run/app.pid:SIGHUP).",
-            set: { $0.outputSignal = $1 }),
-        Flag(
-            name: "crl-file", valueName: "pem", environment: "CRL_FILE",
-            help:
-                "PEM CRLs of the trust domain, served in ROOTCA and spiffe://<td> (default /var/run/secrets/istio/crl/ca-crl.pem if present).",
-            set: { $0.crlFile = $1 }),
-        Flag(
-            name: "svid-file", valueName: "pem", environment: "SDS_SVID_FILE",
-            help:
-                "--issuer files: the certificate chain, or a Pod Certificates credential bundle (key and chain in one file, either order).",
-            set: { $0.svidFile = $1 }),
-        Flag(
-            name: "svid-key-file", valueName: "pem", environment: "SDS_SVID_KEY_FILE",
-            help: "--issuer files: the private key, when --svid-file holds only the chain (tls.key, key.pem).",
-            set: { $0.svidKeyFile = $1 }),
-        Flag(
-            name: "bundle-file", valueName: "file", environment: "SDS_BUNDLE_FILE",
-            help:
-                "--issuer files: the trust domain's roots, PEM or a SPIFFE bundle document (ca.crt, a ClusterTrustBundle projection).",
-            set: { $0.bundleFile = $1 }),
-        Flag(
-            name: "upstream-socket", valueName: "unix:///path", environment: "UPSTREAM_SPIFFE_ENDPOINT_SOCKET",
-            help:
-                "SPIFFE Workload API socket for --issuer workload-api (default unix:///run/spire/sockets/agent.sock).",
-            set: { $0.upstreamSocket = $1 }),
-        Flag(
-            name: "ca-addr", valueName: "host:port", environment: "CA_ADDR",
-            help: "istiod's address for --issuer istiod (default istiod.istio-system.svc:15012).",
-            set: { $0.caAddr = $1 }),
-        Flag(
-            name: "ca-root-cert", valueName: "pem|SYSTEM", environment: "CA_ROOT_CA",
-            help:
-                "Roots istiod's certificate must chain to; also served in ROOTCA (default /var/run/secrets/istio/root-cert.pem).",
-            set: { $0.caRootCert = $1 }),
-        Flag(
-            name: "ca-server-name", valueName: "name", environment: "ISTIOD_SAN",
-            help: "Name istiod's certificate must carry (default: the host of --ca-addr).",
-            set: { $0.caServerName = $1 }),
-        Flag(
-            name: "token-file", valueName: "path", environment: "SDS_TOKEN_FILE",
-            help:
-                "Projected service-account token (audience istio-ca), re-read for every CSR (default /var/run/secrets/tokens/istio-token).",
-            set: { $0.tokenFile = $1 }),
-        Flag(
-            name: "cluster-id", valueName: "id", environment: "ISTIO_META_CLUSTER_ID",
-            help: "Sent as ClusterID metadata with every CSR (default Kubernetes).", set: { $0.clusterID = $1 }),
-        Flag(
-            name: "key-type", valueName: "type", environment: "SDS_KEY_TYPE",
-            help:
-                "Workload key for --issuer istiod: ecdsa-p256 (default), ecdsa-p384, rsa-2048, rsa-3072, rsa-4096; else ECC_SIGNATURE_ALGORITHM/ECC_CURVE/WORKLOAD_RSA_KEY_SIZE.",
-            set: { $0.keyType = $1 }),
-        Flag(
-            name: "log-level", valueName: "level", environment: "LOG_LEVEL",
-            help: "trace, debug, info (default), notice, warning, error.", set: { $0.logLevel = $1 }),
-        Flag(
-            name: "log-format", valueName: "format", environment: "LOG_FORMAT",
-            help: "text (default) or json.", set: { $0.logFormat = $1 }),
-        Flag(
-            name: "file-dirs", valueName: "dir,dir", environment: "SDS_FILE_DIRS",
-            help:
-                "Directories file-cert:/file-root: names may read (default /etc/certs,/etc/istio,/var/run/secrets/istio).",
-            set: { $0.fileDirs = $1 }),
-        Flag(
-            name: "allow-uid", valueName: "uid,uid", environment: "SDS_ALLOW_UIDS",
-            help: "User IDs admitted on the socket, checked by SO_PEERCRED (the agent's own UID always is).",
-            set: { $0.allowUIDs = $1 }),
-        Flag(
-            name: "allow-gid", valueName: "gid,gid", environment: "SDS_ALLOW_GIDS",
-            help: "Group IDs admitted on the socket, besides --allow-uid (default: none).",
-            set: { $0.allowGIDs = $1 }),
-        Flag(
-            name: "drain-timeout", valueName: "duration", environment: "SDS_DRAIN_TIMEOUT",
-            help: "How long SIGTERM waits for peers to take the last bytes (default 5s, at most 10m).",
-            set: { $0.drainTimeout = $1 }),
-        Flag(
-            name: "write-stall-timeout", valueName: "duration", environment: "SDS_WRITE_STALL_TIMEOUT",
-            help: "Disconnect a peer that takes no byte this long while data waits for it (default 30s, 100ms to 10m).",
-            set: { $0.writeStallTimeout = $1 }),
-        Flag(
-            name: "max-queued-bytes", valueName: "bytes", environment: "SDS_MAX_QUEUED_BYTES",
-            help:
-                "Disconnect a peer that lets more than this wait for it and takes none for 1 s, per connection (default 16777216).",
-            set: { $0.maxQueuedBytes = $1 }),
-        Flag(
-            name: "max-request-bytes", valueName: "bytes", environment: "SDS_MAX_REQUEST_BYTES",
-            help:
-                "Largest request message; a bigger one ends its stream RESOURCE_EXHAUSTED (default 1Mi; 64Ki to 64Mi).",
-            set: { $0.maxRequestBytes = $1 }),
-        Flag(
-            name: "max-connections", valueName: "count", environment: "SDS_MAX_CONNECTIONS",
-            help: "Connections served at once; more are closed on accept (default 256; 1 to 65536).",
-            set: { $0.maxConnections = $1 }),
-        Flag(
-            name: "status-addr", valueName: "host:port", environment: "SDS_STATUS_ADDR",
-            help:
-                "HTTP /live, /ready, /metrics on this address, e.g. 127.0.0.1:15095 (:PORT is loopback; default off).",
-            set: { $0.statusAddress = $1 }),
-    ]
-
     /// Parses `arguments` (without the program name).
     public static func parse(_ arguments: [String]) throws(UsageError) -> Parsed {
         var rest = arguments[...]
@@ -200,6 +28,7 @@ public enum AgentCommandLine {
             case "run": rest = rest.dropFirst()
             case "healthcheck": return try parseHealthcheck(rest.dropFirst())
             case "help", "-h", "--help": return .help
+            case "--help-markdown": return .helpMarkdown
             case "version", "--version": return .version
             default:
                 if !first.hasPrefix("-") {
@@ -220,17 +49,17 @@ public enum AgentCommandLine {
                 value = String(name[name.index(after: eq)...])
                 name = String(name[..<eq])
             }
-            guard let flag = flags.first(where: { $0.name == name }) else {
+            guard let option = AgentOption.named(name) else {
                 throw UsageError(message: "unknown flag --\(name) (see sds-agent run --help)")
             }
             if value == nil {
                 guard let next = rest.first, !next.hasPrefix("--") else {
-                    throw UsageError(message: "--\(name) needs a value (<\(flag.valueName)>)")
+                    throw UsageError(message: "--\(name) needs a value (<\(option.valueName)>)")
                 }
                 value = next
                 rest = rest.dropFirst()
             }
-            flag.set(&options, value!)
+            option.set(value ?? "", in: &options)
         }
         return .run(options)
     }
@@ -269,13 +98,18 @@ public enum AgentCommandLine {
             USAGE: sds-agent run [flags]
                    sds-agent healthcheck [--socket <path>]   (exit 0 when SERVING, else 1; one line; an exec probe)
 
-            FLAGS (each also read from the environment variable in brackets; a flag wins):
+            FLAGS (each also read from the environment variable in brackets; a flag wins; an empty variable is
+            unset). Durations: 1h30m, 90s, 500ms or bare seconds. Sizes: bytes, or with Ki, Mi, Gi (16Mi).
+
 
             """
-        for flag in flags {
-            let left = "  --\(flag.name) <\(flag.valueName)>"
-            let padded = left + String(repeating: " ", count: max(1, 34 - left.count))
-            text += padded + flag.help + (flag.environment.map { " [\($0)]" } ?? "") + "\n"
+        for section in AgentOption.Section.allCases {
+            text += "\(section.rawValue.uppercased()):\n"
+            for option in AgentOption.all where option.section == section { text += helpLine(option) }
+            for variable in EnvironmentVariable.all where variable.section == section {
+                text += helpLine(left: "  \(variable.name)", variable.help + " (Environment only.)")
+            }
+            text += "\n"
         }
         text += """
               -h, --help                      Show this help.
@@ -306,5 +140,16 @@ public enum AgentCommandLine {
 
             """
         return text
+    }
+
+    /// One option: flag and value, help, default and accepted values (all from the table), variable in brackets.
+    static func helpLine(_ option: AgentOption) -> String {
+        var help = option.help + " Default: \(option.defaultText)."
+        if let constraint = option.constraintText { help += " " + sentence(constraint) }
+        return helpLine(left: "  \(option.flag) <\(option.valueName)>", help + " [\(option.environment)]")
+    }
+
+    static func helpLine(left: String, _ help: String) -> String {
+        left + String(repeating: " ", count: max(1, 34 - left.count)) + help + "\n"
     }
 }

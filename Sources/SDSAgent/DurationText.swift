@@ -47,10 +47,12 @@ public enum DurationText {
         return seconds
     }
 
-    /// `3600` → `1h`, `5400` → `1h30m`, `90` → `1m30s`: for logs and `--help` defaults.
+    /// `3600` → `1h`, `5400` → `1h30m`, `90` → `1m30s`, `0.1` → `100ms`: for logs, `--help` defaults and ranges.
     public static func format(seconds: Double) -> String {
         // Any Double may be handed in: only those `seconds` can return are written as units.
         guard seconds >= 0, seconds <= maxSeconds else { return "\(seconds)s" }
+        // Below a second, whole seconds would round a range's lower end (100ms, 1ms) to a misleading 0s.
+        if seconds > 0 && seconds < 1 { return "\(Int((seconds * 1000).rounded()))ms" }
         var remaining = Int(seconds.rounded())
         if remaining == 0 { return "0s" }
         var text = ""

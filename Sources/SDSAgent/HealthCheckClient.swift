@@ -111,8 +111,9 @@ public final class HealthCheckClient {
     /// The whole command: resolves the socket like `run` does (flag, then SDS_SOCKET, then the default), checks,
     /// prints one line (stdout when serving, stderr otherwise) and returns the exit code.
     public static func main(socket flag: String?, environment: [String: String]) -> Int32 {
-        let path =
-            flag ?? environment["SDS_SOCKET"].flatMap { $0.isEmpty ? nil : $0 } ?? AgentConfiguration.defaultSocket
+        var options = RawAgentOptions()
+        options.socket = flag
+        let path = OptionSource(options: options, environment: environment).text(.socket, else: "")
         let verdict: Verdict
         do {
             verdict = try HealthCheckClient().check(socket: path)

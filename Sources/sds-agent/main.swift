@@ -16,6 +16,9 @@ do {
     case .help:
         _ = AgentCommandLine.helpText.withCString { write(1, $0, strlen($0)) }
         exitCode = 0
+    case .helpMarkdown:
+        _ = AgentCommandLine.configurationMarkdown.withCString { write(1, $0, strlen($0)) }
+        exitCode = 0
     case .version:
         _ = "sds-agent \(AgentCommandLine.version)\n".withCString { write(1, $0, strlen($0)) }
         exitCode = 0

@@ -93,8 +93,7 @@ enum FileNamesTarget {
             options.fileDirs = "\(allowed),\(alias)"
             options.issuer = "local"
             options.drainTimeout = "100ms"
-            let configuration = try AgentConfiguration.resolve(
-                options, environment: [:], validateTrustDomain: { _ in nil }, validateSPIFFEID: { _, _ in nil })
+            let configuration = try AgentConfiguration.resolve(options, environment: [:])
             let agent = try Agent(
                 configuration: configuration,
                 logger: Logger(label: "fuzz", factory: { _ in SwiftLogNoOpLogHandler() }))

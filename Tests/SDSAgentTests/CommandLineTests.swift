@@ -24,7 +24,7 @@ import Testing
         #expect(try AgentCommandLine.parse(["--help"]) == .help)
         #expect(try AgentCommandLine.parse(["run", "-h"]) == .help)
         #expect(try AgentCommandLine.parse(["version"]) == .version)
-        for flag in AgentCommandLine.flags {
+        for flag in AgentOption.all {
             #expect(AgentCommandLine.helpText.contains("--\(flag.name) <"), "help documents --\(flag.name)")
         }
     }

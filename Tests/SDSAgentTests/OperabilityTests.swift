@@ -312,8 +312,7 @@ private final class HealthHarness {
             var options = RawAgentOptions()
             options.socket = "/tmp/sds-config-test/agent.sock"
             options.statusAddress = flag
-            return try AgentConfiguration.resolve(
-                options, environment: env, validateTrustDomain: { _ in nil }, validateSPIFFEID: { _, _ in nil })
+            return try AgentConfiguration.resolve(options, environment: env)
         }
         #expect(try resolve(nil).statusAddress == nil)
         #expect(try resolve(":15095").statusAddress?.description == "127.0.0.1:15095")
