@@ -375,7 +375,9 @@ extension AgentOption {
         "max-connections", "count", env: "SDS_MAX_CONNECTIONS",
         default: .value(String(InboundLimits.defaultMaxConnections)),
         syntax: .count(InboundLimits.maxConnectionsRange), section: .limits, field: .single(\.maxConnections),
-        help: "Connections served at once; more are closed on accept.")
+        help:
+            "Connections served at once; at the limit a newcomer evicts the oldest connection without an HTTP/2 "
+            + "preface, else the oldest without an open call, and is closed only when every connection holds a call.")
 
     // MARK: Status, logs and metrics
 

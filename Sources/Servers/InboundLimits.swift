@@ -11,8 +11,8 @@ import H2
 /// |-------------------------------|-------------|--------------------------------------------|--------------------------|
 /// | request message size          | 1 MiB       | RESOURCE_EXHAUSTED on that stream          | GRPCMessageDecoder       |
 /// | partial requests / connection | 16 MiB      | RESOURCE_EXHAUSTED on the stream crossing  | GRPCServerConnection     |
-/// | connections                   | 256         | closed right after accept                  | SDSServer.admit          |
-/// | connection preface            | 10 s        | connection closed                          | SDSServer.accept         |
+/// | connections                   | 256         | oldest idle evicted, else newcomer closed  | SDSServer                |
+/// | connection preface            | 10 s        | connection closed                          | H2ConnectionDriver       |
 /// | concurrent streams/connection | 128         | RST_STREAM(REFUSED_STREAM)                 | H2Configuration, nghttp2 |
 /// | header list size              | 16 KiB      | RST_STREAM(ENHANCE_YOUR_CALM)              | H2Configuration, H2      |
 /// | CONTINUATION frames per block | 8           | GOAWAY, connection closed                  | H2Configuration, nghttp2 |
