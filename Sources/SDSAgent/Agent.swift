@@ -215,51 +215,23 @@ public final class Agent {
         return 0
     }
 
-    /// The embedded CA issuer for this configuration: an operator-supplied CA (warned about before it expires) or
-    /// the state dir's self-made roots (rotated on `RootRotationSchedule`).
-    public func makeLocalCAIssuer() throws -> any Issuer {
-        // Every key file of the state dir is checked before any is loaded: a readable JWT key must not leave a
-        // "CA loaded" line before the refusal.
-        try JWTSigningKeys.checkKeyFiles(stateDirectory: configuration.stateDir)
-        let trustDomain = configuration.trustDomain
-        let spiffeID = configuration.spiffeID
-        let now = clock.now()
-        let ttl = Int64(configuration.svidTTL.rounded(.up))
-        let scheduler = EventLoopScheduler(loop: loop)
-        let rotation = RotationPolicy(gracePeriodRatio: configuration.rotateRatio)
-        let onEvent: (LocalCAIssuer.Event) -> Void = { [logger] event in Agent.log(event, logger) }
-        if let certPath = configuration.caCertPath, let keyPath = configuration.caKeyPath {
-            let ca = try LocalCA.operatorSupplied(
-                certificateChainPath: certPath, keyPath: keyPath, trustDomain: trustDomain, now: now)
-            logger.info(
-                "CA loaded",
-                metadata: [
-                    "certificate": "\(certPath)", "subject": "\(ca.signingCertificate.subject)",
-                    "not_after": "\(ca.signingCertificate.notAfter)",
-                ])
-            return LocalCAIssuer(
-                ca: ca, spiffeID: spiffeID, ttl: ttl, clock: clock, scheduler: scheduler, rotation: rotation,
-                onEvent: onEvent)
-        }
-        let roots = try LocalCARoots.open(
-            stateDirectory: configuration.stateDir, trustDomain: trustDomain, now: now,
-            rootLifetime: Int64(configuration.caTTL.rounded(.up)))
-        if roots.finishedInterruptedRetirement {
-            logger.warning(
-                "CA root retirement was interrupted; finished it", metadata: ["state_dir": "\(configuration.stateDir)"])
-        }
-        var metadata: Logger.Metadata = [
-            "state_dir": "\(configuration.stateDir)", "serial": "\(roots.current.signingCertificate.serialHex)",
-            "not_after": "\(roots.current.signingCertificate.notAfter)",
-        ]
-        if let successor = roots.successor {
-            metadata["successor_serial"] = "\(successor.signingCertificate.serialHex)"
-        }
-        logger.info(roots.createdNewRoot ? "CA created" : "CA loaded", metadata: metadata)
-        return LocalCAIssuer(
-            roots: roots, spiffeID: spiffeID, ttl: ttl, clock: clock, scheduler: scheduler, rotation: rotation,
-            onEvent: onEvent)
+    private var issuers: IssuerFactory {
+        IssuerFactory(configuration: configuration, loop: loop, clock: clock, logger: logger)
     }
+
+    /// The embedded CA issuer for this configuration (see `IssuerFactory`).
+    public func makeLocalCAIssuer() throws -> any Issuer { try issuers.localCA() }
+
+    /// The SPIRE Workload API client for this configuration (`--issuer workload-api`).
+    public func makeWorkloadAPIIssuer() throws -> any Issuer { try issuers.workloadAPI() }
+
+    /// `--issuer files`: the identity that credential files hold, followed as they change.
+    public func makeFilesIssuer() throws -> any Issuer {
+        try issuers.files(onPlainCredential: { [unowned self] plain in self.plainCredentialChanged(plain) })
+    }
+
+    /// The istiod CSR client for this configuration (`--issuer istiod`).
+    public func makeIstiodIssuer() throws -> any Issuer { try issuers.istiod() }
 
     /// The JWT half of the Workload API: relayed to an upstream Workload API, or minted by the local CA with the
     /// state dir's rotating keys.
@@ -324,86 +296,6 @@ public final class Agent {
         }
     }
 
-    private static func log(_ event: LocalCAIssuer.Event, _ logger: Logger) {
-        switch event {
-        case .successorPublished(let serial, let signsFrom):
-            logger.info(
-                "CA successor root published in the bundle",
-                metadata: ["serial": "\(serial)", "signs_from": "\(signsFrom)"])
-        case .signingSwitched(let serial):
-            logger.info("CA now signs with the successor root", metadata: ["serial": "\(serial)"])
-        case .rootRetired(let serial):
-            logger.info(
-                "CA root retired from the bundle (every SVID it signed has expired)", metadata: ["serial": "\(serial)"])
-        case .operatorCAExpiring(let serial, let notAfter):
-            logger.warning(
-                "operator CA expires soon and sds-agent cannot rotate it: replace --ca-cert/--ca-key",
-                metadata: ["serial": "\(serial)", "not_after": "\(notAfter)"])
-        }
-    }
-
-    /// The SPIRE Workload API client for this configuration (`--issuer workload-api`).
-    public func makeWorkloadAPIIssuer() throws -> any Issuer {
-        WorkloadAPIIssuer.make(
-            upstreamSocket: configuration.upstreamSocket, spiffeID: configuration.spiffeID,
-            loop: loop, scheduler: EventLoopScheduler(loop: loop), clock: clock)
-    }
-
-    /// `--issuer files`: the identity that credential files hold, followed as they change.
-    public func makeFilesIssuer() throws -> any Issuer {
-        guard let files = configuration.credentialFiles else {
-            throw ConfigurationError(flag: "--svid-file", problem: "--issuer files needs --svid-file and --bundle-file")
-        }
-        let expected = configuration.spiffeIDGiven ? configuration.spiffeID : nil
-        logger.info(
-            "credential files issuer",
-            metadata: [
-                "svid_file": "\(files.svid)", "key_file": "\(files.key ?? "(in the SVID file)")",
-                "bundle_file": "\(files.bundle)", "spiffe_id": "\(expected?.uri ?? "(from the leaf)")",
-            ])
-        let issuer = FileIdentityIssuer(
-            paths: CredentialFilePaths(svid: files.svid, key: files.key, bundle: files.bundle), expectedID: expected,
-            loop: loop, clock: clock)
-        issuer.onPlainCredential = { [unowned self] plain in self.plainCredentialChanged(plain) }
-        return issuer
-    }
-
-    /// The istiod CSR client for this configuration (`--issuer istiod`).
-    public func makeIstiodIssuer() throws -> any Issuer {
-        let settings = configuration.istiod
-        let istio = IstioCAConfiguration(
-            address: settings.address, rootCertPath: settings.rootCertPath, serverName: settings.serverName,
-            tokenPath: settings.tokenPath, clusterID: settings.clusterID,
-            extraHeaders: settings.headers.map { ($0.name, $0.value) }, keyAlgorithm: settings.keyAlgorithm,
-            spiffeID: configuration.spiffeID,
-            requestedTTL: Int64(configuration.svidTTL.rounded(.up)),
-            rotation: RotationPolicy(
-                gracePeriodRatio: configuration.rotateRatio,
-                maximumLifetime: Int64(configuration.svidTTL.rounded(.up))))
-        logger.info(
-            "istiod issuer",
-            metadata: [
-                "ca_addr": "\(settings.address)", "server_name": "\(settings.serverName)",
-                "root_cert": "\(settings.rootCertPath ?? "SYSTEM")", "token_file": "\(settings.tokenPath)",
-                "cluster_id": "\(settings.clusterID)",
-                "key_type": "\(AgentConfiguration.keyAlgorithmName(settings.keyAlgorithm))",
-            ])
-        let worker = try OffLoopWorker(loop: loop)
-        return IstioCAIssuer(
-            configuration: istio, loop: loop, scheduler: EventLoopScheduler(loop: loop), clock: clock, worker: worker,
-            onEvent: { [logger] event in
-                switch event {
-                case .keyGenerated(let algorithm, let milliseconds):
-                    logger.debug(
-                        "key generated off the loop",
-                        metadata: ["algorithm": "\(algorithm)", "ms": "\((milliseconds * 10).rounded() / 10)"])
-                case .csrSent(let round, let attempt):
-                    logger.debug(
-                        "CSR try started (dial, TLS, request)", metadata: ["round": "\(round)", "try": "\(attempt)"])
-                }
-            })
-    }
-
     // MARK: Status
 
     /// SERVING / ready: an SVID is held and has not expired, and the agent is not draining (it no longer accepts).
@@ -427,73 +319,11 @@ public final class Agent {
 
     /// The `/metrics` exposition, read from its owners now (gauges) and from `metrics` (counters).
     func metricsText() -> String {
-        var out = MetricsExposition()
-        out.family("sds_agent_build_info", .gauge, "Build of this sds-agent (always 1).")
-        out.sample(
-            "sds_agent_build_info", ["version": AgentCommandLine.version, "issuer": configuration.issuer.rawValue],
-            Int64(1))
-        out.family(
-            "sds_agent_certificate_expiry_timestamp_seconds", .gauge,
-            "Expiry (notAfter) of each certificate served, by secret name, in seconds since the epoch.")
-        if let current {
-            let notAfter = current.svid.notAfter.secondsSinceEpoch
-            for name in [SecretName.istioWorkload, current.svid.spiffeID.uri] {
-                out.sample("sds_agent_certificate_expiry_timestamp_seconds", ["secret": name], notAfter)
-            }
-        }
-        for (name, notAfter) in fileCertificateExpiry.sorted(by: { $0.key < $1.key }) {
-            out.sample("sds_agent_certificate_expiry_timestamp_seconds", ["secret": name], notAfter)
-        }
-        out.family(
-            "sds_agent_root_expiry_timestamp_seconds", .gauge,
-            "Expiry (notAfter) of each trust bundle root, by trust domain and serial, in seconds since the epoch.")
-        for bundle in current?.bundles ?? [] {
-            for root in bundle.certificates {
-                out.sample(
-                    "sds_agent_root_expiry_timestamp_seconds",
-                    ["trust_domain": bundle.trustDomain.name, "serial": root.serialHex],
-                    root.notAfter.secondsSinceEpoch)
-            }
-        }
-        out.family(
-            "sds_agent_last_rotation_timestamp_seconds", .gauge,
-            "When the last rotation wave published new secrets, in seconds since the epoch.")
-        if let last = metrics.lastRotation { out.sample("sds_agent_last_rotation_timestamp_seconds", last) }
-        out.family("sds_agent_rotations_total", .counter, "Rotation waves that published new secrets, by reason.")
-        for reason in AgentMetrics.RotationReason.allCases {
-            out.sample("sds_agent_rotations_total", ["reason": reason.rawValue], metrics.rotations[reason] ?? 0)
-        }
-        out.family("sds_agent_issuance_failures_total", .counter, "Failed issuances, by issuer and reason.")
-        for (key, count) in metrics.issuanceFailures.sorted(by: { $0.key < $1.key }) {
-            let parts = key.split(separator: "\u{0}", maxSplits: 1).map(String.init)
-            out.sample("sds_agent_issuance_failures_total", ["issuer": parts[0], "reason": parts.last!], count)
-        }
-        out.family("sds_agent_issuer_up", .gauge, "1 while the issuer delivers (last attempt succeeded), else 0.")
-        out.sample("sds_agent_issuer_up", Int64(current != nil && lastIssuerError == nil ? 1 : 0))
-        out.family("sds_agent_serving", .gauge, "1 while a valid SVID is held (gRPC health SERVING, /ready 200).")
-        out.sample("sds_agent_serving", Int64(isServing ? 1 : 0))
-        out.family("sds_agent_connections", .gauge, "Open connections on the SDS socket.")
-        out.sample("sds_agent_connections", Int64(server.connectionCount))
-        out.family("sds_agent_streams", .gauge, "Open SDS calls, by API (fetch: FetchSecrets held for issuance).")
-        let calls = service.openCallCounts
-        out.sample("sds_agent_streams", ["api": "sotw"], Int64(calls.sotw))
-        out.sample("sds_agent_streams", ["api": "delta"], Int64(calls.delta))
-        out.sample("sds_agent_streams", ["api": "fetch"], Int64(calls.fetch))
-        out.family("sds_agent_pushes_total", .counter, "SDS responses queued to streams.")
-        out.sample("sds_agent_pushes_total", metrics.pushes)
-        out.family(
-            "sds_agent_nacks_total", .counter,
-            "NACKs from Envoy, by secret: a configured name, else the kind of name (file-cert, jwt-svid, other, ...).")
-        for (name, count) in metrics.nacks.sorted(by: { $0.key < $1.key }) {
-            out.sample("sds_agent_nacks_total", ["secret": name], count)
-        }
-        out.family(
-            "sds_agent_refusals_total", .counter,
-            "Refused peers (peer), peers cut off at a bound (limits), requested names never served (names).")
-        for reason in AgentMetrics.RefusalReason.allCases {
-            out.sample("sds_agent_refusals_total", ["reason": reason.rawValue], metrics.refusals[reason] ?? 0)
-        }
-        return out.page
+        MetricsPage(
+            issuer: configuration.issuer.rawValue, current: current, fileCertificateExpiry: fileCertificateExpiry,
+            metrics: metrics, issuerUp: current != nil && lastIssuerError == nil, serving: isServing,
+            connections: server.connectionCount, calls: service.openCallCounts
+        ).text
     }
 
     /// The leaf's notAfter of a certificate secret with an inline PEM chain; nil for anything else.
