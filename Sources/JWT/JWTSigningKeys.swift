@@ -1,18 +1,17 @@
-import Glibc
 public import LocalCA
 public import PKI
 import Transport
 
 /// The local CA's JWT signing keys in its state directory: the current key (`jwt-key.pem`) and, during a rotation,
-/// its successor (`jwt-key-next.pem`), on `RootRotationSchedule` with the JWT-SVID lifetime as the SVID lifetime:
-/// the successor is in the JWT bundle at least one token lifetime and a half before it signs, and the old key stays
-/// in the bundle until every token it signed has expired.
+/// its successor (`jwt-key-next.pem`), kept by a `RotatingKeyStore` (atomic 0600 files, retirement, crash recovery,
+/// ownership checks) on `RootRotationSchedule` with the JWT-SVID lifetime as the SVID lifetime: the successor is in
+/// the JWT bundle at least one token lifetime and a half before it signs, and the old key stays in the bundle until
+/// every token it signed has expired.
 ///
 ///     files:   jwt-key.pem  ──createSuccessor──►  jwt-key.pem + jwt-key-next.pem  ──retireCurrent──►  jwt-key.pem
 ///
-/// Each file is 0600, written atomically (temporary file, fsync, rename): a few `name=value` lines (`kid`,
-/// `created_at`, `not_after`) followed by the PKCS#8 PEM key. Retiring writes the successor over `jwt-key.pem` and
-/// then removes `jwt-key-next.pem`; a start that finds both with the same `kid` finishes that retirement.
+/// Each file is a few `name=value` lines (`kid`, `created_at`, `not_after`) followed by the PKCS#8 PEM key. A start
+/// that finds both files with the same `kid` finishes an interrupted retirement.
 public final class JWTSigningKeys {
     public static let currentFileName = "jwt-key.pem"
     public static let successorFileName = "jwt-key-next.pem"
@@ -23,28 +22,22 @@ public final class JWTSigningKeys {
     /// Lifetime of each key created from now on, in seconds.
     public let keyLifetime: Int64
     public let schedule: RootRotationSchedule
-    public private(set) var current: JWTSigningKey
-    public private(set) var successor: JWTSigningKey?
-    public let createdNewKey: Bool
+    private var store: RotatingKeyStore<JWTKeyFormat>
+    public var current: JWTSigningKey { store.current }
+    public var successor: JWTSigningKey? { store.successor }
+    public var createdNewKey: Bool { store.createdFirstKey }
 
-    private init(
-        stateDirectory: String, keyLifetime: Int64, schedule: RootRotationSchedule, current: JWTSigningKey,
-        successor: JWTSigningKey?, createdNewKey: Bool
-    ) {
-        self.stateDirectory = stateDirectory
+    private init(keyLifetime: Int64, schedule: RootRotationSchedule, store: RotatingKeyStore<JWTKeyFormat>) {
+        self.stateDirectory = store.directory
         self.keyLifetime = keyLifetime
         self.schedule = schedule
-        self.current = current
-        self.successor = successor
-        self.createdNewKey = createdNewKey
+        self.store = store
     }
 
     /// Refuses the state dir's JWT key files if others may read or replace them (see
-    /// `LocalCARoots.checkPrivateKeyFile`): run before anything else is loaded, so a bad mode is the only line.
+    /// `FileTrust.checkPrivateKeyFile`): run before anything else is loaded, so a bad mode is the only line.
     public static func checkKeyFiles(stateDirectory: String) throws {
-        for name in [currentFileName, successorFileName] where Files.exists(stateDirectory + "/" + name) {
-            try LocalCARoots.checkPrivateKeyFile(stateDirectory + "/" + name, what: "JWT key file")
-        }
+        try RotatingKeyStore<JWTKeyFormat>.checkPrivateFiles(directory: stateDirectory)
     }
 
     /// Loads the keys of `stateDirectory` or creates the first one. A damaged file throws a one-line error naming
@@ -52,39 +45,10 @@ public final class JWTSigningKeys {
     public static func open(stateDirectory: String, now: Timestamp, keyLifetime: Int64, tokenLifetime: Int64) throws
         -> JWTSigningKeys
     {
-        do throws(SystemError) {
-            try Files.ensureDirectory(stateDirectory)
-        } catch {
-            throw JWTSVIDError("state dir \(stateDirectory): \(error)")
-        }
-        let schedule = RootRotationSchedule(svidLifetime: tokenLifetime)
-        let currentPath = stateDirectory + "/" + currentFileName
-        let successorPath = stateDirectory + "/" + successorFileName
-        // Whoever can replace a signing key can mint JWT-SVIDs: the same ownership rules as the CA's key files.
-        try LocalCARoots.checkOwnedByUs(stateDirectory, what: "state dir", directory: true)
-        for path in [currentPath, successorPath] where Files.exists(path) {
-            try LocalCARoots.checkPrivateKeyFile(path, what: "JWT key file")
-        }
-        var successor = Files.exists(successorPath) ? try read(successorPath) : nil
-        guard Files.exists(currentPath) else {
-            if successor != nil {
-                throw JWTSVIDError("\(successorPath) exists but \(currentPath) is missing; restore it or remove both")
-            }
-            let key = try JWTSigningKey.generate(now: now, lifetime: keyLifetime)
-            try write(stateDirectory, currentFileName, key)
-            return JWTSigningKeys(
-                stateDirectory: stateDirectory, keyLifetime: keyLifetime, schedule: schedule, current: key,
-                successor: nil, createdNewKey: true)
-        }
-        let current = try read(currentPath)
-        if successor?.kid == current.kid {
-            // A retirement was interrupted after the successor replaced the current key.
-            try remove(successorPath)
-            successor = nil
-        }
+        let store = try RotatingKeyStore.open(
+            directory: stateDirectory, format: JWTKeyFormat(keyLifetime: keyLifetime), now: now)
         return JWTSigningKeys(
-            stateDirectory: stateDirectory, keyLifetime: keyLifetime, schedule: schedule, current: current,
-            successor: successor, createdNewKey: false)
+            keyLifetime: keyLifetime, schedule: RootRotationSchedule(svidLifetime: tokenLifetime), store: store)
     }
 
     /// What the schedule says at `now`: performs a due change (creating or retiring a key) and returns the decision
@@ -95,16 +59,11 @@ public final class JWTSigningKeys {
             let decision = schedule.decide(now: now, current: root(current), successor: successor.map(root))
             switch decision.due {
             case .createSuccessor:
-                let key = try JWTSigningKey.generate(now: now, lifetime: keyLifetime)
-                try Self.write(stateDirectory, Self.successorFileName, key)
-                successor = key
+                try store.createSuccessor(now: now)
                 changed = true
             case .retireCurrent:
-                guard let next = successor else { break }
-                try Self.write(stateDirectory, Self.currentFileName, next)
-                try Self.remove(stateDirectory + "/" + Self.successorFileName)
-                current = next
-                successor = nil
+                guard successor != nil else { break }
+                try store.retireCurrent()
                 changed = true
             case nil:
                 let signer = decision.signer == .current ? current : (successor ?? current)
@@ -157,7 +116,7 @@ public final class JWTSigningKeys {
             notAfter: Timestamp(secondsSinceEpoch: notAfter))
     }
 
-    private static func read(_ path: String) throws -> JWTSigningKey {
+    static func read(_ path: String) throws -> JWTSigningKey {
         let bytes: [UInt8]
         do throws(SystemError) {
             bytes = try Files.read(path, limit: maxFileBytes + 1)
@@ -167,19 +126,24 @@ public final class JWTSigningKeys {
         guard bytes.count <= maxFileBytes else { throw JWTSVIDError("\(path): longer than \(maxFileBytes) bytes") }
         return try decode(bytes, path: path)
     }
+}
 
-    private static func write(_ directory: String, _ name: String, _ key: JWTSigningKey) throws {
-        let bytes = try encode(key)
-        do throws(SystemError) {
-            try Files.writeAtomically(directory: directory, name: name, bytes: bytes, mode: 0o600)
-        } catch {
-            throw JWTSVIDError("state dir \(directory): \(error)")
-        }
-    }
+/// A JWT signing key as `RotatingKeyStore` keeps it: one file.
+struct JWTKeyFormat: RotatingKeyFormat {
+    static let files = [
+        RotatingKeyFile(
+            name: JWTSigningKeys.currentFileName, successorName: JWTSigningKeys.successorFileName, isPrivate: true)
+    ]
+    static let keyName = "JWT key"
+    static let privateFileLabel = "JWT key file"
+    static func error(_ message: String) -> any Error { JWTSVIDError(message) }
 
-    private static func remove(_ path: String) throws {
-        guard unlink(path) == 0 || errno == ENOENT else {
-            throw JWTSVIDError("cannot remove \(path): \(String(cString: strerror(errno)))")
-        }
+    let keyLifetime: Int64
+
+    func read(_ paths: [String]) throws -> JWTSigningKey { try JWTSigningKeys.read(paths[0]) }
+    func encode(_ key: JWTSigningKey) throws -> [[UInt8]] { [try JWTSigningKeys.encode(key)] }
+    func make(now: Timestamp) throws -> JWTSigningKey { try JWTSigningKey.generate(now: now, lifetime: keyLifetime) }
+    func isSameKey(firstFile: String, lastFile: String) throws -> Bool {
+        try JWTSigningKeys.read(lastFile).kid == JWTSigningKeys.read(firstFile).kid
     }
 }

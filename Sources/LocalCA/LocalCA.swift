@@ -91,7 +91,7 @@ public final class LocalCA: Sendable {
         } catch {
             throw LocalCAError("\(certificateChainPath): not a PEM certificate chain: \(error)")
         }
-        try LocalCARoots.checkPrivateKeyFile(keyPath, what: "--ca-key")
+        try FileTrust.checkPrivateKeyFile(keyPath, what: "--ca-key")
         let key = try readKey(keyPath)
         do {
             return try LocalCA(signingChain: chain, signingKey: key, trustDomain: trustDomain, now: now)

@@ -1,22 +1,16 @@
-import Glibc
 public import PKI
 public import SPIFFE
-import Transport
 
 /// The local CA's self-made roots in its state directory: the current root (`ca.pem`, `ca.key`) and, during a
-/// rotation, its successor (`ca-next.pem`, `ca-next.key`). All files are 0600 and written atomically (temporary
-/// file, fsync, rename); `RootRotationSchedule` says when each change below is due.
+/// rotation, its successor (`ca-next.pem`, `ca-next.key`), kept by a `RotatingKeyStore` (atomic 0600 files,
+/// retirement, crash recovery, ownership checks); `RootRotationSchedule` says when each change is due.
 ///
 ///     files:   ca.*                 ──createSuccessor──►  ca.* + ca-next.*  ──retireCurrent──►  ca.* (was ca-next.*)
 ///     roots:   current                                    current, successor                   current
 ///
-/// Crash safety: a successor is written key first, so a crash between the two files leaves `ca-next.key` alone,
-/// reported at the next start (never replaced). Retiring writes the successor's key over `ca.key`, removes
-/// `ca-next.key`, writes its certificate over `ca.pem`, removes `ca-next.pem`; a start that finds `ca.key` matching
-/// `ca-next.pem` finishes that retirement (the old root was being dropped anyway, the new pair is complete).
-///
-/// The state dir is trusted only if it is ours: the directory and the key files must be owned by this process's
-/// user and writable by no one else (a key another user can replace would let them mint SVIDs).
+/// Crash safety: each root is written key first, so a crash between the two files leaves a key without its
+/// certificate, reported at the next start (never replaced), rather than a certificate whose key is lost. A start
+/// that finds `ca.key` matching `ca-next.pem` finishes the interrupted retirement.
 public final class LocalCARoots {
     public static let successorCertificateFileName = "ca-next.pem"
     public static let successorKeyFileName = "ca-next.key"
@@ -25,33 +19,21 @@ public final class LocalCARoots {
     public let trustDomain: TrustDomain
     /// Lifetime of each root created from now on, in seconds.
     public let rootLifetime: Int64
-    private let nameConstrained: Bool
+    private var store: RotatingKeyStore<RootFormat>
     /// The root that was signing before any rotation in progress, and is in every bundle.
-    public private(set) var current: LocalCA
+    public var current: LocalCA { store.current }
     /// The next root, once published.
-    public private(set) var successor: LocalCA?
+    public var successor: LocalCA? { store.successor }
     /// True when this start created the first root (empty state directory).
-    public let createdNewRoot: Bool
+    public var createdNewRoot: Bool { store.createdFirstKey }
     /// True when this start finished a retirement that a crash had interrupted.
-    public let finishedInterruptedRetirement: Bool
+    public var finishedInterruptedRetirement: Bool { store.finishedInterruptedRetirement }
 
-    private var currentCertificatePath: String { stateDirectory + "/" + LocalCA.certificateFileName }
-    private var currentKeyPath: String { stateDirectory + "/" + LocalCA.keyFileName }
-    private var successorCertificatePath: String { stateDirectory + "/" + Self.successorCertificateFileName }
-    private var successorKeyPath: String { stateDirectory + "/" + Self.successorKeyFileName }
-
-    private init(
-        stateDirectory: String, trustDomain: TrustDomain, rootLifetime: Int64, nameConstrained: Bool,
-        current: LocalCA, successor: LocalCA?, createdNewRoot: Bool, finishedInterruptedRetirement: Bool
-    ) {
-        self.stateDirectory = stateDirectory
+    private init(trustDomain: TrustDomain, rootLifetime: Int64, store: RotatingKeyStore<RootFormat>) {
+        self.stateDirectory = store.directory
         self.trustDomain = trustDomain
         self.rootLifetime = rootLifetime
-        self.nameConstrained = nameConstrained
-        self.current = current
-        self.successor = successor
-        self.createdNewRoot = createdNewRoot
-        self.finishedInterruptedRetirement = finishedInterruptedRetirement
+        self.store = store
     }
 
     /// What `RootRotationSchedule` needs of a root: its creation (notBefore is backdated by the clock-skew
@@ -73,94 +55,63 @@ public final class LocalCARoots {
         stateDirectory: String, trustDomain: TrustDomain, now: Timestamp,
         rootLifetime: Int64 = LocalCA.defaultRootLifetime, nameConstrained: Bool = false
     ) throws -> LocalCARoots {
-        do throws(SystemError) {
-            try Files.ensureDirectory(stateDirectory)
-        } catch {
-            throw LocalCAError("state dir \(stateDirectory): \(error)")
-        }
-        try checkOwnedByUs(stateDirectory, what: "state dir", directory: true)
-        let paths = (
-            cert: stateDirectory + "/" + LocalCA.certificateFileName, key: stateDirectory + "/" + LocalCA.keyFileName,
-            nextCert: stateDirectory + "/" + successorCertificateFileName,
-            nextKey: stateDirectory + "/" + successorKeyFileName
-        )
-        for key in [paths.key, paths.nextKey] where Files.exists(key) {
-            try checkPrivateKeyFile(key, what: "key file")
-        }
-
-        var finished = false
-        if Files.exists(paths.nextCert) && Files.exists(paths.key) {
-            let next = try LocalCA.readCertificate(paths.nextCert)
-            let key = try LocalCA.readKey(paths.key)
-            if next.publicKeyMatches(key) {
-                // ca.key already holds the successor's key: a retirement was interrupted. Finish it.
-                try writeFile(stateDirectory, LocalCA.certificateFileName, Array(next.pem.utf8))
-                try removeFile(paths.nextKey)
-                try removeFile(paths.nextCert)
-                finished = true
-            }
-        }
-
-        let hasCurrent = (Files.exists(paths.cert), Files.exists(paths.key))
-        let hasNext = (Files.exists(paths.nextCert), Files.exists(paths.nextKey))
-        switch hasCurrent {
-        case (false, false):
-            if hasNext.0 || hasNext.1 {
-                let found = hasNext.0 ? paths.nextCert : paths.nextKey
-                throw LocalCAError(
-                    "\(found) exists but \(paths.cert) and \(paths.key) are missing; restore them or remove \(found)")
-            }
-            let root = try LocalCA.makeRoot(
-                trustDomain: trustDomain, now: now, lifetime: rootLifetime, nameConstrained: nameConstrained)
-            // Key first: a crash between the two renames leaves ca.key without ca.pem, which the next start
-            // reports instead of issuing from a certificate whose key is lost.
-            try writeFile(stateDirectory, LocalCA.keyFileName, Array(try root.key.pkcs8PEM().utf8))
-            try writeFile(stateDirectory, LocalCA.certificateFileName, Array(root.certificate.pem.utf8))
-            let ca = LocalCA(
-                trustDomain: trustDomain, signingCertificate: root.certificate, signingKey: root.key,
-                intermediates: [], roots: [root.certificate], createdNewRoot: true)
-            return LocalCARoots(
-                stateDirectory: stateDirectory, trustDomain: trustDomain, rootLifetime: rootLifetime,
-                nameConstrained: nameConstrained, current: ca, successor: nil, createdNewRoot: true,
-                finishedInterruptedRetirement: false)
-        case (true, false):
-            throw LocalCAError("\(paths.key) is missing but \(paths.cert) exists; restore it or remove both")
-        case (false, true):
+        let format = RootFormat(trustDomain: trustDomain, lifetime: rootLifetime, nameConstrained: nameConstrained)
+        let store = try RotatingKeyStore.open(directory: stateDirectory, format: format, now: now)
+        if let next = store.successor,
+            next.signingCertificate.notAfter <= store.current.signingCertificate.notAfter
+        {
             throw LocalCAError(
-                "\(paths.cert) is missing but \(paths.key) exists (interrupted first start?); restore it or remove both"
-            )
-        case (true, true):
-            break
+                "\(stateDirectory)/\(successorCertificateFileName) expires before "
+                    + "\(stateDirectory)/\(LocalCA.certificateFileName): it cannot be its successor; remove ca-next.*")
         }
-        let current = try loadRoot(certificatePath: paths.cert, keyPath: paths.key, trustDomain: trustDomain)
-        var successor: LocalCA?
-        switch hasNext {
-        case (false, false):
-            break
-        case (true, false):
-            throw LocalCAError(
-                "\(paths.nextKey) is missing but \(paths.nextCert) exists; restore it or remove \(paths.nextCert)")
-        case (false, true):
-            throw LocalCAError(
-                "\(paths.nextCert) is missing but \(paths.nextKey) exists (interrupted root rotation?); restore it or remove \(paths.nextKey)"
-            )
-        case (true, true):
-            let next = try loadRoot(certificatePath: paths.nextCert, keyPath: paths.nextKey, trustDomain: trustDomain)
-            guard next.signingCertificate.notAfter > current.signingCertificate.notAfter else {
-                throw LocalCAError(
-                    "\(paths.nextCert) expires before \(paths.cert): it cannot be its successor; remove ca-next.*")
-            }
-            successor = next
-        }
-        return LocalCARoots(
-            stateDirectory: stateDirectory, trustDomain: trustDomain, rootLifetime: rootLifetime,
-            nameConstrained: nameConstrained, current: current, successor: successor, createdNewRoot: false,
-            finishedInterruptedRetirement: finished)
+        return LocalCARoots(trustDomain: trustDomain, rootLifetime: rootLifetime, store: store)
     }
 
-    private static func loadRoot(certificatePath: String, keyPath: String, trustDomain: TrustDomain) throws
-        -> LocalCA
-    {
+    /// See `FileTrust.checkOwnedByUs`.
+    public static func checkOwnedByUs(_ path: String, what: String, directory: Bool) throws {
+        try FileTrust.checkOwnedByUs(path, what: what, directory: directory)
+    }
+
+    /// See `FileTrust.checkPrivateKeyFile`.
+    public static func checkPrivateKeyFile(_ path: String, what: String) throws {
+        try FileTrust.checkPrivateKeyFile(path, what: what)
+    }
+
+    // MARK: - Rotating
+
+    /// Creates the successor root (valid from `now` for `rootLifetime`) and saves it as `ca-next.key` then
+    /// `ca-next.pem`. Fails if a successor exists.
+    @discardableResult
+    public func createSuccessor(now: Timestamp) throws -> LocalCA {
+        try store.createSuccessor(now: now)
+    }
+
+    /// Drops the current root: the successor's files replace `ca.*` (see the type's crash-safety note) and it
+    /// becomes the current root. Returns the retired root.
+    @discardableResult
+    public func retireCurrent() throws -> LocalCA {
+        try store.retireCurrent()
+    }
+}
+
+/// A root as `RotatingKeyStore` keeps it: key first, then certificate.
+struct RootFormat: RotatingKeyFormat {
+    static let files = [
+        RotatingKeyFile(name: LocalCA.keyFileName, successorName: LocalCARoots.successorKeyFileName, isPrivate: true),
+        RotatingKeyFile(
+            name: LocalCA.certificateFileName, successorName: LocalCARoots.successorCertificateFileName,
+            isPrivate: false),
+    ]
+    static let keyName = "root"
+    static let privateFileLabel = "key file"
+    static func error(_ message: String) -> any Error { LocalCAError(message) }
+
+    let trustDomain: TrustDomain
+    let lifetime: Int64
+    let nameConstrained: Bool
+
+    func read(_ paths: [String]) throws -> LocalCA {
+        let (keyPath, certificatePath) = (paths[0], paths[1])
         let certificate = try LocalCA.readCertificate(certificatePath)
         let key = try LocalCA.readKey(keyPath)
         guard certificate.publicKeyMatches(key) else {
@@ -179,91 +130,20 @@ public final class LocalCARoots {
             roots: [certificate], createdNewRoot: false)
     }
 
-    /// Refuses a path another user owns or can write: whoever can replace the CA key can mint SVIDs, and whoever
-    /// can write the directory can swap the files.
-    public static func checkOwnedByUs(_ path: String, what: String, directory: Bool) throws {
-        var info = stat()
-        guard stat(path, &info) == 0 else {
-            throw LocalCAError("\(what) \(path): \(String(cString: strerror(errno)))")
-        }
-        let isDirectory = (info.st_mode & S_IFMT) == S_IFDIR
-        guard isDirectory == directory else {
-            throw LocalCAError("\(what) \(path) is not a \(directory ? "directory" : "regular file")")
-        }
-        let uid = geteuid()
-        guard info.st_uid == uid else {
-            throw LocalCAError(
-                "\(what) \(path) is owned by uid \(info.st_uid), not by this process's uid \(uid); refusing to trust it"
-            )
-        }
-        let writableByOthers = info.st_mode & mode_t(0o022)
-        guard writableByOthers == 0 else {
-            let mode = String(info.st_mode & 0o7777, radix: 8)
-            throw LocalCAError(
-                "\(what) \(path) is writable by group or others (mode 0\(mode)); refusing to trust it (chmod go-w)")
-        }
+    func encode(_ ca: LocalCA) throws -> [[UInt8]] {
+        [Array(try ca.signingKeyPEM().utf8), Array(ca.signingCertificate.pem.utf8)]
     }
 
-    /// A private key file must be ours and readable by no one else (0600 or 0400): any local user who can read the
-    /// CA key can mint SVIDs for every workload of the trust domain.
-    public static func checkPrivateKeyFile(_ path: String, what: String) throws {
-        try checkOwnedByUs(path, what: what, directory: false)
-        var info = stat()
-        guard stat(path, &info) == 0 else {
-            throw LocalCAError("\(what) \(path): \(String(cString: strerror(errno)))")
-        }
-        guard info.st_mode & mode_t(0o077) == 0 else {
-            let mode = String(info.st_mode & 0o7777, radix: 8)
-            throw LocalCAError(
-                "\(what) \(path) has mode 0\(mode): group or others may read it; refusing to use it (chmod 600 \(path))"
-            )
-        }
-    }
-
-    // MARK: - Rotating
-
-    /// Creates the successor root (valid from `now` for `rootLifetime`) and saves it as `ca-next.key` then
-    /// `ca-next.pem`. Fails if a successor exists.
-    @discardableResult
-    public func createSuccessor(now: Timestamp) throws -> LocalCA {
-        guard successor == nil else { throw LocalCAError("\(successorCertificatePath) already exists") }
+    func make(now: Timestamp) throws -> LocalCA {
         let root = try LocalCA.makeRoot(
-            trustDomain: trustDomain, now: now, lifetime: rootLifetime, nameConstrained: nameConstrained)
-        try Self.writeFile(stateDirectory, Self.successorKeyFileName, Array(try root.key.pkcs8PEM().utf8))
-        try Self.writeFile(stateDirectory, Self.successorCertificateFileName, Array(root.certificate.pem.utf8))
-        let ca = LocalCA(
+            trustDomain: trustDomain, now: now, lifetime: lifetime, nameConstrained: nameConstrained)
+        return LocalCA(
             trustDomain: trustDomain, signingCertificate: root.certificate, signingKey: root.key, intermediates: [],
             roots: [root.certificate], createdNewRoot: true)
-        successor = ca
-        return ca
     }
 
-    /// Drops the current root: the successor's files replace `ca.*` (see the type's crash-safety note) and it
-    /// becomes the current root. Returns the retired root.
-    @discardableResult
-    public func retireCurrent() throws -> LocalCA {
-        guard let next = successor else { throw LocalCAError("no successor root to replace \(currentCertificatePath)") }
-        let retired = current
-        try Self.writeFile(stateDirectory, LocalCA.keyFileName, Array(try next.signingKeyPEM().utf8))
-        try Self.removeFile(successorKeyPath)
-        try Self.writeFile(stateDirectory, LocalCA.certificateFileName, Array(next.signingCertificate.pem.utf8))
-        try Self.removeFile(successorCertificatePath)
-        current = next
-        successor = nil
-        return retired
-    }
-
-    private static func writeFile(_ directory: String, _ name: String, _ bytes: [UInt8]) throws {
-        do throws(SystemError) {
-            try Files.writeAtomically(directory: directory, name: name, bytes: bytes, mode: 0o600)
-        } catch {
-            throw LocalCAError("state dir \(directory): \(error)")
-        }
-    }
-
-    private static func removeFile(_ path: String) throws {
-        guard unlink(path) == 0 || errno == ENOENT else {
-            throw LocalCAError("cannot remove \(path): \(String(cString: strerror(errno)))")
-        }
+    func isSameKey(firstFile: String, lastFile: String) throws -> Bool {
+        let certificate = try LocalCA.readCertificate(lastFile)
+        return certificate.publicKeyMatches(try LocalCA.readKey(firstFile))
     }
 }

@@ -309,4 +309,25 @@ private func keys(_ keys: JWTSigningKey...) -> [String: PublicKey] {
             "\(error)".contains("mode 0644") && "\(error)".contains("chmod 600")
         }
     }
+
+    /// A crash in a retirement after the successor was written over `jwt-key.pem`: the next start drops the
+    /// leftover `jwt-key-next.pem` and signs with the new key.
+    @Test func anInterruptedRetirementIsFinishedAtTheNextStart() throws {
+        let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let keys = try JWTSigningKeys.open(stateDirectory: dir, now: now, keyLifetime: 6000, tokenLifetime: 300)
+        let timeline = keys.schedule.timeline(
+            current: RootRotationSchedule.Root(createdAt: keys.current.createdAt, notAfter: keys.current.notAfter),
+            successorCreatedAt: nil)
+        _ = try keys.advance(now: timeline.publishAt)
+        let next = try #require(keys.successor)
+        let successorPath = dir + "/" + JWTSigningKeys.successorFileName
+        try FileManager.default.removeItem(atPath: dir + "/" + JWTSigningKeys.currentFileName)
+        try FileManager.default.copyItem(atPath: successorPath, toPath: dir + "/" + JWTSigningKeys.currentFileName)
+
+        let reopened = try JWTSigningKeys.open(
+            stateDirectory: dir, now: timeline.publishAt + 1, keyLifetime: 6000, tokenLifetime: 300)
+        #expect(reopened.current.kid == next.kid && reopened.successor == nil)
+        #expect(!FileManager.default.fileExists(atPath: successorPath))
+    }
 }
