@@ -70,7 +70,7 @@ public final class Agent {
         let own = OwnIdentity(id: configuration.spiffeID.uri, trustDomain: configuration.trustDomain.name)
         self.own = own
         let classify: @Sendable (String) -> SecretName = { name in
-            SecretName(name, ownID: own.id, ownTrustDomain: own.trustDomain)
+            SecretName(name, ownID: own.id, ownTrustDomain: own.trustDomain, naming: configuration.naming)
         }
         let fileNames = FileBackedNames(
             policy: FileAccessPolicy(
@@ -93,7 +93,10 @@ public final class Agent {
         }
         self.service = SecretDiscoveryService(
             classifier: classifier, logger: logger, metrics: metrics,
-            metricLabel: { SecretName.metricLabel(for: $0, ownID: own.id, ownTrustDomain: own.trustDomain) },
+            metricLabel: {
+                SecretName.metricLabel(
+                    for: $0, ownID: own.id, ownTrustDomain: own.trustDomain, naming: configuration.naming)
+            },
             monotonicNow: EventLoop.monotonicSeconds,
             isOnDemand: { name in
                 switch classify(name) {
@@ -320,7 +323,8 @@ public final class Agent {
     /// The `/metrics` exposition, read from its owners now (gauges) and from `metrics` (counters).
     func metricsText() -> String {
         MetricsPage(
-            issuer: configuration.issuer.rawValue, current: current, fileCertificateExpiry: fileCertificateExpiry,
+            issuer: configuration.issuer.rawValue, svidName: configuration.naming.svid, current: current,
+            fileCertificateExpiry: fileCertificateExpiry,
             metrics: metrics, issuerUp: current != nil && lastIssuerError == nil, serving: isServing,
             connections: server.connectionCount, calls: service.openCallCounts
         ).text
@@ -343,7 +347,7 @@ public final class Agent {
         revocation?.identityChanged(update)
         let secrets: [Secret]
         do {
-            secrets = try IdentitySecrets.secrets(for: update, crlPEM: revocation?.pem)
+            secrets = try IdentitySecrets.secrets(for: update, crlPEM: revocation?.pem, naming: configuration.naming)
         } catch {
             logger.error("cannot encode the SVID", metadata: ["error": "\(error)"])
             return
@@ -404,7 +408,7 @@ public final class Agent {
             return
         }
         logger.warning(
-            "the certificate in --svid-file has no SPIFFE ID (URI SAN): served as default and ROOTCA only",
+            "the certificate in --svid-file has no SPIFFE ID (URI SAN): served under the SVID and bundle names only",
             metadata: ["serial": "\(leaf.serialHex)", "not_after": "\(leaf.notAfter)"])
         plain = credential
         if let old = current {
@@ -416,13 +420,13 @@ public final class Agent {
             "no X509-SVID: the certificate in --svid-file has no SPIFFE ID (URI SAN); Envoy gets it as default only")
         service.publish([
             Secret(
-                name: SecretName.istioWorkload,
+                name: configuration.naming.svid,
                 kind: .tlsCertificate(
                     TLSCertificate(
                         certificateChain: .inlineBytes(Array(Certificate.pem(credential.chain).utf8)),
                         privateKey: .inlineBytes(Array(key.utf8))))),
             Secret(
-                name: SecretName.istioRoot,
+                name: configuration.naming.bundle,
                 kind: .validationContext(
                     CertificateValidationContext(
                         trustedCA: .inlineBytes(Array(Certificate.pem(credential.roots).utf8))))),
@@ -436,7 +440,8 @@ public final class Agent {
     @discardableResult
     private func publishSecrets(for update: IdentityUpdate) -> [String] {
         do {
-            return service.publish(try IdentitySecrets.secrets(for: update, crlPEM: revocation?.pem))
+            return service.publish(
+                try IdentitySecrets.secrets(for: update, crlPEM: revocation?.pem, naming: configuration.naming))
         } catch {
             logger.error("cannot encode the SVID", metadata: ["error": "\(error)"])
             return []
@@ -456,7 +461,7 @@ public final class Agent {
                     metadata: ["serial": "\(leaf.serialHex)", "not_after": "\(leaf.notAfter)"])
                 self.plain = nil
                 self.health.setServing(false)
-                self.service.unpublish([SecretName.istioWorkload])
+                self.service.unpublish([configuration.naming.svid])
                 self.server.flushAll()
                 return
             }
@@ -467,7 +472,7 @@ public final class Agent {
             self.current = nil
             self.workloadAPI.withdrawSVID()
             self.health.setServing(false)
-            self.service.unpublish([SecretName.istioWorkload, current.svid.spiffeID.uri])
+            self.service.unpublish([configuration.naming.svid, current.svid.spiffeID.uri])
             self.server.flushAll()
         }
     }

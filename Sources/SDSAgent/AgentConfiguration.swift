@@ -91,6 +91,8 @@ public struct AgentConfiguration: Sendable {
     /// `--crl-file` (`CRL_FILE`); by default istio-agent's path, used when it exists at start.
     public var crlFile: String?
     public var crlFileGiven = false
+    /// `--default-svid-name`, `--default-bundle-name`, `--default-all-bundles-name`.
+    public var naming = SDSNaming.spire
     public static let defaultCRLFile = "/var/run/secrets/istio/crl/ca-crl.pem"
 
     public struct OutputJWT: Sendable, Equatable {
@@ -202,6 +204,9 @@ public struct RawAgentOptions: Sendable, Equatable {
     public var outputJWT: [String] = []
     public var outputSignal: String?
     public var crlFile: String?
+    public var defaultSVIDName: String?
+    public var defaultBundleName: String?
+    public var defaultAllBundlesName: String?
     public init() {}
 }
 
@@ -310,7 +315,31 @@ extension AgentConfiguration {
         } else {
             configuration.crlFile = defaultCRLFile
         }
+        configuration.naming = try naming(source)
         return configuration
+    }
+
+    /// The three SDS names: each non-empty and no two alike (one name cannot mean two secrets), none a name with a
+    /// meaning of its own (`spiffe://…`, `file-cert:`, `file-root:`, `jwt-svid:`).
+    private static func naming(_ source: OptionSource) throws(ConfigurationError) -> SDSNaming {
+        let options = [AgentOption.defaultSVIDName, .defaultBundleName, .defaultAllBundlesName]
+        var names: [String] = []
+        for option in options {
+            let name = source.text(option, else: option.defaultText)
+            guard !name.isEmpty, name.utf8.count <= 256, !name.utf8.contains(where: { $0 < 0x21 || $0 == 0x7F })
+            else {
+                throw option.refusal("'\(name)' is not a secret name: 1 to 256 printable characters, no spaces")
+            }
+            for reserved in ["spiffe://", "file-cert:", "file-root:", SecretName.jwtSVIDPrefix]
+            where name.hasPrefix(reserved) {
+                throw option.refusal("'\(name)' starts with \(reserved), which names other secrets")
+            }
+            if let index = names.firstIndex(of: name) {
+                throw option.refusal("'\(name)' is already the name given by \(options[index].flag)")
+            }
+            names.append(name)
+        }
+        return SDSNaming(svid: names[0], bundle: names[1], allBundles: names[2])
     }
 
     /// A bare trust domain name (`spiffe://example.org` is refused too: the flag takes the name).

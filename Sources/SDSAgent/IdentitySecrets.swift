@@ -16,14 +16,20 @@ public enum IdentitySecrets {
     /// (`ROOTCA`, `spiffe://<td>`), checked for the leaf only: the file names the CAs it covers, and requiring a CRL
     /// for every CA of every chain would fail handshakes the operator did not mean to revoke. Not into `ALL`:
     /// Envoy's SPIFFE validator takes only `allow_expired_certificate` and the SAN matchers from its context.
-    public static func secrets(for update: IdentityUpdate, crlPEM: String? = nil) throws -> [Secret] {
+    ///
+    /// `naming` says which names carry the SVID, the own bundle and all bundles (`--default-*-name`). The all-bundles
+    /// secret binds each bundle to its own domain (never one concatenated CA list: a CA of one domain must not vouch
+    /// for an ID in another), which is what lets Istio's `ROOTCA` carry federated domains.
+    public static func secrets(for update: IdentityUpdate, crlPEM: String? = nil, naming: SDSNaming = .spire) throws
+        -> [Secret]
+    {
         let svid = update.svid
         let certificate = Secret.Kind.tlsCertificate(
             TLSCertificate(
                 certificateChain: .inlineBytes(Array(svid.chainPEM.utf8)),
                 privateKey: .inlineBytes(Array(try svid.privateKey.pkcs8PEM().utf8))))
         var secrets = [
-            Secret(name: SecretName.istioWorkload, kind: certificate),
+            Secret(name: naming.svid, kind: certificate),
             Secret(name: svid.spiffeID.uri, kind: certificate),
         ]
         let ownDomain = svid.spiffeID.trustDomain
@@ -35,7 +41,7 @@ public enum IdentitySecrets {
                     trustedCA: .inlineBytes(Array(bundle.pem.utf8)), crl: own ? crl : nil,
                     onlyVerifyLeafCertCRL: own && crl != nil))
             secrets.append(Secret(name: bundle.trustDomain.idString, kind: context))
-            if bundle.trustDomain == ownDomain { secrets.append(Secret(name: SecretName.istioRoot, kind: context)) }
+            if bundle.trustDomain == ownDomain { secrets.append(Secret(name: naming.bundle, kind: context)) }
         }
         let validator = SPIFFECertValidatorConfig(
             trustDomains: update.bundles.map {
@@ -44,7 +50,7 @@ public enum IdentitySecrets {
             })
         secrets.append(
             Secret(
-                name: SecretName.allBundlesName,
+                name: naming.allBundles,
                 kind: .validationContext(
                     CertificateValidationContext(
                         customValidatorConfig: TypedExtensionConfig(

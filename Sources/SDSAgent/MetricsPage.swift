@@ -6,6 +6,8 @@ import Servers
 /// trust domains and serials of what is served.
 struct MetricsPage {
     let issuer: String
+    /// `--default-svid-name`: the expiry gauge's name for the SVID.
+    let svidName: String
     let current: IdentityUpdate?
     let fileCertificateExpiry: [String: Int64]
     let metrics: AgentMetrics
@@ -26,7 +28,7 @@ struct MetricsPage {
             "Expiry (notAfter) of each certificate served, by secret name, in seconds since the epoch.")
         if let current {
             let notAfter = current.svid.notAfter.secondsSinceEpoch
-            for name in [SecretName.istioWorkload, current.svid.spiffeID.uri] {
+            for name in [svidName, current.svid.spiffeID.uri] {
                 out.sample("sds_agent_certificate_expiry_timestamp_seconds", ["secret": name], notAfter)
             }
         }

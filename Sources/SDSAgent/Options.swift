@@ -12,6 +12,7 @@ public struct AgentOption: Sendable {
     public enum Section: String, Sendable, CaseIterable {
         case socketAndPeers = "Socket and peers"
         case identityAndIssuer = "Identity and issuer"
+        case secretNames = "SDS secret names"
         case rotation = "Rotation"
         case files = "Files in and out"
         case limits = "Limits"
@@ -255,6 +256,24 @@ extension AgentOption {
         "token-file", "path", env: "SDS_TOKEN_FILE", default: .value(AgentConfiguration.defaultTokenFile),
         syntax: .absolutePath, section: .identityAndIssuer, field: .single(\.tokenFile),
         help: "Projected service-account token (audience istio-ca), re-read for every CSR.")
+    static let defaultSVIDName = AgentOption(
+        "default-svid-name", "name", env: "SDS_DEFAULT_SVID_NAME", default: .value(SDSNaming.spire.svid),
+        syntax: .described("a secret name"), section: .secretNames, field: .single(\.defaultSVIDName),
+        help: "The SDS name of the workload's certificate and key (SPIRE's default_svid_name); the SPIFFE ID works too."
+    )
+    static let defaultBundleName = AgentOption(
+        "default-bundle-name", "name", env: "SDS_DEFAULT_BUNDLE_NAME", default: .value(SDSNaming.spire.bundle),
+        syntax: .described("a secret name"), section: .secretNames, field: .single(\.defaultBundleName),
+        help:
+            "The SDS name of the own trust domain's bundle (SPIRE's default_bundle_name); spiffe://<trust domain> "
+            + "works too. Istio with federation: null (a name nobody asks for).")
+    static let defaultAllBundlesName = AgentOption(
+        "default-all-bundles-name", "name", env: "SDS_DEFAULT_ALL_BUNDLES_NAME",
+        default: .value(SDSNaming.spire.allBundles), syntax: .described("a secret name"), section: .secretNames,
+        field: .single(\.defaultAllBundlesName),
+        help:
+            "The SDS name of every trust domain's bundle as Envoy's SPIFFE validator config, each bound to its own "
+            + "domain (SPIRE's default_all_bundles_name). Istio with federation: ROOTCA.")
     static let clusterID = AgentOption(
         "cluster-id", "id", env: "ISTIO_META_CLUSTER_ID", default: .value(AgentConfiguration.defaultClusterID),
         syntax: .described("text"), section: .identityAndIssuer, field: .single(\.clusterID),
@@ -399,6 +418,7 @@ extension AgentOption {
         socket, socketMode, allowUID, allowGID,
         trustDomain, spiffeID, issuer, stateDir, caCert, caKey, upstreamSocket, caAddr, caRootCert, caServerName,
         tokenFile, clusterID, keyType,
+        defaultSVIDName, defaultBundleName, defaultAllBundlesName,
         svidTTL, rotateRatio, caTTL, jwtTTL,
         svidFile, svidKeyFile, bundleFile, crlFile, fileDirs, outputDir, outputLayout, outputJWT, outputSignal,
         drainTimeout, writeStallTimeout, maxQueuedBytes, maxRequestBytes, maxConnections,

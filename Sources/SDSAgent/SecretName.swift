@@ -1,3 +1,22 @@
+/// Which SDS names mean the workload's SVID, the own bundle and all bundles: SPIRE's `sds` knobs
+/// (`default_svid_name`, `default_bundle_name`, `default_all_bundles_name`), with SPIRE's defaults, which are also
+/// Istio's names for the first two. Istio's documented setup for federation is `bundle: "null"`, `allBundles:
+/// "ROOTCA"`: istio-proxy validates peers with `ROOTCA` only, so `ROOTCA` must carry every trust domain.
+public struct SDSNaming: Sendable, Equatable {
+    public var svid: String
+    public var bundle: String
+    public var allBundles: String
+
+    public init(svid: String = "default", bundle: String = "ROOTCA", allBundles: String = "ALL") {
+        self.svid = svid
+        self.bundle = bundle
+        self.allBundles = allBundles
+    }
+
+    /// SPIRE's defaults (and Istio's names): `default`, `ROOTCA`, `ALL`.
+    public static let spire = SDSNaming()
+}
+
 /// What a requested secret name means. Envoy asks by name; Istio and SPIRE name the same things differently, and
 /// istio-proxy also asks for file-backed names — all are answered by one agent.
 public enum SecretName: Equatable, Hashable, Sendable {
@@ -31,8 +50,10 @@ public enum SecretName: Equatable, Hashable, Sendable {
     /// What a metric may say about `name`: the name itself when the operator's configuration fixes it (`default`,
     /// `ROOTCA`, `ALL`, the own SPIFFE ID and trust domain: five values at most), else only its kind. A client
     /// chooses every other name, and a label per client-chosen name would grow `/metrics` without bound.
-    public static func metricLabel(for name: String, ownID: String, ownTrustDomain: String) -> String {
-        switch SecretName(name, ownID: ownID, ownTrustDomain: ownTrustDomain) {
+    public static func metricLabel(
+        for name: String, ownID: String, ownTrustDomain: String, naming: SDSNaming = .spire
+    ) -> String {
+        switch SecretName(name, ownID: ownID, ownTrustDomain: ownTrustDomain, naming: naming) {
         case .workloadCertificate, .ownBundle, .allBundles: name
         case .federatedBundle: "federated"
         case .fileCertificate: "file-cert"
@@ -42,15 +63,23 @@ public enum SecretName: Equatable, Hashable, Sendable {
         }
     }
 
-    /// Classifies `name` for a workload `ownID` in trust domain `ownTrustDomain` (both without trailing slash).
-    public init(_ name: String, ownID: String, ownTrustDomain: String) {
-        switch name {
-        case Self.istioWorkload, ownID:
+    /// Classifies `name` for a workload `ownID` in trust domain `ownTrustDomain` (both without trailing slash), with
+    /// `naming`'s names for the SVID and the bundles. The all-bundles name is matched before the bundle name, so
+    /// Istio's federation setup (`ROOTCA` as all bundles) needs no other change.
+    public init(_ name: String, ownID: String, ownTrustDomain: String, naming: SDSNaming = .spire) {
+        if name == naming.svid || name == ownID {
             self = .workloadCertificate
-        case Self.istioRoot, "spiffe://" + ownTrustDomain:
-            self = .ownBundle
-        case Self.allBundlesName:
+            return
+        }
+        if name == naming.allBundles {
             self = .allBundles
+            return
+        }
+        if name == naming.bundle || name == "spiffe://" + ownTrustDomain {
+            self = .ownBundle
+            return
+        }
+        switch name {
         default:
             if name.hasPrefix("file-cert:") {
                 let paths = name.dropFirst("file-cert:".count).split(separator: "~", omittingEmptySubsequences: false)
