@@ -69,6 +69,11 @@ let package = Package(
         // Identities from files (Kubernetes Pod Certificates, cert-manager, Istio's file layout): the pure reading of
         // a chain, key and bundle, and the issuer that watches them.
         .target(name: "FileIdentity", dependencies: ["Issuance", "SPIFFE", "PKI", "Transport"]),
+        // Federated trust domains (`--federate-with`): where each bundle comes from, the rules a new one must pass,
+        // and the bundles kept current from files.
+        .target(
+            name: "Federation",
+            dependencies: ["SPIFFE", "PKI", "Transport", .product(name: "Logging", package: "swift-log")]),
         // JWT-SVIDs: ES256 tokens, JWKS, the state dir's rotating signing keys.
         .target(name: "JWT", dependencies: ["PKI", "SPIFFE", "JSONText", "Issuance", "LocalCA", "Transport"]),
         // The one HTTP/2 connection driver, client or server: socket ⇄ optional TLS ⇄ nghttp2 session, with the
@@ -90,7 +95,7 @@ let package = Package(
         .target(
             name: "SDSAgent",
             dependencies: [
-                "Servers", "Wire", "XDS", "GRPC", "H2", "Transport", "ConnectionDriver", "Issuance", "SPIFFE", "PKI",
+                "Servers", "Federation", "Wire", "XDS", "GRPC", "H2", "Transport", "ConnectionDriver", "Issuance", "SPIFFE", "PKI",
                 "JSONText",
                 "WorkloadAPIClient",
                 "FileIdentity",
@@ -155,6 +160,11 @@ let package = Package(
             ]),
         .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "JSONText", "Wire", "GRPC", "PKI", "TestSupport"]),
         .testTarget(name: "BenchTests", dependencies: ["Bench"]),
+        .testTarget(
+            name: "FederationTests",
+            dependencies: [
+                "Federation", "SPIFFE", "PKI", "Transport", "TestSupport", .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "FileIdentityTests", dependencies: ["FileIdentity", "Issuance", "PKI", "SPIFFE", "TestSupport"]),
         .testTarget(

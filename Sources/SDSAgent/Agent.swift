@@ -1,3 +1,4 @@
+import Federation
 import FileIdentity
 import GRPC
 import Glibc
@@ -33,7 +34,12 @@ public final class Agent {
     private let clock: any WallClock
     let fileNames: FileBackedNames
     private var federatedNames: Set<String> = []
+    /// What the issuer delivered last, and `current`: the same with the `--federate-with` bundles merged in (what is
+    /// served).
+    private var issued: IdentityUpdate?
     private var current: IdentityUpdate?
+    /// `--federate-with`: the federated trust domains' bundles, kept current (nil without any).
+    private var federation: FederatedBundles?
     /// `--issuer files` with a certificate that has no SPIFFE ID: served as `default`/`ROOTCA` only.
     private var plain: CredentialFiles.PlainCredential?
     private var lastIssuerError: IssuerError?
@@ -202,6 +208,11 @@ public final class Agent {
                 "socket": "\(configuration.socket)", "mode": "\(String(configuration.socketMode, radix: 8))",
                 "spiffe_id": "\(configuration.spiffeID)", "issuer": "\(configuration.issuer.rawValue)",
             ])
+        if !configuration.federation.isEmpty {
+            let federation = FederatedBundles(sources: configuration.federation, loop: loop, logger: logger)
+            federation.onChange = { [unowned self] in self.federationChanged() }
+            self.federation = federation
+        }
         self.issuer = issuer
         issuer.start(
             onUpdate: { [unowned self] update in self.identityChanged(update) },
@@ -340,18 +351,64 @@ public final class Agent {
 
     // MARK: Events
 
-    private func identityChanged(_ update: IdentityUpdate) {
-        let started = EventLoop.monotonicSeconds()
-        let pushesBefore = metrics.pushes
-        // The CRLs are checked against this identity's CAs before its secrets are built with them.
-        revocation?.identityChanged(update)
-        let secrets: [Secret]
+    /// `update` with the `--federate-with` bundles: a configured domain's bundle replaces one the issuer sent for the
+    /// same domain (the operator named its source); the own domain's bundle always comes from the issuer.
+    private func withFederation(_ update: IdentityUpdate) -> IdentityUpdate {
+        guard let federation, !federation.bundles.isEmpty else { return update }
+        let configured = federation.x509Bundles
+        let domains = Set(configured.map(\.trustDomain))
+        let own = update.svid.spiffeID.trustDomain
+        var merged = update
+        merged.bundles = update.bundles.filter { $0.trustDomain == own || !domains.contains($0.trustDomain) }
+        merged.bundles += configured.filter { $0.trustDomain != own }
+        return merged
+    }
+
+    /// A federated bundle changed: the served identity is published again with it.
+    private func federationChanged() {
+        guard let issued else { return }
+        let update = withFederation(issued)
+        guard let secrets = secrets(for: update) else { return }
+        current = update
+        publish(update, secrets)
+        server.flushAll()
+    }
+
+    /// The SDS secrets of `update` (nil, logged, when the SVID cannot be encoded).
+    private func secrets(for update: IdentityUpdate) -> [Secret]? {
         do {
-            secrets = try IdentitySecrets.secrets(for: update, crlPEM: revocation?.pem, naming: configuration.naming)
+            return try IdentitySecrets.secrets(for: update, crlPEM: revocation?.pem, naming: configuration.naming)
         } catch {
             logger.error("cannot encode the SVID", metadata: ["error": "\(error)"])
-            return
+            return nil
         }
+    }
+
+    /// Publishes `update` (as `secrets`) to SDS and the Workload API; returns the SDS names whose content changed.
+    @discardableResult
+    private func publish(_ update: IdentityUpdate, _ secrets: [Secret]) -> [String] {
+        let changed = service.publish(secrets)
+        do { try workloadAPI.publish(update) } catch {
+            logger.error("cannot encode the SVID for the Workload API", metadata: ["error": "\(error)"])
+        }
+        // Federated bundles that disappeared: Delta streams hear `removed_resources`.
+        let nowFederated = Set(
+            update.bundles.map { $0.trustDomain.idString }.filter { $0 != "spiffe://" + own.trustDomain })
+        let gone = federatedNames.subtracting(nowFederated)
+        if !gone.isEmpty { service.unpublish(Array(gone)) }
+        federatedNames = nowFederated
+        return changed
+    }
+
+    private func identityChanged(_ delivered: IdentityUpdate) {
+        let started = EventLoop.monotonicSeconds()
+        let pushesBefore = metrics.pushes
+        issued = delivered
+        let update = withFederation(delivered)
+        // The CRLs are checked against this identity's CAs before its secrets are built with them.
+        revocation?.identityChanged(update)
+        // Built before anything changes: a failure leaves the previous identity served.
+        guard let secrets = secrets(for: update) else { return }
         if lastIssuerError != nil {
             logger.info("issuer recovered")
             lastIssuerError = nil
@@ -368,16 +425,7 @@ public final class Agent {
         current = update
         plain = nil
         outputs?.identityChanged(update)
-        let changed = service.publish(secrets)
-        do { try workloadAPI.publish(update) } catch {
-            logger.error("cannot encode the SVID for the Workload API", metadata: ["error": "\(error)"])
-        }
-        // Federated bundles that disappeared: Delta streams hear `removed_resources`.
-        let nowFederated = Set(
-            update.bundles.map { $0.trustDomain.idString }.filter { $0 != "spiffe://" + own.trustDomain })
-        let gone = federatedNames.subtracting(nowFederated)
-        if !gone.isEmpty { service.unpublish(Array(gone)) }
-        federatedNames = nowFederated
+        let changed = publish(update, secrets)
         // Before the flush: a Watch's new status leaves with the secrets' pushes.
         health.setServing(isServing)
         server.flushAll()
@@ -439,13 +487,7 @@ public final class Agent {
     /// Publishes `update`'s secrets again (the CRLs changed); returns the names whose content changed.
     @discardableResult
     private func publishSecrets(for update: IdentityUpdate) -> [String] {
-        do {
-            return service.publish(
-                try IdentitySecrets.secrets(for: update, crlPEM: revocation?.pem, naming: configuration.naming))
-        } catch {
-            logger.error("cannot encode the SVID", metadata: ["error": "\(error)"])
-            return []
-        }
+        secrets(for: update).map { service.publish($0) } ?? []
     }
 
     /// An SVID is served until it expires, however long the issuer is down — and not after: an expired certificate

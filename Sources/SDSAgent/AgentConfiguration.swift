@@ -1,3 +1,4 @@
+import Federation
 import FileIdentity
 import Glibc
 import Issuance
@@ -93,6 +94,8 @@ public struct AgentConfiguration: Sendable {
     public var crlFileGiven = false
     /// `--default-svid-name`, `--default-bundle-name`, `--default-all-bundles-name`.
     public var naming = SDSNaming.spire
+    /// `--federate-with`: the trust domains trusted besides the own one, and where their bundles come from.
+    public var federation: [FederationSource] = []
     public static let defaultCRLFile = "/var/run/secrets/istio/crl/ca-crl.pem"
 
     public struct OutputJWT: Sendable, Equatable {
@@ -207,6 +210,8 @@ public struct RawAgentOptions: Sendable, Equatable {
     public var defaultSVIDName: String?
     public var defaultBundleName: String?
     public var defaultAllBundlesName: String?
+    /// Each `--federate-with`, in order (the flag repeats).
+    public var federateWith: [String] = []
     public init() {}
 }
 
@@ -316,7 +321,38 @@ extension AgentConfiguration {
             configuration.crlFile = defaultCRLFile
         }
         configuration.naming = try naming(source)
+        configuration.federation = try federation(source, ownTrustDomain: configuration.trustDomain)
         return configuration
+    }
+
+    /// `--federate-with` (or `SDS_FEDERATE_WITH`, comma-separated): one source per trust domain, never the own one.
+    private static func federation(_ source: OptionSource, ownTrustDomain: TrustDomain) throws(ConfigurationError)
+        -> [FederationSource]
+    {
+        let option = AgentOption.federateWith
+        let entries =
+            source.options.federateWith.isEmpty
+            ? (source.variable(option.environment) ?? "").split(separator: ",").map(String.init)
+            : source.options.federateWith
+        var sources: [FederationSource] = []
+        for entry in entries {
+            let parsed: FederationSource
+            do throws(FederationSource.ParseError) { parsed = try FederationSource.parse(entry) } catch {
+                throw option.refusal(error.description)
+            }
+            if case .endpoint = parsed.location {
+                throw option.refusal(
+                    "'\(entry)': bundle endpoints (https://) are not supported yet; mount the bundle as a file")
+            }
+            guard parsed.trustDomain != ownTrustDomain else {
+                throw option.refusal("'\(entry)': \(ownTrustDomain.name) is this agent's own trust domain")
+            }
+            guard !sources.contains(where: { $0.trustDomain == parsed.trustDomain }) else {
+                throw option.refusal("'\(entry)': \(parsed.trustDomain.name) is named twice")
+            }
+            sources.append(parsed)
+        }
+        return sources
     }
 
     /// The three SDS names: each non-empty and no two alike (one name cannot mean two secrets), none a name with a

@@ -12,7 +12,7 @@ public struct AgentOption: Sendable {
     public enum Section: String, Sendable, CaseIterable {
         case socketAndPeers = "Socket and peers"
         case identityAndIssuer = "Identity and issuer"
-        case secretNames = "SDS secret names"
+        case secretNames = "SDS secret names and federation"
         case rotation = "Rotation"
         case files = "Files in and out"
         case limits = "Limits"
@@ -274,6 +274,15 @@ extension AgentOption {
         help:
             "The SDS name of every trust domain's bundle as Envoy's SPIFFE validator config, each bound to its own "
             + "domain (SPIRE's default_all_bundles_name). Istio with federation: ROOTCA.")
+    static let federateWith = AgentOption(
+        "federate-with", "td=source", env: "SDS_FEDERATE_WITH", default: .described("none"),
+        syntax: .described(
+            "<trust domain>=<absolute file> (a SPIFFE bundle document or PEM certificates, watched); the flag "
+                + "repeats, the variable separates entries with commas"),
+        section: .secretNames, field: .repeated(\.federateWith),
+        help:
+            "Trust another trust domain: its bundle is served as spiffe://<td>, in the all-bundles name and as the "
+            + "Workload API's federated bundles; repeatable.")
     static let clusterID = AgentOption(
         "cluster-id", "id", env: "ISTIO_META_CLUSTER_ID", default: .value(AgentConfiguration.defaultClusterID),
         syntax: .described("text"), section: .identityAndIssuer, field: .single(\.clusterID),
@@ -418,7 +427,7 @@ extension AgentOption {
         socket, socketMode, allowUID, allowGID,
         trustDomain, spiffeID, issuer, stateDir, caCert, caKey, upstreamSocket, caAddr, caRootCert, caServerName,
         tokenFile, clusterID, keyType,
-        defaultSVIDName, defaultBundleName, defaultAllBundlesName,
+        defaultSVIDName, defaultBundleName, defaultAllBundlesName, federateWith,
         svidTTL, rotateRatio, caTTL, jwtTTL,
         svidFile, svidKeyFile, bundleFile, crlFile, fileDirs, outputDir, outputLayout, outputJWT, outputSignal,
         drainTimeout, writeStallTimeout, maxQueuedBytes, maxRequestBytes, maxConnections,

@@ -87,3 +87,33 @@ import Wire
         #expect(own.trustedCA == .inlineBytes(Array(ca.bundle.pem.utf8)))
     }
 }
+
+@Suite struct FederationConfigurationTests {
+    @Test func federatedDomainsComeFromTheFlagOrTheVariable() throws {
+        let flags = try resolveConfiguration {
+            $0.trustDomain = "a.org"
+            $0.federateWith = ["b.org=/etc/federation/b.json", "spiffe://c.org=/etc/federation/c.pem"]
+        }
+        #expect(flags.federation.map(\.description) == ["b.org=/etc/federation/b.json", "c.org=/etc/federation/c.pem"])
+        let variable = try resolveConfiguration(env: [
+            "TRUST_DOMAIN": "a.org", "SDS_FEDERATE_WITH": "b.org=/etc/b.json,c.org=/etc/c.json",
+        ])
+        #expect(variable.federation.map(\.trustDomain.name) == ["b.org", "c.org"])
+    }
+
+    @Test(arguments: [
+        "a.org=/etc/a.json", "b.org=/etc/b.json,b.org=/etc/b2.json", "b.org=etc/b.json", "b.org",
+        "b.org=http://b.org/bundle",
+    ])
+    func badSourcesAreRefusedNamingTheFlag(entries: String) {
+        do {
+            _ = try resolveConfiguration {
+                $0.trustDomain = "a.org"
+                $0.federateWith = entries.split(separator: ",").map(String.init)
+            }
+            Issue.record("\(entries) was accepted")
+        } catch {
+            #expect(error.description.contains("--federate-with"))
+        }
+    }
+}

@@ -1,0 +1,158 @@
+import Federation
+import Glibc
+import Logging
+import PKI
+import SPIFFE
+import TestSupport
+import Testing
+import Transport
+
+private let quiet = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+@Suite struct FederationSourceTests {
+    @Test func filesAndEndpointsParse() throws {
+        let file = try FederationSource.parse("cluster-b.example.com=/etc/federation/b.json")
+        #expect(file.trustDomain.name == "cluster-b.example.com")
+        #expect(file.location == .file(path: "/etc/federation/b.json"))
+        let web = try FederationSource.parse("spiffe://b.org=https://bundles.b.org/bundle")
+        #expect(web.trustDomain.name == "b.org")
+        #expect(web.location == .endpoint(url: "https://bundles.b.org/bundle"))
+    }
+
+    @Test(arguments: [
+        "b.org", "=/etc/b.json", "B.org=/etc/b.json", "b.org=relative.json", "b.org=http://b.org/bundle",
+        "b.org=", "spiffe://b.org/path=/etc/b.json",
+    ])
+    func malformedSourcesAreRefusedWithAReason(text: String) {
+        #expect(throws: FederationSource.ParseError.self) { try FederationSource.parse(text) }
+    }
+}
+
+@Suite struct FederatedBundleAcceptanceTests {
+    private let domain: TrustDomain
+    private let ca: TestCA
+
+    init() throws {
+        domain = try TrustDomain("b.org")
+        ca = try TestCA(trustDomain: "b.org")
+    }
+
+    private func bundle(sequence: Int64?, trustDomain: TrustDomain? = nil) -> SPIFFEBundle {
+        SPIFFEBundle(
+            x509: X509Bundle(trustDomain: trustDomain ?? domain, certificates: ca.bundle.certificates),
+            sequence: sequence)
+    }
+
+    @Test func aLowerSequenceIsAnOldCopyAndIsRefused() throws {
+        try FederatedBundleAcceptance.check(bundle(sequence: 5), previous: bundle(sequence: 5), trustDomain: domain)
+        try FederatedBundleAcceptance.check(bundle(sequence: 6), previous: bundle(sequence: 5), trustDomain: domain)
+        try FederatedBundleAcceptance.check(bundle(sequence: nil), previous: bundle(sequence: 5), trustDomain: domain)
+        #expect(throws: FederatedBundleAcceptance.Refusal.self) {
+            try FederatedBundleAcceptance.check(bundle(sequence: 4), previous: bundle(sequence: 5), trustDomain: domain)
+        }
+    }
+
+    @Test func aBundleOfAnotherDomainOrWithoutAuthoritiesIsRefused() throws {
+        #expect(throws: FederatedBundleAcceptance.Refusal.self) {
+            try FederatedBundleAcceptance.check(
+                bundle(sequence: 1, trustDomain: try TrustDomain("c.org")), previous: nil, trustDomain: domain)
+        }
+        let empty = SPIFFEBundle(x509: X509Bundle(trustDomain: domain, certificates: []))
+        #expect(throws: FederatedBundleAcceptance.Refusal.self) {
+            try FederatedBundleAcceptance.check(empty, previous: nil, trustDomain: domain)
+        }
+    }
+}
+
+/// File sources on a real event loop: written, swapped like kubelet does, broken, restored.
+@Suite(.serialized) struct FederatedBundleFileTests {
+    private func directory() -> String {
+        var template = Array("/tmp/sds-federation-XXXXXX".utf8CString)
+        return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+    }
+
+    private func write(_ text: String, to path: String) throws {
+        let slash = path.lastIndex(of: "/")!
+        try Files.writeAtomically(
+            directory: String(path[..<slash]), name: String(path[path.index(after: slash)...]),
+            bytes: Array(text.utf8), mode: 0o644)
+    }
+
+    @Test func aFileIsLoadedAndEveryGoodChangeIsServedWhileABadOneKeepsTheLast() throws {
+        let dir = directory()
+        let path = dir + "/b.pem"
+        let first = try TestCA(trustDomain: "b.org")
+        let second = try TestCA(trustDomain: "b.org")
+        try write(first.bundle.pem, to: path)
+        let loop = try EventLoop()
+        let source = try FederationSource.parse("b.org=\(path)")
+        let federation = FederatedBundles(sources: [source], loop: loop, logger: quiet)
+        var changes = 0
+        federation.onChange = { changes += 1 }
+        #expect(federation.x509Bundles.first?.certificates == first.bundle.certificates, "read at start")
+
+        try write("not a bundle", to: path)
+        _ = loop.run(until: { false }, timeout: 0.3)
+        #expect(changes == 0)
+        #expect(federation.x509Bundles.first?.certificates == first.bundle.certificates, "the last good one stays")
+
+        try write(second.bundle.pem, to: path)
+        #expect(loop.run(until: { changes == 1 }, timeout: 5))
+        #expect(federation.x509Bundles.first?.certificates == second.bundle.certificates)
+    }
+
+    @Test func aSpiffeDocumentWithALowerSequenceDoesNotReplaceTheServedOne() throws {
+        let dir = directory()
+        let path = dir + "/b.json"
+        let ca = try TestCA(trustDomain: "b.org")
+        let other = try TestCA(trustDomain: "b.org")
+        func document(_ ca: TestCA, sequence: Int) -> String {
+            let der = ca.bundle.certificates[0].der
+            return "{\"keys\":[{\"use\":\"x509-svid\",\"kty\":\"EC\",\"x5c\":[\"\(Self.base64(der))\"]}],"
+                + "\"spiffe_sequence\":\(sequence)}"
+        }
+        try write(document(ca, sequence: 7), to: path)
+        let loop = try EventLoop()
+        let federation = FederatedBundles(
+            sources: [try FederationSource.parse("b.org=\(path)")], loop: loop, logger: quiet)
+        #expect(federation.bundles[try TrustDomain("b.org")]?.sequence == 7)
+        var changes = 0
+        federation.onChange = { changes += 1 }
+        try write(document(other, sequence: 6), to: path)
+        _ = loop.run(until: { changes > 0 }, timeout: 0.3)
+        #expect(changes == 0)
+        #expect(federation.x509Bundles.first?.certificates == ca.bundle.certificates)
+        try write(document(other, sequence: 8), to: path)
+        #expect(loop.run(until: { changes == 1 }, timeout: 5))
+        #expect(federation.x509Bundles.first?.certificates == other.bundle.certificates)
+    }
+
+    @Test func aMissingFileServesNothingUntilItAppears() throws {
+        let dir = directory()
+        let path = dir + "/b.pem"
+        let loop = try EventLoop()
+        let federation = FederatedBundles(
+            sources: [try FederationSource.parse("b.org=\(path)")], loop: loop, logger: quiet)
+        #expect(federation.bundles.isEmpty)
+        var changes = 0
+        federation.onChange = { changes += 1 }
+        try write(try TestCA(trustDomain: "b.org").bundle.pem, to: path)
+        #expect(loop.run(until: { changes == 1 }, timeout: 5))
+        #expect(federation.bundles.count == 1)
+    }
+
+    static func base64(_ bytes: [UInt8]) -> String {
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+        var out = ""
+        var index = 0
+        while index < bytes.count {
+            let chunk = Array(bytes[index..<min(index + 3, bytes.count)])
+            let value = chunk.enumerated().reduce(0) { $0 | Int($1.element) << (16 - 8 * $1.offset) }
+            for position in 0..<4 {
+                out.append(position <= chunk.count ? alphabet[(value >> (18 - 6 * position)) & 63] : "=")
+            }
+            index += 3
+        }
+        return out
+    }
+}
