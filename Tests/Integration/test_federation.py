@@ -1,0 +1,150 @@
+"""Federated trust domains: two real Envoys (1.40) in two trust domains, each fed by its own sds-agent with its own
+local CA, do mTLS with exact SAN matching once each agent federates with the other through a bundle file
+(`--federate-with <td>=<file>`); a workload from a third, unfederated domain is refused.
+
+   client (cluster-a.test) ─ client Envoy ══mTLS══ server Envoy ─ (direct response) (cluster-b.test)
+              │                                          │
+      agent A (local CA of A)                   agent B (local CA of B)
+      --federate-with cluster-b.test=<B's bundle>   --federate-with cluster-a.test=<A's bundle>
+
+Names: `spire-all` (the SVID under its SPIFFE ID, `ALL` as Envoy's SPIFFE validator) and Istio's federation setup
+(`default`, and `ROOTCA` as every domain's bundle: `--default-bundle-name null --default-all-bundles-name ROOTCA`).
+The bundle files are what the other agent serves for its own domain, written after both agents started: the agents
+pick them up from their watched files, as they would from a ConfigMap projection.
+"""
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pytest
+
+from envoy_harness import SECRET_TIMEOUT, Envoy, start_mtls_pair, wait_for
+from sds_servers import ProcessFactory, fetch_when_served
+
+DOMAIN_A, DOMAIN_B, DOMAIN_C = "cluster-a.test", "cluster-b.test", "cluster-c.test"
+CLIENT_ID = f"spiffe://{DOMAIN_A}/ns/shop/sa/frontend"
+SERVER_ID = f"spiffe://{DOMAIN_B}/ns/pay/sa/payment"
+STRANGER_ID = f"spiffe://{DOMAIN_C}/ns/x/sa/stranger"
+ISTIO_FEDERATION_NAMES = ["--default-bundle-name", "null", "--default-all-bundles-name", "ROOTCA"]
+
+
+def own_bundle_pem(agent) -> bytes:
+    """The PEM bundle an agent serves for its own trust domain (what an operator publishes for the other cluster)."""
+    name = "spiffe://" + agent_domain(agent)
+    secret = fetch_when_served(agent.socket_path, [name])[name]
+    ca = secret.validation_context.trusted_ca
+    return ca.inline_bytes or ca.inline_string.encode()
+
+
+def agent_domain(agent) -> str:
+    return agent.spiffe_id.split("/")[2]
+
+
+def start_agent(factory: ProcessFactory, short_dir: pathlib.Path, label: str, spiffe_id: str, federate: list[str],
+                names: list[str]):
+    # Each agent has a CA of its own: an empty state dir of its own (the factory would copy the first one's).
+    (short_dir / f"{label}.state").mkdir(mode=0o700)
+    args = ["--trust-domain", spiffe_id.split("/")[2], *names]
+    for entry in federate:
+        args += ["--federate-with", entry]
+    return factory.start(label, spiffe_id, args)
+
+
+def served_domains(agent, name: str) -> set[str]:
+    """The trust domains an all-bundles secret lists, from its SPIFFE validator config."""
+    from envoy.extensions.transport_sockets.tls.v3 import tls_spiffe_validator_config_pb2 as spiffe_pb2
+
+    secret = fetch_when_served(agent.socket_path, [name])[name]
+    config = spiffe_pb2.SPIFFECertValidatorConfig()
+    assert secret.validation_context.custom_validator_config.typed_config.Unpack(config), secret
+    return {domain.name for domain in config.trust_domains}
+
+
+@pytest.fixture(params=["spire-all", "istio"])
+def names(request) -> str:
+    return request.param
+
+
+def test_two_trust_domains_federated_by_bundle_files_do_mtls_and_a_third_is_refused(
+        sds_agent_bin, envoy_bin, short_dir, names):
+    factory = ProcessFactory("agent", [str(sds_agent_bin)], short_dir)
+    agent_names = ISTIO_FEDERATION_NAMES if names == "istio" else []
+    all_bundles = "ROOTCA" if names == "istio" else "ALL"
+    file_a, file_b = short_dir / "federation" / "a.pem", short_dir / "federation" / "b.pem"
+    file_a.parent.mkdir()
+    stack: list[Envoy] = []
+    try:
+        agent_a = start_agent(factory, short_dir, "agent-a", CLIENT_ID, [f"{DOMAIN_B}={file_b}"], agent_names)
+        agent_b = start_agent(factory, short_dir, "agent-b", SERVER_ID, [f"{DOMAIN_A}={file_a}"], agent_names)
+        stranger = start_agent(factory, short_dir, "agent-c", STRANGER_ID, [f"{DOMAIN_B}={file_b}"], agent_names)
+        # Before the exchange each agent trusts its own domain only.
+        assert served_domains(agent_a, all_bundles) == {DOMAIN_A}
+        file_a.write_bytes(own_bundle_pem(agent_a))
+        file_b.write_bytes(own_bundle_pem(agent_b))
+        for agent, expected in ((agent_a, {DOMAIN_A, DOMAIN_B}), (agent_b, {DOMAIN_A, DOMAIN_B}),
+                                (stranger, {DOMAIN_C, DOMAIN_B})):
+            wait_for(lambda: served_domains(agent, all_bundles) == expected, SECRET_TIMEOUT,
+                     f"{agent.spiffe_id}'s agent to serve {expected} under {all_bundles}")
+        # The federated bundle is also served under its SPIFFE name, as the other domain's CA only.
+        b_for_a = fetch_when_served(agent_a.socket_path, [f"spiffe://{DOMAIN_B}"])[f"spiffe://{DOMAIN_B}"]
+        assert b_for_a.validation_context.trusted_ca.inline_bytes == file_b.read_bytes()
+
+        style = "istio" if names == "istio" else "spire-all"
+        pair = start_mtls_pair(envoy_bin, short_dir, style, "GRPC", DOMAIN_B, str(agent_b.socket_path), SERVER_ID,
+                               str(agent_a.socket_path), CLIENT_ID, stack, client_trust_domain=DOMAIN_A)
+        seen = pair.request()
+        assert seen.status == 200, seen
+        assert (seen.server_saw_peer_id, seen.client_saw_peer_id) == (CLIENT_ID, SERVER_ID)
+
+        # cluster-c trusts B, but B does not trust C: B's Envoy refuses C's client certificate.
+        refused = start_mtls_pair(envoy_bin, short_dir, style, "GRPC", DOMAIN_B, str(agent_b.socket_path),
+                                  SERVER_ID, str(stranger.socket_path), STRANGER_ID, stack,
+                                  client_trust_domain=DOMAIN_C)
+        seen = refused.request()
+        assert seen.status == 503, seen
+        assert seen.server_saw_peer_id == "", "the handshake must not complete"
+        counter = "listener.*ssl.fail_verify_error"
+        wait_for(lambda: sum(v for k, v in refused.server.stats(r"ssl\.fail_verify_error$").items()) >= 1,
+                 SECRET_TIMEOUT, f"B's server Envoy to count a chain verification failure ({counter})",
+                 refused.server.diagnostics)
+    finally:
+        for envoy in reversed(stack):
+            envoy.stop()
+        factory.stop_all()
+
+
+def test_a_bad_bundle_file_keeps_the_last_good_federated_bundle(sds_agent_bin, short_dir):
+    factory = ProcessFactory("agent", [str(sds_agent_bin)], short_dir)
+    bundle_file = short_dir / "b.pem"
+    try:
+        agent_b = start_agent(factory, short_dir, "agent-b", SERVER_ID, [], [])
+        good = own_bundle_pem(agent_b)
+        bundle_file.write_bytes(good)
+        agent_a = start_agent(factory, short_dir, "agent-a", CLIENT_ID, [f"{DOMAIN_B}={bundle_file}"], [])
+        name = f"spiffe://{DOMAIN_B}"
+        first = fetch_when_served(agent_a.socket_path, [name])[name]
+        assert first.validation_context.trusted_ca.inline_bytes == good
+        bundle_file.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+        wait_for(lambda: "federated bundle refused" in agent_a.log_path.read_text(), SECRET_TIMEOUT,
+                 "the agent to read the broken file")
+        again = fetch_when_served(agent_a.socket_path, [name])[name]
+        assert again.validation_context.trusted_ca.inline_bytes == good
+        assert served_domains(agent_a, "ALL") == {DOMAIN_A, DOMAIN_B}
+        agent_a.check_alive()
+    finally:
+        factory.stop_all()
+
+
+def test_federating_with_the_own_trust_domain_is_refused_with_one_line(sds_agent_bin, short_dir):
+    import subprocess
+
+    result = subprocess.run(
+        [str(sds_agent_bin), "run", "--socket", str(short_dir / "s.sock"), "--state-dir", str(short_dir / "state"),
+         "--trust-domain", DOMAIN_A, "--federate-with", f"{DOMAIN_A}=/etc/a.pem"],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--federate-with" in lines[0], result.stderr
+    assert re.search(r"own trust domain", lines[0]), lines[0]
+    assert not (short_dir / "s.sock").exists()
