@@ -148,3 +148,50 @@ def test_federating_with_the_own_trust_domain_is_refused_with_one_line(sds_agent
     assert len(lines) == 1 and "--federate-with" in lines[0], result.stderr
     assert re.search(r"own trust domain", lines[0]), lines[0]
     assert not (short_dir / "s.sock").exists()
+
+
+def test_relaying_spire_like_upstreams_that_federate_istio_names_do_mtls(sds_agent_bin, envoy_bin, short_dir):
+    """Mode (a): each agent relays a SPIRE-like Workload API server (grpcio, workload_api_server.py) whose agent
+    federates with the other domain; with Istio's SPIRE settings (`--default-bundle-name null
+    --default-all-bundles-name ROOTCA`) istio-proxy's ROOTCA carries both domains and the Envoys do mTLS. A client of a
+    third domain, whose upstream federates with B while B's does not federate with it, is refused."""
+    from workload_api_server import WorkloadAPIServer
+
+    upstream_a = WorkloadAPIServer(str(short_dir / "up-a.sock"), CLIENT_ID)
+    upstream_b = WorkloadAPIServer(str(short_dir / "up-b.sock"), SERVER_ID)
+    upstream_c = WorkloadAPIServer(str(short_dir / "up-c.sock"), STRANGER_ID)
+    upstream_a.set_federated(f"spiffe://{DOMAIN_B}", upstream_b.ca.bundle_der)
+    upstream_b.set_federated(f"spiffe://{DOMAIN_A}", upstream_a.ca.bundle_der)
+    upstream_c.set_federated(f"spiffe://{DOMAIN_B}", upstream_b.ca.bundle_der)
+    factory = ProcessFactory("agent", [str(sds_agent_bin)], short_dir)
+    stack: list[Envoy] = []
+    try:
+        agents = {}
+        for label, upstream, spiffe_id in (("a", upstream_a, CLIENT_ID), ("b", upstream_b, SERVER_ID),
+                                           ("c", upstream_c, STRANGER_ID)):
+            upstream.start()
+            (short_dir / f"relay-{label}.state").mkdir(mode=0o700)
+            agents[label] = factory.start(
+                f"relay-{label}", spiffe_id,
+                ["--trust-domain", spiffe_id.split("/")[2], "--issuer", "workload-api",
+                 "--upstream-socket", f"unix://{upstream.socket_path}", *ISTIO_FEDERATION_NAMES])
+        assert served_domains(agents["a"], "ROOTCA") == {DOMAIN_A, DOMAIN_B}
+        assert served_domains(agents["b"], "ROOTCA") == {DOMAIN_A, DOMAIN_B}
+        pair = start_mtls_pair(envoy_bin, short_dir, "istio", "DELTA_GRPC", DOMAIN_B, str(agents["b"].socket_path),
+                               SERVER_ID, str(agents["a"].socket_path), CLIENT_ID, stack,
+                               client_trust_domain=DOMAIN_A)
+        seen = pair.request()
+        assert seen.status == 200, seen
+        assert (seen.server_saw_peer_id, seen.client_saw_peer_id) == (CLIENT_ID, SERVER_ID)
+        refused = start_mtls_pair(envoy_bin, short_dir, "istio", "DELTA_GRPC", DOMAIN_B,
+                                  str(agents["b"].socket_path), SERVER_ID, str(agents["c"].socket_path),
+                                  STRANGER_ID, stack, client_trust_domain=DOMAIN_C)
+        seen = refused.request()
+        assert seen.status == 503, seen
+        assert seen.server_saw_peer_id == ""
+    finally:
+        for envoy in reversed(stack):
+            envoy.stop()
+        factory.stop_all()
+        for upstream in (upstream_a, upstream_b, upstream_c):
+            upstream.stop()
