@@ -144,4 +144,33 @@ public enum JWKS {
         }
         return Array(JSONValue.object([("keys", .array(entries))]).rendered.utf8)
     }
+
+    /// A JWKS document of JWK objects already rendered as JSON (a federated SPIFFE bundle's `jwt-svid` keys).
+    public static func document(rendered keys: [String]) -> [UInt8] {
+        Array(("{\"keys\":[" + keys.joined(separator: ",") + "]}").utf8)
+    }
+
+    /// The EC P-256 verification keys among `keys` (rendered JWK objects), by `kid`: what a federated domain signs
+    /// its JWT-SVIDs with. Keys of another type or curve, or without a `kid`, are skipped (ES256 is the only
+    /// algorithm validated here, and a key without a kid can never be chosen).
+    public static func verificationKeys(rendered keys: [String]) -> [String: PublicKey] {
+        // SubjectPublicKeyInfo of an id-ecPublicKey / prime256v1 key, up to the uncompressed point (RFC 5480).
+        let prefix: [UInt8] = [
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01, 0x06, 0x08, 0x2A, 0x86,
+            0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04,
+        ]
+        var result: [String: PublicKey] = [:]
+        for rendered in keys {
+            guard let jwk = try? JSONValue.parse(Array(rendered.utf8)),
+                case .string("EC") = jwk["kty"], case .string("P-256") = jwk["crv"],
+                case .string(let kid) = jwk["kid"], !kid.isEmpty,
+                case .string(let x) = jwk["x"], case .string(let y) = jwk["y"],
+                let xBytes = Base64URL.decode(Substring(x)), let yBytes = Base64URL.decode(Substring(y)),
+                xBytes.count == 32, yBytes.count == 32,
+                let key = try? PublicKey(spkiDER: prefix + xBytes + yBytes)
+            else { continue }
+            result[kid] = key
+        }
+        return result
+    }
 }

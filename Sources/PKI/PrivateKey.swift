@@ -193,8 +193,25 @@ public struct PrivateKey: Sendable {
 public struct PublicKey: Sendable, Equatable {
     let handle: EVPKeyHandle
 
+    init(handle: EVPKeyHandle) {
+        self.handle = handle
+    }
+
     /// `SubjectPublicKeyInfo`, DER.
     public var spkiDER: [UInt8] { handle.publicKeyDER() }
+
+    /// Parses a DER `SubjectPublicKeyInfo` (a federated bundle's JWT key, built from its JWK parameters). Bounded:
+    /// a P-384 or RSA-4096 key is well under 1 KiB.
+    public init(spkiDER der: [UInt8]) throws {
+        guard !der.isEmpty, der.count <= 2048 else { throw PKIError(operation: "public key: \(der.count) bytes") }
+        PKIError.clearErrorQueue()
+        let key: OpaquePointer? = der.withUnsafeBufferPointer { buffer in
+            var cursor = buffer.baseAddress
+            return d2i_PUBKEY(nil, &cursor, buffer.count)
+        }
+        guard let key else { throw PKIError.openSSL("d2i_PUBKEY") }
+        self.handle = EVPKeyHandle(taking: key)
+    }
 
     public static func == (lhs: PublicKey, rhs: PublicKey) -> Bool {
         lhs.handle === rhs.handle || EVP_PKEY_eq(lhs.handle.pointer, rhs.handle.pointer) == 1

@@ -212,6 +212,7 @@ public final class Agent {
             let federation = FederatedBundles(sources: configuration.federation, loop: loop, logger: logger)
             federation.onChange = { [unowned self] in self.federationChanged() }
             self.federation = federation
+            federatedJWTKeysChanged()
         }
         self.issuer = issuer
         issuer.start(
@@ -364,8 +365,17 @@ public final class Agent {
         return merged
     }
 
+    /// The federated domains' JWT keys go to the local JWT authority (validation, FetchJWTBundles).
+    private func federatedJWTKeysChanged() {
+        guard let federation, let jwtAuthority else { return }
+        do { try jwtAuthority.setFederated(federation.bundles) } catch {
+            logger.error("cannot publish the federated JWT bundles", metadata: ["error": "\(error)"])
+        }
+    }
+
     /// A federated bundle changed: the served identity is published again with it.
     private func federationChanged() {
+        federatedJWTKeysChanged()
         guard let issued else { return }
         let update = withFederation(issued)
         guard let secrets = secrets(for: update) else { return }

@@ -25,6 +25,9 @@ final class LocalJWTAuthority: JWTProvider {
     private(set) var signer: JWTSigningKey
     /// The JWT bundle changed (a key was added or retired): JWKS per trust domain ID.
     var onBundleChanged: (([String: [UInt8]]) -> Void)?
+    /// Federated trust domains' JWT keys (`--federate-with` bundles' `jwt-svid` keys): tokens of those domains are
+    /// validated with them, and their JWKS are published with ours.
+    private var federated: [TrustDomain: (jwks: [UInt8], keys: [String: PublicKey])] = [:]
 
     init(keys: JWTSigningKeys, spiffeID: SPIFFEID, ttl: Int64, clock: any WallClock) throws {
         self.keys = keys
@@ -36,9 +39,24 @@ final class LocalJWTAuthority: JWTProvider {
         self.bundle = decision.bundle
     }
 
-    /// The JWT bundles to publish: this trust domain's JWKS.
+    /// The JWT bundles to publish: this trust domain's JWKS and each federated domain's.
     func bundles() throws -> [String: [UInt8]] {
-        [spiffeID.trustDomain.idString: try JWKS.document(bundle)]
+        var bundles = [spiffeID.trustDomain.idString: try JWKS.document(bundle)]
+        for (domain, entry) in federated { bundles[domain.idString] = entry.jwks }
+        return bundles
+    }
+
+    /// Replaces the federated domains' JWT keys (a domain whose bundle has none is left out: none of its tokens can
+    /// be validated, and publishing an empty JWKS would say otherwise).
+    func setFederated(_ federatedBundles: [TrustDomain: SPIFFEBundle]) throws {
+        var next: [TrustDomain: (jwks: [UInt8], keys: [String: PublicKey])] = [:]
+        for (domain, bundle) in federatedBundles where domain != spiffeID.trustDomain && !bundle.jwtKeys.isEmpty {
+            next[domain] = (JWKS.document(rendered: bundle.jwtKeys), JWKS.verificationKeys(rendered: bundle.jwtKeys))
+        }
+        let changed =
+            Set(next.keys) != Set(federated.keys) || next.contains { federated[$0.key]?.jwks != $0.value.jwks }
+        federated = next
+        if changed { onBundleChanged?(try bundles()) }
     }
 
     /// Applies the key schedule at the current time; returns when it should be asked again.
@@ -99,11 +117,24 @@ final class LocalJWTAuthority: JWTProvider {
             return reply(.failure(GRPCStatus(.invalidArgument, "svid must be specified")))
         }
         _ = try? advance()
+        // The token's own trust domain picks the keys (ours, or a federated domain's); the signature check then
+        // proves the choice, and `validate` holds the subject to that domain.
+        var trustDomain = spiffeID.trustDomain
         var publicKeys: [String: PublicKey] = [:]
-        for key in bundle { publicKeys[key.kid] = key.privateKey.publicKey }
+        if case .string(let subject) = JWTSVIDToken.unverifiedClaims(request.svid)?["sub"],
+            let domain = try? SPIFFEID(parsing: subject).trustDomain, domain != trustDomain
+        {
+            guard let entry = federated[domain] else {
+                return reply(.failure(GRPCStatus(.invalidArgument, "invalid JWT-SVID: no JWT bundle for \(domain)")))
+            }
+            trustDomain = domain
+            publicKeys = entry.keys
+        } else {
+            for key in bundle { publicKeys[key.kid] = key.privateKey.publicKey }
+        }
         do throws(JWTSVIDError) {
             let claims = try JWTSVIDToken.validate(
-                request.svid, audience: request.audience, keys: publicKeys, trustDomain: spiffeID.trustDomain,
+                request.svid, audience: request.audience, keys: publicKeys, trustDomain: trustDomain,
                 now: clock.now())
             var fields: [String: ProtoValue] = [
                 "sub": .string(claims.subject.uri), "aud": .list(claims.audiences.map { .string($0) }),

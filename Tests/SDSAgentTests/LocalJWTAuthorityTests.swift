@@ -1,6 +1,7 @@
 import Foundation
 import GRPC
 import Issuance
+import JSONText
 import JWT
 import PKI
 import SPIFFE
@@ -52,6 +53,56 @@ import Wire
         let jwks = try JWTBundlesResponse(wireBytes: bundles.messages[0]).bundles["spiffe://example.org"]
         #expect(jwks.map { String(decoding: $0, as: UTF8.self).contains("\"use\":\"jwt-svid\"") } == true)
         #expect(bundles.status == nil, "the bundles stream stays open")
+    }
+
+    /// A token minted in a federated domain (with that domain's keys) validates once its bundle's JWT keys are
+    /// known, and its JWKS is published with ours; a token of an unfederated domain does not.
+    @Test func aFederatedDomainsTokenValidatesWithItsOwnKeys() throws {
+        let otherDir = dir + "-b"
+        defer {
+            try? FileManager.default.removeItem(atPath: dir)
+            try? FileManager.default.removeItem(atPath: otherDir)
+        }
+        let local = try authority()
+        let otherID = try SPIFFEID(parsing: "spiffe://b.org/ns/pay/sa/payment")
+        let otherKeys = try JWTSigningKeys.open(
+            stateDirectory: otherDir, now: clock.now(), keyLifetime: 6000, tokenLifetime: 300)
+        let other = try LocalJWTAuthority(keys: otherKeys, spiffeID: otherID, ttl: 300, clock: clock)
+        let token = try other.token(for: ["db"]).token
+        let h = try harness(local)
+        local.onBundleChanged = { h.service.publishJWTBundles($0) }
+        func validate() throws -> Received {
+            try h.open(.validateJWTSVID, request: ValidateJWTSVIDRequest(audience: "db", svid: token).wireBytes()).1
+        }
+        #expect(try validate().status?.code == .invalidArgument, "b.org is not federated yet")
+
+        let jwks = try JSONValue.parse(try other.bundles()["spiffe://b.org"] ?? [])
+        guard case .array(let keys) = jwks["keys"] ?? .null else {
+            Issue.record("no keys in b.org's JWKS")
+            return
+        }
+        let ca = try TestCA(trustDomain: "b.org")
+        try local.setFederated([
+            try TrustDomain("b.org"): SPIFFEBundle(x509: ca.bundle, jwtKeys: keys.map(\.rendered))
+        ])
+        let valid = try validate()
+        #expect(valid.status == nil || valid.status?.code == .ok)
+        #expect(try ValidateJWTSVIDResponse(wireBytes: valid.messages[0]).spiffeID == otherID.uri)
+
+        let (_, bundles) = try h.open(.fetchJWTBundles)
+        let published = try JWTBundlesResponse(wireBytes: bundles.messages[0]).bundles
+        #expect(Set(published.keys) == ["spiffe://example.org", "spiffe://b.org"])
+
+        // c.org is not federated: its token is refused.
+        let stranger = try SPIFFEID(parsing: "spiffe://c.org/x")
+        let strangerKeys = try JWTSigningKeys.open(
+            stateDirectory: otherDir + "-c", now: clock.now(), keyLifetime: 6000, tokenLifetime: 300)
+        defer { try? FileManager.default.removeItem(atPath: otherDir + "-c") }
+        let strangerToken = try LocalJWTAuthority(keys: strangerKeys, spiffeID: stranger, ttl: 300, clock: clock)
+            .token(for: ["db"]).token
+        let (_, refused) = try h.open(
+            .validateJWTSVID, request: ValidateJWTSVIDRequest(audience: "db", svid: strangerToken).wireBytes())
+        #expect(refused.status?.code == .invalidArgument)
     }
 
     @Test func requestBoundsAndAnotherIDAreRefused() throws {
