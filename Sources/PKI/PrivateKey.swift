@@ -205,3 +205,23 @@ public struct PublicKey: Sendable, Equatable {
         EVP_PKEY_eq(handle.pointer, privateKey.handle.pointer) == 1
     }
 }
+
+extension PublicKey {
+    /// Parses a DER `SubjectPublicKeyInfo`; trailing bytes are an error. The key holds the public half only, even
+    /// when the bytes came from a private key's `publicKey` (which shares the private key's OpenSSL object): what
+    /// must outlive a private key without keeping it in memory.
+    public init(spkiDER der: [UInt8]) throws {
+        PKIError.clearErrorQueue()
+        let key: OpaquePointer? = der.withUnsafeBufferPointer { buffer in
+            var cursor = buffer.baseAddress
+            guard let key = d2i_PUBKEY(nil, &cursor, buffer.count) else { return nil }
+            if cursor != buffer.baseAddress.map({ $0 + buffer.count }) {
+                EVP_PKEY_free(key)
+                return nil
+            }
+            return key
+        }
+        guard let key else { throw PKIError.openSSL("parsing a DER SubjectPublicKeyInfo") }
+        self.init(handle: EVPKeyHandle(taking: key))
+    }
+}
