@@ -135,7 +135,7 @@ let package = Package(
 
         .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"]),
         .testTarget(name: "PKITests", dependencies: ["PKI", "TestSupport", "TLSTestServer"]),
-        .testTarget(name: "SPIFFETests", dependencies: ["SPIFFE", "PKI", "TestSupport"]),
+        .testTarget(name: "SPIFFETests", dependencies: ["SPIFFE", "PKI", "JSONText", "TestSupport"]),
         .testTarget(
             name: "IssuanceTests", dependencies: ["Issuance", "LocalCA", "SPIFFE", "PKI", "Transport", "TestSupport"]),
         .testTarget(
@@ -155,7 +155,7 @@ let package = Package(
             name: "SDSAgentTests",
             dependencies: [
                 "SDSAgent", "Servers", "TestSupport", "GRPC", "H2", "Wire", "XDS", "HTTP1", "Transport", "PKI",
-                "SPIFFE",
+                "SPIFFE", "LocalCA", "JWT", "JSONText",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "SDSDumpTests", dependencies: ["SDSDump", "JSONText", "Wire", "GRPC", "PKI", "TestSupport"]),

@@ -135,13 +135,7 @@ public enum JWTSVIDToken {
 /// `jwt-svid` (SPIFFE Trust Domain and Bundle spec).
 public enum JWKS {
     public static func document(_ keys: [JWTSigningKey]) throws -> [UInt8] {
-        let entries = try keys.map { key -> JSONValue in
-            let (x, y) = try key.privateKey.publicKey.ecCoordinates()
-            return .object([
-                ("kty", .string("EC")), ("kid", .string(key.kid)), ("crv", .string("P-256")),
-                ("x", .string(Base64URL.encode(x))), ("y", .string(Base64URL.encode(y))), ("use", .string("jwt-svid")),
-            ])
-        }
+        let entries = try keys.map { try entry(kid: $0.kid, publicKey: $0.privateKey.publicKey) }
         return Array(JSONValue.object([("keys", .array(entries))]).rendered.utf8)
     }
 
@@ -172,5 +166,13 @@ public enum JWKS {
             result[kid] = key
         }
         return result
+    }
+
+    /// One JWT authority as a JWK: `use`, `kty`, `kid`, then the key's parameters. The same object in the Workload
+    /// API's JWT bundle and in the SPIFFE bundle document (`sds-agent bundle show`), so the two cannot disagree.
+    public static func entry(kid: String, publicKey: PublicKey) throws -> JSONValue {
+        let members = SPIFFEBundle.jwkMembers(try publicKey.jwkParameters())
+        return .object(
+            [("use", .string("jwt-svid")), members[0], ("kid", .string(kid))] + members.dropFirst())
     }
 }

@@ -51,6 +51,43 @@ public final class JWTSigningKeys {
             keyLifetime: keyLifetime, schedule: RootRotationSchedule(svidLifetime: tokenLifetime), store: store)
     }
 
+    /// The public half of a JWT signing key, as the JWT bundle publishes it.
+    public struct PublishedKey: Sendable {
+        public let kid: String
+        public let publicKey: PublicKey
+        public let createdAt: Timestamp
+        public let notAfter: Timestamp
+    }
+
+    /// The keys of `stateDirectory`'s JWT bundle, current first, then the successor: what a running agent publishes
+    /// (it writes each change of the schedule before publishing it). Read only: nothing is created, finished or
+    /// removed, and only the public halves leave this function. nil when there is no key yet (no `jwt-key.pem`);
+    /// the agent's rules for the files (ours, mode 0600) apply, and a damaged file throws naming it.
+    public static func readPublished(stateDirectory: String) throws -> [PublishedKey]? {
+        let currentPath = stateDirectory + "/" + currentFileName
+        let successorPath = stateDirectory + "/" + successorFileName
+        guard Files.exists(currentPath) else {
+            if Files.exists(successorPath) {
+                throw JWTSVIDError("\(successorPath) exists but \(currentPath) is missing; restore it or remove both")
+            }
+            return nil
+        }
+        // Whoever can replace a key file can put their key in the bundle: the state dir must be ours, as for `open`.
+        try LocalCARoots.checkOwnedByUs(stateDirectory, what: "state dir", directory: true)
+        try checkKeyFiles(stateDirectory: stateDirectory)
+        // Re-parsed from its DER, the public key keeps nothing of the private one, which is freed on return.
+        func published(_ key: JWTSigningKey) throws -> PublishedKey {
+            PublishedKey(
+                kid: key.kid, publicKey: try PublicKey(spkiDER: key.privateKey.publicKey.spkiDER),
+                createdAt: key.createdAt, notAfter: key.notAfter)
+        }
+        let current = try published(try read(currentPath))
+        guard Files.exists(successorPath) else { return [current] }
+        let successor = try published(try read(successorPath))
+        // The same kid in both: a retirement stopped before removing jwt-key-next.pem (`open` finishes it).
+        return successor.kid == current.kid ? [current] : [current, successor]
+    }
+
     /// What the schedule says at `now`: performs a due change (creating or retiring a key) and returns the decision
     /// after it, with whether the set of keys changed.
     public func advance(now: Timestamp) throws -> (signer: JWTSigningKey, bundle: [JWTSigningKey], changed: Bool) {

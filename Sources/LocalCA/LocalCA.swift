@@ -100,6 +100,36 @@ public final class LocalCA: Sendable {
         }
     }
 
+    /// The bundle an operator-supplied CA serves (the self-signed certificates of `certificateChainPath`, as
+    /// `operatorSupplied` takes them), read without the key: for `sds-agent bundle show`, which publishes public
+    /// material only. The trust domain is checked as `operatorSupplied` does; whether the key matches and the CA
+    /// can sign is the agent's start-up check, not repeated here.
+    public static func operatorSuppliedRoots(certificateChainPath: String, trustDomain: TrustDomain) throws
+        -> [Certificate]
+    {
+        let chain: [Certificate]
+        do {
+            chain = try Certificate.parseChain(
+                pem: String(decoding: try Files.read(certificateChainPath), as: UTF8.self))
+        } catch let error as SystemError {
+            throw LocalCAError("\(error)")
+        } catch {
+            throw LocalCAError("\(certificateChainPath): not a PEM certificate chain: \(error)")
+        }
+        for uri in chain[0].uriSANs {
+            if let id = try? SPIFFEID(parsing: uri), id.trustDomain != trustDomain {
+                throw LocalCAError(
+                    "\(certificateChainPath): the CA certificate is for trust domain \(id.trustDomain), not \(trustDomain)"
+                )
+            }
+        }
+        let roots = chain.filter(\.isSelfSigned)
+        guard !roots.isEmpty else {
+            throw LocalCAError("\(certificateChainPath): the CA chain does not end at a self-signed root")
+        }
+        return roots
+    }
+
     /// An operator-supplied CA from memory: `signingChain` is the signing certificate, then intermediates,
     /// then the root(s).
     public convenience init(

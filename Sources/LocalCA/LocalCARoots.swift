@@ -1,5 +1,6 @@
 public import PKI
 public import SPIFFE
+import Transport
 
 /// The local CA's self-made roots in its state directory: the current root (`ca.pem`, `ca.key`) and, during a
 /// rotation, its successor (`ca-next.pem`, `ca-next.key`), kept by a `RotatingKeyStore` (atomic 0600 files,
@@ -117,14 +118,7 @@ struct RootFormat: RotatingKeyFormat {
         guard certificate.publicKeyMatches(key) else {
             throw LocalCAError("\(keyPath) does not match the certificate in \(certificatePath)")
         }
-        guard certificate.isCA, certificate.keyUsage?.contains(.keyCertSign) == true else {
-            throw LocalCAError("\(certificatePath) is not a CA certificate (needs CA:TRUE and keyCertSign)")
-        }
-        let domains = certificate.uriSANs.compactMap { try? SPIFFEID(parsing: $0).trustDomain }
-        guard domains.contains(trustDomain) else {
-            let found = domains.isEmpty ? "no trust domain" : "trust domain \(domains[0])"
-            throw LocalCAError("\(certificatePath) is the CA of \(found), not \(trustDomain)")
-        }
+        try LocalCARoots.checkRoot(certificate, path: certificatePath, trustDomain: trustDomain)
         return LocalCA(
             trustDomain: trustDomain, signingCertificate: certificate, signingKey: key, intermediates: [],
             roots: [certificate], createdNewRoot: false)
@@ -145,5 +139,87 @@ struct RootFormat: RotatingKeyFormat {
     func isSameKey(firstFile: String, lastFile: String) throws -> Bool {
         let certificate = try LocalCA.readCertificate(lastFile)
         return certificate.publicKeyMatches(try LocalCA.readKey(firstFile))
+    }
+}
+
+extension LocalCARoots {
+    static func checkRoot(_ certificate: Certificate, path certificatePath: String, trustDomain: TrustDomain)
+        throws
+    {
+        guard certificate.isCA, certificate.keyUsage?.contains(.keyCertSign) == true else {
+            throw LocalCAError("\(certificatePath) is not a CA certificate (needs CA:TRUE and keyCertSign)")
+        }
+        let domains = certificate.uriSANs.compactMap { try? SPIFFEID(parsing: $0).trustDomain }
+        guard domains.contains(trustDomain) else {
+            let found = domains.isEmpty ? "no trust domain" : "trust domain \(domains[0])"
+            throw LocalCAError("\(certificatePath) is the CA of \(found), not \(trustDomain)")
+        }
+    }
+
+    // MARK: - Reading only
+
+    /// The roots `stateDirectory` holds, current then successor: the X.509 bundle a running agent serves (it
+    /// saves each change of the schedule before serving it). Read only, for `sds-agent bundle show`: nothing is
+    /// created, finished or removed, and no private key is read (key files are only checked to exist, as `open`
+    /// needs each certificate's key). nil when there is no root yet (no state dir, or neither `ca.pem` nor
+    /// `ca.key`). The agent's rules apply: the state dir must be ours; a missing half, a certificate that is not a
+    /// CA of `trustDomain`, or a successor not newer than the current root throws a one-line `LocalCAError`.
+    ///
+    /// One state cannot be told apart without reading `ca.key`: `ca-next.pem` without `ca-next.key` is either a
+    /// retirement interrupted before `ca.pem` was replaced (the next start serves only the successor) or damage
+    /// (the next start refuses). It throws, asking for a start. A retirement interrupted after `ca.key` was replaced
+    /// but before `ca-next.key` was removed reads as both roots, one more than the next start serves: that root has
+    /// signed nothing still valid.
+    public static func readPublished(stateDirectory: String, trustDomain: TrustDomain) throws -> [Certificate]? {
+        guard Files.exists(stateDirectory) else { return nil }
+        try checkOwnedByUs(stateDirectory, what: "state dir", directory: true)
+        let paths = (
+            cert: stateDirectory + "/" + LocalCA.certificateFileName, key: stateDirectory + "/" + LocalCA.keyFileName,
+            nextCert: stateDirectory + "/" + successorCertificateFileName,
+            nextKey: stateDirectory + "/" + successorKeyFileName
+        )
+        let hasNext = (Files.exists(paths.nextCert), Files.exists(paths.nextKey))
+        switch (Files.exists(paths.cert), Files.exists(paths.key)) {
+        case (false, false):
+            guard !hasNext.0 && !hasNext.1 else {
+                let found = hasNext.0 ? paths.nextCert : paths.nextKey
+                throw LocalCAError(
+                    "\(found) exists but \(paths.cert) and \(paths.key) are missing; restore them or remove \(found)")
+            }
+            return nil
+        case (true, false):
+            throw LocalCAError("\(paths.key) is missing but \(paths.cert) exists; restore it or remove both")
+        case (false, true):
+            throw LocalCAError(
+                "\(paths.cert) is missing but \(paths.key) exists (interrupted first start?); restore it or remove both"
+            )
+        case (true, true):
+            break
+        }
+        let current = try LocalCA.readCertificate(paths.cert)
+        try checkRoot(current, path: paths.cert, trustDomain: trustDomain)
+        switch hasNext {
+        case (false, false):
+            return [current]
+        case (false, true):
+            throw LocalCAError(
+                "\(paths.nextCert) is missing but \(paths.nextKey) exists (interrupted root rotation?); restore it or remove \(paths.nextKey)"
+            )
+        case (true, false):
+            let next = try LocalCA.readCertificate(paths.nextCert)
+            // ca.pem already replaced by the successor: the retirement only missed removing ca-next.pem.
+            if next == current { return [current] }
+            throw LocalCAError(
+                "\(paths.nextCert) exists without \(paths.nextKey) (an interrupted root retirement, or damage): start the agent once, which finishes the retirement or names the damage"
+            )
+        case (true, true):
+            let next = try LocalCA.readCertificate(paths.nextCert)
+            try checkRoot(next, path: paths.nextCert, trustDomain: trustDomain)
+            guard next.notAfter > current.notAfter else {
+                throw LocalCAError(
+                    "\(paths.nextCert) expires before \(paths.cert): it cannot be its successor; remove ca-next.*")
+            }
+            return [current, next]
+        }
     }
 }

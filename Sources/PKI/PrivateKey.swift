@@ -200,19 +200,6 @@ public struct PublicKey: Sendable, Equatable {
     /// `SubjectPublicKeyInfo`, DER.
     public var spkiDER: [UInt8] { handle.publicKeyDER() }
 
-    /// Parses a DER `SubjectPublicKeyInfo` (a federated bundle's JWT key, built from its JWK parameters). Bounded:
-    /// a P-384 or RSA-4096 key is well under 1 KiB.
-    public init(spkiDER der: [UInt8]) throws {
-        guard !der.isEmpty, der.count <= 2048 else { throw PKIError(operation: "public key: \(der.count) bytes") }
-        PKIError.clearErrorQueue()
-        let key: OpaquePointer? = der.withUnsafeBufferPointer { buffer in
-            var cursor = buffer.baseAddress
-            return d2i_PUBKEY(nil, &cursor, buffer.count)
-        }
-        guard let key else { throw PKIError.openSSL("d2i_PUBKEY") }
-        self.handle = EVPKeyHandle(taking: key)
-    }
-
     public static func == (lhs: PublicKey, rhs: PublicKey) -> Bool {
         lhs.handle === rhs.handle || EVP_PKEY_eq(lhs.handle.pointer, rhs.handle.pointer) == 1
     }
@@ -220,5 +207,27 @@ public struct PublicKey: Sendable, Equatable {
     /// Whether `privateKey` is the other half of this key.
     public func matches(_ privateKey: PrivateKey) -> Bool {
         EVP_PKEY_eq(handle.pointer, privateKey.handle.pointer) == 1
+    }
+}
+
+extension PublicKey {
+    /// Parses a DER `SubjectPublicKeyInfo`; trailing bytes are an error. The key holds the public half only, even
+    /// when the bytes came from a private key's `publicKey` (which shares the private key's OpenSSL object): what
+    /// must outlive a private key without keeping it in memory.
+    public init(spkiDER der: [UInt8]) throws {
+        // Bounded: a P-521 or RSA-4096 key is well under 1 KiB, and the bytes may come from a federated bundle.
+        guard !der.isEmpty, der.count <= 4096 else { throw PKIError(operation: "public key: \(der.count) bytes") }
+        PKIError.clearErrorQueue()
+        let key: OpaquePointer? = der.withUnsafeBufferPointer { buffer in
+            var cursor = buffer.baseAddress
+            guard let key = d2i_PUBKEY(nil, &cursor, buffer.count) else { return nil }
+            if cursor != buffer.baseAddress.map({ $0 + buffer.count }) {
+                EVP_PKEY_free(key)
+                return nil
+            }
+            return key
+        }
+        guard let key else { throw PKIError.openSSL("parsing a DER SubjectPublicKeyInfo") }
+        self.init(handle: EVPKeyHandle(taking: key))
     }
 }

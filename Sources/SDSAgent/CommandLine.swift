@@ -7,6 +7,8 @@ public enum AgentCommandLine {
         case run(RawAgentOptions)
         /// `sds-agent healthcheck [--socket PATH]`: the socket to ask (nil: SDS_SOCKET, then the default).
         case healthcheck(socket: String?)
+        /// `sds-agent bundle show [--format spiffe|pem] [run's flags]`: the trust bundle the configuration serves.
+        case bundleShow(format: BundleShow.Format, options: RawAgentOptions)
         case help
         /// `--help-markdown` (not in `--help`): docs/configuration.md, as `make docs` writes it.
         case helpMarkdown
@@ -27,19 +29,33 @@ public enum AgentCommandLine {
             switch first {
             case "run": rest = rest.dropFirst()
             case "healthcheck": return try parseHealthcheck(rest.dropFirst())
+            case "bundle": return try parseBundle(rest.dropFirst())
             case "help", "-h", "--help": return .help
             case "--help-markdown": return .helpMarkdown
             case "version", "--version": return .version
             default:
                 if !first.hasPrefix("-") {
-                    throw UsageError(message: "unknown command '\(first)' (commands: run, healthcheck, help, version)")
+                    throw UsageError(
+                        message: "unknown command '\(first)' (commands: run, healthcheck, bundle, help, version)")
                 }
             }
         }
+        guard let (options, _) = try parseFlags(rest, command: "run") else { return .help }
+        return .run(options)
+    }
+
+    /// `run`'s flags (the option table) into `RawAgentOptions`, and the command's `own` flags (name without dashes →
+    /// value name) into a dictionary, the last value winning as with the table's flags. nil when `-h`/`--help` is
+    /// among them.
+    static func parseFlags(_ arguments: ArraySlice<String>, command: String, own: [String: String] = [:])
+        throws(UsageError) -> (RawAgentOptions, [String: String])?
+    {
+        var rest = arguments
         var options = RawAgentOptions()
+        var ownValues: [String: String] = [:]
         while let argument = rest.first {
             rest = rest.dropFirst()
-            if argument == "-h" || argument == "--help" { return .help }
+            if argument == "-h" || argument == "--help" { return nil }
             guard argument.hasPrefix("--") else {
                 throw UsageError(message: "unexpected argument '\(argument)' (flags start with --; see --help)")
             }
@@ -49,19 +65,45 @@ public enum AgentCommandLine {
                 value = String(name[name.index(after: eq)...])
                 name = String(name[..<eq])
             }
-            guard let option = AgentOption.named(name) else {
-                throw UsageError(message: "unknown flag --\(name) (see sds-agent run --help)")
+            let isOwn = own[name] != nil
+            let option = AgentOption.named(name)
+            guard isOwn || option != nil else {
+                throw UsageError(message: "unknown flag --\(name) (see sds-agent \(command) --help)")
             }
             if value == nil {
                 guard let next = rest.first, !next.hasPrefix("--") else {
-                    throw UsageError(message: "--\(name) needs a value (<\(option.valueName)>)")
+                    throw UsageError(
+                        message: "--\(name) needs a value (<\(own[name] ?? option?.valueName ?? "value")>)")
                 }
                 value = next
                 rest = rest.dropFirst()
             }
-            option.set(value ?? "", in: &options)
+            if isOwn { ownValues[name] = value } else { option?.set(value ?? "", in: &options) }
         }
-        return .run(options)
+        return (options, ownValues)
+    }
+
+    /// `bundle show` takes `--format` and every flag of `run` (it reads the configuration the same way).
+    static func parseBundle(_ arguments: ArraySlice<String>) throws(UsageError) -> Parsed {
+        guard let subcommand = arguments.first, subcommand == "show" else {
+            if let first = arguments.first, first == "-h" || first == "--help" { return .help }
+            let found = arguments.first.map { "'\($0)'" } ?? "nothing"
+            throw UsageError(
+                message: "bundle: expected 'show', got \(found) (sds-agent bundle show [--format spiffe|pem])")
+        }
+        guard
+            let (options, own) = try parseFlags(
+                arguments.dropFirst(), command: "bundle show", own: ["format": "spiffe|pem"])
+        else { return .help }
+        var format = BundleShow.Format.spiffe
+        if let text = own["format"] {
+            guard let chosen = BundleShow.Format(rawValue: text) else {
+                let choices = BundleShow.Format.allCases.map(\.rawValue).joined(separator: ", ")
+                throw UsageError(message: "--format: '\(text)' is not one of: \(choices)")
+            }
+            format = chosen
+        }
+        return .bundleShow(format: format, options: options)
     }
 
     /// `healthcheck` takes one flag, `--socket` (same default and environment variable as `run`).
@@ -97,6 +139,8 @@ public enum AgentCommandLine {
 
             USAGE: sds-agent run [flags]
                    sds-agent healthcheck [--socket <path>]   (exit 0 when SERVING, else 1; one line; an exec probe)
+                   sds-agent bundle show [--format spiffe|pem] [flags]   (print the trust bundle this configuration
+                     serves, for another trust domain's --federate-with; reads the state dir, never creates it)
 
             FLAGS (each also read from the environment variable in brackets; a flag wins; an empty variable is
             unset). Durations: 1h30m, 90s, 500ms or bare seconds. Sizes: bytes, or with Ki, Mi, Gi (16Mi).

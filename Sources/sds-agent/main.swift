@@ -24,6 +24,8 @@ do {
         exitCode = 0
     case .healthcheck(let socket):
         exitCode = HealthCheckClient.main(socket: socket, environment: AgentMain.processEnvironment())
+    case .bundleShow(let format, let options):
+        exitCode = BundleShow.main(format: format, options: options, environment: AgentMain.processEnvironment())
     case .run(let options):
         exitCode = AgentMain.run(options: options, environment: AgentMain.processEnvironment())
     }
