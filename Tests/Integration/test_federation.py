@@ -9,8 +9,9 @@ local CA, do mTLS with exact SAN matching once each agent federates with the oth
 
 Names: `spire-all` (the SVID under its SPIFFE ID, `ALL` as Envoy's SPIFFE validator) and Istio's federation setup
 (`default`, and `ROOTCA` as every domain's bundle: `--default-bundle-name null --default-all-bundles-name ROOTCA`).
-The bundle files are what the other agent serves for its own domain, written after both agents started: the agents
-pick them up from their watched files, as they would from a ConfigMap projection.
+The bundle files are what each agent's `sds-agent bundle show` prints (SPIFFE bundle documents with the X.509 and JWT
+authorities; PEM for the Istio names), written after both agents started: the agents pick them up from their watched
+files, as they would from a ConfigMap projection.
 """
 from __future__ import annotations
 
@@ -27,6 +28,17 @@ CLIENT_ID = f"spiffe://{DOMAIN_A}/ns/shop/sa/frontend"
 SERVER_ID = f"spiffe://{DOMAIN_B}/ns/pay/sa/payment"
 STRANGER_ID = f"spiffe://{DOMAIN_C}/ns/x/sa/stranger"
 ISTIO_FEDERATION_NAMES = ["--default-bundle-name", "null", "--default-all-bundles-name", "ROOTCA"]
+
+
+def bundle_show(sds_agent_bin, agent, fmt: str = "spiffe") -> bytes:
+    """What an operator publishes for the other cluster: `sds-agent bundle show` over the agent's own state dir."""
+    import subprocess
+
+    result = subprocess.run(
+        [str(sds_agent_bin), "bundle", "show", "--state-dir", str(agent.state_dir), "--trust-domain",
+         agent_domain(agent), "--format", fmt], capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout
 
 
 def own_bundle_pem(agent) -> bytes:
@@ -80,15 +92,17 @@ def test_two_trust_domains_federated_by_bundle_files_do_mtls_and_a_third_is_refu
         stranger = start_agent(factory, short_dir, "agent-c", STRANGER_ID, [f"{DOMAIN_B}={file_b}"], agent_names)
         # Before the exchange each agent trusts its own domain only.
         assert served_domains(agent_a, all_bundles) == {DOMAIN_A}
-        file_a.write_bytes(own_bundle_pem(agent_a))
-        file_b.write_bytes(own_bundle_pem(agent_b))
+        # SPIRE names get SPIFFE bundle documents, Istio names PEM: both forms a --federate-with file may hold.
+        fmt = "pem" if names == "istio" else "spiffe"
+        file_a.write_bytes(bundle_show(sds_agent_bin, agent_a, fmt))
+        file_b.write_bytes(bundle_show(sds_agent_bin, agent_b, fmt))
         for agent, expected in ((agent_a, {DOMAIN_A, DOMAIN_B}), (agent_b, {DOMAIN_A, DOMAIN_B}),
                                 (stranger, {DOMAIN_C, DOMAIN_B})):
             wait_for(lambda: served_domains(agent, all_bundles) == expected, SECRET_TIMEOUT,
                      f"{agent.spiffe_id}'s agent to serve {expected} under {all_bundles}")
         # The federated bundle is also served under its SPIFFE name, as the other domain's CA only.
         b_for_a = fetch_when_served(agent_a.socket_path, [f"spiffe://{DOMAIN_B}"])[f"spiffe://{DOMAIN_B}"]
-        assert b_for_a.validation_context.trusted_ca.inline_bytes == file_b.read_bytes()
+        assert b_for_a.validation_context.trusted_ca.inline_bytes == own_bundle_pem(agent_b)
 
         style = "istio" if names == "istio" else "spire-all"
         pair = start_mtls_pair(envoy_bin, short_dir, style, "GRPC", DOMAIN_B, str(agent_b.socket_path), SERVER_ID,
@@ -195,3 +209,40 @@ def test_relaying_spire_like_upstreams_that_federate_istio_names_do_mtls(sds_age
         factory.stop_all()
         for upstream in (upstream_a, upstream_b, upstream_c):
             upstream.stop()
+
+
+def test_py_spiffe_validates_a_jwt_svid_of_domain_b_on_domain_as_socket(sds_agent_bin, short_dir):
+    """A's agent federates with B through B's `bundle show` document (its jwt-svid keys included): py-spiffe fetches a
+    JWT-SVID from B's socket and A's ValidateJWTSVID accepts it; A's FetchJWTBundles carries B's JWT bundle, with
+    which py-spiffe verifies the token itself. Before the exchange A refuses it."""
+    from spiffe import JwtSvid, TrustDomain, WorkloadApiClient
+
+    factory = ProcessFactory("agent", [str(sds_agent_bin)], short_dir)
+    bundle_file = short_dir / "b.json"
+    try:
+        agent_b = start_agent(factory, short_dir, "agent-b", SERVER_ID, [], [])
+        agent_a = start_agent(factory, short_dir, "agent-a", CLIENT_ID, [f"{DOMAIN_B}={bundle_file}"], [])
+        with WorkloadApiClient(f"unix:{agent_b.socket_path}") as b:
+            token = wait_for(lambda: b.fetch_jwt_svid({"payments"}), SECRET_TIMEOUT, "a JWT-SVID from B").token
+        with WorkloadApiClient(f"unix:{agent_a.socket_path}") as a:
+            with pytest.raises(Exception):
+                a.validate_jwt_svid(token, "payments")
+            bundle_file.write_bytes(bundle_show(sds_agent_bin, agent_b))
+
+            def validated():
+                try:
+                    return a.validate_jwt_svid(token, "payments")
+                except Exception:  # noqa: BLE001 - not federated yet
+                    return None
+            svid = wait_for(validated, SECRET_TIMEOUT, "A to validate B's JWT-SVID")
+            assert str(svid.spiffe_id) == SERVER_ID
+            bundles = a.fetch_jwt_bundles()
+            b_bundle = bundles.get_bundle_for_trust_domain(TrustDomain(DOMAIN_B))
+            assert b_bundle is not None and b_bundle.jwt_authorities
+            checked = JwtSvid.parse_and_validate(token, b_bundle, {"payments"})
+            assert str(checked.spiffe_id) == SERVER_ID
+            # The audience is still checked for a federated token.
+            with pytest.raises(Exception):
+                a.validate_jwt_svid(token, "other-audience")
+    finally:
+        factory.stop_all()
