@@ -110,6 +110,12 @@ public final class Agent {
                 default: false
                 }
             })
+        // SPIRE's per-Envoy switch: node metadata `disable_spiffe_cert_validation: true` gets the all-bundles name as
+        // a plain CA list.
+        let plainAllBundles = [
+            configuration.naming.allBundles: IdentitySecrets.plainVariantKey(configuration.naming.allBundles)
+        ]
+        service.aliases = { node in node.disableSPIFFECertValidation ? plainAllBundles : [:] }
         let router = GRPCRouter()
         service.register(on: router)
         self.workloadAPI = WorkloadAPIService(logger: logger, monotonicNow: EventLoop.monotonicSeconds)
@@ -385,9 +391,11 @@ public final class Agent {
     }
 
     /// The SDS secrets of `update` (nil, logged, when the SVID cannot be encoded).
-    private func secrets(for update: IdentityUpdate) -> [Secret]? {
+    private func secrets(for update: IdentityUpdate) -> IdentitySecretSet? {
         do {
-            return try IdentitySecrets.secrets(for: update, crlPEM: revocation?.pem, naming: configuration.naming)
+            let built = try IdentitySecrets.secretsAndVariants(
+                for: update, crlPEM: revocation?.pem, naming: configuration.naming)
+            return IdentitySecretSet(secrets: built.secrets, variants: built.variants)
         } catch {
             logger.error("cannot encode the SVID", metadata: ["error": "\(error)"])
             return nil
@@ -396,8 +404,8 @@ public final class Agent {
 
     /// Publishes `update` (as `secrets`) to SDS and the Workload API; returns the SDS names whose content changed.
     @discardableResult
-    private func publish(_ update: IdentityUpdate, _ secrets: [Secret]) -> [String] {
-        let changed = service.publish(secrets)
+    private func publish(_ update: IdentityUpdate, _ secrets: IdentitySecretSet) -> [String] {
+        let changed = service.publish(secrets.secrets, variants: secrets.variants)
         do { try workloadAPI.publish(update) } catch {
             logger.error("cannot encode the SVID for the Workload API", metadata: ["error": "\(error)"])
         }
@@ -497,7 +505,7 @@ public final class Agent {
     /// Publishes `update`'s secrets again (the CRLs changed); returns the names whose content changed.
     @discardableResult
     private func publishSecrets(for update: IdentityUpdate) -> [String] {
-        secrets(for: update).map { service.publish($0) } ?? []
+        secrets(for: update).map { service.publish($0.secrets, variants: $0.variants) } ?? []
     }
 
     /// An SVID is served until it expires, however long the issuer is down — and not after: an expired certificate
@@ -593,4 +601,10 @@ final class OwnIdentity: @unchecked Sendable {
         self.id = id
         self.trustDomain = trustDomain
     }
+}
+
+/// An identity's SDS secrets and their per-client variants, by cache key.
+struct IdentitySecretSet {
+    let secrets: [Secret]
+    let variants: [String: Secret]
 }

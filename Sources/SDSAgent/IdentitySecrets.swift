@@ -23,6 +23,18 @@ public enum IdentitySecrets {
     public static func secrets(for update: IdentityUpdate, crlPEM: String? = nil, naming: SDSNaming = .spire) throws
         -> [Secret]
     {
+        try secretsAndVariants(for: update, crlPEM: crlPEM, naming: naming).secrets
+    }
+
+    /// The cache key of the all-bundles name's plain variant: what an Envoy whose node metadata sets
+    /// `disable_spiffe_cert_validation: true` gets for that name (SPIRE's behaviour). The NUL byte keeps it out of
+    /// reach of any request (names with one are refused on the wire).
+    public static func plainVariantKey(_ name: String) -> String { name + "\u{0}trusted_ca" }
+
+    /// The secrets, and the per-client variants by cache key (see `plainVariantKey`).
+    public static func secretsAndVariants(
+        for update: IdentityUpdate, crlPEM: String? = nil, naming: SDSNaming = .spire
+    ) throws -> (secrets: [Secret], variants: [String: Secret]) {
         let svid = update.svid
         let certificate = Secret.Kind.tlsCertificate(
             TLSCertificate(
@@ -55,7 +67,14 @@ public enum IdentitySecrets {
                     CertificateValidationContext(
                         customValidatorConfig: TypedExtensionConfig(
                             name: spiffeValidatorName, typedConfig: AnyMessage(packing: validator))))))
-        return secrets
+        // Every domain's roots in one list: each CA then vouches for any ID, which is why it is only served to an
+        // Envoy that asked for it.
+        let plain = Secret(
+            name: naming.allBundles,
+            kind: .validationContext(
+                CertificateValidationContext(
+                    trustedCA: .inlineBytes(Array(update.bundles.map(\.pem).joined().utf8)))))
+        return (secrets, [plainVariantKey(naming.allBundles): plain])
     }
 }
 

@@ -39,6 +39,10 @@ public final class SecretDiscoveryService {
     /// Which names open streams and held fetches hold.
     public private(set) var subscriptions = SubscriptionCounts()
 
+    /// Per-client variants: the names a client with this node is answered from other cache entries (see
+    /// `SecretCache.viewing`). Asked once per stream, with the node of its first request.
+    public var aliases: (Node) -> [String: String] = { _ in [:] }
+
     /// Pushes, NACKs and refused names are counted here (for `/metrics`).
     public let metrics: AgentMetrics
     /// Names never served that were already warned about; bounded so that a client inventing names cannot grow it.
@@ -113,17 +117,31 @@ public final class SecretDiscoveryService {
 
     // MARK: Publishing
 
+    /// The cache as a client with `aliases` sees it (the cache itself when it has none).
+    fileprivate func cache(for aliases: [String: String]) -> SecretCache {
+        aliases.isEmpty ? cache : cache.viewing(aliases)
+    }
+
     /// Puts `secrets` into the cache (versions are content hashes, so unchanged content is no change) and pushes to
     /// every stream that holds a changed name. Returns the names whose content changed.
+    /// `variants` are stored under their key, not their name: the variant a client with an alias to that key gets
+    /// when it asks for the secret's name.
     @discardableResult
-    public func publish(_ secrets: [Secret]) -> [String] {
+    public func publish(_ secrets: [Secret], variants: [String: Secret] = [:]) -> [String] {
         var changed: [String] = []
+        var variantChanged = false
         for secret in secrets {
             let resource = AnyMessage(packing: secret)
             let version = ContentHash.hex(resource.value)
             if cache.set(name: secret.name, version: version, resource: resource) { changed.append(secret.name) }
         }
-        if !changed.isEmpty { pushCacheChange() }
+        for (key, secret) in variants.sorted(by: { $0.key < $1.key }) {
+            let resource = AnyMessage(packing: secret)
+            if cache.set(name: key, version: ContentHash.hex(resource.value), resource: resource) {
+                variantChanged = true
+            }
+        }
+        if !changed.isEmpty || variantChanged { pushCacheChange() }
         return changed
     }
 
@@ -209,6 +227,8 @@ public final class SecretDiscoveryService {
         let call: GRPCServerCall
         var machine: Machine
         let id: UInt64
+        /// This client's variants (its node's), fixed by its first request.
+        var aliases: [String: String] = [:]
         init(call: GRPCServerCall, id: UInt64) {
             self.call = call
             self.id = id
@@ -218,7 +238,7 @@ public final class SecretDiscoveryService {
         var mode: String { Machine.mode }
 
         func cacheChanged(in service: SecretDiscoveryService) {
-            service.perform(machine.cacheChanged(service.cache), on: self)
+            service.perform(machine.cacheChanged(service.cache(for: aliases)), on: self)
         }
     }
 
@@ -235,7 +255,8 @@ public final class SecretDiscoveryService {
             guard let self, let stream else { return }
             let key = ObjectIdentifier(stream.call)
             let before = stream.machine.subscribedNames
-            let actions = stream.machine.receive(request, cache: self.cache)
+            if stream.machine.node == nil, let node = Machine.node(of: request) { stream.aliases = self.aliases(node) }
+            let actions = stream.machine.receive(request, cache: self.cache(for: stream.aliases))
             let asked = stream.machine.namesAsked(by: request, before: before)
             // Logged before the push it may cause, so the log reads in causal order.
             if asked != nil {
@@ -266,7 +287,7 @@ public final class SecretDiscoveryService {
         // one when the transport took it.
         call.onWritable = { [weak self, weak stream] in
             guard let self, let stream else { return }
-            self.perform(stream.machine.transportReady(self.cache), on: stream)
+            self.perform(stream.machine.transportReady(self.cache(for: stream.aliases)), on: stream)
         }
     }
 
@@ -358,7 +379,7 @@ public final class SecretDiscoveryService {
 
     /// Answers a FetchSecrets call if it can; returns false while its names are still being issued.
     private func answerFetch(_ call: GRPCServerCall, _ request: DiscoveryRequest) -> Bool {
-        switch SecretFetch.decide(request, cache: cache) {
+        switch SecretFetch.decide(request, cache: cache(for: request.node.map(aliases) ?? [:])) {
         case .respond(let response):
             call.send(response.wireBytes())
             call.finish(.ok)

@@ -140,11 +140,23 @@ extension Node: WireMessage {
         default:
             break
         }
+        // Only the one key is read; the rest of the metadata (Istio's labels, versions ...) stays in `rawBytes`.
+        var disableSPIFFECertValidation = false
+        if let metadata = node.metadata {
+            for index in 0..<metadata.pointee.n_fields {
+                guard let entry = metadata.pointee.fields[index], let key = entry.pointee.key,
+                    String(cString: key) == Self.disableSPIFFECertValidationKey, let value = entry.pointee.value
+                else { continue }
+                disableSPIFFECertValidation =
+                    value.pointee.kind_case == GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE && value.pointee.bool_value != 0
+            }
+        }
         self.init(
             id: try swiftString(node.id, field: "Node.id"),
             cluster: try swiftString(node.cluster, field: "Node.cluster"),
             userAgentName: try swiftString(node.user_agent_name, field: "Node.user_agent_name"),
-            userAgentVersion: userAgentVersion, rawBytes: rawBytes)
+            userAgentVersion: userAgentVersion, disableSPIFFECertValidation: disableSPIFFECertValidation,
+            rawBytes: rawBytes)
     }
 
     /// The modelled fields only; a version goes out as the `user_agent_version` string, which decodes back
@@ -159,6 +171,23 @@ extension Node: WireMessage {
             c.pointee.user_agent_version_type_case =
                 ENVOY__CONFIG__CORE__V3__NODE__USER_AGENT_VERSION_TYPE_USER_AGENT_VERSION
             c.pointee.user_agent_version = arena.cString(userAgentVersion)
+        }
+        if disableSPIFFECertValidation {
+            let value = arena.make(CValue.self)
+            google__protobuf__value__init(value)
+            value.pointee.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE
+            value.pointee.bool_value = 1
+            let entry = arena.make(CStructEntry.self)
+            google__protobuf__struct__fields_entry__init(entry)
+            entry.pointee.key = arena.cString(Self.disableSPIFFECertValidationKey)
+            entry.pointee.value = value
+            let metadata = arena.make(CStruct.self)
+            google__protobuf__struct__init(metadata)
+            let entries = arena.make(UnsafeMutablePointer<CStructEntry>?.self)
+            entries.pointee = entry
+            metadata.pointee.n_fields = 1
+            metadata.pointee.fields = entries
+            c.pointee.metadata = metadata
         }
         return c
     }

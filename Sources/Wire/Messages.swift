@@ -114,18 +114,25 @@ public struct Node: Sendable, Equatable {
     public var userAgentName: String
     /// `user_agent_build_version.version` rendered as `major.minor.patch`, when present.
     public var userAgentVersion: String
+    /// `metadata.disable_spiffe_cert_validation: true` (SPIRE's switch): this Envoy wants the all-bundles secret as a
+    /// plain `trusted_ca`, not as the SPIFFE certificate validator config.
+    public var disableSPIFFECertValidation: Bool
     /// The node exactly as received (empty for a node built in Swift). When non-empty it is what gets encoded.
     public var rawBytes: [UInt8]
     public init(
         id: String = "", cluster: String = "", userAgentName: String = "", userAgentVersion: String = "",
-        rawBytes: [UInt8] = []
+        disableSPIFFECertValidation: Bool = false, rawBytes: [UInt8] = []
     ) {
         self.id = id
         self.cluster = cluster
         self.userAgentName = userAgentName
         self.userAgentVersion = userAgentVersion
+        self.disableSPIFFECertValidation = disableSPIFFECertValidation
         self.rawBytes = rawBytes
     }
+
+    /// The metadata key SPIRE reads for `disableSPIFFECertValidation`.
+    public static let disableSPIFFECertValidationKey = "disable_spiffe_cert_validation"
 }
 
 /// `envoy.config.core.v3.DataSource`.

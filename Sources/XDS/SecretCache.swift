@@ -45,6 +45,10 @@ public struct SecretCache: Sendable {
     public typealias NameClassifier = @Sendable (String) -> SecretNameKind
 
     private var entries: [String: Entry] = [:]
+    /// Requested name → the entry this view answers it with: a per-client variant (the all-bundles name as a plain
+    /// CA list for an Envoy whose node metadata asks for it). Empty in the service's own cache; set on a copy by
+    /// `viewing(_:)`, which shares the entries' storage.
+    private var aliases: [String: String] = [:]
     /// Grows by one on every `set` that changes content and every `remove` that removes something.
     public private(set) var revision: UInt64 = 0
     private let classifier: NameClassifier
@@ -79,15 +83,25 @@ public struct SecretCache: Sendable {
         revision += 1
     }
 
+    /// This cache as one client sees it: each name in `aliases` answered with the entry stored under its value.
+    /// A copy that shares the entries (copy-on-write), so a per-stream view costs no copy of the secrets.
+    public func viewing(_ aliases: [String: String]) -> SecretCache {
+        var view = self
+        view.aliases = aliases
+        return view
+    }
+
+    private func stored(_ name: String) -> Entry? { entries[aliases[name] ?? name] }
+
     /// The cached secret called `name`, if any.
-    public func entry(named name: String) -> Entry? { entries[name] }
+    public func entry(named name: String) -> Entry? { stored(name) }
 
     /// The version of the cached secret called `name`, if any.
-    public func version(of name: String) -> String? { entries[name]?.version }
+    public func version(of name: String) -> String? { stored(name)?.version }
 
     /// A cached secret is available whatever the classifier says; an absent one is pending or never served.
     public func availability(of name: String) -> SecretAvailability {
-        if entries[name] != nil { return .available }
+        if stored(name) != nil { return .available }
         switch classifier(name) {
         case .served: return .pending
         case .neverServed: return .neverServed

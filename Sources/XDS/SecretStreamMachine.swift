@@ -40,6 +40,9 @@ public protocol SecretStreamMachine {
     mutating func responseAwaitsTransport()
     mutating func transportReady(_ cache: SecretCache) -> [Action]
 
+    /// The node a request carries (the first one of a stream does).
+    static func node(of request: Request) -> Node?
+
     /// The names `request` newly asks for, when it changed the subscription (nil when it did not): what on-demand
     /// secrets must be loaded for. `before` is `subscribedNames` before the request was received.
     func namesAsked(by request: Request, before: [String]) -> [String]?
@@ -52,6 +55,8 @@ public protocol SecretStreamMachine {
 
 extension SotWStream: SecretStreamMachine {
     public static let mode = "sotw"
+
+    public static func node(of request: DiscoveryRequest) -> Node? { request.node }
 
     public func namesAsked(by request: DiscoveryRequest, before: [String]) -> [String]? {
         subscribedNames != before ? subscribedNames : nil
@@ -82,6 +87,8 @@ extension SotWStream: SecretStreamMachine {
 
 extension DeltaStream: SecretStreamMachine {
     public static let mode = "delta"
+
+    public static func node(of request: DeltaDiscoveryRequest) -> Node? { request.node }
 
     public func namesAsked(by request: DeltaDiscoveryRequest, before: [String]) -> [String]? {
         request.resourceNamesSubscribe.isEmpty && request.resourceNamesUnsubscribe.isEmpty

@@ -345,12 +345,14 @@ def start_mtls_pair(
     stack: list,
     client_expects: str | None = None,
     client_trust_domain: str | None = None,
+    client_bootstrap_edit=lambda text: text,
 ) -> MtlsPair:
     """Start the server Envoy, read its mTLS port, start the client Envoy pointed at it; both wait for SDS.
 
     Each Envoy is appended to `stack` as soon as it runs, so the caller's teardown stops it even if a wait fails.
     `client_expects`: the SPIFFE ID the client Envoy demands of the server (default `server_id`; another one makes
-    every handshake fail, for tests of the SAN check). `client_trust_domain`: the client's own trust domain, if it
+    every handshake fail, for tests of the SAN check). `client_bootstrap_edit`: a change to the client's bootstrap
+    (e.g. node metadata). `client_trust_domain`: the client's own trust domain, if it
     is not the server's (default `trust_domain`).
     """
     server = Envoy(envoy_bin, "server-envoy", substitute(example(style, api_type, "server").read_text(), {
@@ -361,11 +363,11 @@ def start_mtls_pair(
     server.start(wait_ready=False)
     # Static listeners bind before SDS arrives, so the port is known while Envoy still waits for its secrets.
     server_port = server.listener_port("mtls_in")
-    client = Envoy(envoy_bin, "client-envoy", substitute(example(style, api_type, "client").read_text(), {
+    client = Envoy(envoy_bin, "client-envoy", client_bootstrap_edit(substitute(example(style, api_type, "client").read_text(), {
         "SDS_SOCKET": client_socket, "ADMIN_PORT": 0, "LISTENER_PORT": 0, "UPSTREAM_PORT": server_port,
         "PEER_SPIFFE_ID": client_expects or server_id, "SPIFFE_ID": client_id,
         "TRUST_DOMAIN": client_trust_domain or trust_domain,
-    }), workdir)
+    })), workdir)
     stack.append(client)
     client.start(wait_ready=False)
     server.wait_ready()

@@ -15,6 +15,7 @@ files, as they would from a ConfigMap projection.
 """
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 
@@ -245,4 +246,67 @@ def test_py_spiffe_validates_a_jwt_svid_of_domain_b_on_domain_as_socket(sds_agen
             with pytest.raises(Exception):
                 a.validate_jwt_svid(token, "other-audience")
     finally:
+        factory.stop_all()
+
+
+def test_disable_spiffe_cert_validation_gets_the_all_bundles_name_as_a_plain_ca_list(sds_agent_bin, envoy_bin,
+                                                                                     short_dir):
+    """SPIRE's per-Envoy switch: an Envoy whose node metadata sets `disable_spiffe_cert_validation: true` gets the
+    all-bundles name as `trusted_ca` (every domain's roots), while other clients keep the SPIFFE validator config.
+    Checked with a grpcio stream (node metadata set) and with a real Envoy, which then does mTLS with it."""
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.discovery.v3 import discovery_pb2
+    from envoy.service.secret.v3 import sds_pb2_grpc
+    from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+    from google.protobuf import struct_pb2
+    import grpc
+
+    factory = ProcessFactory("agent", [str(sds_agent_bin)], short_dir)
+    file_b = short_dir / "b.json"
+    stack: list[Envoy] = []
+    try:
+        file_a = short_dir / "a.json"
+        agent_b = start_agent(factory, short_dir, "agent-b", SERVER_ID, [f"{DOMAIN_A}={file_a}"], [])
+        file_b.write_bytes(bundle_show(sds_agent_bin, agent_b))
+        agent_a = start_agent(factory, short_dir, "agent-a", CLIENT_ID, [f"{DOMAIN_B}={file_b}"], [])
+        file_a.write_bytes(bundle_show(sds_agent_bin, agent_a))
+        assert served_domains(agent_a, "ALL") == {DOMAIN_A, DOMAIN_B}, "a client without the switch"
+        wait_for(lambda: served_domains(agent_b, "ALL") == {DOMAIN_A, DOMAIN_B}, SECRET_TIMEOUT,
+                 "B to federate with A")
+
+        metadata = struct_pb2.Struct()
+        metadata.update({"disable_spiffe_cert_validation": True, "ISTIO_VERSION": "1.28.0"})
+        node = base_pb2.Node(id="plain-envoy", cluster="test", metadata=metadata)
+        with grpc.insecure_channel(f"unix:{agent_a.socket_path}") as channel:
+            stream = sds_pb2_grpc.SecretDiscoveryServiceStub(channel).StreamSecrets(
+                iter([discovery_pb2.DiscoveryRequest(node=node, resource_names=["ALL"],
+                                                     type_url="type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret")]),
+                timeout=10)
+            response = next(stream)
+            stream.cancel()
+        secret = secret_pb2.Secret()
+        assert response.resources[0].Unpack(secret)
+        assert secret.name == "ALL"
+        assert not secret.validation_context.HasField("custom_validator_config")
+        ca = secret.validation_context.trusted_ca.inline_bytes
+        assert own_bundle_pem(agent_a) in ca and own_bundle_pem(agent_b) in ca, "every domain's roots"
+
+        # A real Envoy with the switch in its node metadata (spire-all names): it is given the plain list, and does
+        # mTLS with B's server with it.
+        def with_switch(bootstrap: str) -> str:
+            assert "node:\n" in bootstrap
+            return bootstrap.replace("node:\n", "node:\n  metadata: {disable_spiffe_cert_validation: true}\n", 1)
+        pair = start_mtls_pair(envoy_bin, short_dir, "spire-all", "GRPC", DOMAIN_B, str(agent_b.socket_path),
+                               SERVER_ID, str(agent_a.socket_path), CLIENT_ID, stack, client_trust_domain=DOMAIN_A,
+                               client_bootstrap_edit=with_switch)
+        seen = pair.request()
+        assert seen.status == 200, seen
+        assert (seen.server_saw_peer_id, seen.client_saw_peer_id) == (CLIENT_ID, SERVER_ID)
+        dump = json.dumps(pair.client.admin_json("/config_dump?resource=dynamic_active_secrets"))
+        assert "trusted_ca" in dump and "SPIFFECertValidatorConfig" not in dump, "the client Envoy got the plain list"
+        server_dump = json.dumps(pair.server.admin_json("/config_dump?resource=dynamic_active_secrets"))
+        assert "SPIFFECertValidatorConfig" in server_dump, "an Envoy without the switch keeps the validator config"
+    finally:
+        for envoy in reversed(stack):
+            envoy.stop()
         factory.stop_all()

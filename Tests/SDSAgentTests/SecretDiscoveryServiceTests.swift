@@ -61,6 +61,32 @@ func open(_ h: ServiceHarness, _ method: SecretDiscoveryServiceMethod) throws ->
 }
 
 @Suite struct SecretDiscoveryServiceTests {
+    /// A client whose node asks for it (SPIRE's `disable_spiffe_cert_validation`) is answered from the variant entry
+    /// under the name it asked for; another client on the same service gets the ordinary secret.
+    @Test func aNodesAliasesPickTheVariantItIsServed() throws {
+        let h = ServiceHarness()
+        h.service.aliases = { $0.disableSPIFFECertValidation ? ["ALL": "ALL\u{0}plain"] : [:] }
+        h.service.publish(
+            [h.secret("ALL", "validator")], variants: ["ALL\u{0}plain": h.secret("ALL", "plain")])
+        func firstResponse(_ node: Node) throws -> Secret {
+            let (call, received) = try open(h, .streamSecrets)
+            call.send(DiscoveryRequest(node: node, resourceNames: ["ALL"], typeURL: Secret.typeURL).wireBytes())
+            h.pair.pump()
+            let response = try DiscoveryResponse(wireBytes: try #require(received.messages.first))
+            return try Secret(wireBytes: try #require(response.resources.first).value)
+        }
+        let plain = try firstResponse(Node(id: "plain", disableSPIFFECertValidation: true))
+        let ordinary = try firstResponse(Node(id: "ordinary"))
+        #expect(plain.name == "ALL" && ordinary.name == "ALL")
+        guard case .tlsCertificate(let plainTLS) = plain.kind, case .tlsCertificate(let ordinaryTLS) = ordinary.kind
+        else {
+            Issue.record("unexpected kinds")
+            return
+        }
+        #expect(plainTLS.certificateChain == .inlineBytes(Array("plain".utf8)))
+        #expect(ordinaryTLS.certificateChain == .inlineBytes(Array("validator".utf8)))
+    }
+
     @Test func sotwHoldsUntilIssuedThenPushesOnlyOnChange() throws {
         let h = ServiceHarness(feedMode: .byteByByte)
         let (call, received) = try open(h, .streamSecrets)

@@ -205,6 +205,22 @@ private let secretTypeURL = "type.googleapis.com/envoy.extensions.transport_sock
                 "inline_string"] as? String == "PEM\n")
     }
 
+    /// SPIRE's per-Envoy switch in node metadata: what xds-protos encodes decodes to the flag, and a node built with
+    /// it encodes as a Struct the Python peer reads back.
+    @Test func disableSPIFFECertValidationInNodeMetadata() throws {
+        let built = DiscoveryRequest(
+            node: Node(id: "n", disableSPIFFECertValidation: true), resourceNames: ["ALL"], typeURL: Secret.typeURL)
+        let json = try PythonPeer.decode(built)
+        let metadata = try #require((json["node"] as? [String: Any])?["metadata"] as? [String: Any])
+        #expect(metadata["disable_spiffe_cert_validation"] as? Bool == true)
+        let decoded = try DiscoveryRequest(wireBytes: built.wireBytes())
+        #expect(decoded.node?.disableSPIFFECertValidation == true)
+        let plain = try DiscoveryRequest(
+            wireBytes: DiscoveryRequest(node: Node(id: "n"), resourceNames: ["ALL"], typeURL: Secret.typeURL)
+                .wireBytes())
+        #expect(plain.node?.disableSPIFFECertValidation == false)
+    }
+
     @Test func discoveryRequestWithSwiftBuiltNode() throws {
         let request = DiscoveryRequest(
             versionInfo: "v9",
