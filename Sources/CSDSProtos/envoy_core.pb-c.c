@@ -225,7 +225,7 @@ const ProtobufCMessageDescriptor envoy__config__core__v3__build_version__descrip
   (ProtobufCMessageInit) envoy__config__core__v3__build_version__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor envoy__config__core__v3__node__field_descriptors[6] =
+static const ProtobufCFieldDescriptor envoy__config__core__v3__node__field_descriptors[5] =
 {
   {
     "id",
@@ -248,18 +248,6 @@ static const ProtobufCFieldDescriptor envoy__config__core__v3__node__field_descr
     offsetof(Envoy__Config__Core__V3__Node, cluster),
     NULL,
     &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "metadata",
-    3,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_MESSAGE,
-    0,   /* quantifier_offset */
-    offsetof(Envoy__Config__Core__V3__Node, metadata),
-    &google__protobuf__struct__descriptor,
-    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -303,16 +291,15 @@ static const ProtobufCFieldDescriptor envoy__config__core__v3__node__field_descr
 static const unsigned envoy__config__core__v3__node__field_indices_by_name[] = {
   1,   /* field[1] = cluster */
   0,   /* field[0] = id */
-  2,   /* field[2] = metadata */
-  5,   /* field[5] = user_agent_build_version */
-  3,   /* field[3] = user_agent_name */
-  4,   /* field[4] = user_agent_version */
+  4,   /* field[4] = user_agent_build_version */
+  2,   /* field[2] = user_agent_name */
+  3,   /* field[3] = user_agent_version */
 };
 static const ProtobufCIntRange envoy__config__core__v3__node__number_ranges[2 + 1] =
 {
   { 1, 0 },
-  { 6, 3 },
-  { 0, 6 }
+  { 6, 2 },
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor envoy__config__core__v3__node__descriptor =
 {
@@ -322,7 +309,7 @@ const ProtobufCMessageDescriptor envoy__config__core__v3__node__descriptor =
   "Envoy__Config__Core__V3__Node",
   "envoy.config.core.v3",
   sizeof(Envoy__Config__Core__V3__Node),
-  6,
+  5,
   envoy__config__core__v3__node__field_descriptors,
   envoy__config__core__v3__node__field_indices_by_name,
   2,  envoy__config__core__v3__node__number_ranges,

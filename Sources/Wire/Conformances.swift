@@ -140,23 +140,59 @@ extension Node: WireMessage {
         default:
             break
         }
-        // Only the one key is read; the rest of the metadata (Istio's labels, versions ...) stays in `rawBytes`.
-        var disableSPIFFECertValidation = false
-        if let metadata = node.metadata {
-            for index in 0..<metadata.pointee.n_fields {
-                guard let entry = metadata.pointee.fields[index], let key = entry.pointee.key,
-                    String(cString: key) == Self.disableSPIFFECertValidationKey, let value = entry.pointee.value
-                else { continue }
-                disableSPIFFECertValidation =
-                    value.pointee.kind_case == GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE && value.pointee.bool_value != 0
-            }
-        }
+        // Only the one key is read, from the bytes: the metadata (Istio's labels, versions ...) is never unpacked.
+        let disableSPIFFECertValidation = Self.metadataFlag(Self.disableSPIFFECertValidationKey, inNode: rawBytes)
         self.init(
             id: try swiftString(node.id, field: "Node.id"),
             cluster: try swiftString(node.cluster, field: "Node.cluster"),
             userAgentName: try swiftString(node.user_agent_name, field: "Node.user_agent_name"),
             userAgentVersion: userAgentVersion, disableSPIFFECertValidation: disableSPIFFECertValidation,
             rawBytes: rawBytes)
+    }
+
+    /// Whether the node's metadata (field 3, a `google.protobuf.Struct`) sets `key` to `true`: its top-level
+    /// entries are scanned in the wire bytes, never recursing, however deep the rest of the metadata nests.
+    static func metadataFlag(_ key: String, inNode bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBytes { node in
+            var value = false
+            var nodeScanner = WireScanner(node)
+            while let field = try? nodeScanner.next() {
+                guard field.number == 3, field.wireType == .lengthDelimited else { continue }
+                let metadataBytes = UnsafeRawBufferPointer(rebasing: node[field.payload])
+                var metadata = WireScanner(metadataBytes)
+                while let entryField = try? metadata.next() {
+                    guard entryField.number == 1, entryField.wireType == .lengthDelimited else { continue }
+                    let entryBytes = UnsafeRawBufferPointer(rebasing: metadataBytes[entryField.payload])
+                    if let flag = Self.boolEntry(entryBytes, key: key) { value = flag }
+                }
+            }
+            return value
+        }
+    }
+
+    /// A map entry `{key = 1; value = 2}` whose key is `key`: its Value's `bool_value` (field 4), false for any
+    /// other kind; nil for another key.
+    private static func boolEntry(_ entry: UnsafeRawBufferPointer, key: String) -> Bool? {
+        var scanner = WireScanner(entry)
+        var matches = false
+        var flag = false
+        while let field = try? scanner.next() {
+            let payload = UnsafeRawBufferPointer(rebasing: entry[field.payload])
+            if field.number == 1, field.wireType == .lengthDelimited {
+                matches = payload.elementsEqual(key.utf8)
+            } else if field.number == 2, field.wireType == .lengthDelimited {
+                var value = WireScanner(payload)
+                flag = false
+                while let kind = try? value.next() {
+                    if kind.number == 4, kind.wireType == .varint {
+                        flag = payload[kind.payload].contains { $0 != 0 }
+                    } else {
+                        flag = false
+                    }
+                }
+            }
+        }
+        return matches ? flag : nil
     }
 
     /// The modelled fields only; a version goes out as the `user_agent_version` string, which decodes back
@@ -171,23 +207,6 @@ extension Node: WireMessage {
             c.pointee.user_agent_version_type_case =
                 ENVOY__CONFIG__CORE__V3__NODE__USER_AGENT_VERSION_TYPE_USER_AGENT_VERSION
             c.pointee.user_agent_version = arena.cString(userAgentVersion)
-        }
-        if disableSPIFFECertValidation {
-            let value = arena.make(CValue.self)
-            google__protobuf__value__init(value)
-            value.pointee.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE
-            value.pointee.bool_value = 1
-            let entry = arena.make(CStructEntry.self)
-            google__protobuf__struct__fields_entry__init(entry)
-            entry.pointee.key = arena.cString(Self.disableSPIFFECertValidationKey)
-            entry.pointee.value = value
-            let metadata = arena.make(CStruct.self)
-            google__protobuf__struct__init(metadata)
-            let entries = arena.make(UnsafeMutablePointer<CStructEntry>?.self)
-            entries.pointee = entry
-            metadata.pointee.n_fields = 1
-            metadata.pointee.fields = entries
-            c.pointee.metadata = metadata
         }
         return c
     }

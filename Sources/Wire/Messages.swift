@@ -128,7 +128,38 @@ public struct Node: Sendable, Equatable {
         self.userAgentName = userAgentName
         self.userAgentVersion = userAgentVersion
         self.disableSPIFFECertValidation = disableSPIFFECertValidation
-        self.rawBytes = rawBytes
+        // Metadata is not modelled: a node built here with the switch carries it in bytes of its own.
+        self.rawBytes =
+            rawBytes.isEmpty && disableSPIFFECertValidation
+            ? Self.encodedWithSwitch(id: id, cluster: cluster, userAgentName: userAgentName, version: userAgentVersion)
+            : rawBytes
+    }
+
+    /// `id`, `cluster`, `metadata {disable_spiffe_cert_validation: true}`, `user_agent_name`, `user_agent_version`.
+    private static func encodedWithSwitch(id: String, cluster: String, userAgentName: String, version: String)
+        -> [UInt8]
+    {
+        func varint(_ value: Int) -> [UInt8] {
+            var value = UInt64(value)
+            var out: [UInt8] = []
+            while value >= 0x80 {
+                out.append(UInt8(value & 0x7F) | 0x80)
+                value >>= 7
+            }
+            return out + [UInt8(value)]
+        }
+        func field(_ number: Int, _ payload: [UInt8]) -> [UInt8] {
+            varint(number << 3 | 2) + varint(payload.count) + payload
+        }
+        let value = [UInt8(4 << 3), 1]  // Value.bool_value = true
+        let entry = field(1, Array(disableSPIFFECertValidationKey.utf8)) + field(2, value)
+        var out: [UInt8] = []
+        if !id.isEmpty { out += field(1, Array(id.utf8)) }
+        if !cluster.isEmpty { out += field(2, Array(cluster.utf8)) }
+        out += field(3, field(1, entry))
+        if !userAgentName.isEmpty { out += field(6, Array(userAgentName.utf8)) }
+        if !version.isEmpty { out += field(7, Array(version.utf8)) }
+        return out
     }
 
     /// The metadata key SPIRE reads for `disableSPIFFECertValidation`.

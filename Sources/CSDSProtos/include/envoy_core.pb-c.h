@@ -16,7 +16,6 @@ PROTOBUF_C__BEGIN_DECLS
 
 #include "google_any.pb-c.h"
 #include "envoy_type_semantic_version.pb-c.h"
-#include "google_struct.pb-c.h"
 
 typedef struct Envoy__Config__Core__V3__BuildVersion Envoy__Config__Core__V3__BuildVersion;
 typedef struct Envoy__Config__Core__V3__Node Envoy__Config__Core__V3__Node;
@@ -55,11 +54,7 @@ struct  Envoy__Config__Core__V3__Node
   char *id;
   char *cluster;
   /*
-   * Read for one key: `disable_spiffe_cert_validation` (SPIRE's per-Envoy switch).
-   */
-  Google__Protobuf__Struct *metadata;
-  /*
-   * 4: locality, 9: extensions, 10: client_features, 11: listening_addresses,
+   * 3: metadata, 4: locality, 9: extensions, 10: client_features, 11: listening_addresses,
    * 12: dynamic_parameters: not modelled (kept as unknown fields).
    */
   char *user_agent_name;
@@ -71,7 +66,7 @@ struct  Envoy__Config__Core__V3__Node
 };
 #define ENVOY__CONFIG__CORE__V3__NODE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&envoy__config__core__v3__node__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, NULL, (char *)protobuf_c_empty_string, ENVOY__CONFIG__CORE__V3__NODE__USER_AGENT_VERSION_TYPE__NOT_SET, {0} }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, ENVOY__CONFIG__CORE__V3__NODE__USER_AGENT_VERSION_TYPE__NOT_SET, {0} }
 
 
 typedef enum {
