@@ -10,12 +10,14 @@ The profiles follow the X509-SVID spec:
 """
 from __future__ import annotations
 
+import base64
 import datetime
+import json
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
@@ -123,3 +125,63 @@ class SpiffeRoot:
             .sign(self.key, hashes.SHA256())
         )
         return cert, key
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# SPIFFE bundle documents (SPIFFE Trust Domain and Bundle, §4): what `--federate-with <td>=<file>` reads
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _b64url_int(value: int, size: int) -> str:
+    return base64.urlsafe_b64encode(value.to_bytes(size, "big")).rstrip(b"=").decode()
+
+
+def bundle_document(certs: list[x509.Certificate], sequence: int | None = None,
+                    refresh_hint: int | None = None) -> str:
+    """A JWK Set with one `x509-svid` key per CA certificate (the key's public parameters and the certificate alone in
+    `x5c`, standard base64), as `sds-agent bundle show --format spiffe` and `spire-server bundle show -format spiffe`
+    print it. EC (P-256, P-384) and RSA keys."""
+    keys = []
+    for cert in certs:
+        public = cert.public_key()
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            size = (public.curve.key_size + 7) // 8
+            crv = {"secp256r1": "P-256", "secp384r1": "P-384"}[public.curve.name]
+            numbers = public.public_numbers()
+            params = {"kty": "EC", "crv": crv, "x": _b64url_int(numbers.x, size), "y": _b64url_int(numbers.y, size)}
+        elif isinstance(public, rsa.RSAPublicKey):
+            numbers = public.public_numbers()
+            params = {"kty": "RSA", "n": _b64url_int(numbers.n, (numbers.n.bit_length() + 7) // 8),
+                      "e": _b64url_int(numbers.e, (numbers.e.bit_length() + 7) // 8)}
+        else:
+            raise ValueError(f"no JWK form for {type(public).__name__}")
+        der = cert.public_bytes(serialization.Encoding.DER)
+        keys.append({"use": "x509-svid", **params, "x5c": [base64.b64encode(der).decode()]})
+    document: dict = {"keys": keys}
+    if refresh_hint is not None:
+        document["spiffe_refresh_hint"] = refresh_hint
+    if sequence is not None:
+        document["spiffe_sequence"] = sequence
+    return json.dumps(document)
+
+
+def bundle_document_authorities(text: str) -> list[x509.Certificate]:
+    """The X.509 authorities of a SPIFFE bundle document, checking the shape a reader relies on: a `keys` array; each
+    key a `use`; each `x509-svid` key exactly one certificate in `x5c` (standard base64 DER) whose public key the JWK
+    parameters repeat; `spiffe_sequence` and `spiffe_refresh_hint`, when present, integers."""
+    document = json.loads(text)
+    assert isinstance(document, dict) and isinstance(document.get("keys"), list), "a JWK Set: {\"keys\": [...]}"
+    for member in ("spiffe_sequence", "spiffe_refresh_hint"):
+        assert isinstance(document.get(member, 0), int), member
+    certs = []
+    for index, key in enumerate(document["keys"]):
+        assert isinstance(key.get("use"), str), f"key {index} has no use"
+        if key["use"] != "x509-svid":
+            continue
+        assert isinstance(key.get("x5c"), list) and len(key["x5c"]) == 1, f"key {index}: one certificate in x5c"
+        cert = x509.load_der_x509_certificate(base64.b64decode(key["x5c"][0], validate=True))
+        expected = json.loads(bundle_document([cert]))["keys"][0]
+        assert {k: key.get(k) for k in expected} == expected, f"key {index}: JWK parameters are not the certificate's"
+        certs.append(cert)
+    assert certs, "no x509-svid authority"
+    return certs

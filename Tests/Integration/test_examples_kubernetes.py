@@ -14,6 +14,9 @@ them here, so they are held to their invariants instead.
 - Every flag is one `sds-agent run --help` lists; every probe is `sds-agent healthcheck --socket <the socket>` (gRPC
   health, no port), whose own 2 s limit is shorter than the probe's timeoutSeconds.
 - The injection template's container is overlays/istiod's.
+- overlays/federation: Istio's federation names, --federate-with on a read-only ConfigMap volume whose key holds a
+  SPIFFE bundle document (a placeholder the agent accepts); its rehearsal serves ROOTCA with both trust domains and
+  follows a kubelet `..data` swap of the ConfigMap.
 - A rehearsal runs each overlay's own command, env and probe against the real binaries, with every volume mapped to
   a scratch directory: the probe passes and the SVID names the pod's namespace and service account.
 """
@@ -38,7 +41,7 @@ KUBERNETES = EXAMPLES / "kubernetes"
 # overlays/<name> -> the issuer it configures. Test ids and rehearsals go by these names.
 OVERLAYS = {
     "local-ca": "local", "spire": "workload-api", "istiod": "istiod", "pod-certificates": "files",
-    "csi-driver-spiffe": "files",
+    "csi-driver-spiffe": "files", "federation": "local",
 }
 # The files each "files" overlay reads, by flag: written by the rehearsal as the kubelet / the CSI driver would.
 FILES_OVERLAY_VOLUMES = {"pod-certificates": "podCertificate", "csi-driver-spiffe": "csi"}
@@ -54,6 +57,10 @@ SOCKET = f"{SOCKET_DIR}/socket"
 ISTIO_PROXY_UID = 1337
 DOWNWARD_API = {"POD_NAMESPACE": "metadata.namespace", "SERVICE_ACCOUNT": "spec.serviceAccountName"}
 SPIRE_SOCKET = "unix:///run/spire/sockets/agent.sock"
+# overlays/federation: the pod's trust domain, the federated one, and where the ConfigMap federated-bundles is mounted.
+FEDERATION_OWN, FEDERATED = "cluster-a.example.com", "cluster-b.example.com"
+FEDERATION_DIR = "/var/run/secrets/federation"
+FEDERATION_FILE = f"{FEDERATION_DIR}/{FEDERATED}.json"
 
 # The rehearsal's pod: the namespace the downward API would report.
 REHEARSAL_NAMESPACE = "shop"
@@ -493,6 +500,120 @@ def test_spire_overlay_rehearsal(short_dir, sds_agent_bin, sds_dump_bin):
     finally:
         r.stop()
         upstream.stop()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# overlays/federation: another trust domain's bundle from a ConfigMap
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def federated_bundles_configmap() -> tuple[dict, dict]:
+    """The ConfigMap the federation overlay mounts (as rendered) and the volume that mounts it."""
+    spec, agent = pod_spec("federation"), sds_agent("federation")
+    source = volume(spec, mount_of(agent, FEDERATION_FILE))
+    found = [o for o in load("federation")
+             if o["kind"] == "ConfigMap" and o["metadata"]["name"] == source["configMap"]["name"]]
+    assert len(found) == 1, "the overlay renders the ConfigMap its volume names"
+    return found[0], source
+
+
+def test_federation_overlay_trusts_the_other_domain_through_a_configmap_with_istios_names():
+    import spiffe_test_ca
+
+    spec, agent = pod_spec("federation"), sds_agent("federation")
+    flags = agent_flags(agent)
+    # istio-proxy validates every peer with ROOTCA: ROOTCA must be every trust domain (Envoy's SPIFFE validator).
+    assert flags["--default-bundle-name"] == "null" and flags["--default-all-bundles-name"] == "ROOTCA"
+    assert flags.get("--default-svid-name", "default") == "default", "istio-proxy asks for default"
+    assert flags["--federate-with"] == f"{FEDERATED}={FEDERATION_FILE}"
+    assert {e["name"]: e.get("value") for e in agent["env"]}["TRUST_DOMAIN"] == FEDERATION_OWN
+    deployment = next(o for o in load("federation") if o["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 1, "a local CA per pod: the bundle published is one pod's"
+
+    configmap, source = federated_bundles_configmap()
+    assert configmap["metadata"]["name"] == "federated-bundles"
+    # A whole-volume mount, read-only: kubelet swaps `..data` on a change (a subPath mount never sees one).
+    (mount,) = [m for m in agent["volumeMounts"] if m["name"] == source["name"]]
+    assert mount["mountPath"] == FEDERATION_DIR and mount.get("readOnly") is True and "subPath" not in mount
+    assert "items" not in source["configMap"], "every key is a file named by its key"
+    assert set(configmap["data"]) == {pathlib.PurePosixPath(FEDERATION_FILE).name}
+    # The placeholder is a SPIFFE bundle document for the federated domain, and says it is one.
+    (authority,) = spiffe_test_ca.bundle_document_authorities(configmap["data"][f"{FEDERATED}.json"])
+    uris = authority.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier)
+    assert uris == [f"spiffe://{FEDERATED}"]
+    assert authority.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert "PLACEHOLDER" in authority.subject.rfc4514_string()
+    manifest = (KUBERNETES / "overlays" / "federation" / "federated-bundles.yaml").read_text()
+    assert "sds-agent bundle show" in manifest, "the placeholder says how to make the real document"
+
+
+def kubelet_projection(directory: pathlib.Path, files: dict[str, str], stamp: str) -> None:
+    """Writes `files` into `directory` as the kubelet's atomic writer updates a ConfigMap volume: a new timestamped
+    directory, `..data_tmp` pointing at it renamed over `..data`, each key a symlink into `..data`, the old payload
+    removed."""
+    import shutil
+
+    payload = directory / f"..{stamp}"
+    payload.mkdir()
+    for name, text in files.items():
+        (payload / name).write_text(text)
+    data = directory / "..data"
+    old = data.resolve() if data.is_symlink() else None
+    (directory / "..data_tmp").symlink_to(payload.name)
+    os.replace(directory / "..data_tmp", data)
+    for name in files:
+        if not (directory / name).is_symlink():
+            (directory / name).symlink_to(f"..data/{name}")
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def served_trust_domains(socket_path: str, name: str) -> set[str]:
+    """The trust domains of an all-bundles secret (Envoy's SPIFFE validator config)."""
+    from envoy.extensions.transport_sockets.tls.v3 import tls_spiffe_validator_config_pb2 as spiffe_pb2
+
+    secret = fetch_when_served(socket_path, [name])[name]
+    config = spiffe_pb2.SPIFFECertValidatorConfig()
+    assert secret.validation_context.custom_validator_config.typed_config.Unpack(config), secret
+    return {domain.name for domain in config.trust_domains}
+
+
+def served_authorities(socket_path: str, name: str) -> list[x509.Certificate]:
+    ca = fetch_when_served(socket_path, [name])[name].validation_context.trusted_ca
+    return x509.load_pem_x509_certificates(ca.inline_bytes or ca.inline_string.encode())
+
+
+def test_federation_overlay_rehearsal(short_dir, sds_agent_bin, sds_dump_bin):
+    """The overlay's own command with the ConfigMap laid out as the kubelet projects it: ROOTCA holds both trust
+    domains, spiffe://<federated> is the placeholder's CA, and a ConfigMap update (a `..data` swap, a document with a
+    higher spiffe_sequence) reaches the running agent."""
+    import datetime
+
+    import spiffe_test_ca
+
+    r = Rehearsal("federation", short_dir, sds_agent_bin, sds_dump_bin)
+    configmap, _ = federated_bundles_configmap()
+    directory = pathlib.Path(r.local(FEDERATION_DIR))
+    kubelet_projection(directory, configmap["data"], "2026_12_06_00_00_00.000000001")
+    placeholder = spiffe_test_ca.bundle_document_authorities(configmap["data"][f"{FEDERATED}.json"])
+    socket_path = r.local(SOCKET)
+    try:
+        r.start()
+        assert_serves_the_pod_identity(r)
+        assert served_trust_domains(socket_path, "ROOTCA") == {FEDERATION_OWN, FEDERATED}
+        assert served_authorities(socket_path, f"spiffe://{FEDERATED}") == placeholder
+
+        # Cluster B's real bundle replaces the placeholder (kubectl apply of the ConfigMap; kubelet syncs it).
+        real = spiffe_test_ca.SpiffeRoot.create(FEDERATED, spiffe_test_ca.organization("cluster B"),
+                                                datetime.timedelta(days=1), datetime.timedelta(minutes=1))
+        update = {f"{FEDERATED}.json": spiffe_test_ca.bundle_document([real.cert], sequence=2)}
+        kubelet_projection(directory, update, "2026_12_06_00_01_00.000000002")
+        wait_for(lambda: served_authorities(socket_path, f"spiffe://{FEDERATED}") == [real.cert], START_TIMEOUT,
+                 "the agent to serve cluster B's bundle from the updated ConfigMap", r.log)
+        assert served_trust_domains(socket_path, "ROOTCA") == {FEDERATION_OWN, FEDERATED}
+    finally:
+        r.stop()
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -13,8 +13,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from envoy_harness import EXAMPLES, substitute
 
 STYLES = ("istio", "spire", "spire-all")
-EXPECTED = sorted(f"{style}-{mode}/{role}-envoy.yaml"
-                  for style in STYLES for mode in ("sotw", "delta") for role in ("server", "client"))
+# Directories that are not <style>-<sotw|delta>: their name style and api_type. federation/ (two trust domains, see
+# test_examples_federation.py) uses Istio's names, ROOTCA being every trust domain's bundle.
+VARIANTS = {"federation": ("istio", "GRPC")}
+EXPECTED = sorted([f"{style}-{mode}/{role}-envoy.yaml"
+                   for style in STYLES for mode in ("sotw", "delta") for role in ("server", "client")]
+                  + [f"{directory}/{role}-envoy.yaml" for directory in VARIANTS for role in ("server", "client")])
 # Examples/kubernetes/ holds Kubernetes manifests, not Envoy bootstraps: test_examples_kubernetes.py checks them.
 # Examples/jwt-svid/ is about JWT-SVIDs (credential_injector, jwt_authn), not SDS TLS contexts: validated below.
 JWT_BOOTSTRAPS = ["jwt-svid/client-envoy.yaml", "jwt-svid/server-envoy.yaml"]
@@ -63,7 +67,11 @@ def test_example_passes_envoy_validate(bootstrap, envoy_bin, tmp_path):
 def test_example_follows_the_sds_facts(bootstrap):
     text = (EXAMPLES / bootstrap).read_text()
     directory = bootstrap.split("/")[0]
-    api_type = {"sotw": "GRPC", "delta": "DELTA_GRPC"}[directory.rsplit("-", 1)[1]]
+    if directory in VARIANTS:
+        style, api_type = VARIANTS[directory]
+    else:
+        style, mode = directory.rsplit("-", 1)
+        api_type = {"sotw": "GRPC", "delta": "DELTA_GRPC"}[mode]
     assert re.findall(r"api_type: (\S+)", text) == [api_type], "one api_type, the variant's"
     # SDS through ADS crashes Envoy 1.40 with static clusters: never offer it.
     assert "ads_config" not in text and "ads: {}" not in text
@@ -74,10 +82,10 @@ def test_example_follows_the_sds_facts(bootstrap):
     # Only loopback: admin and listeners.
     addresses = re.findall(r"address: ([0-9.:a-z]+),", text)
     assert addresses and set(addresses) == {"127.0.0.1"}, addresses
-    style = directory.rsplit("-", 1)[0]
     validation = re.findall(r"validation_context_sds_secret_config:\n\s+name: (\S+)", text)
     if style == "istio":
         assert '- name: "default"' in text and validation == ['"ROOTCA"']
+        assert "${SPIFFE_ID}" not in text and "${TRUST_DOMAIN}" not in text, "Istio's names name no identity"
     elif style == "spire":
         assert '- name: "${SPIFFE_ID}"' in text and validation == ['"spiffe://${TRUST_DOMAIN}"']
     else:
