@@ -77,7 +77,9 @@ private final class Harness {
         driver.afterClosed = { [unowned self] in self.afterClosedCount += 1 }
         router.register("/test.Echo/Big") { [unowned self] call in
             self.serverCalls.append(call)
-            call.onMessage = { message in
+            // Weak: the call owns this closure.
+            call.onMessage = { [weak call] message in
+                guard let call else { return }
                 // Answers with as many KiB as the request's first byte says.
                 let kib = Int(message.first ?? 1)
                 _ = call.send([UInt8](repeating: 7, count: kib * 1024))

@@ -70,7 +70,8 @@ import Wire
         let other = try LocalJWTAuthority(keys: otherKeys, spiffeID: otherID, ttl: 300, clock: clock)
         let token = try other.token(for: ["db"]).token
         let h = try harness(local)
-        local.onBundleChanged = { h.service.publishJWTBundles($0) }
+        // Weak: the service holds the authority (as its JWT provider).
+        local.onBundleChanged = { [weak service = h.service] in service?.publishJWTBundles($0) }
         func validate() throws -> Received {
             try h.open(.validateJWTSVID, request: ValidateJWTSVIDRequest(audience: "db", svid: token).wireBytes()).1
         }
