@@ -181,6 +181,7 @@ let package = Package(
                 "SDSAgent", "Servers", "HTTP1", "GRPC", "H2", "Wire", "PKI", "SPIFFE", "WorkloadAPIClient", "TestSupport", "JWT",
                 "LocalCA",
                 "JSONText",
+                "BundleEndpoint",
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Tests/FuzzTargets"),

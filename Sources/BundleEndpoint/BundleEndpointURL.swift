@@ -1,3 +1,4 @@
+import Glibc
 public import SPIFFE
 
 /// A SPIFFE federation bundle endpoint as `--federate-with <td>=<url>` gives it: `https://host[:port]/path[?query]`,
@@ -85,8 +86,9 @@ public struct BundleEndpointURL: Sendable, Hashable, CustomStringConvertible {
                 }
                 portBytes = after.dropFirst()
             }
-            guard !hostBytes.isEmpty,
-                hostBytes.allSatisfy({ isHexDigit($0) || $0 == UInt8(ascii: ":") || $0 == UInt8(ascii: ".") })
+            // Brackets hold an IPv6 address and nothing else (RFC 3986 §3.2.2; no zone IDs, no IPvFuture).
+            var address = in6_addr()
+            guard hostBytes.count <= 45, inet_pton(AF_INET6, String(decoding: hostBytes, as: UTF8.self), &address) == 1
             else { throw ParseError("bundle endpoint URL has an invalid IPv6 host") }
         } else {
             if let colon = authority.firstIndex(of: UInt8(ascii: ":")) {
@@ -137,9 +139,6 @@ public struct BundleEndpointURL: Sendable, Hashable, CustomStringConvertible {
 }
 
 private func isDigit(_ byte: UInt8) -> Bool { byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") }
-private func isHexDigit(_ byte: UInt8) -> Bool {
-    isDigit(byte) || (byte | 0x20 >= UInt8(ascii: "a") && byte | 0x20 <= UInt8(ascii: "f"))
-}
 private func isAlphanumeric(_ byte: UInt8) -> Bool {
     isDigit(byte) || (byte | 0x20 >= UInt8(ascii: "a") && byte | 0x20 <= UInt8(ascii: "z"))
 }

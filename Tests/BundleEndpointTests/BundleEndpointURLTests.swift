@@ -48,6 +48,8 @@ import Testing
         ("https://bund%6ces.example.org/b", "is not a DNS name or an IP address"),
         ("https://[::1/b", "unclosed [IPv6]"),
         ("https://[::1]x/b", "not a port"),
+        ("https://[abc]/b", "invalid IPv6 host"),
+        ("https://[fe80::1%25eth0]/b", "invalid IPv6 host"),
         ("https://h/b#", "is not a SPIFFE ID"),
         ("https://h/b#https://east.example/x", "is not a SPIFFE ID"),
         ("https://h/b#spiffe://East.example/x", "is not a SPIFFE ID"),
@@ -61,6 +63,33 @@ import Testing
             let line = "\(error)"
             return line.contains(expected) && !line.contains("\n")
         }
+    }
+
+    /// What the fuzz target checks, on mutations of valid URLs: a URL that parses prints as one that parses back
+    /// to the same value.
+    @Test func everyAcceptedURLRoundTrips() throws {
+        var generator = SplitMix(seed: 0xF00D)
+        let alphabet = Array("abcXYZ019:/?#@[].%-_ spiffe://".utf8)
+        let valid = [
+            "https://Bundles.Example.org:8443/federation/bundle.json?td=east",
+            "https://[::1]/bundle#spiffe://east.example/spire/server", "https://10.0.0.7:0443?x#spiffe://e/x",
+        ]
+        var accepted = 0
+        for text in valid {
+            for _ in 0..<3000 {
+                var bytes = Array(text.utf8)
+                for _ in 0..<(1 + Int(generator.next() % 3)) {
+                    let position = Int(generator.next() % UInt64(bytes.count))
+                    bytes[position] = alphabet[Int(generator.next() % UInt64(alphabet.count))]
+                }
+                guard let url = try? BundleEndpointURL(parsing: String(decoding: bytes, as: UTF8.self)) else {
+                    continue
+                }
+                accepted += 1
+                #expect(try BundleEndpointURL(parsing: url.description) == url, "\(url)")
+            }
+        }
+        #expect(accepted > 100)
     }
 
     @Test func aHugeURLIsRefusedBeforeItIsParsed() {
