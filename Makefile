@@ -176,7 +176,7 @@ soak: venv build ## Release agent under load for SOAK_SECONDS (default 3600): .b
 # $(FUZZ_BUILD)/corpus/<target>, crashes to $(FUZZ_BUILD)/artifacts/.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= server-request-path wire-decoders workload-api-responses pki-parsing text-parsing http-request \
-                jwt-svid agent-ops issuer-responses file-names
+                jwt-svid agent-ops issuer-responses file-names bundle-endpoint
 FUZZ_BUILD   := .build-fuzz
 FUZZ_FLAGS   := -c release --sanitize=fuzzer --sanitize=address -Xswiftc -sanitize=fuzzer,address
 

@@ -79,6 +79,8 @@ let package = Package(
         // The one HTTP/2 connection driver, client or server: socket ⇄ optional TLS ⇄ nghttp2 session, with the
         // back-pressure, write-stall, queued-bytes and preface rules every connection shares.
         .target(name: "ConnectionDriver", dependencies: ["H2", "Transport", "PKI"]),
+        // SPIFFE federation bundle endpoints, client side: URL, HTTP/1.1 response parser, refresh policy, fetcher.
+        .target(name: "BundleEndpoint", dependencies: ["SPIFFE", "PKI", "Transport"]),
         // istiod / istio-csr CSR client: pure state machine + I/O shell.
         .target(
             name: "IstioCA",
@@ -147,6 +149,9 @@ let package = Package(
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1"]),
         .testTarget(
+            name: "BundleEndpointTests",
+            dependencies: ["BundleEndpoint", "SPIFFE", "PKI", "Transport", "TestSupport", "TLSTestServer"]),
+        .testTarget(
             name: "WorkloadAPIClientTests",
             dependencies: [
                 "WorkloadAPIClient", "Issuance", "SPIFFE", "PKI", "Wire", "GRPC", "Transport", "TestSupport",
@@ -186,6 +191,7 @@ let package = Package(
                 "SDSAgent", "Servers", "HTTP1", "GRPC", "H2", "Wire", "PKI", "SPIFFE", "WorkloadAPIClient", "TestSupport", "JWT",
                 "LocalCA",
                 "JSONText",
+                "BundleEndpoint",
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Tests/FuzzTargets"),

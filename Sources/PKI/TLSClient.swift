@@ -5,7 +5,13 @@ public enum TLSTrust: Sendable {
     /// Exactly these roots (istio-agent's root-cert file, `CA_ROOT_CA`).
     case roots([Certificate])
     /// The operating system's trust store (`CA_ROOT_CA=SYSTEM`: istiod behind a publicly trusted certificate).
+    /// OpenSSL's default verify paths, so `SSL_CERT_FILE` and `SSL_CERT_DIR` override the distribution's bundle.
     case system
+    /// A SPIFFE peer (a federation bundle endpoint's `https_spiffe` profile): the chain must verify against
+    /// `roots` (that trust domain's bundle) and the leaf must be an X.509-SVID whose one URI SAN is exactly `id`.
+    /// No DNS name or address is checked: a SPIFFE ID names the server, not its host (`serverName` is still sent
+    /// as SNI when it is a host name, for servers that host several names).
+    case spiffe(roots: [Certificate], id: String)
 }
 
 /// What a TLS client session expects of its server.
@@ -14,7 +20,8 @@ public struct TLSClientConfiguration: Sendable {
     /// The name the server's certificate must carry (DNS SAN, or an IP SAN for an address); also sent as SNI when
     /// it is a host name.
     public var serverName: String
-    /// ALPN protocols offered, in preference order; the server must pick one of them.
+    /// ALPN protocols offered, in preference order; the server must pick one of them. Empty: no ALPN at all
+    /// (HTTP/1.1, where a server that ignores ALPN is normal), and the state reports `alpn: ""`.
     public var alpn: [String]
 
     public init(trust: TLSTrust, serverName: String, alpn: [String] = ["h2"]) {
@@ -60,6 +67,8 @@ public final class TLSClient {
     private let networkOut: OpaquePointer
     private var heldPlaintext: [UInt8] = []
     private let wantedALPN: [String]
+    /// The SPIFFE ID the server's leaf must carry (`TLSTrust.spiffe`), checked once the chain verified.
+    private let wantedSPIFFEID: String?
 
     /// Why 16 KiB + overhead per read: one TLS record's plaintext is at most 16 KiB.
     private static let readChunk = 16 * 1024
@@ -78,7 +87,7 @@ public final class TLSClient {
             guard SSL_CTX_set_default_verify_paths(ctx) == 1 else {
                 throw PKIError.openSSL("loading the system trust store")
             }
-        case .roots(let roots):
+        case .roots(let roots), .spiffe(let roots, _):
             guard !roots.isEmpty else { throw PKIError(operation: "no trusted roots for the TLS server") }
             guard let store = SSL_CTX_get_cert_store(ctx) else { throw PKIError.openSSL("SSL_CTX_get_cert_store") }
             for root in roots {
@@ -87,6 +96,12 @@ public final class TLSClient {
                     throw PKIError.openSSL("adding a trusted root")
                 }
             }
+        }
+        if case .spiffe(_, let id) = configuration.trust {
+            guard !id.isEmpty else { throw PKIError(operation: "empty expected SPIFFE ID") }
+            wantedSPIFFEID = id
+        } else {
+            wantedSPIFFEID = nil
         }
         var protocols: [UInt8] = []
         for name in configuration.alpn {
@@ -117,7 +132,12 @@ public final class TLSClient {
         let name = configuration.serverName
         guard !name.isEmpty else { throw PKIError(operation: "empty TLS server name") }
         guard let parameters = SSL_get0_param(ssl) else { throw PKIError.openSSL("SSL_get0_param") }
-        if Self.isIPAddress(name) {
+        if wantedSPIFFEID != nil {
+            // The SPIFFE ID is the name checked (after the handshake); the host only routes, so it goes as SNI.
+            if !Self.isIPAddress(name) {
+                guard sds_SSL_set_sni(ssl, name) == 1 else { throw PKIError.openSSL("setting SNI") }
+            }
+        } else if Self.isIPAddress(name) {
             // An address is matched against the certificate's IP SANs, and never sent as SNI (RFC 6066).
             guard X509_VERIFY_PARAM_set1_ip_asc(parameters, name) == 1 else {
                 throw PKIError.openSSL("setting the expected server address \(name)")
@@ -214,12 +234,24 @@ public final class TLSClient {
             let selected = data.map {
                 String(decoding: UnsafeBufferPointer(start: $0, count: Int(length)), as: UTF8.self)
             }
-            // A server that ignores ALPN would speak something we did not offer; gRPC over TLS requires h2.
-            guard let selected, wantedALPN.isEmpty || wantedALPN.contains(selected) else {
-                fail("the server agreed to no ALPN protocol of \(wantedALPN) (got \(selected ?? "none"))")
+            // A server that ignores ALPN would speak something we did not offer; gRPC over TLS requires h2. With
+            // nothing offered, no server can have chosen anything.
+            let agreed: String
+            if wantedALPN.isEmpty {
+                agreed = ""
+            } else {
+                guard let selected, wantedALPN.contains(selected) else {
+                    fail("the server agreed to no ALPN protocol of \(wantedALPN) (got \(selected ?? "none"))")
+                    return
+                }
+                agreed = selected
+            }
+            // Before `established`, so no held byte is written to a server that is not the SPIFFE ID expected.
+            if let wantedSPIFFEID, let refusal = checkSPIFFEPeer(wantedSPIFFEID) {
+                fail(refusal)
                 return
             }
-            state = .established(alpn: selected)
+            state = .established(alpn: agreed)
             if !heldPlaintext.isEmpty {
                 let held = heldPlaintext
                 heldPlaintext = []
@@ -230,6 +262,24 @@ public final class TLSClient {
         let error = SSL_get_error(ssl, result)
         if error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE { return }
         fail(describeFailure(error))
+    }
+
+    /// Why the verified peer is not the X.509-SVID `id` (nil when it is). OpenSSL has already verified the chain
+    /// against the roots; what it cannot check is the URI SAN: exactly one (an X.509-SVID has one), equal to `id`
+    /// byte for byte, on a leaf that is not a CA.
+    private func checkSPIFFEPeer(_ id: String) -> String? {
+        guard let raw = SSL_get1_peer_certificate(ssl), let handle = try? X509Handle(taking: raw) else {
+            PKIError.clearErrorQueue()
+            return "server certificate rejected: the server sent no certificate"
+        }
+        let leaf = Certificate(handle: handle)
+        guard !leaf.isCA else { return "server certificate rejected: the leaf is a CA, not an X.509-SVID" }
+        let uris = leaf.uriSANs
+        guard uris == [id] else {
+            let shown = uris.isEmpty ? "no URI SAN" : uris.prefix(4).joined(separator: ", ")
+            return "server certificate rejected: its SPIFFE ID is \(shown), expected \(id)"
+        }
+        return nil
     }
 
     private func write(_ plaintext: [UInt8]) {

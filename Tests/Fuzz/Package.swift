@@ -6,7 +6,7 @@ import PackageDescription
 
 let targets = [
     "server-request-path", "wire-decoders", "workload-api-responses", "pki-parsing", "text-parsing", "http-request",
-    "jwt-svid", "agent-ops", "issuer-responses", "file-names",
+    "jwt-svid", "agent-ops", "issuer-responses", "file-names", "bundle-endpoint",
 ]
 
 let package = Package(

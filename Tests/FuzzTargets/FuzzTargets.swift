@@ -26,6 +26,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case issuerResponses = "issuer-responses"
     /// File-backed names (`file-cert:`, `file-root:`) against a directory tree the input builds and changes.
     case fileNames = "file-names"
+    /// A federation bundle endpoint's HTTP/1.1 response, and `--federate-with` URLs.
+    case bundleEndpoint = "bundle-endpoint"
 
     /// Runs one input through this target.
     public func run(_ input: UnsafeRawBufferPointer) {
@@ -40,6 +42,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .agentOps: AgentOpsTarget.run(input)
         case .issuerResponses: IssuerResponsesTarget.run(input)
         case .fileNames: FileNamesTarget.run(input)
+        case .bundleEndpoint: BundleEndpointTarget.run(input)
         }
     }
 

@@ -1,3 +1,4 @@
+import Glibc
 import PKI
 import TLSTestServer
 import TestSupport
@@ -120,5 +121,117 @@ import Testing
         let client = try client(trusting: [peer.ca.root], name: "127.0.0.1")
         pump(client, peer.server)
         #expect(!client.isEstablished)
+    }
+
+    @Test func withNoALPNOfferedAServerWithoutALPNIsFine() throws {
+        let peer = try Peer(alpn: nil)
+        let client = try TLSClient(
+            configuration: TLSClientConfiguration(
+                trust: .roots([peer.ca.root]), serverName: "istiod.istio-system.svc", alpn: []))
+        client.send(Array("GET / HTTP/1.1\r\n\r\n".utf8))
+        let (serverGot, _) = pump(client, peer.server)
+        #expect(client.state == .established(alpn: ""))
+        #expect(serverGot == Array("GET / HTTP/1.1\r\n\r\n".utf8))
+    }
+
+    // MARK: TLSTrust.spiffe (a bundle endpoint's https_spiffe profile)
+
+    static let endpointID = "spiffe://example.org/spire/server"
+
+    /// A server presenting `chain` (an X.509-SVID from a CA valid around the real time: OpenSSL checks the wall
+    /// clock), and a client expecting `endpointID` under `roots`, whatever host it dialled.
+    func spiffePair(_ chain: [Certificate], key: PrivateKey, roots: [Certificate], host: String = "10.1.2.3") throws
+        -> (TLSClient, TLSServer)
+    {
+        let server = try TLSServer(chain: chain, key: key, alpn: nil)
+        let client = try TLSClient(
+            configuration: TLSClientConfiguration(
+                trust: .spiffe(roots: roots, id: Self.endpointID), serverName: host, alpn: []))
+        return (client, server)
+    }
+
+    static func realTimeCA() throws -> TestCA {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return try TestCA(now: Timestamp(secondsSinceEpoch: Int64(now.tv_sec)))
+    }
+
+    @Test(arguments: ["10.1.2.3", "bundles.example.org"])
+    func spiffeTrustAcceptsTheExpectedSVIDWhateverTheHost(host: String) throws {
+        let ca = try Self.realTimeCA()
+        let (chain, key) = try ca.makeLeaf(TestCA.LeafOptions(spiffeID: Self.endpointID))
+        let (client, server) = try spiffePair(chain, key: key, roots: [ca.root], host: host)
+        client.send(Array("GET".utf8))
+        let (serverGot, _) = pump(client, server)
+        #expect(client.state == .established(alpn: ""))
+        #expect(serverGot == Array("GET".utf8))
+    }
+
+    @Test func spiffeTrustAcceptsAnIntermediate() throws {
+        let ca = try Self.realTimeCA()
+        var options = TestCA.LeafOptions(spiffeID: Self.endpointID)
+        options.intermediate = try ca.makeIntermediate()
+        let (chain, key) = try ca.makeLeaf(options)
+        let (client, server) = try spiffePair(chain, key: key, roots: [ca.root])
+        pump(client, server)
+        #expect(client.isEstablished, "\(client.state)")
+    }
+
+    @Test(arguments: [
+        ([Self.endpointID + "/not"], "its SPIFFE ID is spiffe://example.org/spire/server/not, expected"),
+        (
+            [Self.endpointID, "spiffe://example.org/other"],
+            "its SPIFFE ID is spiffe://example.org/spire/server, spiffe"
+        ),
+        ([], "its SPIFFE ID is no URI SAN"),
+        (["spiffe://example.org/spire/server\u{0}"], "expected spiffe://example.org/spire/server"),
+    ])
+    func spiffeTrustRefusesAnyOtherIDAndNoPlaintextLeaves(uris: [String], expected: String) throws {
+        let ca = try Self.realTimeCA()
+        var options = TestCA.LeafOptions(spiffeID: Self.endpointID)
+        options.uriSANs = uris
+        let (chain, key) = try ca.makeLeaf(options)
+        let (client, server) = try spiffePair(chain, key: key, roots: [ca.root])
+        client.send(Array("GET /bundle".utf8))
+        let (serverGot, _) = pump(client, server)
+        guard case .failed(let reason) = client.state else {
+            Issue.record("expected a failure, got \(client.state)")
+            return
+        }
+        #expect(reason.hasPrefix("server certificate rejected: ") && reason.contains(expected), "\(reason)")
+        #expect(serverGot.isEmpty, "the request never left")
+    }
+
+    @Test func spiffeTrustRefusesACALeafAndAnotherRoot() throws {
+        let ca = try Self.realTimeCA()
+        var options = TestCA.LeafOptions(spiffeID: Self.endpointID)
+        options.isCA = true
+        options.keyUsage = [.digitalSignature, .keyCertSign]
+        let caLeaf = try ca.makeLeaf(options)
+        let (client, server) = try spiffePair(caLeaf.chain, key: caLeaf.key, roots: [ca.root])
+        pump(client, server)
+        #expect(!client.isEstablished, "\(client.state)")
+
+        let good = try ca.makeLeaf(TestCA.LeafOptions(spiffeID: Self.endpointID))
+        let (other, otherServer) = try spiffePair(good.chain, key: good.key, roots: [try Self.realTimeCA().root])
+        pump(other, otherServer)
+        guard case .failed(let reason) = other.state else {
+            Issue.record("expected a failure, got \(other.state)")
+            return
+        }
+        #expect(reason.contains("unable to get local issuer certificate"), "\(reason)")
+    }
+
+    @Test func spiffeTrustNeedsRootsAndAnID() throws {
+        #expect(throws: PKIError.self) {
+            try TLSClient(
+                configuration: TLSClientConfiguration(
+                    trust: .spiffe(roots: [], id: Self.endpointID), serverName: "h", alpn: []))
+        }
+        let ca = try Self.realTimeCA()
+        #expect(throws: PKIError.self) {
+            try TLSClient(
+                configuration: TLSClientConfiguration(trust: .spiffe(roots: [ca.root], id: ""), serverName: "h"))
+        }
     }
 }

@@ -1,4 +1,5 @@
 private import COpenSSL
+
 @testable import PKI
 
 /// A TLS server as a byte transducer, the counterpart of `TLSClient` over the same memory BIOs. The agent serves SDS
@@ -122,6 +123,12 @@ public final class TLSServer {
     public func send(_ plaintext: [UInt8]) {
         var written = 0
         _ = plaintext.withUnsafeBytes { SSL_write_ex(ssl, $0.baseAddress, $0.count, &written) }
+    }
+
+    /// Queues close_notify (take it with `takeCiphertext`): the end of a body framed by the connection's end.
+    public func shutdown() {
+        _ = SSL_shutdown(ssl)
+        PKIError.clearErrorQueue()
     }
 
     public func takeCiphertext() -> [UInt8] {
