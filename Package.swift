@@ -73,7 +73,9 @@ let package = Package(
         // and the bundles kept current from files.
         .target(
             name: "Federation",
-            dependencies: ["SPIFFE", "PKI", "Transport", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "BundleEndpoint", "SPIFFE", "PKI", "Transport", .product(name: "Logging", package: "swift-log"),
+            ]),
         // JWT-SVIDs: ES256 tokens, JWKS, the state dir's rotating signing keys.
         .target(name: "JWT", dependencies: ["PKI", "SPIFFE", "JSONText", "Issuance", "LocalCA", "Transport"]),
         // The one HTTP/2 connection driver, client or server: socket ⇄ optional TLS ⇄ nghttp2 session, with the

@@ -1,13 +1,18 @@
+import BundleEndpoint
+import Glibc
 public import Logging
+public import PKI
 public import SPIFFE
 public import Transport
 
 /// The bundles of the trust domains this agent federates with (`--federate-with`), kept current from their sources:
-/// files are watched and re-read on every change. A source that fails (missing file, bad document, a bundle for
-/// another domain, a lower `spiffe_sequence`) is logged once per reason and its last good bundle stays served.
+/// files are watched and re-read on every change; bundle endpoints are fetched at once, then again after the
+/// bundle's `spiffe_refresh_hint` (clamped to 10 s – 1 h), with back-off while they fail. A source that fails
+/// (missing file, unreachable endpoint, bad document, a bundle for another domain, a lower `spiffe_sequence`) is logged
+/// once per reason and its last good bundle stays served.
 ///
-///     file event ──▶ read (≤ 1 MiB) ──▶ SPIFFEBundle.parse ──▶ FederatedBundleAcceptance ──▶ onChange
-///                                                   └── refused: logged once; the last good bundle stays
+///     file event / fetch ──▶ ≤ 1 MiB ──▶ SPIFFEBundle.parse ──▶ BundleRefreshPolicy.refusal ──▶ onChange
+///                                                     └── refused: logged once; the last good bundle stays
 public final class FederatedBundles {
     public let sources: [FederationSource]
     private let logger: Logger
@@ -20,9 +25,30 @@ public final class FederatedBundles {
 
     /// Starts watching the file sources and reads each once. Endpoint sources are driven by their own fetchers,
     /// which hand results to `deliver`.
-    public init(sources: [FederationSource], loop: EventLoop, logger: Logger) {
+    private let loop: EventLoop
+    private let worker: OffLoopWorker?
+    private let policy = BundleRefreshPolicy()
+    /// https_spiffe: the roots that verify a domain's endpoint until its first bundle is served.
+    private let bootstrap: [TrustDomain: [Certificate]]
+    /// One fetch in flight per endpoint source, its next-fetch timer, and its failures in a row.
+    private var fetchers: [TrustDomain: BundleEndpointFetcher] = [:]
+    private var timers: [TrustDomain: EventLoop.Timer] = [:]
+    private var failures: [TrustDomain: Int] = [:]
+
+    /// `worker` resolves endpoint host names off the loop (needed only with endpoint sources); `bootstrap` holds the
+    /// roots an https_spiffe endpoint is first verified with.
+    public init(
+        sources: [FederationSource], loop: EventLoop, logger: Logger, worker: OffLoopWorker? = nil,
+        bootstrap: [TrustDomain: [Certificate]] = [:]
+    ) {
         self.sources = sources
         self.logger = logger
+        self.loop = loop
+        self.worker = worker
+        self.bootstrap = bootstrap
+        for source in sources {
+            if case .endpoint = source.location { scheduleFetch(source, after: 0) }
+        }
         let files = sources.compactMap { source -> String? in
             if case .file(let path) = source.location { return path }
             return nil
@@ -78,10 +104,8 @@ public final class FederatedBundles {
             refuse(source, "\(error)")
             return false
         }
-        do throws(FederatedBundleAcceptance.Refusal) {
-            try FederatedBundleAcceptance.check(bundle, previous: bundles[trustDomain], trustDomain: trustDomain)
-        } catch {
-            refuse(source, error.description)
+        if let refusal = policy.refusal(new: bundle, previous: bundles[trustDomain], trustDomain: trustDomain) {
+            refuse(source, refusal)
             return false
         }
         lastRefusal[trustDomain] = nil
@@ -109,5 +133,60 @@ public final class FederatedBundles {
                 "trust_domain": "\(source.trustDomain.name)", "source": "\(source)", "reason": "\(reason)",
                 "serving": "\(bundles[source.trustDomain] == nil ? "none" : "previous")",
             ])
+    }
+
+    // MARK: Bundle endpoints
+
+    private func scheduleFetch(_ source: FederationSource, after seconds: Double) {
+        timers[source.trustDomain]?.cancel()
+        timers[source.trustDomain] = loop.schedule(after: seconds) { [weak self] in self?.fetch(source) }
+    }
+
+    private func fetch(_ source: FederationSource) {
+        guard case .endpoint(let url) = source.location, let worker else { return }
+        let domain = source.trustDomain
+        let profile: BundleEndpointProfile
+        if let endpointID = url.endpointID {
+            // The domain's own current bundle verifies its endpoint; the bootstrap one only until there is one.
+            profile = .httpsSPIFFE(
+                endpointID: endpointID, roots: bundles[domain]?.x509.certificates ?? bootstrap[domain] ?? [])
+        } else {
+            profile = .httpsWeb
+        }
+        fetchers[domain] = BundleEndpointFetcher(url: url, profile: profile, loop: loop, worker: worker) {
+            [weak self] result in
+            guard let self else { return }
+            self.fetchers[domain] = nil
+            self.fetched(result, for: source)
+        }
+    }
+
+    private func fetched(_ result: Result<[UInt8], BundleEndpointError>, for source: FederationSource) {
+        let domain = source.trustDomain
+        switch result {
+        case .success(let bytes):
+            deliver(bytes, for: source)
+            // A refused document is not retried sooner: the endpoint answered, and asking again at once would get
+            // the same answer. The refresh follows the bundle served (or the default hint without one).
+            failures[domain] = nil
+            scheduleFetch(source, after: policy.refreshDelay(hint: bundles[domain]?.refreshHint))
+        case .failure(let error):
+            let count = (failures[domain] ?? 0) + 1
+            failures[domain] = count
+            refuse(source, error.reason)
+            let refresh = policy.refreshDelay(hint: bundles[domain]?.refreshHint)
+            scheduleFetch(
+                source,
+                after: policy.retryDelay(
+                    failures: count, refreshDelay: refresh, randomUnit: Double.random(in: 0..<1)))
+        }
+    }
+
+    /// Stops every fetch and timer (shutdown).
+    public func stop() {
+        for timer in timers.values { timer.cancel() }
+        timers.removeAll()
+        for fetcher in fetchers.values { fetcher.cancel() }
+        fetchers.removeAll()
     }
 }

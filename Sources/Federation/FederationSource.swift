@@ -1,3 +1,4 @@
+public import BundleEndpoint
 public import SPIFFE
 
 /// One `--federate-with <td>=<source>`: where a federated trust domain's bundle comes from.
@@ -6,8 +7,9 @@ public struct FederationSource: Sendable, Equatable, CustomStringConvertible {
         /// A SPIFFE bundle document or PEM certificates in a file, watched (kubelet `..data` swaps, renames and
         /// in-place writes alike).
         case file(path: String)
-        /// A bundle endpoint (`https://…`; a `#spiffe://…` fragment selects the https_spiffe profile).
-        case endpoint(url: String)
+        /// A bundle endpoint: `https_web` (`https://…`), or `https_spiffe` when the URL's fragment names the
+        /// endpoint's SPIFFE ID (`https://…#spiffe://<td>/<path>`).
+        case endpoint(BundleEndpointURL)
     }
 
     public let trustDomain: TrustDomain
@@ -39,7 +41,16 @@ public struct FederationSource: Sendable, Equatable, CustomStringConvertible {
             throw ParseError(description: "'\(name)' is a workload's ID, not a trust domain")
         }
         if source.hasPrefix("https://") {
-            return FederationSource(trustDomain: trustDomain, location: .endpoint(url: source))
+            let url: BundleEndpointURL
+            do throws(BundleEndpointURL.ParseError) { url = try BundleEndpointURL(parsing: source) } catch {
+                throw ParseError(description: "\(error)")
+            }
+            if let id = url.endpointID, id.trustDomain != trustDomain {
+                throw ParseError(
+                    description: "'\(source)': the endpoint's SPIFFE ID must be in \(trustDomain.name), whose bundle "
+                        + "verifies it")
+            }
+            return FederationSource(trustDomain: trustDomain, location: .endpoint(url))
         }
         if source.hasPrefix("http://") {
             throw ParseError(description: "'\(source)': a bundle endpoint must use https://")
@@ -53,33 +64,7 @@ public struct FederationSource: Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         switch location {
         case .file(let path): "\(trustDomain.name)=\(path)"
-        case .endpoint(let url): "\(trustDomain.name)=\(url)"
-        }
-    }
-}
-
-/// Whether a newly read bundle for a federated trust domain replaces the one served. Pure: the rules of the SPIFFE
-/// Trust Domain and Bundle spec that a reader must apply.
-public enum FederatedBundleAcceptance {
-    /// Why a bundle was refused; the last good one stays served.
-    public struct Refusal: Error, Sendable, Equatable, CustomStringConvertible {
-        public let description: String
-    }
-
-    /// Accepts `new` for `trustDomain` after `previous` (the one served, if any). A document whose
-    /// `spiffe_sequence` is lower than the served one's is an old copy (a stale cache, a rollback) and is refused;
-    /// one with no X.509 authority would make every peer of the domain untrusted (the parser already refuses it).
-    public static func check(
-        _ new: SPIFFEBundle, previous: SPIFFEBundle?, trustDomain: TrustDomain
-    ) throws(Refusal) {
-        guard new.x509.trustDomain == trustDomain else {
-            throw Refusal(description: "the bundle is for \(new.x509.trustDomain.name), not \(trustDomain.name)")
-        }
-        guard !new.x509.certificates.isEmpty else {
-            throw Refusal(description: "the bundle holds no X.509 authority")
-        }
-        if let old = previous?.sequence, let sequence = new.sequence, sequence < old {
-            throw Refusal(description: "spiffe_sequence \(sequence) is lower than the served bundle's \(old)")
+        case .endpoint(let url): "\(trustDomain.name)=\(url.description)"
         }
     }
 }

@@ -215,7 +215,12 @@ public final class Agent {
                 "spiffe_id": "\(configuration.spiffeID)", "issuer": "\(configuration.issuer.rawValue)",
             ])
         if !configuration.federation.isEmpty {
-            let federation = FederatedBundles(sources: configuration.federation, loop: loop, logger: logger)
+            let federation: FederatedBundles
+            do { federation = try startFederation() } catch {
+                logger.critical("cannot start federation", metadata: ["error": "\(error)"])
+                server.stopListening()
+                return 1
+            }
             federation.onChange = { [unowned self] in self.federationChanged() }
             self.federation = federation
             federatedJWTKeysChanged()
@@ -226,6 +231,7 @@ public final class Agent {
             onError: { [unowned self] error in self.issuerFailed(error) })
         if let jwt = workloadAPI.jwt, !configuration.outputJWTs.isEmpty { outputs?.startJWTs(from: jwt) }
         loop.run()
+        federation?.stop()
         outputs?.stop()
         issuer.stop()
         server.closeAll()
@@ -369,6 +375,27 @@ public final class Agent {
         merged.bundles = update.bundles.filter { $0.trustDomain == own || !domains.contains($0.trustDomain) }
         merged.bundles += configured.filter { $0.trustDomain != own }
         return merged
+    }
+
+    /// The federated bundles' sources, started: the bootstrap files read now (a missing or bad one stops the start:
+    /// the endpoint could never be verified), a worker for endpoint host names when there are endpoints.
+    private func startFederation() throws -> FederatedBundles {
+        var bootstrap: [TrustDomain: [Certificate]] = [:]
+        for (domain, path) in configuration.federationBootstrap {
+            let bytes = try RegularFile(path: path).readAll(limit: SPIFFEBundle.maxDocumentBytes)
+            do throws(SPIFFEBundle.ParseError) {
+                bootstrap[domain] = try SPIFFEBundle.parse(bytes, trustDomain: domain).x509.certificates
+            } catch {
+                throw ConfigurationError(flag: "--federate-bootstrap", problem: "\(path): \(error)")
+            }
+        }
+        let endpoints = configuration.federation.contains {
+            if case .endpoint = $0.location { return true }
+            return false
+        }
+        return FederatedBundles(
+            sources: configuration.federation, loop: loop, logger: logger,
+            worker: endpoints ? try OffLoopWorker(loop: loop) : nil, bootstrap: bootstrap)
     }
 
     /// The federated domains' JWT keys go to the local JWT authority (validation, FetchJWTBundles).

@@ -96,6 +96,8 @@ public struct AgentConfiguration: Sendable {
     public var naming = SDSNaming.spire
     /// `--federate-with`: the trust domains trusted besides the own one, and where their bundles come from.
     public var federation: [FederationSource] = []
+    /// `--federate-bootstrap`: the file whose roots first verify a domain's https_spiffe endpoint, by domain.
+    public var federationBootstrap: [TrustDomain: String] = [:]
     public static let defaultCRLFile = "/var/run/secrets/istio/crl/ca-crl.pem"
 
     public struct OutputJWT: Sendable, Equatable {
@@ -212,6 +214,8 @@ public struct RawAgentOptions: Sendable, Equatable {
     public var defaultAllBundlesName: String?
     /// Each `--federate-with`, in order (the flag repeats).
     public var federateWith: [String] = []
+    /// Each `--federate-bootstrap`, in order (the flag repeats).
+    public var federateBootstrap: [String] = []
     public init() {}
 }
 
@@ -322,7 +326,44 @@ extension AgentConfiguration {
         }
         configuration.naming = try naming(source)
         configuration.federation = try federation(source, ownTrustDomain: configuration.trustDomain)
+        configuration.federationBootstrap = try federationBootstrap(source, federation: configuration.federation)
         return configuration
+    }
+
+    /// `--federate-bootstrap <td>=<file>` (or `SDS_FEDERATE_BOOTSTRAP`): required for, and only for, each https_spiffe
+    /// endpoint (its server proves an ID of the domain, verified with roots obtained out of band the first time).
+    private static func federationBootstrap(_ source: OptionSource, federation: [FederationSource])
+        throws(ConfigurationError) -> [TrustDomain: String]
+    {
+        let option = AgentOption.federateBootstrap
+        let entries =
+            source.options.federateBootstrap.isEmpty
+            ? (source.variable(option.environment) ?? "").split(separator: ",").map(String.init)
+            : source.options.federateBootstrap
+        var files: [TrustDomain: String] = [:]
+        for entry in entries {
+            guard let equals = entry.firstIndex(of: "="), let domain = try? TrustDomain(String(entry[..<equals])) else {
+                throw option.refusal("'\(entry)' is not <trust domain>=<absolute file>")
+            }
+            let path = try option.absolutePath(String(entry[entry.index(after: equals)...]))
+            let spiffeEndpoint = federation.contains {
+                if case .endpoint(let url) = $0.location { return $0.trustDomain == domain && url.endpointID != nil }
+                return false
+            }
+            guard spiffeEndpoint else {
+                throw option.refusal(
+                    "'\(entry)': \(domain.name) has no https_spiffe endpoint in --federate-with (https://…#spiffe://…)")
+            }
+            files[domain] = path
+        }
+        for source in federation {
+            if case .endpoint(let url) = source.location, url.endpointID != nil, files[source.trustDomain] == nil {
+                throw AgentOption.federateWith.refusal(
+                    "'\(source)': an https_spiffe endpoint needs --federate-bootstrap \(source.trustDomain.name)=<file> "
+                        + "(the roots that verify it the first time)")
+            }
+        }
+        return files
     }
 
     /// `--federate-with` (or `SDS_FEDERATE_WITH`, comma-separated): one source per trust domain, never the own one.
@@ -339,10 +380,6 @@ extension AgentConfiguration {
             let parsed: FederationSource
             do throws(FederationSource.ParseError) { parsed = try FederationSource.parse(entry) } catch {
                 throw option.refusal(error.description)
-            }
-            if case .endpoint = parsed.location {
-                throw option.refusal(
-                    "'\(entry)': bundle endpoints (https://) are not supported yet; mount the bundle as a file")
             }
             guard parsed.trustDomain != ownTrustDomain else {
                 throw option.refusal("'\(entry)': \(ownTrustDomain.name) is this agent's own trust domain")

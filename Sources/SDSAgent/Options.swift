@@ -277,12 +277,23 @@ extension AgentOption {
     static let federateWith = AgentOption(
         "federate-with", "td=source", env: "SDS_FEDERATE_WITH", default: .described("none"),
         syntax: .described(
-            "<trust domain>=<absolute file> (a SPIFFE bundle document or PEM certificates, watched); the flag "
-                + "repeats, the variable separates entries with commas"),
+            "<trust domain>=<source>, the source an absolute file (a SPIFFE bundle document or PEM certificates, "
+                + "watched), an https:// bundle endpoint (https_web: the OS trust store verifies it; SSL_CERT_FILE and "
+                + "SSL_CERT_DIR apply) or https://…#spiffe://<td>/<path> (https_spiffe: the endpoint must present that "
+                + "SPIFFE ID; needs --federate-bootstrap); endpoints are fetched again after the bundle's "
+                + "spiffe_refresh_hint (default 5m, 10s to 1h); the flag repeats, the variable separates entries with "
+                + "commas"),
         section: .secretNames, field: .repeated(\.federateWith),
         help:
             "Trust another trust domain: its bundle is served as spiffe://<td>, in the all-bundles name and as the "
             + "Workload API's federated bundles; repeatable.")
+    static let federateBootstrap = AgentOption(
+        "federate-bootstrap", "td=file", env: "SDS_FEDERATE_BOOTSTRAP", default: .described("none"),
+        syntax: .described(
+            "<trust domain>=<absolute file> (PEM or a SPIFFE bundle document), one per https_spiffe endpoint; the "
+                + "flag repeats, the variable separates entries with commas"),
+        section: .secretNames, field: .repeated(\.federateBootstrap),
+        help: "The roots that verify a domain's https_spiffe bundle endpoint until its first bundle is fetched.")
     static let clusterID = AgentOption(
         "cluster-id", "id", env: "ISTIO_META_CLUSTER_ID", default: .value(AgentConfiguration.defaultClusterID),
         syntax: .described("text"), section: .identityAndIssuer, field: .single(\.clusterID),
@@ -427,7 +438,7 @@ extension AgentOption {
         socket, socketMode, allowUID, allowGID,
         trustDomain, spiffeID, issuer, stateDir, caCert, caKey, upstreamSocket, caAddr, caRootCert, caServerName,
         tokenFile, clusterID, keyType,
-        defaultSVIDName, defaultBundleName, defaultAllBundlesName, federateWith,
+        defaultSVIDName, defaultBundleName, defaultAllBundlesName, federateWith, federateBootstrap,
         svidTTL, rotateRatio, caTTL, jwtTTL,
         svidFile, svidKeyFile, bundleFile, crlFile, fileDirs, outputDir, outputLayout, outputJWT, outputSignal,
         drainTimeout, writeStallTimeout, maxQueuedBytes, maxRequestBytes, maxConnections,

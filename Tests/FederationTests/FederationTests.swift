@@ -16,51 +16,23 @@ private let quiet = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler
         #expect(file.location == .file(path: "/etc/federation/b.json"))
         let web = try FederationSource.parse("spiffe://b.org=https://bundles.b.org/bundle")
         #expect(web.trustDomain.name == "b.org")
-        #expect(web.location == .endpoint(url: "https://bundles.b.org/bundle"))
+        guard case .endpoint(let url) = web.location else {
+            Issue.record("not an endpoint: \(web.location)")
+            return
+        }
+        #expect(url.host == "bundles.b.org" && url.endpointID == nil)
+        let spiffe = try FederationSource.parse("b.org=https://bundles.b.org:8443/b#spiffe://b.org/spire/server")
+        guard case .endpoint(let endpoint) = spiffe.location else { return }
+        #expect(endpoint.endpointID?.uri == "spiffe://b.org/spire/server" && endpoint.port == 8443)
     }
 
     @Test(arguments: [
         "b.org", "=/etc/b.json", "B.org=/etc/b.json", "b.org=relative.json", "b.org=http://b.org/bundle",
-        "b.org=", "spiffe://b.org/path=/etc/b.json",
+        "b.org=", "spiffe://b.org/path=/etc/b.json", "b.org=https://bundles.b.org/b#spiffe://c.org/spire/server",
+        "b.org=https://user@bundles.b.org/b",
     ])
     func malformedSourcesAreRefusedWithAReason(text: String) {
         #expect(throws: FederationSource.ParseError.self) { try FederationSource.parse(text) }
-    }
-}
-
-@Suite struct FederatedBundleAcceptanceTests {
-    private let domain: TrustDomain
-    private let ca: TestCA
-
-    init() throws {
-        domain = try TrustDomain("b.org")
-        ca = try TestCA(trustDomain: "b.org")
-    }
-
-    private func bundle(sequence: Int64?, trustDomain: TrustDomain? = nil) -> SPIFFEBundle {
-        SPIFFEBundle(
-            x509: X509Bundle(trustDomain: trustDomain ?? domain, certificates: ca.bundle.certificates),
-            sequence: sequence)
-    }
-
-    @Test func aLowerSequenceIsAnOldCopyAndIsRefused() throws {
-        try FederatedBundleAcceptance.check(bundle(sequence: 5), previous: bundle(sequence: 5), trustDomain: domain)
-        try FederatedBundleAcceptance.check(bundle(sequence: 6), previous: bundle(sequence: 5), trustDomain: domain)
-        try FederatedBundleAcceptance.check(bundle(sequence: nil), previous: bundle(sequence: 5), trustDomain: domain)
-        #expect(throws: FederatedBundleAcceptance.Refusal.self) {
-            try FederatedBundleAcceptance.check(bundle(sequence: 4), previous: bundle(sequence: 5), trustDomain: domain)
-        }
-    }
-
-    @Test func aBundleOfAnotherDomainOrWithoutAuthoritiesIsRefused() throws {
-        #expect(throws: FederatedBundleAcceptance.Refusal.self) {
-            try FederatedBundleAcceptance.check(
-                bundle(sequence: 1, trustDomain: try TrustDomain("c.org")), previous: nil, trustDomain: domain)
-        }
-        let empty = SPIFFEBundle(x509: X509Bundle(trustDomain: domain, certificates: []))
-        #expect(throws: FederatedBundleAcceptance.Refusal.self) {
-            try FederatedBundleAcceptance.check(empty, previous: nil, trustDomain: domain)
-        }
     }
 }
 

@@ -153,6 +153,8 @@ class _Server(http.server.ThreadingHTTPServer):
 
     def get_request(self):
         sock, address = super().get_request()
+        with self.owner.lock:
+            self.owner.connections += 1
         # The handshake runs in the handler's thread (on its first read), with the context current at accept
         # time: a certificate swap applies to the next connection.
         return self.owner.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
@@ -171,6 +173,7 @@ class BundleEndpointServer:
         self.path = path
         self.lock = threading.Lock()
         self.requests: list[dict] = []
+        self.connections = 0  # TCP connections accepted (a client that refuses our certificate makes no request)
         self.status = 200
         self._dir = tempfile.TemporaryDirectory(prefix="bundle-endpoint-")
         # The federated domain's root: signs the SVID of the spiffe profile, and is what the document publishes.
@@ -245,6 +248,10 @@ class BundleEndpointServer:
         """Answer every request with `status` (200 serves the document again)."""
         with self.lock:
             self.status = status
+
+    def connection_count(self) -> int:
+        with self.lock:
+            return self.connections
 
     def request_count(self) -> int:
         with self.lock:
