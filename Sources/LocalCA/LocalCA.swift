@@ -82,21 +82,25 @@ public final class LocalCA: Sendable {
     public static func operatorSupplied(
         certificateChainPath: String, keyPath: String, trustDomain: TrustDomain, now: Timestamp
     ) throws -> LocalCA {
-        let chain: [Certificate]
-        do {
-            chain = try Certificate.parseChain(
-                pem: String(decoding: try Files.read(certificateChainPath), as: UTF8.self))
-        } catch let error as SystemError {
-            throw LocalCAError("\(error)")
-        } catch {
-            throw LocalCAError("\(certificateChainPath): not a PEM certificate chain: \(error)")
-        }
+        let chain = try readChain(certificateChainPath)
         try FileTrust.checkPrivateKeyFile(keyPath, what: "--ca-key")
         let key = try readKey(keyPath)
         do {
             return try LocalCA(signingChain: chain, signingKey: key, trustDomain: trustDomain, now: now)
         } catch let error as LocalCAError {
             throw LocalCAError("\(certificateChainPath): \(error.message)")
+        }
+    }
+
+    /// The certificates of an operator's chain file, with one error line naming the file.
+    private static func readChain(_ certificateChainPath: String) throws -> [Certificate] {
+        do {
+            return try Certificate.parseChain(
+                pem: String(decoding: try Files.read(certificateChainPath), as: UTF8.self))
+        } catch let error as SystemError {
+            throw LocalCAError("\(error)")
+        } catch {
+            throw LocalCAError("\(certificateChainPath): not a PEM certificate chain: \(error)")
         }
     }
 
@@ -107,15 +111,7 @@ public final class LocalCA: Sendable {
     public static func operatorSuppliedRoots(certificateChainPath: String, trustDomain: TrustDomain) throws
         -> [Certificate]
     {
-        let chain: [Certificate]
-        do {
-            chain = try Certificate.parseChain(
-                pem: String(decoding: try Files.read(certificateChainPath), as: UTF8.self))
-        } catch let error as SystemError {
-            throw LocalCAError("\(error)")
-        } catch {
-            throw LocalCAError("\(certificateChainPath): not a PEM certificate chain: \(error)")
-        }
+        let chain = try readChain(certificateChainPath)
         for uri in chain[0].uriSANs {
             if let id = try? SPIFFEID(parsing: uri), id.trustDomain != trustDomain {
                 throw LocalCAError(

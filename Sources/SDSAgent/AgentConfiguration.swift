@@ -336,10 +336,7 @@ extension AgentConfiguration {
         throws(ConfigurationError) -> [TrustDomain: String]
     {
         let option = AgentOption.federateBootstrap
-        let entries =
-            source.options.federateBootstrap.isEmpty
-            ? (source.variable(option.environment) ?? "").split(separator: ",").map(String.init)
-            : source.options.federateBootstrap
+        let entries = source.entries(option)
         var files: [TrustDomain: String] = [:]
         for entry in entries {
             guard let equals = entry.firstIndex(of: "="), let domain = try? TrustDomain(String(entry[..<equals])) else {
@@ -371,10 +368,7 @@ extension AgentConfiguration {
         -> [FederationSource]
     {
         let option = AgentOption.federateWith
-        let entries =
-            source.options.federateWith.isEmpty
-            ? (source.variable(option.environment) ?? "").split(separator: ",").map(String.init)
-            : source.options.federateWith
+        let entries = source.entries(option)
         var sources: [FederationSource] = []
         for entry in entries {
             let parsed: FederationSource
@@ -455,10 +449,7 @@ extension AgentConfiguration {
             source.text(.outputLayout, else: ""), as: OutputLayout.self)
         // The environment form separates entries with commas (an audience holding one needs the flag).
         let option = AgentOption.outputJWT
-        let jwtEntries =
-            source.options.outputJWT.isEmpty
-            ? (source.variable(option.environment) ?? "").split(separator: ",").map(String.init)
-            : source.options.outputJWT
+        let jwtEntries = source.entries(option)
         for entry in jwtEntries {
             guard let eq = entry.lastIndex(of: "="), eq != entry.startIndex else {
                 throw option.refusal("'\(entry)' must be <audience>=<file>, e.g. spiffe://td/db=/run/jwt")

@@ -472,6 +472,15 @@ struct OptionSource {
     /// The text, else `fallback` (for defaults worked out by `resolve`).
     func text(_ option: AgentOption, else fallback: String) -> String { text(option) ?? fallback }
 
+    /// A repeatable option's entries: each flag, else the variable's comma-separated entries (a value holding a
+    /// comma needs the flag).
+    func entries(_ option: AgentOption) -> [String] {
+        guard case .repeated(let path) = option.field else { return given(option).map { [$0] } ?? [] }
+        let flags = options[keyPath: path]
+        if !flags.isEmpty { return flags }
+        return (variable(option.environment) ?? "").split(separator: ",").map(String.init)
+    }
+
     func variable(_ name: String) -> String? {
         guard let value = environment[name], !value.isEmpty else { return nil }
         return value
