@@ -99,7 +99,8 @@ let package = Package(
         .target(
             name: "SDSAgent",
             dependencies: [
-                "Servers", "Federation", "Wire", "XDS", "GRPC", "H2", "Transport", "ConnectionDriver", "Issuance", "SPIFFE", "PKI",
+                "Servers", "Federation", "Wire", "XDS", "GRPC", "H2", "Transport", "ConnectionDriver", "Issuance",
+                "SPIFFE", "PKI",
                 "JSONText",
                 "WorkloadAPIClient",
                 "FileIdentity",
@@ -170,7 +171,8 @@ let package = Package(
         .testTarget(
             name: "FederationTests",
             dependencies: [
-                "Federation", "SPIFFE", "PKI", "Transport", "TestSupport", .product(name: "Logging", package: "swift-log"),
+                "Federation", "SPIFFE", "PKI", "Transport", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "FileIdentityTests", dependencies: ["FileIdentity", "Issuance", "PKI", "SPIFFE", "TestSupport"]),
@@ -190,7 +192,8 @@ let package = Package(
         .target(
             name: "FuzzTargets",
             dependencies: [
-                "SDSAgent", "Servers", "HTTP1", "GRPC", "H2", "Wire", "PKI", "SPIFFE", "WorkloadAPIClient", "TestSupport", "JWT",
+                "SDSAgent", "Servers", "HTTP1", "GRPC", "H2", "Wire", "PKI", "SPIFFE", "WorkloadAPIClient",
+                "TestSupport", "JWT",
                 "LocalCA",
                 "JSONText",
                 "BundleEndpoint",
