@@ -20,6 +20,8 @@ public final class FederatedBundles {
     private var lastRefusal: [TrustDomain: String] = [:]
     /// The bundles served, by trust domain (a domain whose source never delivered is absent).
     public private(set) var bundles: [TrustDomain: SPIFFEBundle] = [:]
+    /// Why 256: a refusal names its cause in a sentence; more is content the other side chose.
+    static let maxReasonBytes = 256
     /// A bundle was added or replaced (by different content).
     public var onChange: (() -> Void)?
 
@@ -95,7 +97,7 @@ public final class FederatedBundles {
     /// A source's document (read from a file or fetched from an endpoint): parsed, checked, and served if accepted.
     /// Returns whether the served bundle changed; `onChange` runs then when `notify` is set.
     @discardableResult
-    public func deliver(_ bytes: [UInt8], for source: FederationSource, notify: Bool = true) -> Bool {
+    func deliver(_ bytes: [UInt8], for source: FederationSource, notify: Bool = true) -> Bool {
         let trustDomain = source.trustDomain
         let bundle: SPIFFEBundle
         do throws(SPIFFEBundle.ParseError) {
@@ -124,7 +126,12 @@ public final class FederatedBundles {
     }
 
     /// Logs a refusal once per source and reason.
-    public func refuse(_ source: FederationSource, _ reason: String) {
+    func refuse(_ source: FederationSource, _ text: String) {
+        // The endpoint chooses part of the text (an HTTP reason phrase, a parser's excerpt): bounded before it is
+        // kept or logged.
+        let reason =
+            text.utf8.count <= Self.maxReasonBytes
+            ? text : String(decoding: text.utf8.prefix(Self.maxReasonBytes), as: UTF8.self) + "…"
         guard lastRefusal[source.trustDomain] != reason else { return }
         lastRefusal[source.trustDomain] = reason
         logger.warning(

@@ -32,14 +32,7 @@ public struct FederationSource: Sendable, Equatable, CustomStringConvertible {
         }
         let name = String(text[..<equals])
         let source = String(text[text.index(after: equals)...])
-        let trustDomain: TrustDomain
-        do { trustDomain = try TrustDomain(name) } catch {
-            throw ParseError(description: "'\(name)' is not a trust domain: \(error)")
-        }
-        // `spiffe://b.org/workload` parses as an ID of b.org; here only the domain itself is meant.
-        guard name == trustDomain.name || name == trustDomain.idString else {
-            throw ParseError(description: "'\(name)' is a workload's ID, not a trust domain")
-        }
+        let trustDomain = try Self.trustDomain(parsing: name)
         if source.hasPrefix("https://") {
             let url: BundleEndpointURL
             do throws(BundleEndpointURL.ParseError) { url = try BundleEndpointURL(parsing: source) } catch {
@@ -59,6 +52,19 @@ public struct FederationSource: Sendable, Equatable, CustomStringConvertible {
             throw ParseError(description: "'\(source)' is neither an absolute file path nor an https:// URL")
         }
         return FederationSource(trustDomain: trustDomain, location: .file(path: source))
+    }
+
+    /// A federated trust domain as the flags name it: a bare name or its `spiffe://` form, never a workload's ID.
+    public static func trustDomain(parsing name: String) throws(ParseError) -> TrustDomain {
+        let trustDomain: TrustDomain
+        do { trustDomain = try TrustDomain(name) } catch {
+            throw ParseError(description: "'\(name)' is not a trust domain: \(error)")
+        }
+        // `spiffe://b.org/workload` parses as an ID of b.org; here only the domain itself is meant.
+        guard name == trustDomain.name || name == trustDomain.idString else {
+            throw ParseError(description: "'\(name)' is a workload's ID, not a trust domain")
+        }
+        return trustDomain
     }
 
     public var description: String {

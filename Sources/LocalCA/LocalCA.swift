@@ -177,13 +177,17 @@ public final class LocalCA: Sendable {
         return (try builder.sign(issuer: nil, issuerKey: key), key)
     }
 
-    static func readCertificate(_ path: String) throws -> Certificate {
-        let bytes: [UInt8]
+    /// A state-dir or operator file's bytes, a read failure as one line naming it.
+    private static func read(_ path: String) throws -> [UInt8] {
         do throws(SystemError) {
-            bytes = try Files.read(path)
+            return try Files.read(path)
         } catch {
             throw LocalCAError("\(error)")
         }
+    }
+
+    static func readCertificate(_ path: String) throws -> Certificate {
+        let bytes = try read(path)
         do {
             let certificates = try Certificate.parseChain(pem: String(decoding: bytes, as: UTF8.self))
             guard certificates.count == 1 else {
@@ -198,12 +202,7 @@ public final class LocalCA: Sendable {
     }
 
     static func readKey(_ path: String) throws -> PrivateKey {
-        let bytes: [UInt8]
-        do throws(SystemError) {
-            bytes = try Files.read(path)
-        } catch {
-            throw LocalCAError("\(error)")
-        }
+        let bytes = try read(path)
         do {
             return try PrivateKey(pem: String(decoding: bytes, as: UTF8.self))
         } catch {

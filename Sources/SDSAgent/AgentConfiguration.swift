@@ -339,7 +339,10 @@ extension AgentConfiguration {
         let entries = source.entries(option)
         var files: [TrustDomain: String] = [:]
         for entry in entries {
-            guard let equals = entry.firstIndex(of: "="), let domain = try? TrustDomain(String(entry[..<equals])) else {
+            // The same trust-domain rules as --federate-with's (a bare name or its spiffe:// form, no path).
+            guard let equals = entry.firstIndex(of: "="),
+                let domain = try? FederationSource.trustDomain(parsing: String(entry[..<equals]))
+            else {
                 throw option.refusal("'\(entry)' is not <trust domain>=<absolute file>")
             }
             let path = try option.absolutePath(String(entry[entry.index(after: equals)...]))

@@ -1,7 +1,6 @@
 import ConnectionDriver
 import GRPC
 import Glibc
-import H2
 import Servers
 import Transport
 

@@ -1,4 +1,3 @@
-import Federation
 import Glibc
 import Logging
 import PKI
@@ -6,6 +5,8 @@ import SPIFFE
 import TestSupport
 import Testing
 import Transport
+
+@testable import Federation
 
 private let quiet = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
 
@@ -126,5 +127,37 @@ private let quiet = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler
             index += 3
         }
         return out
+    }
+}
+
+/// Records the metadata of every line logged.
+private final class RecordingLog: @unchecked Sendable {
+    var lines: [Logger.Metadata] = []
+}
+
+private struct RecordingHandler: LogHandler {
+    let log: RecordingLog
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) { log.lines.append(event.metadata ?? [:]) }
+}
+
+@Suite struct FederatedBundleRefusalTests {
+    /// A refusal's reason may carry text the other side chose (an HTTP reason phrase): it is cut at the bound before
+    /// it is kept or logged.
+    @Test func aLongReasonIsBoundedBeforeItIsLogged() throws {
+        let recorded = RecordingLog()
+        let logger = Logger(label: "test", factory: { _ in RecordingHandler(log: recorded) })
+        let loop = try EventLoop()
+        let source = try FederationSource.parse("b.org=/nonexistent/b.pem")
+        let federation = FederatedBundles(sources: [], loop: loop, logger: logger)
+        federation.refuse(source, String(repeating: "x", count: 10_000))
+        let reason = try #require(recorded.lines.last?["reason"]).description
+        #expect(reason.utf8.count <= FederatedBundles.maxReasonBytes + "…".utf8.count)
+        #expect(reason.hasPrefix(String(repeating: "x", count: FederatedBundles.maxReasonBytes)))
     }
 }
