@@ -110,8 +110,10 @@ let package = Package(
         // Executables: parse arguments, call a library.
         // No swift-argument-parser anywhere: it links FoundationEssentials (+3.6 MB RSS); see AgentCommandLine.
         // sds-agent is also sds-dump when called by that name (the image ships one binary under both names).
-        // symbol-order.txt is a link input of the release build (see the Makefile's ORDER_FLAGS), not a source.
-        .executableTarget(name: "sds-agent", dependencies: ["SDSAgent", "SDSDump"], exclude: ["symbol-order.txt", "unnamed-text.lds"]),
+        // symbol-order.txt and unnamed-text.lds are inputs of the release link (the Makefile's ORDER_FLAGS).
+        .executableTarget(
+            name: "sds-agent", dependencies: ["SDSAgent", "SDSDump"],
+            exclude: ["symbol-order.txt", "unnamed-text.lds"]),
         // sds-dump: what any SDS server serves, as a table or JSON.
         .target(
             name: "SDSDump", dependencies: ["Wire", "GRPC", "H2", "Transport", "PKI", "JSONText", "ConnectionDriver"]),

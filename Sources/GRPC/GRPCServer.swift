@@ -18,6 +18,14 @@ public final class GRPCRouter {
     }
 
     public func handler(for path: String) -> GRPCCallHandler? { handlers[path] }
+
+    /// The handler for `path` and the router's own copy of the path: a call that keeps it shares that string
+    /// instead of holding the one decoded from its request (a heap string per held stream).
+    func route(for path: String) -> (path: String, handler: GRPCCallHandler)? {
+        guard let index = handlers.index(forKey: path) else { return nil }
+        let (registered, handler) = handlers[index]
+        return (registered, handler)
+    }
 }
 
 /// What happened to a message handed to `GRPCServerCall.send` / `GRPCClientCall.send`.
@@ -29,11 +37,27 @@ public enum GRPCSendResult: Sendable, Equatable {
     case closed
 }
 
+/// What a handler holding a call for long (a stream) hears, as one object instead of the four closures of
+/// `GRPCServerCall`: a held stream then costs one reference, not four closure contexts and the weak references in
+/// them. The call holds it strongly until the call ends (dropped with the closures, which breaks the cycle with a
+/// handler that holds its call).
+public protocol GRPCServerCallEvents: AnyObject {
+    /// A complete request message.
+    func callReceived(_ message: [UInt8])
+    /// The client finished sending (END_STREAM).
+    func callHalfClosed()
+    /// The call ended without `finish` (see `GRPCServerCall.onCancel`).
+    func callCancelled()
+    /// The stream's queue drained (see `GRPCServerCall.onWritable`).
+    func callWritable()
+}
+
 /// One server-side call. Every callback runs synchronously on the thread driving the connection.
 public final class GRPCServerCall {
     public let path: String
-    /// Request headers other than pseudo-headers (`:path` etc.), in arrival order.
-    public let metadata: [(String, String)]
+    /// Request headers other than pseudo-headers (`:path` etc.), in arrival order. Available while the router's
+    /// handler runs, empty after: a stream held for hours keeps none of its request headers.
+    public internal(set) var metadata: [(String, String)]
     public let streamID: H2StreamID
 
     /// A complete request message.
@@ -45,6 +69,8 @@ public final class GRPCServerCall {
     /// The stream's queue drained: the peer took everything sent so far. A good time to send more (SDS streams
     /// build their next, merged response here rather than queue one per change).
     public var onWritable: (() -> Void)?
+    /// Told every event, after the closure for it (if any).
+    public var events: (any GRPCServerCallEvents)?
 
     weak var connection: GRPCServerConnection? {
         didSet { connectionID = connection.map(ObjectIdentifier.init) ?? connectionID }
@@ -90,6 +116,29 @@ public final class GRPCServerCall {
         onHalfClose = nil
         onCancel = nil
         onWritable = nil
+        events = nil
+    }
+
+    // Each event: the closure, then the events object, each held in a local for the call so that a handler
+    // releasing them half-way (by ending the call) does not free what is running.
+    func deliver(_ message: [UInt8]) {
+        if let onMessage { onMessage(message) }
+        if let events { events.callReceived(message) }
+    }
+
+    func deliverHalfClose() {
+        if let onHalfClose { onHalfClose() }
+        if let events { events.callHalfClosed() }
+    }
+
+    func deliverCancel() {
+        if let onCancel { onCancel() }
+        if let events { events.callCancelled() }
+    }
+
+    func deliverWritable() {
+        if let onWritable { onWritable() }
+        if let events { events.callWritable() }
     }
 }
 
@@ -163,7 +212,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
         bufferedRequestBytes = 0
         for call in open.values {
             call.cancelDeadline?()
-            if call.state.streamClosed() == .notifyCancelled { call.onCancel?() }
+            if call.state.streamClosed() == .notifyCancelled { call.deliverCancel() }
             call.releaseCallbacks()
         }
     }
@@ -174,9 +223,10 @@ public final class GRPCServerConnection: H2SessionDelegate {
         guard kind == .request else { return }  // request trailers carry nothing for gRPC
         let path = headers.value(for: ":path")
         let metadata = headers.filter { !$0.name.hasPrefix(":") }.map { ($0.name, $0.value) }
+        let route = path.flatMap { router.route(for: $0) }
         let call = GRPCServerCall(
-            streamID: streamID, path: path ?? "", metadata: metadata, maxMessageBytes: maxMessageBytes)
-        let handler = path.flatMap { router.handler(for: $0) }
+            streamID: streamID, path: route?.path ?? path ?? "", metadata: metadata, maxMessageBytes: maxMessageBytes)
+        let handler = route?.handler
         let action = call.state.receiveRequestHeaders(
             method: headers.value(for: ":method"), contentType: headers.value(for: "content-type"),
             pathIsRegistered: handler != nil, path: path)
@@ -209,6 +259,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
                 }
             }
             handler?(call)
+            call.metadata = []
             if endStream { h2DataReceived(streamID: streamID, bytes: [], endStream: true) }
         }
     }
@@ -241,7 +292,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
             }
             for message in messages {
                 guard case .deliverMessage = call.state.receiveMessage() else { return }
-                call.onMessage?(message)
+                call.deliver(message)
             }
         }
         if endStream {
@@ -253,12 +304,12 @@ public final class GRPCServerConnection: H2SessionDelegate {
         guard let call = calls.removeValue(forKey: streamID) else { return }
         bufferedRequestBytes -= call.decoder.bufferCapacity
         call.cancelDeadline?()
-        if call.state.streamClosed() == .notifyCancelled { call.onCancel?() }
+        if call.state.streamClosed() == .notifyCancelled { call.deliverCancel() }
         call.releaseCallbacks()
     }
 
     public func h2OutboundQueueDrained(streamID: H2StreamID) {
-        calls[streamID]?.onWritable?()
+        calls[streamID]?.deliverWritable()
     }
 
     public func h2LimitExceeded(_ limit: H2Limit, streamID: H2StreamID) {
@@ -274,18 +325,18 @@ public final class GRPCServerConnection: H2SessionDelegate {
         let finish = call.state.finish(GRPCStatus(.deadlineExceeded, "deadline exceeded (grpc-timeout \(timeout))"))
         guard finish != .none else { return }
         perform(finish, on: call)
-        call.onCancel?()
+        call.deliverCancel()
     }
 
     private func perform(_ action: ServerCallStateMachine.InboundAction, on call: GRPCServerCall) {
         switch action {
         case .deliverMessage, .ignore: break
-        case .deliverHalfClose: call.onHalfClose?()
+        case .deliverHalfClose: call.deliverHalfClose()
         case .fail(let finish):
             perform(finish, on: call)
             // The handler did not choose this end: tell it the call is over. Further request bytes are
             // discarded by the failed decoder, so nothing more is buffered.
-            call.onCancel?()
+            call.deliverCancel()
         }
     }
 

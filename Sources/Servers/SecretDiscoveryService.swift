@@ -19,6 +19,8 @@ public final class SecretDiscoveryService {
     private var streams: [ObjectIdentifier: any OpenStream] = [:]
     private var heldFetches: [ObjectIdentifier: (call: GRPCServerCall, request: DiscoveryRequest)] = [:]
     private var streamCounter: UInt64 = 0
+    /// One encoding of each pushed secret, shared by the streams it goes to (see `SharedResponseBodies`).
+    private var sharedBodies = SharedResponseBodies()
     /// The names each open call holds (its part of `subscriptions`).
     private var namesByCall: [ObjectIdentifier: [String]] = [:]
     /// Which connection each call holding names belongs to (for the per-connection on-demand budget).
@@ -179,7 +181,7 @@ public final class SecretDiscoveryService {
         if !held.isEmpty { onRelease?(held) }
     }
 
-    // MARK: Opening streams (SotW and Delta alike)
+    // MARK: StreamSecrets (SotW) and DeltaSecrets, one call type
 
     /// The next stream number (nonce prefix and log field), unique for this service's lifetime.
     private func nextStreamID() -> UInt64 {
@@ -187,58 +189,53 @@ public final class SecretDiscoveryService {
         return streamCounter
     }
 
-    /// Sets what a just-registered SotW or Delta call does on each event but writability: each message is decoded
-    /// (a malformed one fails the call) and handed to `receive`; half-close ends the call with OK; cancel forgets
-    /// the stream.
-    private func acceptRequests<Request: WireMessage>(
-        on call: GRPCServerCall, streamID: UInt64, mode: String, _ receive: @escaping (Request) -> Void
-    ) {
-        let key = ObjectIdentifier(call)
-        logger.debug("stream opened", metadata: ["stream": "\(streamID)", "mode": "\(mode)"])
-        // Weak, not unowned: an error path (a protocol error, a response too large for the queue) drops the stream
-        // while its handler is still running; the handler then finds it gone instead of trapping.
-        // The call's own closures hold it weakly: strongly, each call would be a cycle with its closures that only
-        // the end of its stream breaks.
-        call.onMessage = { [weak self, weak call] bytes in
-            guard let self, let call else { return }
-            let request: Request
-            do { request = try Request(wireBytes: bytes) } catch {
-                self.fail(call, key: key, GRPCStatus(.invalidArgument, "malformed \(Request.self): \(error)"))
-                return
-            }
-            receive(request)
-        }
-        call.onHalfClose = { [weak self, weak call] in
-            guard let call else { return }
-            self?.close(call, key: key, status: .ok)
-        }
-        call.onCancel = { [weak self] in
-            guard let self else { return }
-            self.streams.removeValue(forKey: key)
-            self.holdNames([], for: key)
-            self.logger.debug("stream closed by peer", metadata: ["stream": "\(streamID)"])
-        }
-    }
-
-    // MARK: StreamSecrets (SotW) and DeltaSecrets, one call type
-
-    /// One open StreamSecrets or DeltaSecrets call and its stream machine.
-    final class StreamCall<Machine: SecretStreamMachine>: OpenStream {
+    /// One open StreamSecrets or DeltaSecrets call and its stream machine. It is the call's events object: a held
+    /// stream costs this object and its machine, with no closure contexts or per-stream weak references (10,000
+    /// streams are held for hours between pushes).
+    final class StreamCall<Machine: SecretStreamMachine>: OpenStream, GRPCServerCallEvents {
         let call: GRPCServerCall
         var machine: Machine
         let id: UInt64
         /// This client's variants (its node's), fixed by its first request.
         var aliases: [String: String] = [:]
-        init(call: GRPCServerCall, id: UInt64) {
+        /// Weak: the service owns its streams, and may be gone while a connection still delivers an event. Every
+        /// stream's weak reference shares the service's one side table.
+        weak var service: SecretDiscoveryService?
+
+        init(call: GRPCServerCall, id: UInt64, service: SecretDiscoveryService) {
             self.call = call
             self.id = id
+            self.service = service
             self.machine = Machine(nonces: NonceSequence(prefix: "\(id)-"))
         }
 
         var mode: String { Machine.mode }
 
+        @_specialize(where Machine == SotWStream)
+        @_specialize(where Machine == DeltaStream)
         func cacheChanged(in service: SecretDiscoveryService) {
             service.perform(machine.cacheChanged(service.cache(for: aliases)), on: self)
+        }
+
+        // The call holds this object strongly until the call ends (then drops it, which breaks the cycle with
+        // `call`); an event therefore always finds it alive, even one whose handling ends the call half-way.
+        @_specialize(where Machine == SotWStream)
+        @_specialize(where Machine == DeltaStream)
+        func callReceived(_ message: [UInt8]) { service?.received(message, on: self) }
+
+        func callHalfClosed() { service?.close(call, key: ObjectIdentifier(call), status: .ok) }
+
+        @_specialize(where Machine == SotWStream)
+        @_specialize(where Machine == DeltaStream)
+        func callCancelled() { service?.cancelled(self) }
+
+        /// Pull-style: the machine holds changes while its last response is in the transport and builds the
+        /// merged one when the transport took it.
+        @_specialize(where Machine == SotWStream)
+        @_specialize(where Machine == DeltaStream)
+        func callWritable() {
+            guard let service else { return }
+            service.perform(machine.transportReady(service.cache(for: aliases)), on: self)
         }
     }
 
@@ -247,50 +244,64 @@ public final class SecretDiscoveryService {
     static let responseTooLarge = GRPCStatus(.resourceExhausted, "response larger than the stream's send queue")
 
     private func open<Machine: SecretStreamMachine>(_ call: GRPCServerCall, as _: Machine.Type) {
-        let stream = StreamCall<Machine>(call: call, id: nextStreamID())
+        let stream = StreamCall<Machine>(call: call, id: nextStreamID(), service: self)
         streams[ObjectIdentifier(call)] = stream
-        acceptRequests(on: call, streamID: stream.id, mode: Machine.mode) {
-            [weak self, weak stream] (request: Machine.Request) in
-            // Strong for the whole request: `perform` may end the call (and drop the stream) half-way.
-            guard let self, let stream else { return }
-            let key = ObjectIdentifier(stream.call)
-            let before = stream.machine.subscribedNames
-            if stream.machine.node == nil, let node = Machine.node(of: request) { stream.aliases = self.aliases(node) }
-            let actions = stream.machine.receive(request, cache: self.cache(for: stream.aliases))
-            let asked = stream.machine.namesAsked(by: request, before: before)
-            // Logged before the push it may cause, so the log reads in causal order.
-            if asked != nil {
-                self.logger.info(
-                    "subscribed",
-                    metadata: [
-                        "stream": "\(stream.id)", "mode": "\(Machine.mode)",
-                        "names": "\(LogSummary.names(stream.machine.subscribedNames))",
-                        "node": "\(LogSummary.text(stream.machine.node?.id ?? ""))",
-                    ])
-            }
-            if asked != nil, let status = self.onDemandBudgetExceeded(stream.machine.subscribedNames, on: stream.call) {
-                return self.fail(stream.call, key: key, status)
-            }
-            self.perform(actions, on: stream)
-            // A request that ended its own stream (a protocol error, a response too large) subscribes nothing.
-            if let asked, self.streams[key] === stream {
-                // After `perform`: loading on-demand secrets pushes through `cacheChanged`, which must come after
-                // the response this request produced.
-                self.onSubscribe?(asked, stream.call.peer)
-                self.noteNeverServed(asked, node: stream.machine.node?.id ?? "")
-                if self.streams[key] === stream {
-                    self.holdNames(stream.machine.subscribedNames, for: key, on: stream.call)
-                }
-            }
+        call.events = stream
+        logger.debug("stream opened", metadata: ["stream": "\(stream.id)", "mode": "\(Machine.mode)"])
+    }
+
+    /// One request on an open stream: decoded (a malformed one fails the call), then handed to the machine.
+    @_specialize(where Machine == SotWStream)
+    @_specialize(where Machine == DeltaStream)
+    fileprivate func received<Machine: SecretStreamMachine>(_ bytes: [UInt8], on stream: StreamCall<Machine>) {
+        let key = ObjectIdentifier(stream.call)
+        let request: Machine.Request
+        do { request = try Machine.Request(wireBytes: bytes) } catch {
+            fail(stream.call, key: key, GRPCStatus(.invalidArgument, "malformed \(Machine.Request.self): \(error)"))
+            return
         }
-        // Pull-style: the machine holds changes while its last response is in the transport and builds the merged
-        // one when the transport took it.
-        call.onWritable = { [weak self, weak stream] in
-            guard let self, let stream else { return }
-            self.perform(stream.machine.transportReady(self.cache(for: stream.aliases)), on: stream)
+        let before = stream.machine.subscribedNames
+        if stream.machine.node == nil, let node = Machine.node(of: request) { stream.aliases = aliases(node) }
+        let actions = stream.machine.receive(request, cache: cache(for: stream.aliases))
+        let asked = stream.machine.namesAsked(by: request, before: before)
+        // Logged before the push it may cause, so the log reads in causal order.
+        if asked != nil {
+            logger.info(
+                "subscribed",
+                metadata: [
+                    "stream": "\(stream.id)", "mode": "\(Machine.mode)",
+                    "names": "\(LogSummary.names(stream.machine.subscribedNames))",
+                    "node": "\(LogSummary.text(stream.machine.node?.id ?? ""))",
+                ])
+        }
+        if asked != nil, let status = onDemandBudgetExceeded(stream.machine.subscribedNames, on: stream.call) {
+            return fail(stream.call, key: key, status)
+        }
+        perform(actions, on: stream)
+        // A request that ended its own stream (a protocol error, a response too large) subscribes nothing.
+        if let asked, streams[key] === stream {
+            // After `perform`: loading on-demand secrets pushes through `cacheChanged`, which must come after the
+            // response this request produced.
+            onSubscribe?(asked, stream.call.peer)
+            noteNeverServed(asked, node: stream.machine.node?.id ?? "")
+            if streams[key] === stream {
+                holdNames(stream.machine.subscribedNames, for: key, on: stream.call)
+            }
         }
     }
 
+    /// The call ended without our `finish` (RST_STREAM from the client, or the connection died).
+    @_specialize(where Machine == SotWStream)
+    @_specialize(where Machine == DeltaStream)
+    fileprivate func cancelled<Machine: SecretStreamMachine>(_ stream: StreamCall<Machine>) {
+        let key = ObjectIdentifier(stream.call)
+        streams.removeValue(forKey: key)
+        holdNames([], for: key)
+        logger.debug("stream closed by peer", metadata: ["stream": "\(stream.id)"])
+    }
+
+    @_specialize(where Machine == SotWStream)
+    @_specialize(where Machine == DeltaStream)
     fileprivate func perform<Machine: SecretStreamMachine>(_ actions: [Machine.Action], on stream: StreamCall<Machine>)
     {
         for action in actions {
@@ -308,15 +319,20 @@ public final class SecretDiscoveryService {
         }
     }
 
+    @_specialize(where Machine == SotWStream)
+    @_specialize(where Machine == DeltaStream)
     private func send<Machine: SecretStreamMachine>(_ response: Machine.Response, on stream: StreamCall<Machine>) {
-        switch stream.call.send(response.wireBytes()) {
+        switch stream.call.send(Machine.wireBytes(response, sharing: &sharedBodies)) {
         case .queued:
             stream.machine.responseAwaitsTransport()
             metrics.pushes += 1
-            // Per stream at debug: a rotation at 10,000 streams is one info line (the agent's), not 10,000.
-            var metadata = Self.metadata(stream: stream.id, Machine.pushFields(response))
-            metadata["mode"] = "\(Machine.mode)"
-            logger.debug("push", metadata: metadata)
+            // Per stream at debug: a rotation at 10,000 streams is one info line (the agent's), not 10,000; and
+            // its fields are not even built unless debug is on.
+            if logger.logLevel <= .debug {
+                var metadata = Self.metadata(stream: stream.id, Machine.pushFields(response))
+                metadata["mode"] = "\(Machine.mode)"
+                logger.debug("push", metadata: metadata)
+            }
         case .wouldExceed:
             // One response alone is larger than the stream's queue bound: it can never be sent.
             fail(stream.call, key: ObjectIdentifier(stream.call), Self.responseTooLarge)
@@ -404,7 +420,7 @@ public final class SecretDiscoveryService {
         close(call, key: key, status: status)
     }
 
-    private func close(_ call: GRPCServerCall, key: ObjectIdentifier, status: GRPCStatus) {
+    fileprivate func close(_ call: GRPCServerCall, key: ObjectIdentifier, status: GRPCStatus) {
         streams.removeValue(forKey: key)
         heldFetches.removeValue(forKey: key)
         holdNames([], for: key)

@@ -113,7 +113,8 @@ enum WireValidation {
     static func check(
         _ bytes: UnsafeRawBufferPointer, descriptor: UnsafePointer<ProtobufCMessageDescriptor>, depth: Int
     ) throws(WireError) {
-        let messageName = descriptor.pointee.name.map { String(cString: $0) } ?? "message"
+        // Named only for an error: every request decoded passes here.
+        var messageName: String { descriptor.pointee.name.map { String(cString: $0) } ?? "message" }
         guard depth < maxDepth else {
             throw .malformed(message: "\(messageName): messages nested deeper than \(maxDepth) levels")
         }
@@ -148,6 +149,8 @@ enum WireValidation {
     /// Why a string field's bytes cannot be taken as they are, or nil.
     static func stringProblem(_ bytes: UnsafeRawBufferPointer) -> String? {
         if bytes.contains(0) { return "string contains a NUL byte" }
+        // ASCII (nearly every name, nonce and version) is valid UTF-8: no String is built to learn that.
+        if bytes.allSatisfy({ $0 < 0x80 }) { return nil }
         if String(validating: bytes, as: UTF8.self) == nil { return "string is not valid UTF-8" }
         return nil
     }
@@ -278,5 +281,30 @@ struct WireScanner {
             }
         }
         return "a field has the wrong wire type or a nested message is malformed (\(bytes.count) bytes)"
+    }
+}
+
+// MARK: - Raw wire writing
+
+/// Appends single fields to an encoded message. Protobuf parsers merge fields wherever they appear, so a message
+/// encoded once can be completed per recipient (an SDS push shares one encoding of the secret across every stream
+/// and appends each stream's nonce).
+public enum WireFieldWriter {
+    /// Appends `value` as the length-delimited field `number`; nothing for an empty string (proto3 omits it).
+    public static func appendString(_ value: String, field number: UInt32, to bytes: inout [UInt8]) {
+        let utf8 = value.utf8
+        guard !utf8.isEmpty else { return }
+        appendVarint(UInt64(number) << 3 | 2, to: &bytes)
+        appendVarint(UInt64(utf8.count), to: &bytes)
+        bytes.append(contentsOf: utf8)
+    }
+
+    static func appendVarint(_ value: UInt64, to bytes: inout [UInt8]) {
+        var rest = value
+        while rest >= 0x80 {
+            bytes.append(UInt8(truncatingIfNeeded: rest) | 0x80)
+            rest >>= 7
+        }
+        bytes.append(UInt8(rest))
     }
 }

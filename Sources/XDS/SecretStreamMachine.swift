@@ -51,6 +51,40 @@ public protocol SecretStreamMachine {
 
     /// What a push log line says about `response`.
     static func pushFields(_ response: Response) -> [(String, StreamLogField)]
+
+    /// `response` encoded, from `bodies` when another stream already sent the same content.
+    static func wireBytes(_ response: Response, sharing bodies: inout SharedResponseBodies) -> [UInt8]
+}
+
+extension SecretStreamMachine {
+    public static func wireBytes(_ response: Response, sharing bodies: inout SharedResponseBodies) -> [UInt8] {
+        response.wireBytes()
+    }
+}
+
+/// Encodings of responses without their nonce, shared by every stream that sends the same content: a rotation
+/// pushes one secret to 10,000 streams, and it is encoded once instead of 10,000 times. Bounded: at most
+/// `maxEntries` bodies of at most `maxBodyBytes` each (a larger one is encoded per stream), dropped all at once
+/// when full, so the content clients ask for cannot grow it.
+public struct SharedResponseBodies: Sendable {
+    /// Why 16: a push concerns a handful of secrets (the SVID, the bundles, their variants).
+    public static let maxEntries = 16
+    public static let maxBodyBytes = 64 * 1024
+    private var bodies: [String: [UInt8]] = [:]
+
+    public init() {}
+
+    public var count: Int { bodies.count }
+
+    /// The body stored under `key`, or `encode()`'s result (stored when it fits).
+    public mutating func body(for key: String, encode: () -> [UInt8]) -> [UInt8] {
+        if let body = bodies[key] { return body }
+        let body = encode()
+        guard body.count <= Self.maxBodyBytes else { return body }
+        if bodies.count >= Self.maxEntries { bodies.removeAll(keepingCapacity: true) }
+        bodies[key] = body
+        return body
+    }
 }
 
 extension SotWStream: SecretStreamMachine {
@@ -82,6 +116,20 @@ extension SotWStream: SecretStreamMachine {
 
     public static func pushFields(_ response: DiscoveryResponse) -> [(String, StreamLogField)] {
         [("version", .text(response.versionInfo)), ("nonce", .text(response.nonce))]
+    }
+
+    /// A one-resource response (Envoy's: one stream per secret) is its resource's version, type and bytes, then
+    /// the stream's nonce: the version is the hash of the resource's bytes, so it keys the shared encoding. The
+    /// nonce is field 5, the last one set, so the bytes are exactly what encoding the whole response gives.
+    public static func wireBytes(_ response: DiscoveryResponse, sharing bodies: inout SharedResponseBodies)
+        -> [UInt8]
+    {
+        guard response.resources.count == 1, !response.versionInfo.isEmpty else { return response.wireBytes() }
+        var withoutNonce = response
+        withoutNonce.nonce = ""
+        var bytes = bodies.body(for: response.typeURL + " " + response.versionInfo) { withoutNonce.wireBytes() }
+        WireFieldWriter.appendString(response.nonce, field: 5, to: &bytes)
+        return bytes
     }
 }
 

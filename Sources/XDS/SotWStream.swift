@@ -55,8 +55,8 @@ public struct SotWStream: Sendable {
     struct SentResponse: Sendable {
         var nonce: String
         var versionInfo: String
-        /// name → version of every resource in that response.
-        var versions: [String: String]
+        /// `sotwDigest` of the name and version of every resource in that response.
+        var digest: UInt64
     }
 
     struct Subscription: Sendable {
@@ -153,7 +153,8 @@ public struct SotWStream: Sendable {
                         resourceNames: subscription.names))
             }
             let names = uniqueNames(request.resourceNames)
-            if Set(names) != Set(subscription.names) {
+            // The same list (an ACK's usual case) needs no sets to tell it is the same set.
+            if names != subscription.names, Set(names) != Set(subscription.names) {
                 subscription.names = names
                 if let action = respondIfChanged(&subscription, cache: cache) { actions.append(action) }
             }
@@ -185,14 +186,12 @@ public struct SotWStream: Sendable {
             resources.append(entry.resource)
             pairs.append((name, entry.version))
         }
-        var versions: [String: String] = [:]
-        versions.reserveCapacity(pairs.count)
-        for pair in pairs { versions[pair.name] = pair.version }
-        if let sent = subscription.sent, sent.versions == versions { return nil }
+        let digest = sotwDigest(pairs)
+        if let sent = subscription.sent, sent.digest == digest { return nil }
 
         let nonce = lifecycle.nonces.next()
         let versionInfo = sotwVersionInfo(pairs)
-        subscription.sent = SentResponse(nonce: nonce, versionInfo: versionInfo, versions: versions)
+        subscription.sent = SentResponse(nonce: nonce, versionInfo: versionInfo, digest: digest)
         subscription.latestNonce = nonce
         return .send(
             DiscoveryResponse(versionInfo: versionInfo, resources: resources, typeURL: SDS.secretTypeURL, nonce: nonce))

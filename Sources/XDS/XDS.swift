@@ -57,6 +57,9 @@ func checkTypeURL(_ typeURL: String, isFirstRequest: Bool) -> XDSProtocolError? 
 
 /// Removes repeated names, keeping the first occurrence's order (responses list resources in request order).
 func uniqueNames(_ names: [String]) -> [String] {
+    // Envoy asks for one name a stream: no set to build for that (every ACK passes here).
+    if names.count < 2 { return names }
+    if names.count == 2 { return names[0] == names[1] ? [names[0]] : names }
     var seen = Set<String>()
     seen.reserveCapacity(names.count)
     return names.filter { seen.insert($0).inserted }
@@ -69,13 +72,19 @@ func uniqueNames(_ names: [String]) -> [String] {
 /// digits — deterministic, independent of request order, and changes whenever any member's content does.
 func sotwVersionInfo(_ versions: [(name: String, version: String)]) -> String {
     if versions.count == 1 { return versions[0].version }
+    let digits = String(sotwDigest(versions), radix: 16)
+    return String(repeating: "0", count: 16 - digits.count) + digits
+}
+
+/// FNV-1a 64 of the `name=version` pairs, in name order: equal for equal sets of pairs. What a SotW stream keeps of
+/// its last response to tell whether the next would differ (8 bytes, not a dictionary per stream).
+func sotwDigest(_ versions: [(name: String, version: String)]) -> UInt64 {
     var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-    for pair in versions.sorted(by: { $0.name < $1.name }) {
+    for pair in versions.count > 1 ? versions.sorted(by: { $0.name < $1.name }) : versions {
         for byte in pair.name.utf8 { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
         hash = (hash ^ 0x3d) &* 0x0000_0100_0000_01b3  // '='
         for byte in pair.version.utf8 { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
         hash = (hash ^ 0x00) &* 0x0000_0100_0000_01b3  // separator, so ("ab","c") != ("a","bc")
     }
-    let digits = String(hash, radix: 16)
-    return String(repeating: "0", count: 16 - digits.count) + digits
+    return hash
 }

@@ -501,3 +501,56 @@ func bidiStreamingEchoesEachMessageAsItArrives(feedMode: InMemoryPair.FeedMode) 
     harness.pump()
     #expect(harness.server.bufferedRequestBytes == 0)
 }
+
+/// A held stream's events object hears every event and is released when the call ends (the cycle with its call
+/// is broken), whether the client cancels it or it finishes; its request headers are gone once the handler
+/// returned.
+final class EventsRecorder: GRPCServerCallEvents {
+    let call: GRPCServerCall
+    var events: [String] = []
+    init(_ call: GRPCServerCall) { self.call = call }
+    func callReceived(_ message: [UInt8]) {
+        events.append("message \(message.count)")
+        call.send(message)
+    }
+    func callHalfClosed() {
+        events.append("half-close")
+        call.finish(.ok)
+    }
+    func callCancelled() { events.append("cancelled") }
+    func callWritable() { events.append("writable") }
+}
+
+@Test(arguments: [false, true])
+func eventsObjectHearsTheCallAndIsReleasedWithIt(cancel: Bool) throws {
+    weak var held: EventsRecorder?
+    var log: [String] = []
+    var metadataAfterHandler: [(String, String)]?
+    var calls: [GRPCServerCall] = []
+    let harness = Harness { router in
+        router.register("/test.Events/Bidi") { call in
+            let recorder = EventsRecorder(call)
+            call.events = recorder
+            held = recorder
+            calls.append(call)
+        }
+    }
+    let call = try harness.client.startCall(path: "/test.Events/Bidi", metadata: [("x-test", "yes")])
+    let record = ClientRecord(call)
+    call.send([1, 2, 3])
+    harness.pump()
+    metadataAfterHandler = calls.first?.metadata
+    log = held?.events ?? []
+    #expect(log.first == "message 3")
+    #expect(record.messages == [[1, 2, 3]])
+    #expect(held != nil, "the call holds its events object while it is open")
+    if cancel {
+        call.cancel()
+    } else {
+        call.closeSend()
+    }
+    harness.pump()
+    #expect(held == nil, "released when the call ended")
+    #expect(metadataAfterHandler?.isEmpty == true)
+    if !cancel { #expect(record.status == .ok, "half-close reached the events object, which finished the call") }
+}

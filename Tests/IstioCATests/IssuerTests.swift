@@ -55,13 +55,15 @@ final class InProcessIstiod {
         ).sign(issuer: mesh.ca.root, issuerKey: mesh.ca.rootKey)
         servingChain = [cert]
         router.register(IstioCertificateServiceMethod.createCertificate.path) { [unowned self] call in
+            // Request headers are the handler's to read now (the call keeps none of them after).
+            let metadata = Dictionary(call.metadata, uniquingKeysWith: { a, _ in a })
             call.onMessage = { [unowned self] bytes in
                 do {
                     let request = try IstioCertificateRequest(wireBytes: bytes)
                     let chain = try self.sign(request.csr)
                     self.seen.append(
                         Seen(
-                            metadata: Dictionary(call.metadata, uniquingKeysWith: { a, _ in a }),
+                            metadata: metadata,
                             csrURIs: chain.uris))
                     _ = call.send(IstioCertificateResponse(certChain: chain.pems).wireBytes())
                     call.finish(.ok)
