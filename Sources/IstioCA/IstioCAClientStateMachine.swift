@@ -158,11 +158,36 @@ public struct IstioCAClientStateMachine {
         randomUnit: Double
     ) -> [Action] {
         guard state == .requesting(round: round, try: attempt), let pending, pending.round == round else { return [] }
-        let update: IdentityUpdate
+        let result: Result<IdentityUpdate, IssuerError>
         do throws(IssuerError) {
-            update = try IstioChain.validate(
-                chainPEMs: chainPEMs, key: pending.key, expectedID: spiffeID, fileRoots: fileRoots, now: now)
+            result = .success(
+                try IstioChain.validate(
+                    chainPEMs: chainPEMs, key: pending.key, expectedID: spiffeID, fileRoots: fileRoots, now: now))
         } catch {
+            result = .failure(error)
+        }
+        return validated(round: round, try: attempt, result, now: now, randomUnit: randomUnit)
+    }
+
+    /// The key of the round whose answer is awaited, to validate that answer with (`IstioChain.validate`, which the
+    /// issuer runs off the event loop: parsing and verifying an RSA chain takes milliseconds); nil for any other
+    /// round.
+    public func awaitedKey(round: Int, try attempt: Int) -> PrivateKey? {
+        guard state == .requesting(round: round, try: attempt), let pending, pending.round == round else { return nil }
+        return pending.key
+    }
+
+    /// istiod's answer to the round, validated: what `responded` does once `IstioChain.validate` ran. A result for
+    /// a round or try no longer awaited (the deadline passed meanwhile, the agent stopped) changes nothing.
+    public mutating func validated(
+        round: Int, try attempt: Int, _ result: Result<IdentityUpdate, IssuerError>, now: Timestamp,
+        randomUnit: Double
+    ) -> [Action] {
+        guard state == .requesting(round: round, try: attempt), pending?.round == round else { return [] }
+        let update: IdentityUpdate
+        switch result {
+        case .success(let validated): update = validated
+        case .failure(let error):
             // A chain we cannot serve is not fixed by asking again at once: end the round, nothing served.
             return failRound(error, now: now, randomUnit: randomUnit)
         }

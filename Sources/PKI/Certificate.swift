@@ -327,7 +327,13 @@ public struct Certificate: Sendable, Hashable, CustomStringConvertible {
     public func publicKeyMatches(_ privateKey: PrivateKey) -> Bool {
         switch privateKey.algorithm.kind {
         case .rsa:
-            // No cheap point to compare: compare the whole SubjectPublicKeyInfo (RSA leaves are not the hot path).
+            // A decoded certificate key is compared by OpenSSL directly (modulus and exponent): encoding the
+            // private key's public half for the comparison below costs ~1 ms in OpenSSL 3.0's encoder.
+            if let certified = X509_get0_pubkey(handle.pointer) {
+                return EVP_PKEY_eq(certified, privateKey.handle.pointer) == 1
+            }
+            PKIError.clearErrorQueue()
+            // Not decoded (a leaf this process built): compare the whole SubjectPublicKeyInfo.
             guard let spki = X509_get_X509_PUBKEY(handle.pointer) else { return false }
             let length = i2d_X509_PUBKEY(spki, nil)
             guard length > 0 else {

@@ -202,6 +202,32 @@ func requestingMachine(key: PrivateKey) throws -> Machine {
         #expect(reports(actions).first?.message.contains("at most \(IstioChain.maxCertificates)") == true)
     }
 
+    /// The issuer validates istiod's chain off the loop: the machine hands out the awaited key, takes the validated
+    /// result as `responded` would, and ignores a result that comes back after the try was given up.
+    @Test func aChainValidatedOffTheLoopIsDeliveredOnlyForTheAwaitedTry() throws {
+        let mesh = try FakeMeshCA()
+        let key = try PrivateKey.generate()
+        var machine = try requestingMachine(key: key)
+        #expect(machine.awaitedKey(round: 1, try: 2) == nil)
+        let awaited = try #require(machine.awaitedKey(round: 1, try: 1))
+        let update = try IstioChain.validate(
+            chainPEMs: try mesh.chain(for: awaited), key: awaited, expectedID: machine.spiffeID,
+            fileRoots: [mesh.ca.root], now: mesh.ca.now)
+        let actions = machine.validated(round: 1, try: 1, .success(update), now: mesh.ca.now, randomUnit: 0.5)
+        #expect(steps(actions) == [.deliver(serial: update.svid.leaf.serialHex), .timer(1800)])
+        #expect(machine.awaitedKey(round: 1, try: 1) == nil, "nothing awaited once delivered")
+
+        var stale = try requestingMachine(key: key)
+        _ = stale.callFailed(round: 1, try: 1, status: GRPCStatus(.deadlineExceeded), now: mesh.ca.now, randomUnit: 0.5)
+        #expect(stale.validated(round: 1, try: 1, .success(update), now: mesh.ca.now, randomUnit: 0.5).isEmpty)
+        #expect(stale.lastDelivered == nil)
+
+        var refused = try requestingMachine(key: key)
+        let failure = IssuerError(kind: .issuanceFailed, message: "unusable")
+        let refusal = refused.validated(round: 1, try: 1, .failure(failure), now: mesh.ca.now, randomUnit: 0.5)
+        #expect(steps(refusal) == [.timer(1), .report(.issuanceFailed)])
+    }
+
     @Test func lateEventsOfAnAbandonedTryOrRoundAreIgnored() throws {
         let mesh = try FakeMeshCA()
         let key = try PrivateKey.generate()
