@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import PKI
 import SPIFFE
 import Servers
 import Transport
@@ -8,6 +9,7 @@ import Transport
 public enum AgentMain {
     /// Runs the agent; returns the process exit code (0 clean stop, 1 runtime failure, 2 configuration error).
     public static func run(options: RawAgentOptions, environment: [String: String]) -> Int32 {
+        OpenSSLLibrary.initialize(environment: environment)
         let configuration: AgentConfiguration
         do {
             configuration = try AgentConfiguration.resolve(options, environment: environment)

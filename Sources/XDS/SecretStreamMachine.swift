@@ -127,7 +127,9 @@ extension SotWStream: SecretStreamMachine {
         guard response.resources.count == 1, !response.versionInfo.isEmpty else { return response.wireBytes() }
         var withoutNonce = response
         withoutNonce.nonce = ""
-        var bytes = bodies.body(for: response.typeURL + " " + response.versionInfo) { withoutNonce.wireBytes() }
+        // Keyed by the version alone (no string built per stream): every SotW response here is of one type.
+        guard response.typeURL == SDS.secretTypeURL else { return response.wireBytes() }
+        var bytes = bodies.body(for: response.versionInfo) { withoutNonce.wireBytes() }
         WireFieldWriter.appendString(response.nonce, field: 5, to: &bytes)
         return bytes
     }
