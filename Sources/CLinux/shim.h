@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <sys/inotify.h>
 #include <signal.h>
+#include <malloc.h>
 
 // accept4 is a GNU extension hidden without _GNU_SOURCE; declare it so Swift sees it.
 extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
@@ -24,4 +25,7 @@ static inline int sds_peer_credentials(int fd, struct sds_peer_credentials *out)
     out->pid = cred.pid; out->uid = cred.uid; out->gid = cred.gid;
     return 0;
 }
+
+// glibc's malloc tuning (mallopt's constants are macros of <malloc.h>, which Glibc's module does not export).
+static inline int sds_malloc_one_arena(void) { return mallopt(M_ARENA_MAX, 1); }
 #endif

@@ -10,6 +10,7 @@ public enum AgentMain {
     /// Runs the agent; returns the process exit code (0 clean stop, 1 runtime failure, 2 configuration error).
     public static func run(options: RawAgentOptions, environment: [String: String]) -> Int32 {
         OpenSSLLibrary.initialize(environment: environment)
+        ProcessMemory.useOneArena()
         let configuration: AgentConfiguration
         do {
             configuration = try AgentConfiguration.resolve(options, environment: environment)
