@@ -207,8 +207,12 @@ class Client:
         assert self.ready["event"] == "ready", self.ready
 
     def command(self, text, timeout=90):
-        self.process.stdin.write(text + "\n")
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write(text + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            code = self.process.wait(timeout=10)
+            raise RuntimeError(f"{text}: client exited ({code}): {self.process.stderr.read().strip()}") from None
         return read_json_line(self.process, timeout, text)
 
     def push(self, agent_pid):
@@ -412,10 +416,18 @@ def measure_agent(workdir, state_dir, floor_idle_kb, floor_idle_split, floor_bre
                  streams=count, runs=len(times), min=round(min(times), 3), max=round(max(times), 3),
                  client_cpu_ms=round(statistics.median(r["client_cpu_ms"] for r in results), 3),
                  floor_coalesced_ms=round(floor["coalesced_median_ms"], 3))
+    except BaseException:
+        log(f"failed; the agent's log ends with:\n{tail(agent.log_path, 20)}")
+        raise
     finally:
         for client in clients:
             client.close()
         agent.stop()
+
+
+def tail(path, count):
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-count:])
 
 
 # ---- istiod_bench.py ---------------------------------------------------------------------------------------------
