@@ -636,11 +636,11 @@ def print_breakdowns():
     if stream:
         d = stream["details"]
         print("\nRSS per SDS stream, bytes (10,000 streams over 100 connections)")
-        print(f"  {'agent, total (RSS delta / 10,000)':<58} {stream['value']:>7,}")
-        print(f"  {'  nghttp2 sessions + streams alone (sds-floor streams)':<58} {stream['floor']:>7,}")
-        print(f"  {'    of which nghttp2 malloc per stream (+ per session / 100)':<58} "
-              f"{d['nghttp2_malloc_bytes_per_stream']:>7,.0f} (+ {d['nghttp2_malloc_bytes_per_session'] / 100:,.0f})")
-        print(f"  {'  agent per-stream state + allocator overhead':<58} {d['agent_state_and_allocator_bytes']:>7,}")
+        print(f"  {'agent, total (RSS delta / 10,000)':<56} {stream['value']:>7,}")
+        print(f"  {'- nghttp2 sessions + streams alone (sds-floor streams)':<56} {stream['floor']:>7,}")
+        print(f"  {'  (nghttp2 malloc: per stream, + per session / 100)':<56} "
+              f"{d['nghttp2_malloc_bytes_per_stream']:>7,.0f} + {d['nghttp2_malloc_bytes_per_session'] / 100:,.0f}")
+        print(f"  {'= agent per-stream state + allocator overhead':<56} {d['agent_state_and_allocator_bytes']:>7,}")
         idle_split, split = d["split_idle"], d["split_at_10000_streams"]
         print(f"  agent RSS at 10,000 streams: {d['rss_at_10000_streams_kb']:,} kB = anon {split['anon_kb']:,} kB"
               f" + file {split['file_kb']:,} kB (idle: anon {idle_split['anon_kb']:,} + file "

@@ -17,7 +17,8 @@ symbol to a library:
   OpenSSL, nghttp2, protobuf-c, glibc  names defined in libcrypto.a + libssl.a, libnghttp2.a, libprotobuf-c.a and
                   libc.a + libm (prefixes nghttp2_ and protobuf_c_ when an archive is missing)
   libstdc++/libgcc  names defined in GCC's libstdc++.a, libgcc.a and libgcc_eh.a (the Swift runtime links them)
-  other           the rest; bytes of a page no sized symbol covers are "no symbol" (padding, alignment, tables)
+  other           the rest; the padding (under 64 bytes) after a symbol goes with it, and the bytes of a page no
+                  sized symbol covers are "no symbol" (code and data without a sized symbol, larger gaps)
 Used by bench.py for the idle RSS row's breakdown (the agent and sds-floor side by side).
 """
 
@@ -163,6 +164,10 @@ class Symbols:
             self.ends.append(end)
             self.owners.append(classify(name))
             covered = end
+        # Alignment padding (under 64 bytes) between two symbols goes with the one before it.
+        for index in range(len(self.starts) - 1):
+            if self.starts[index + 1] - self.ends[index] < 64:
+                self.ends[index] = self.starts[index + 1]
 
     def attribute(self, start, end, counts):
         """Adds the bytes of [start, end) to `counts` by owning library."""
