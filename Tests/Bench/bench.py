@@ -212,7 +212,8 @@ class Client:
             self.process.stdin.flush()
         except BrokenPipeError:
             code = self.process.wait(timeout=10)
-            raise RuntimeError(f"{text}: client exited ({code}): {self.process.stderr.read().strip()}") from None
+            how = f"was killed by signal {-code} (not sent by bench.py)" if code < 0 else f"exited ({code})"
+            raise RuntimeError(f"{text}: the load client {how}: {self.process.stderr.read().strip()}") from None
         return read_json_line(self.process, timeout, text)
 
     def push(self, agent_pid):
