@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Where a process's resident memory is: by mapping, by ELF section of its (static) binary, and, for the binary's
-.text and .rodata, by the library that owns the resident bytes.
+.text and .rodata (with their .text.* and .rodata.* output sections), by the library that owns the resident bytes.
 
     python3 Tests/Bench/rss_breakdown.py <pid> <binary> [--json]
 
@@ -198,6 +198,15 @@ def sections(binary):
     return sorted(result, key=lambda s: s[1])
 
 
+def library_group(section):
+    """".text" or ".rodata" for the sections whose bytes are attributed to libraries (.text.unnamed and the like
+    count as .text), else None."""
+    for group in (".text", ".rodata"):
+        if section == group or section.startswith(group + "."):
+            return group
+    return None
+
+
 def load_bias(binary, binary_maps):
     """0 for a fixed-address executable; for a PIE, where its first PT_LOAD landed."""
     header = subprocess.run(["readelf", "-hW", str(binary)], capture_output=True, text=True, timeout=60).stdout
@@ -291,8 +300,9 @@ def breakdown(pid, binary):
                         continue
                     by_section[name] += overlap
                     attributed += overlap
-                    if name in by_library:
-                        symbols.attribute(max(page, address), min(page_end, address + size), by_library[name])
+                    group = library_group(name)
+                    if group:
+                        symbols.attribute(max(page, address), min(page_end, address + size), by_library[group])
                 by_section["(headers, padding)"] += PAGE - attributed
     return {
         "pid": pid,
