@@ -272,7 +272,9 @@ def measure_idle_floor():
         ready, _, _ = select.select([process.stdout], [], [], 10)
         if not ready or process.stdout.readline().strip() != "ready":
             raise RuntimeError("sds-floor did not start")
-        # It has initialised everything and is blocked in pause(): its RSS no longer changes.
+        # "ready" comes just before pause(): once it has used no CPU for a while, it is blocked there for good and
+        # its RSS no longer changes (reading at once can miss the fault-around block of pause()'s own code).
+        wait_until_idle(process.pid)
         return rss_kb(process.pid), rss_split(process.pid), rss_breakdown.breakdown(process.pid, FLOOR)
     finally:
         process.kill()
@@ -307,7 +309,7 @@ def wait_until_idle(pid, quiet_s=0.25, timeout=10):
             last, quiet_since = now, time.monotonic()
         elif time.monotonic() - quiet_since >= quiet_s:
             return True
-    log(f"agent still busy after {timeout} s")
+    log(f"process {pid} still busy after {timeout} s")
     return False
 
 
