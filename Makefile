@@ -171,11 +171,18 @@ order-file: venv build ## Record which functions a working agent runs (valgrind)
 	rm -f $(BIN_RELEASE)/sds-agent $(BIN_RELEASE)/sds-dump
 	$(MAKE) build
 
-bench: venv build ## Benchmarks (release binaries): one JSON object per metric, then a table (~2 min)
+# Bench: bench.py measures the agent and its floors (sds-floor) in one run, runs istiod_bench.py (venv Python) and
+# writes the whole run to BENCH_OUT; BENCH_COMPARE=<old.json> also prints each metric's ratio to a saved run (alone:
+# Tests/Bench/compare.py old.json new.json). It first waits up to BENCH_WAIT_QUIET seconds for a quiet machine.
+BENCH_OUT        ?= .build/bench/bench.json
+BENCH_COMPARE    ?=
+BENCH_WAIT_QUIET ?= 60
+
+bench: venv build ## Benchmarks beside their floors: a table, the run in BENCH_OUT; BENCH_COMPARE=old.json (~2 min)
 	swift build $(RELEASE_FLAGS) $(SWIFT_BUILD_FLAGS) --product sds-bench
 	swift build $(RELEASE_FLAGS) $(SWIFT_BUILD_FLAGS) --product sds-floor
-	python3 Tests/Bench/bench.py
-	$(PYTHON) Tests/Bench/istiod_bench.py
+	$(PYTHON) Tests/Bench/bench.py --out $(BENCH_OUT) --wait-quiet $(BENCH_WAIT_QUIET) \
+	  $(if $(BENCH_COMPARE),--compare $(BENCH_COMPARE))
 
 # Soak: the release agent for SOAK_SECONDS at --svid-ttl 10s under two Envoys' mTLS traffic, SDS and Workload API
 # client churn and hostile requests; samples RSS, descriptors, CPU and push latency every 10 s. Not part of `make

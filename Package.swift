@@ -127,9 +127,9 @@ let package = Package(
                 "Bench", "Wire", "GRPC", "H2", "Transport", "ConnectionDriver", "Issuance", "LocalCA", "JWT", "PKI",
                 "SPIFFE",
             ]),
-        // The floor links only the C libraries the agent links, with the static Swift stdlib: what the agent's RSS
-        // is measured against.
-        .executableTarget(name: "sds-floor", dependencies: ["CNGHTTP2", "COpenSSL", "CProtobufC"]),
+        // The floor links only the C libraries the agent links, with the static Swift stdlib: what the agent's RSS,
+        // per-stream state, push and start-up are measured against (CLinux is headers only: epoll for `fanout`).
+        .executableTarget(name: "sds-floor", dependencies: ["CNGHTTP2", "COpenSSL", "CProtobufC", "CLinux"]),
 
         // Shared test fixtures: a test CA, a fake issuer, an in-memory connection pair, a fake clock.
         .target(

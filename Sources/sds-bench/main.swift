@@ -16,8 +16,8 @@ import Wire
 //   sds-bench issue --count N
 //       Local-CA SVIDs per second on this thread; one JSON line.
 //   sds-bench first --socket S [--timeout SECONDS]
-//       Waits for S to accept, opens StreamSecrets for `default`, prints the CLOCK_REALTIME of the first
-//       DiscoveryResponse (so the caller can subtract the agent's start time).
+//       Prints {"event":"waiting"} once it watches for S, waits for S to accept, opens StreamSecrets for `default`,
+//       prints the CLOCK_REALTIME of the first DiscoveryResponse (so the caller can subtract the agent's start time).
 //   sds-bench hold --socket S --streams N --connections C [--names default,ROOTCA]
 //       Opens N StreamSecrets streams over C connections, ACKs every response like Envoy, prints
 //       {"event":"ready",...} once every stream has a secret, then obeys stdin, one command a line:
@@ -211,6 +211,10 @@ func runFirst(_ arguments: Arguments) {
     } catch {
         fail("inotify on \(address): \(error)")
     }
+    // The caller starts the agent on this line: from here no start-up can be missed.
+    var waiting = JSONObject()
+    waiting.set("event", "waiting")
+    emit(waiting)
     var fd: Int32 = -1
     var attempts = 0
     while fd < 0 {

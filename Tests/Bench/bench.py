@@ -1,10 +1,19 @@
 #!/usr/bin/env python3
-"""`make bench`: measures sds-agent and prints one JSON object per metric, then a short human table.
+"""`make bench`: measures sds-agent beside its floors, measured in the same run, and writes the whole run to one file.
 
 Drives three release binaries (built by `make bench`):
   sds-agent  the product, on the local CA, over a Unix socket in a temp dir;
   sds-bench  our load client (the H2/GRPC client modules) and the issuance benchmark;
-  sds-floor  a program linking the same libraries with the static Swift stdlib, doing nothing (the RSS floor).
+  sds-floor  the floors: the same C libraries with the static Swift stdlib and none of our code, doing the least any
+             implementation must (idle; nghttp2's own per-stream state; N writes of one encoded response; exec + one
+             P-256 signature).
+Then Tests/Bench/istiod_bench.py (`--issuer istiod`, the venv's Python: $SDS_PYTHON, else ./.venv/bin/python), whose
+JSON lines join this run's.
+
+Prints one JSON object per metric as it is measured ({"name", "value", "unit", "goal", "goal_op", "floor",
+"floor_name", "details"}), the idle RSS and per-stream breakdowns, then one table of every metric; writes the run
+(metrics, machine, load, commit) to --out (default .build/bench/bench.json). --compare OLD.json then prints the ratio
+of each metric against a saved run (Tests/Bench/compare.py).
 
 Every wait is bounded. SDS uses only the Unix socket; the agent also runs its HTTP status listener on a loopback
 port (--status-addr), scraped once before idle RSS is measured, so that figure includes it. Agent figures come from
@@ -12,6 +21,8 @@ port (--status-addr), scraped once before idle RSS is measured, so that figure i
 Environment: SDS_BENCH_IDLE_SECONDS (default 60) shortens the idle-CPU window for a quick try.
 """
 
+import argparse
+import datetime
 import json
 import math
 import os
@@ -28,6 +39,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compare  # noqa: E402
+import rss_breakdown  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".build" / "release"
 AGENT = BIN / "sds-agent"
@@ -37,17 +52,31 @@ TRUST_DOMAIN = "example.org"
 STREAMS_PER_CONNECTION = 100  # the agent advertises 128 concurrent streams per connection
 IDLE_SECONDS = float(os.environ.get("SDS_BENCH_IDLE_SECONDS", "60"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+ISTIOD_TIMEOUT = 900  # seconds for all of istiod_bench.py
+
+# The goals (issue #23): met when `value goal_op goal`. They apply to istiod_bench.py's rows too.
+GOALS = {
+    "rss_idle_kb": (8 * 1024, "<="),
+    "rss_per_stream_bytes": (2048, "<="),
+    "push_all_ms_1000": (5, "<="),
+    "push_all_ms_10000": (30, "<="),
+    "first_secret_ms": (3, "<="),
+    "istiod_loop_stall_rsa": (2, "<"),
+    "issue_per_s": (1000, ">="),
+    "idle_cpu_ms_per_min": (0, "<="),
+    "info_lines_per_rotation": (1, "<="),
+}
 
 metrics = []
 
 
-def emit(name, value, unit, goal=None, baseline=None, baseline_name=None, **details):
+def emit(name, value, unit, floor=None, floor_name=None, **details):
+    """Records and prints one metric; its goal comes from GOALS."""
     record = {"name": name, "value": value, "unit": unit}
-    if baseline is not None:
-        record["baseline"] = baseline
-        record["baseline_name"] = baseline_name
-    if goal is not None:
-        record["goal"] = goal
+    if name in GOALS:
+        record["goal"], record["goal_op"] = GOALS[name]
+    if floor is not None:
+        record["floor"], record["floor_name"] = floor, floor_name
     if details:
         record["details"] = details
     metrics.append(record)
@@ -178,8 +207,13 @@ class Client:
         assert self.ready["event"] == "ready", self.ready
 
     def command(self, text, timeout=90):
-        self.process.stdin.write(text + "\n")
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write(text + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            code = self.process.wait(timeout=10)
+            how = f"was killed by signal {-code} (not sent by bench.py)" if code < 0 else f"exited ({code})"
+            raise RuntimeError(f"{text}: the load client {how}: {self.process.stderr.read().strip()}") from None
         return read_json_line(self.process, timeout, text)
 
     def push(self, agent_pid):
@@ -209,8 +243,9 @@ def measure_issuance():
                            timeout=120, check=True).stdout
     match = re.search(r"256 bits ecdsa \(nistp256\)\s+\S+s\s+\S+s\s+([\d.]+)\s+([\d.]+)", speed)
     sign_per_s = float(match.group(1)) if match else None
-    emit("issue_per_s", round(ours["svids_per_s"]), "SVIDs/s", baseline=sign_per_s,
-         baseline_name="openssl speed ecdsap256 sign/s", count=ours["count"], seconds=round(ours["seconds"], 4))
+    emit("issue_per_s", round(ours["svids_per_s"]), "SVIDs/s", floor=sign_per_s,
+         floor_name="openssl speed ecdsap256 sign/s (a ceiling: an SVID is a key and a signature)",
+         count=ours["count"], seconds=round(ours["seconds"], 4))
 
 
 def measure_jwt_minting():
@@ -221,17 +256,61 @@ def measure_jwt_minting():
          seconds=round(ours["seconds"], 4), token_bytes=ours["token_bytes"])
 
 
-def measure_floor():
+# ---- floors (sds-floor) ------------------------------------------------------------------------------------------
+
+
+def floor_json(*args, timeout=120):
+    """One run of `sds-floor <args>` that prints one JSON line."""
+    out = subprocess.run([str(FLOOR), *args], capture_output=True, text=True, timeout=timeout, check=True).stdout
+    return json.loads(out)
+
+
+def measure_idle_floor():
+    """sds-floor idle: its VmRSS, anon/file split and resident-memory breakdown."""
     process = subprocess.Popen([str(FLOOR)], stdout=subprocess.PIPE, text=True)
     try:
         ready, _, _ = select.select([process.stdout], [], [], 10)
         if not ready or process.stdout.readline().strip() != "ready":
             raise RuntimeError("sds-floor did not start")
-        time.sleep(1)
-        return rss_kb(process.pid), rss_split(process.pid)
+        # "ready" comes just before pause(): once it has used no CPU for a while, it is blocked there for good and
+        # its RSS no longer changes (reading at once can miss the fault-around block of pause()'s own code).
+        wait_until_idle(process.pid)
+        return rss_kb(process.pid), rss_split(process.pid), rss_breakdown.breakdown(process.pid, FLOOR)
     finally:
         process.kill()
         process.wait(timeout=10)
+
+
+def measure_first_floor(runs):
+    """Spawn -> `sds-floor first` wrote its line (exec, static init, one P-256 key and signature), as the agent's."""
+    samples = []
+    for _ in range(runs):
+        started = time.time_ns()
+        process = subprocess.Popen([str(FLOOR), "first"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = read_json_line(process, 10, "sds-floor first")
+            samples.append((line["written_realtime_ns"] - started) / 1e6)
+        finally:
+            process.wait(timeout=10)
+    return samples
+
+
+# ---- the agent ---------------------------------------------------------------------------------------------------
+
+
+def wait_until_idle(pid, quiet_s=0.25, timeout=10):
+    """Returns once `pid` has used no CPU for `quiet_s` (it has processed what was sent to it), or after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last, quiet_since = cpu_ns(pid), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = cpu_ns(pid)
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return True
+    log(f"process {pid} still busy after {timeout} s")
+    return False
 
 
 def measure_first_secret(workdir, state_dir, runs):
@@ -241,9 +320,10 @@ def measure_first_secret(workdir, state_dir, runs):
         agent = Agent(workdir, state_dir)
         waiter = subprocess.Popen([str(CLIENT), "first", "--socket", agent.socket, "--timeout", "15"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(0.2)  # the waiter is retrying connect() before the agent exists
-        started = agent.start(wait=False)
         try:
+            waiting = read_json_line(waiter, 10, "first (waiting)")
+            assert waiting["event"] == "waiting", waiting
+            started = agent.start(wait=False)
             result = read_json_line(waiter, 20, "first")
             samples.append((result["received_realtime_ns"] - started) / 1e6)
         finally:
@@ -252,12 +332,230 @@ def measure_first_secret(workdir, state_dir, runs):
     return samples
 
 
+def measure_agent(workdir, state_dir, floor_idle_kb, floor_idle_split, floor_breakdown):
+    """Idle RSS, per-stream RSS, idle CPU, info lines and push times, on one agent."""
+    log("nghttp2's per-stream floor (sds-floor streams 10000)")
+    floor_streams = floor_json("streams", "10000")
+    log("push floors (sds-floor fanout 1, 100, 1000, 10000)")
+    fanout = {count: floor_json("fanout", str(count)) for count in (1, 100, 1000, 10_000)}
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        status_port = s.getsockname()[1]
+    agent = Agent(workdir, state_dir, extra=("--status-addr", f"127.0.0.1:{status_port}"))
+    agent.start()
+    clients = []
+    try:
+        log("idle RSS: one Envoy-like client (default + ROOTCA), status listener scraped once, 5 s idle")
+        envoy_like = Client(agent.socket, streams=2, names="default,ROOTCA", connections=1)
+        clients.append(envoy_like)
+        with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=5) as response:
+            response.read()
+        time.sleep(5)
+        idle_kb, idle_split = rss_kb(agent.pid), rss_split(agent.pid)
+        agent_breakdown = rss_breakdown.breakdown(agent.pid, AGENT)
+        emit("rss_idle_kb", idle_kb, "kB", floor=floor_idle_kb,
+             floor_name="sds-floor idle (same C libraries + static Swift runtime, no work)",
+             agent=idle_split, floor_split=floor_idle_split, over_floor_kb=idle_kb - floor_idle_kb,
+             breakdown={"agent": agent_breakdown, "floor": floor_breakdown})
+
+        log("10,000 streams over 100 connections")
+        many = Client(agent.socket, streams=10_000)
+        clients.append(many)
+        wait_until_idle(agent.pid)  # every ACK processed
+        many_kb, many_split = rss_kb(agent.pid), rss_split(agent.pid)
+        per_stream = round((many_kb - idle_kb) * 1024 / 10_000)
+        nghttp2_per_stream = round(floor_streams["rss_per_stream_bytes"])
+        emit("rss_per_stream_bytes", per_stream, "bytes", floor=nghttp2_per_stream,
+             floor_name="sds-floor streams 10000: nghttp2 server sessions alone, 100 streams each, RSS delta / stream",
+             rss_at_10000_streams_kb=many_kb, idle_rss_kb=idle_kb, split_at_10000_streams=many_split,
+             split_idle=idle_split, connections=many.ready["connections"],
+             client_ready_ms=round(many.ready["ready_ms"], 1),
+             agent_state_and_allocator_bytes=per_stream - nghttp2_per_stream,
+             nghttp2_malloc_bytes_per_stream=round(floor_streams["nghttp2_bytes_per_stream"], 1),
+             nghttp2_malloc_bytes_per_session=floor_streams["nghttp2_bytes_per_session"],
+             floor_rss_per_stream_excluding_sessions_bytes=round(
+                 floor_streams["rss_per_stream_excluding_sessions_bytes"]))
+
+        log(f"idle CPU: {IDLE_SECONDS:.0f} s with 10,002 streams connected, no rotation due")
+        ticks0, ns0, (vol0, invol0) = cpu_ticks(agent.pid), cpu_ns(agent.pid), context_switches(agent.pid)
+        client0 = many.cpu_ms() + envoy_like.cpu_ms()
+        time.sleep(IDLE_SECONDS)
+        ticks1, ns1, (vol1, invol1) = cpu_ticks(agent.pid), cpu_ns(agent.pid), context_switches(agent.pid)
+        client1 = many.cpu_ms() + envoy_like.cpu_ms()
+        scale = 60 / IDLE_SECONDS
+        # Each `stats` command is a wakeup caused by us; the agent sees none of them.
+        emit("idle_cpu_ms_per_min", round((ticks1 - ticks0) * 1000 / CLK_TCK * scale, 3), "ms/min",
+             exact_cpu_ms_per_min=round((ns1 - ns0) / 1e6 * scale, 4),
+             voluntary_wakeups=vol1 - vol0, involuntary_switches=invol1 - invol0,
+             window_s=IDLE_SECONDS, threads=len(tasks(agent.pid)),
+             client_cpu_ms_per_min=round((client1 - client0) * scale, 3))
+
+        log("push_all: SIGHUP -> the last stream holds the new secret")
+        push_results = {}
+        runs = {1: 9, 100: 9, 1000: 9, 10_000: 3}
+        info_before = count_info_lines(agent.log_path)
+        samples = [many.push(agent.pid) for _ in range(runs[10_000])]
+        push_results[10_000] = samples
+        # What an on-call engineer reads per rotation at 10,000 streams (per-stream lines are debug).
+        emit("info_lines_per_rotation", (count_info_lines(agent.log_path) - info_before) / len(samples), "lines",
+             streams=10_000, rotations=len(samples))
+        many.close()
+        clients.remove(many)
+        for count in (1, 100, 1000):
+            client = Client(agent.socket, streams=count)
+            clients.append(client)
+            push_results[count] = [client.push(agent.pid) for _ in range(runs[count])]
+            client.close()
+            clients.remove(client)
+        for count in (1, 100, 1000, 10_000):
+            results = push_results[count]
+            times = [r["ms"] for r in results]
+            floor = fanout[count]
+            emit(f"push_all_ms_{count}", round(statistics.median(times), 3), "ms",
+                 floor=round(floor["median_ms"], 3),
+                 floor_name=f"sds-floor fanout {count}: one ~2 KB buffer, {count:,} writes over {floor['pairs']} "
+                            f"socketpair(s), drained by a thread (median of {len(floor['runs'])})",
+                 streams=count, runs=len(times), min=round(min(times), 3), max=round(max(times), 3),
+                 client_cpu_ms=round(statistics.median(r["client_cpu_ms"] for r in results), 3),
+                 floor_coalesced_ms=round(floor["coalesced_median_ms"], 3))
+    except BaseException:
+        log(f"failed; the agent's log ends with:\n{tail(agent.log_path, 20)}")
+        raise
+    finally:
+        for client in clients:
+            client.close()
+        agent.stop()
+
+
+def tail(path, count):
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-count:])
+
+
+# ---- istiod_bench.py ---------------------------------------------------------------------------------------------
+
+
+def run_istiod_bench():
+    """Runs istiod_bench.py with the venv's Python; its metrics join this run's. Returns None or why it did not run."""
+    python = os.environ.get("SDS_PYTHON") or str(ROOT / ".venv" / "bin" / "python")
+    if not Path(python).exists():
+        return f"skipped: no {python} (make venv)"
+    process = subprocess.Popen([python, str(ROOT / "Tests" / "Bench" / "istiod_bench.py")], stdout=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + ISTIOD_TIMEOUT
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([process.stdout], [], [], max(remaining, 0))
+            if not ready:
+                return f"failed: no end within {ISTIOD_TIMEOUT} s"
+            line = process.stdout.readline()
+            if not line:
+                break
+            if line.startswith("{"):
+                record = json.loads(line)
+                if record["name"] in GOALS:  # the goals live here, for both scripts
+                    record["goal"], record["goal_op"] = GOALS[record["name"]]
+                metrics.append(record)
+                print(json.dumps(record), flush=True)
+        code = process.wait(timeout=10)
+        return None if code == 0 else f"failed: exit status {code}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+# ---- the machine -------------------------------------------------------------------------------------------------
+
+
+def machine_busy_seconds():
+    """CPU seconds the whole machine has spent busy (all CPUs, /proc/stat: not idle, not iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def own_cpu_seconds():
+    """CPU seconds of this process and every child it has waited for (the agent, clients, floors, istiod bench)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def others_cpu_percent(window=1.0):
+    """How busy the rest of the machine is right now: other processes' CPU over `window` s, in % of one CPU."""
+    busy0, own0 = machine_busy_seconds(), own_cpu_seconds()
+    time.sleep(window)
+    return round(max(machine_busy_seconds() - busy0 - (own_cpu_seconds() - own0), 0) / window * 100, 1)
+
+
+def wait_for_quiet(limit_s, threshold=10.0):
+    """Waits up to `limit_s` for a second in which other processes use at most `threshold`% of a CPU; returns the
+    last reading (the run goes ahead either way, with the reading in its load record)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        busy = others_cpu_percent()
+        if busy <= threshold or time.monotonic() >= deadline:
+            return busy
+        log(f"waiting for a quiet machine (up to {limit_s:.0f} s): other processes use {busy}% of a CPU")
+
+
+def machine_info():
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kb = int(f.readline().split()[1])
+    try:
+        swift = subprocess.run(["swift", "--version"], capture_output=True, text=True, timeout=30).stdout
+        swift = swift.strip().splitlines()[0] if swift.strip() else ""
+    except (OSError, subprocess.TimeoutExpired):
+        swift = ""
+    return {"cpus": os.cpu_count(), "cpu_model": model, "arch": platform.machine(), "kernel": platform.release(),
+            "mem_total_kb": mem_kb, "swift": swift, "python": platform.python_version(),
+            "hostname": platform.node()}
+
+
+def git_commit():
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+# ---- main --------------------------------------------------------------------------------------------------------
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(ROOT / ".build" / "bench" / "bench.json"),
+                        help="where the run is written (default .build/bench/bench.json)")
+    parser.add_argument("--compare", metavar="OLD.json", help="print the ratio of each metric against a saved run")
+    parser.add_argument("--no-istiod", action="store_true", help="skip istiod_bench.py")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                        help="first wait up to SECONDS for other processes to use under 10%% of a CPU")
+    options = parser.parse_args()
+    old_run = compare.load(options.compare) if options.compare else None
     for binary in (AGENT, CLIENT, FLOOR):
         if not binary.exists():
             sys.exit(f"bench: {binary} is missing; run `make bench` (it builds the release binaries)")
-    bench_started = time.monotonic()
+
+    others_at_start = wait_for_quiet(options.wait_quiet)
     load_at_start = loadavg()
+    if others_at_start > 10:
+        log(f"the machine is not quiet: other processes use {others_at_start}% of a CPU; timings will carry noise")
+    started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    bench_started = time.monotonic()
+    busy_start, own_start = machine_busy_seconds(), own_cpu_seconds()
     with tempfile.TemporaryDirectory(prefix="sds-bench-") as workdir:
         state_dir = os.path.join(workdir, "state")
 
@@ -267,89 +565,54 @@ def main():
         log("JWT-SVID minting (sds-bench jwt)")
         measure_jwt_minting()
 
-        log("RSS floor (sds-floor)")
-        floor_kb, floor_split = measure_floor()
+        log("RSS floor (sds-floor) and its breakdown")
+        floor_kb, floor_split, floor_breakdown = measure_idle_floor()
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            status_port = s.getsockname()[1]
-        agent = Agent(workdir, state_dir, extra=("--status-addr", f"127.0.0.1:{status_port}"))
-        agent.start()
-        clients = []
-        try:
-            log("idle RSS: one Envoy-like client (default + ROOTCA), status listener scraped once, 5 s idle")
-            envoy_like = Client(agent.socket, streams=2, names="default,ROOTCA", connections=1)
-            clients.append(envoy_like)
-            with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=5) as response:
-                response.read()
-            time.sleep(5)
-            idle_kb, idle_split = rss_kb(agent.pid), rss_split(agent.pid)
-            emit("rss_idle_kb", idle_kb, "kB", goal=12 * 1024, baseline=floor_kb,
-                 baseline_name="sds-floor RSS (same libraries, static stdlib, no work)",
-                 agent=idle_split, floor=floor_split, over_floor_kb=idle_kb - floor_kb)
-
-            log("10,000 streams over 100 connections")
-            many = Client(agent.socket, streams=10_000)
-            clients.append(many)
-            time.sleep(2)
-            many_kb = rss_kb(agent.pid)
-            emit("rss_per_stream_bytes", round((many_kb - idle_kb) * 1024 / 10_000), "bytes", goal=8 * 1024,
-                 rss_at_10000_streams_kb=many_kb, idle_rss_kb=idle_kb, connections=many.ready["connections"],
-                 client_ready_ms=round(many.ready["ready_ms"], 1))
-
-            log(f"idle CPU: {IDLE_SECONDS:.0f} s with 10,002 streams connected, no rotation due")
-            ticks0, ns0, (vol0, invol0) = cpu_ticks(agent.pid), cpu_ns(agent.pid), context_switches(agent.pid)
-            client0 = many.cpu_ms() + envoy_like.cpu_ms()
-            time.sleep(IDLE_SECONDS)
-            ticks1, ns1, (vol1, invol1) = cpu_ticks(agent.pid), cpu_ns(agent.pid), context_switches(agent.pid)
-            client1 = many.cpu_ms() + envoy_like.cpu_ms()
-            scale = 60 / IDLE_SECONDS
-            # Each `stats` command is a wakeup caused by us; the agent sees none of them.
-            emit("idle_cpu_ms_per_min", round((ticks1 - ticks0) * 1000 / CLK_TCK * scale, 3), "ms/min", goal=0,
-                 exact_cpu_ms_per_min=round((ns1 - ns0) / 1e6 * scale, 4),
-                 voluntary_wakeups=vol1 - vol0, involuntary_switches=invol1 - invol0,
-                 window_s=IDLE_SECONDS, threads=len(tasks(agent.pid)),
-                 client_cpu_ms_per_min=round((client1 - client0) * scale, 3))
-
-            log("push_all: SIGHUP -> the last stream holds the new secret")
-            push_results = {}
-            runs = {1: 9, 100: 9, 1000: 9, 10_000: 3}
-            info_before = count_info_lines(agent.log_path)
-            samples = [many.push(agent.pid) for _ in range(runs[10_000])]
-            push_results[10_000] = samples
-            # What an on-call engineer reads per rotation at 10,000 streams (per-stream lines are debug).
-            emit("info_lines_per_rotation", (count_info_lines(agent.log_path) - info_before) / len(samples), "lines",
-                 goal=1, streams=10_000, rotations=len(samples))
-            many.close()
-            clients.remove(many)
-            for count in (1, 100, 1000):
-                client = Client(agent.socket, streams=count)
-                clients.append(client)
-                push_results[count] = [client.push(agent.pid) for _ in range(runs[count])]
-                client.close()
-                clients.remove(client)
-            for count in (1, 100, 1000, 10_000):
-                results = push_results[count]
-                times = [r["ms"] for r in results]
-                emit(f"push_all_ms_{count}", round(statistics.median(times), 3), "ms",
-                     goal=20 if count == 1000 else None, streams=count, runs=len(times),
-                     min=round(min(times), 3), max=round(max(times), 3),
-                     client_cpu_ms=round(statistics.median(r["client_cpu_ms"] for r in results), 3))
-        finally:
-            for client in clients:
-                client.close()
-            agent.stop()
+        measure_agent(workdir, state_dir, floor_kb, floor_split, floor_breakdown)
 
         log("first_secret: process start -> first default response (existing CA; then a fresh state dir)")
+        floor_first = measure_first_floor(runs=11)
         warm = measure_first_secret(workdir, state_dir, runs=11)
         cold = []
         for i in range(3):
             cold += measure_first_secret(workdir, os.path.join(workdir, f"fresh-{i}"), runs=1)
-        emit("first_secret_ms", round(statistics.median(warm), 3), "ms", goal=10,
+        emit("first_secret_ms", round(statistics.median(warm), 3), "ms", floor=round(statistics.median(floor_first), 3),
+             floor_name="sds-floor first: spawn -> exec, static init, one P-256 key + signature, a line written "
+                        "(median of 11)",
              runs=len(warm), min=round(min(warm), 3), max=round(max(warm), 3),
-             first_start_creating_ca_ms=round(statistics.median(cold), 3))
+             first_start_creating_ca_ms=round(statistics.median(cold), 3),
+             floor_min=round(min(floor_first), 3), floor_max=round(max(floor_first), 3))
 
-    print_table(time.monotonic() - bench_started, load_at_start, loadavg())
+    istiod = None
+    if not options.no_istiod:
+        log("istiod_bench.py (--issuer istiod against the fake istiod)")
+        istiod = run_istiod_bench()
+        if istiod:
+            log(f"istiod_bench.py {istiod}")
+
+    elapsed = time.monotonic() - bench_started
+    others = max(machine_busy_seconds() - busy_start - (own_cpu_seconds() - own_start), 0)
+    run = {
+        "schema": 1,
+        "started": started_at,
+        "commit": git_commit(),
+        "elapsed_s": round(elapsed, 1),
+        "machine": machine_info(),
+        "load": {"at_start": load_at_start, "at_end": loadavg(), "others_cpu_percent_at_start": others_at_start,
+                 "others_cpu_percent": round(others / elapsed * 100, 1)},
+        "istiod_bench": istiod or "ok",
+        "metrics": metrics,
+    }
+    out = Path(options.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(run, indent=1) + "\n")
+
+    print_breakdowns()
+    print_table(run)
+    print(f"\nwrote {out}")
+    if old_run:
+        print(f"\ncompared with {options.compare}:")
+        print("\n".join(compare.compare(old_run, run)))
 
 
 def count_info_lines(path) -> int:
@@ -362,25 +625,59 @@ def loadavg():
         return " ".join(f.read().split()[:3])
 
 
-def print_table(elapsed, load_at_start, load_at_end):
-    def fmt(value):
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return f"{value:,.3f}".rstrip("0").rstrip(".")
-        return f"{value:,}"
+def metric(name):
+    return next((m for m in metrics if m["name"] == name), None)
 
+
+def print_breakdowns():
+    idle = metric("rss_idle_kb")
+    if idle:
+        breakdown = idle["details"]["breakdown"]
+        print("\nidle RSS, agent beside sds-floor (resident pages, /proc/<pid>/smaps + pagemap)")
+        print(rss_breakdown.format_tables(breakdown["agent"], breakdown["floor"], names=("agent", "floor")))
+    stream = metric("rss_per_stream_bytes")
+    if stream:
+        d = stream["details"]
+        print("\nRSS per SDS stream, bytes (10,000 streams over 100 connections)")
+        print(f"  {'agent, total (RSS delta / 10,000)':<56} {stream['value']:>7,}")
+        print(f"  {'- nghttp2 sessions + streams alone (sds-floor streams)':<56} {stream['floor']:>7,}")
+        print(f"  {'  (nghttp2 malloc: per stream, + per session / 100)':<56} "
+              f"{d['nghttp2_malloc_bytes_per_stream']:>7,.0f} + {d['nghttp2_malloc_bytes_per_session'] / 100:,.0f}")
+        print(f"  {'= agent per-stream state + allocator overhead':<56} {d['agent_state_and_allocator_bytes']:>7,}")
+        idle_split, split = d["split_idle"], d["split_at_10000_streams"]
+        print(f"  agent RSS at 10,000 streams: {d['rss_at_10000_streams_kb']:,} kB = anon {split['anon_kb']:,} kB"
+              f" + file {split['file_kb']:,} kB (idle: anon {idle_split['anon_kb']:,} + file "
+              f"{idle_split['file_kb']:,})")
+
+
+def verdict(m):
+    if "goal" not in m or not isinstance(m.get("value"), (int, float)):
+        return ""
+    value, goal, op = m["value"], m["goal"], m.get("goal_op", "<=")
+    met = {"<=": value <= goal, "<": value < goal, ">=": value >= goal}[op]
+    return "ok" if met else "MISSED"
+
+
+def print_table(run):
+    fmt = compare.fmt
     print()
-    print(f"{'metric':<24} {'value':>12} {'unit':<8} {'goal':>8}  baseline")
-    for m in metrics:
-        baseline = f"{fmt(m['baseline'])} ({m['baseline_name']})" if "baseline" in m else ""
-        goal = m.get("goal")
-        verdict = ""
-        if goal is not None:
-            verdict = " ok" if m["value"] <= goal else " ABOVE GOAL"
-        print(f"{m['name']:<24} {fmt(m['value']):>12} {m['unit']:<8} {fmt(goal):>8}{verdict:<11} {baseline}")
-    print(f"\nmachine: {os.cpu_count()} CPUs, {platform.machine()}, kernel {platform.release()}; "
-          f"bench took {elapsed:.0f} s; load average {load_at_start} at start, {load_at_end} at end")
+    print(f"{'metric':<26} {'value':>11} {'unit':<10} {'floor':>11} {'goal':>8}  verdict")
+    for m in run["metrics"]:
+        goal = f"{m.get('goal_op', '<=')} {fmt(m['goal'])}" if "goal" in m else "-"
+        print(f"{m['name']:<26} {fmt(m['value']):>11} {m['unit']:<10} {fmt(m.get('floor')):>11} {goal:>8}  "
+              f"{verdict(m)}")
+    floors = [m for m in run["metrics"] if "floor" in m]
+    if floors:
+        print("floors:")
+        for m in floors:
+            print(f"  {m['name']}: {m['floor_name']}")
+    machine, load = run["machine"], run["load"]
+    print(f"\nmachine: {machine['cpus']} CPUs {machine['cpu_model']}, {machine['arch']}, kernel {machine['kernel']}; "
+          f"commit {run['commit']}; bench took {run['elapsed_s']:.0f} s; load average {load['at_start']} at start, "
+          f"{load['at_end']} at end; other processes used {load['others_cpu_percent']}% of a CPU during the run "
+          f"({load['others_cpu_percent_at_start']}% just before)")
+    if run["istiod_bench"] != "ok":
+        print(f"istiod_bench.py: {run['istiod_bench']}")
 
 
 if __name__ == "__main__":
