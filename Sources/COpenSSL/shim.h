@@ -148,6 +148,11 @@ static inline int sds_SSL_CTX_set_max_version(SSL_CTX *ctx, int version) {
 static inline int sds_TLS1_1_VERSION(void) { return TLS1_1_VERSION; }
 static inline int sds_SSL_set_sni(SSL *ssl, const char *name) { return (int)SSL_set_tlsext_host_name(ssl, name); }
 static inline int sds_SSL_want_read(const SSL *ssl) { return SSL_want_read(ssl); }
+// Client-side session resumption: sessions are handed to the new-session callback and kept by the caller (no
+// internal cache, which is keyed for servers).
+static inline long sds_SSL_CTX_client_sessions(SSL_CTX *ctx) {
+    return SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+}
 static inline long sds_BIO_pending(BIO *bio) { return (long)BIO_ctrl_pending(bio); }
 
 #endif

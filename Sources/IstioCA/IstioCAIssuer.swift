@@ -88,6 +88,8 @@ public final class IstioCAIssuer: Issuer {
     private var call: InFlightCall?
     /// The roots of the root-cert file as last read (also part of the served bundle).
     private var fileRoots: [Certificate] = []
+    /// The root-cert file's bytes as last read (nil: the system store), its roots and the TLS context trusting them.
+    private var trustCache: (bytes: [UInt8]?, roots: [Certificate], context: TLSClientContext)?
 
     public init(
         configuration: IstioCAConfiguration, loop: EventLoop, scheduler: any Scheduler, clock: any WallClock,
@@ -193,7 +195,7 @@ public final class IstioCAIssuer: Issuer {
         }
         // Everything read from disk is read before dialing: nothing is sent if any of it is missing.
         let token: String
-        let tlsTrust: TLSTrust
+        let tlsTrust: TLSClientContext
         do throws(IssuerError) {
             token = try readToken()
             tlsTrust = try readTrust()
@@ -257,12 +259,12 @@ public final class IstioCAIssuer: Issuer {
     }
 
     private func started(
-        _ inFlight: InFlightCall, fd: Int32, trust: TLSTrust, serverName: String, metadata: [(String, String)],
+        _ inFlight: InFlightCall, fd: Int32, trust: TLSClientContext, serverName: String, metadata: [(String, String)],
         request: IstioCertificateRequest, round: Int, try attempt: Int, fail: @escaping (GRPCStatus) -> Void
     ) {
         let tls: TLSClient
         do {
-            tls = try TLSClient(configuration: TLSClientConfiguration(trust: trust, serverName: serverName))
+            tls = try TLSClient(context: trust, serverName: serverName)
         } catch {
             Glibc.close(fd)
             fail(GRPCStatus(.unavailable, "TLS setup: \(error)"))
@@ -327,7 +329,7 @@ public final class IstioCAIssuer: Issuer {
 
     /// Parses and verifies istiod's chain on the worker: PEM decoding, signature checks and the key match take
     /// ~3.5 ms for an RSA-2048 chain in OpenSSL 3.0, which on the loop would stall every SDS stream for that long.
-    /// The private key's PEM, which publishing needs, is made there too. The machine ignores a result for a try
+    /// The private key's encodings, which publishing needs, are made there too. The machine ignores a result for a try
     /// it no longer awaits.
     private func validateOffLoop(round: Int, try attempt: Int, chainPEMs: [String]) {
         guard let key = machine.awaitedKey(round: round, try: attempt) else { return }
@@ -339,7 +341,9 @@ public final class IstioCAIssuer: Issuer {
                 do throws(IssuerError) {
                     let update = try IstioChain.validate(
                         chainPEMs: chainPEMs, key: key, expectedID: expectedID, fileRoots: fileRoots, now: now)
+                    // The encodings publishing needs (SDS: PEM; the Workload API: DER), made here, not on the loop.
                     _ = try? update.svid.privateKey.pkcs8PEM()
+                    _ = try? update.svid.privateKey.pkcs8DER()
                     return .success(update)
                 } catch {
                     return .failure(error)
@@ -383,24 +387,40 @@ public final class IstioCAIssuer: Issuer {
 
     /// The roots istiod's serving certificate must chain to, re-read for every try (Istio's root rotation
     /// rewrites the file); also kept for the served bundle.
-    private func readTrust() throws(IssuerError) -> TLSTrust {
+    private func readTrust() throws(IssuerError) -> TLSClientContext {
         guard let path = configuration.rootCertPath else {
             fileRoots = []
-            return .system
+            if let cached = trustCache, cached.bytes == nil { return cached.context }
+            return try cacheTrust(.system, bytes: nil)
         }
         do {
             let bytes = try Files.read(path, limit: IstioCAConfiguration.maxRootCertBytes)
+            // The same file as last time: the same roots and TLS context (parsing the roots and making the
+            // context cost about a millisecond of the loop per rotation).
+            if let cached = trustCache, cached.bytes == bytes {
+                fileRoots = cached.roots
+                return cached.context
+            }
             let roots = try Certificate.parseChain(pem: String(decoding: bytes, as: UTF8.self))
             guard !roots.isEmpty else {
                 throw IssuerError(kind: .issuanceFailed, message: "the root-cert file \(path) holds no certificate")
             }
             fileRoots = roots
-            return .roots(roots)
+            return try cacheTrust(.roots(roots), bytes: bytes)
         } catch let error as IssuerError {
             throw error
         } catch {
             throw IssuerError(kind: .issuanceFailed, message: "cannot read the root-cert file \(path): \(error)")
         }
+    }
+
+    private func cacheTrust(_ trust: TLSTrust, bytes: [UInt8]?) throws(IssuerError) -> TLSClientContext {
+        let context: TLSClientContext
+        do { context = try TLSClientContext(trust: trust) } catch {
+            throw IssuerError(kind: .upstreamUnavailable, message: "TLS setup: \(error)")
+        }
+        trustCache = (bytes, fileRoots, context)
+        return context
     }
 }
 

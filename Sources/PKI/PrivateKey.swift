@@ -53,6 +53,8 @@ final class EVPKeyHandle: @unchecked Sendable {
     /// The key's PKCS#8 PEM once made (OpenSSL 3.0's encoder takes ~0.3 ms for RSA): made on the worker that
     /// produced the key, read on the loop after the hand-over (which orders the two), never written concurrently.
     var cachedPKCS8PEM: String?
+    /// Its PKCS#8 DER once made (the Workload API serves it), under the same rule.
+    var cachedPKCS8DER: [UInt8]?
 
     init(taking pointer: OpaquePointer) {
         self.pointer = pointer
@@ -167,6 +169,7 @@ public struct PrivateKey: Sendable {
 
     /// PKCS#8 `PrivateKeyInfo`, DER.
     public func pkcs8DER() throws -> [UInt8] {
+        if let cached = handle.cachedPKCS8DER { return cached }
         guard let info = EVP_PKEY2PKCS8(handle.pointer) else { throw PKIError.openSSL("encoding a key as PKCS#8") }
         defer { PKCS8_PRIV_KEY_INFO_free(info) }
         let length = i2d_PKCS8_PRIV_KEY_INFO(info, nil)
@@ -176,6 +179,7 @@ public struct PrivateKey: Sendable {
             var cursor = buffer.baseAddress
             _ = i2d_PKCS8_PRIV_KEY_INFO(info, &cursor)
         }
+        handle.cachedPKCS8DER = out
         return out
     }
 

@@ -57,6 +57,9 @@ public final class OffLoopWorker {
     /// Jobs started and not yet completed.
     public var pendingCount: Int { pending.count }
 
+    /// The worker threads' nice value (the loop runs at the process's, usually 0).
+    static let niceness: Int32 = 10
+
     /// Runs `work` on a new thread, then `completion` with its result on the loop (never inside `run`).
     public func run<T: Sendable>(_ work: @escaping @Sendable () -> T, then completion: @escaping (T) -> Void) {
         let job = Job(work: work, completion: completion, writer: writer)
@@ -67,6 +70,10 @@ public final class OffLoopWorker {
         let started = pthread_create(
             &thread, nil,
             { raw in
+                // Below the loop's priority: the work here (an RSA key, a chain to verify) may take a core for
+                // hundreds of milliseconds, and the loop thread must still get one at once when a stream needs it.
+                // (On Linux, PRIO_PROCESS with id 0 is the calling thread alone.)
+                _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, OffLoopWorker.niceness)
                 let job = Unmanaged<AnyJob>.fromOpaque(raw!)
                 // Not reported (the worker is gone): nobody will take the thread's reference back, so drop it here.
                 if !job.takeUnretainedValue().execute() { job.release() }

@@ -71,3 +71,53 @@ class LoopProbe:
                     time.sleep(self.interval)
         except Exception as e:  # noqa: BLE001 - reported to the caller through .error
             self.error = e
+
+
+class ProcessLoopProbe:
+    """A LoopProbe in a process of its own: PING round trips measured free of the caller's own Python work (a bench
+    polling the agent over gRPC and parsing certificates holds the interpreter lock for milliseconds, which a probe
+    thread in the same process would count as the agent's stall). Same interface: `mark()`, `rtts` after `stop()`."""
+
+    def __init__(self, socket_path, interval: float = 0.0005):
+        import multiprocessing
+        context = multiprocessing.get_context("spawn")
+        self._control, child = context.Pipe()
+        self._process = context.Process(target=_probe_process, args=(str(socket_path), interval, child), daemon=True)
+        self.rtts: list[float] = []
+        self.error: Exception | None = None
+
+    def __enter__(self) -> "ProcessLoopProbe":
+        self._process.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def count(self) -> int:
+        """How many round trips were measured so far."""
+        self._control.send("count")
+        return self._control.recv()
+
+    def mark(self) -> int:
+        return self.count()
+
+    def stop(self) -> None:
+        if not self._process.is_alive():
+            return
+        self._control.send("stop")
+        self.rtts, error = self._control.recv()
+        self.error = RuntimeError(error) if error else None
+        self._process.join(timeout=10)
+
+
+def _probe_process(socket_path: str, interval: float, control) -> None:
+    probe = LoopProbe(socket_path, interval)
+    probe._thread.start()
+    while True:
+        command = control.recv()
+        if command == "count":
+            control.send(len(probe.rtts))
+        elif command == "stop":
+            probe.stop()
+            control.send((probe.rtts, repr(probe.error) if probe.error else None))
+            return

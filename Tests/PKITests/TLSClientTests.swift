@@ -60,6 +60,32 @@ import Testing
         #expect(clientGot == Array("SETTINGS".utf8))
     }
 
+    /// Connections on one context resume the session the previous one got (no second chain verification), for
+    /// the same server name only; a context trusting other roots starts afresh.
+    @Test func aSecondConnectionResumesTheSessionOfTheFirst() throws {
+        let peer = try Peer()
+        let context = try TLSClientContext(trust: .roots([peer.ca.root]))
+        let first = try TLSClient(context: context, serverName: "istiod.istio-system.svc")
+        first.send(Array("one".utf8))
+        #expect(pump(first, peer.server).toServer == Array("one".utf8))
+        #expect(first.state == .established(alpn: "h2"))
+        #expect(!first.resumedSession)
+
+        let nextServer = try TLSServer(nextConnectionOf: peer.server)
+        let second = try TLSClient(context: context, serverName: "istiod.istio-system.svc")
+        second.send(Array("two".utf8))
+        #expect(pump(second, nextServer).toServer == Array("two".utf8))
+        #expect(second.state == .established(alpn: "h2"))
+        #expect(second.resumedSession && nextServer.sessionReused)
+
+        let otherContext = try TLSClientContext(trust: .roots([peer.ca.root]))
+        let third = try TLSClient(context: otherContext, serverName: "istiod.istio-system.svc")
+        let thirdServer = try TLSServer(nextConnectionOf: peer.server)
+        pump(third, thirdServer)
+        #expect(third.state == .established(alpn: "h2"))
+        #expect(!third.resumedSession, "sessions belong to the context that verified them")
+    }
+
     @Test func anUntrustedServerIsRefusedAndNoPlaintextLeaves() throws {
         let peer = try Peer()
         let secret = Array("authorization: Bearer secret-token".utf8)

@@ -19,6 +19,8 @@ public final class TLSServer {
     /// The ALPN callback's argument: retained for the context's lifetime, released in `deinit` after the SSL
     /// (and with it the context) is freed.
     private var alpnBox: Unmanaged<ALPNChoice>?
+    /// The server whose context this connection shares (kept alive with its ALPN choice).
+    private var sibling: TLSServer?
 
     /// - Parameters:
     ///   - chain: the server's certificate first, then intermediates.
@@ -78,6 +80,23 @@ public final class TLSServer {
         self.networkIn = networkIn
         self.networkOut = networkOut
     }
+
+    /// A second connection on `other`'s context (its certificate, ALPN and session-ticket keys): what a client that
+    /// resumes a session meets.
+    public init(nextConnectionOf other: TLSServer) throws {
+        guard let ctx = SSL_get_SSL_CTX(other.ssl), let ssl = SSL_new(ctx), let networkIn = BIO_new(BIO_s_mem()),
+            let networkOut = BIO_new(BIO_s_mem())
+        else { throw PKIError.openSSL("SSL_new") }
+        SSL_set_bio(ssl, networkIn, networkOut)
+        SSL_set_accept_state(ssl)
+        self.ssl = ssl
+        self.networkIn = networkIn
+        self.networkOut = networkOut
+        self.sibling = other
+    }
+
+    /// The handshake resumed an earlier session instead of a full one.
+    public var sessionReused: Bool { SSL_session_reused(ssl) == 1 }
 
     deinit {
         SSL_free(ssl)
