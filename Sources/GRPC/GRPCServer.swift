@@ -105,6 +105,11 @@ public final class GRPCServerCall {
         return connection.send(message, on: self)
     }
 
+    /// Asks the connection's owner to write what the connection has queued now, rather than when the current event
+    /// ends: a push to thousands of streams lets the first connections' peers start reading while the rest are
+    /// still being built.
+    public func flushConnection() { connection?.onFlushRequested?() }
+
     /// Ends the call with `status` (trailers, or trailers-only if nothing was sent). Later calls do nothing.
     public func finish(_ status: GRPCStatus = .ok) {
         connection?.finish(self, status: status)
@@ -163,6 +168,8 @@ public final class GRPCServerConnection: H2SessionDelegate {
     public var onBufferBudgetExceeded: (() -> Void)?
     /// Who is on the other end, as the transport describes it (e.g. `pid=… uid=… gid=…`); logs name it.
     public var peer = ""
+    /// Writes what the session has queued (set by whoever drives the connection; see `GRPCServerCall.flushConnection`).
+    public var onFlushRequested: (() -> Void)?
     private let scheduler: GRPCTimerScheduler?
 
     /// A `grpc-timeout` longer than this arms no timer: nothing here lives that long, and an event loop timer in

@@ -200,6 +200,7 @@ public final class SDSServer {
                 return { timer.cancel() }
             })
         grpc.peer = peer.description
+        grpc.onFlushRequested = { flusher.driver?.flush() }
         let driver: H2ConnectionDriver
         do {
             driver = try H2ConnectionDriver.onSocket(fd, loop: loop, session: grpc.session, limits: driverLimits)

@@ -161,7 +161,15 @@ public final class SecretDiscoveryService {
     }
 
     private func pushCacheChange() {
-        for stream in streams.values { stream.cacheChanged(in: self) }
+        // Connection by connection, each written as soon as its streams have their responses: the first Envoys
+        // read and apply theirs while the responses of the others are still being built (on two cores, the two
+        // overlap instead of adding up).
+        var byConnection: [ObjectIdentifier?: [any OpenStream]] = [:]
+        for stream in streams.values { byConnection[stream.call.connectionID, default: []].append(stream) }
+        for group in byConnection.values {
+            for stream in group { stream.cacheChanged(in: self) }
+            group.last?.call.flushConnection()
+        }
         var answered: [ObjectIdentifier] = []
         for (key, held) in heldFetches where answerFetch(held.call, held.request) { answered.append(key) }
         for key in answered {

@@ -119,19 +119,26 @@ func openStream(on connection: BenchConnection, name: String, onVersion: @escapi
         fail("cannot start StreamSecrets: \(error)")
     }
     let node = Node(id: "sds-bench", cluster: "bench")
+    // The client's own cost is part of every push figure, so it reads only what an ACK needs (version and nonce,
+    // by a scan of the top level) and writes the ACK field by field: a full decode and encode per response made
+    // this client, not the agent, the slower side at 10,000 streams.
     call.onMessage = { [weak call] bytes in
         guard let call else { return }
-        let response: DiscoveryResponse
+        let version: String
+        let nonce: String
         do throws(WireError) {
-            response = try DiscoveryResponse(wireBytes: bytes)
+            (version, nonce) = try DiscoveryResponse.versionAndNonce(wireBytes: bytes)
         } catch {
             fail("malformed DiscoveryResponse: \(error)")
         }
-        let ack = DiscoveryRequest(
-            versionInfo: response.versionInfo, resourceNames: [name], typeURL: secretTypeURL,
-            responseNonce: response.nonce)
-        call.send(ack.wireBytes())
-        onVersion(response.versionInfo)
+        var ack: [UInt8] = []
+        ack.reserveCapacity(secretTypeURL.utf8.count + name.utf8.count + version.utf8.count + nonce.utf8.count + 16)
+        WireFieldWriter.appendString(version, field: 1, to: &ack)
+        WireFieldWriter.appendString(name, field: 3, to: &ack)
+        WireFieldWriter.appendString(secretTypeURL, field: 4, to: &ack)
+        WireFieldWriter.appendString(nonce, field: 5, to: &ack)
+        call.send(ack)
+        onVersion(version)
     }
     call.onFinish = { status, _ in fail("stream \(name) ended: \(status)") }
     let request = DiscoveryRequest(node: node, resourceNames: [name], typeURL: secretTypeURL)
