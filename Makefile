@@ -179,6 +179,7 @@ BENCH_COMPARE    ?=
 BENCH_WAIT_QUIET ?= 60
 
 bench: venv build ## Benchmarks beside their floors: a table, the run in BENCH_OUT; BENCH_COMPARE=old.json (~2 min)
+	$(call apt_install,linux-perf)
 	swift build $(RELEASE_FLAGS) $(SWIFT_BUILD_FLAGS) --product sds-bench
 	swift build $(RELEASE_FLAGS) $(SWIFT_BUILD_FLAGS) --product sds-floor
 	$(PYTHON) Tests/Bench/bench.py --out $(BENCH_OUT) --wait-quiet $(BENCH_WAIT_QUIET) \

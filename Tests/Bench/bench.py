@@ -42,6 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402
 import rss_breakdown  # noqa: E402
+from cpu_profile import Profile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".build" / "release"
@@ -397,6 +398,10 @@ def measure_agent(workdir, state_dir, floor_idle_kb, floor_idle_split, floor_bre
         info_before = count_info_lines(agent.log_path)
         samples = [many.push(agent.pid) for _ in range(runs[10_000])]
         push_results[10_000] = samples
+        # One more rotation, profiled (perf, the loop thread): what runs between the SIGHUP and the last write.
+        with Profile(agent.pid, thread=agent.pid) as profile:
+            many.push(agent.pid)
+        push_profile = profile.unavailable or profile.top()
         # What an on-call engineer reads per rotation at 10,000 streams (per-stream lines are debug).
         emit("info_lines_per_rotation", (count_info_lines(agent.log_path) - info_before) / len(samples), "lines",
              streams=10_000, rotations=len(samples))
@@ -418,7 +423,8 @@ def measure_agent(workdir, state_dir, floor_idle_kb, floor_idle_split, floor_bre
                             f"socketpair(s), drained by a thread (median of {len(floor['runs'])})",
                  streams=count, runs=len(times), min=round(min(times), 3), max=round(max(times), 3),
                  client_cpu_ms=round(statistics.median(r["client_cpu_ms"] for r in results), 3),
-                 floor_coalesced_ms=round(floor["coalesced_median_ms"], 3))
+                 floor_coalesced_ms=round(floor["coalesced_median_ms"], 3),
+                 **({"profile": push_profile} if count == 10_000 else {}))
     except BaseException:
         log(f"failed; the agent's log ends with:\n{tail(agent.log_path, 20)}")
         raise
@@ -608,6 +614,7 @@ def main():
     out.write_text(json.dumps(run, indent=1) + "\n")
 
     print_breakdowns()
+    print_profiles()
     print_table(run)
     print(f"\nwrote {out}")
     if old_run:
@@ -648,6 +655,21 @@ def print_breakdowns():
         print(f"  agent RSS at 10,000 streams: {d['rss_at_10000_streams_kb']:,} kB = anon {split['anon_kb']:,} kB"
               f" + file {split['file_kb']:,} kB (idle: anon {idle_split['anon_kb']:,} + file "
               f"{idle_split['file_kb']:,})")
+
+
+def print_profiles():
+    for name, title in (("push_all_ms_10000", "a 10,000-stream rotation, the event loop thread (an extra run)"),
+                        ("istiod_loop_stall_rsa", "RSA-2048 rotations with --issuer istiod, the event loop thread")):
+        m = metric(name)
+        profile = m and m.get("details", {}).get("profile")
+        if not profile:
+            continue
+        print(f"\nprofile of {title}: % of the loop's samples in each function (inclusive)")
+        if isinstance(profile, str):
+            print(f"  not profiled: {profile}")
+            continue
+        for percent, function in profile:
+            print(f"  {percent:5.1f}%  {function}")
 
 
 def verdict(m):

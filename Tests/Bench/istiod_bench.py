@@ -25,6 +25,9 @@ sys.path.insert(0, str(ROOT / "Tests" / "Integration"))
 
 from fake_istiod import ISTIOD_NAME, FakeIstiod  # noqa: E402
 from loop_probe import ProcessLoopProbe  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "Tests" / "Bench"))
+from cpu_profile import Profile  # noqa: E402
 from sds_client import SecretStream  # noqa: E402
 from sds_servers import fetch_when_served, leaf_serial  # noqa: E402
 
@@ -136,6 +139,9 @@ def main():
                             busy_ended = probe.mark()
                         idle = probe.rtts[idle_started:busy_started]
                         busy = probe.rtts[busy_started:busy_ended]
+                        # Then profiled (perf, the loop thread): what still runs on the loop around a rotation.
+                        with Profile(agent.process.pid, thread=agent.process.pid) as profile:
+                            rotation_times(agent, istiod)
                         emit("istiod_loop_stall_rsa", round(max(busy) * 1000, 2), "ms", goal=2, goal_op="<",
                              floor=round(max(idle) * 1000, 2),
                              floor_name="longest PING round trip over a 3 s idle window just before (the machine's "
@@ -144,7 +150,8 @@ def main():
                              idle_window_max_ms=round(max(idle) * 1000, 2),
                              idle_window_p99_ms=round(sorted(idle)[int(0.99 * (len(idle) - 1))] * 1000, 2),
                              idle_pings=len(idle), pings=len(busy),
-                             rsa_keygen_ms=round(statistics.median(generations), 1))
+                             rsa_keygen_ms=round(statistics.median(generations), 1),
+                             profile=profile.unavailable or profile.top())
                 finally:
                     agent.stop()
         finally:
