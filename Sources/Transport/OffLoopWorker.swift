@@ -59,6 +59,8 @@ public final class OffLoopWorker {
 
     /// The worker threads' nice value (the loop runs at the process's, usually 0).
     static let niceness: Int32 = 10
+    /// Linux's SCHED_BATCH (not exported by Glibc's module): CPU-bound work, never preempting others on wake-up.
+    static let batchPolicy: Int32 = 3
 
     /// Runs `work` on a new thread, then `completion` with its result on the loop (never inside `run`).
     public func run<T: Sendable>(_ work: @escaping @Sendable () -> T, then completion: @escaping (T) -> Void) {
@@ -67,18 +69,30 @@ public final class OffLoopWorker {
         // One reference for the thread; `drain` takes it back.
         let context = Unmanaged.passRetained(job).toOpaque()
         var thread = pthread_t()
-        let started = pthread_create(
-            &thread, nil,
-            { raw in
-                // Below the loop's priority: the work here (an RSA key, a chain to verify) may take a core for
-                // hundreds of milliseconds, and the loop thread must still get one at once when a stream needs it.
-                // (On Linux, PRIO_PROCESS with id 0 is the calling thread alone.)
-                _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, OffLoopWorker.niceness)
-                let job = Unmanaged<AnyJob>.fromOpaque(raw!)
-                // Not reported (the worker is gone): nobody will take the thread's reference back, so drop it here.
-                if !job.takeUnretainedValue().execute() { job.release() }
-                return nil
-            }, context)
+        // SCHED_BATCH from its first instruction (the nice value below is set by the thread itself, a moment late):
+        // a new thread would otherwise take a full time slice on the loop's core before the loop gets it back.
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        pthread_attr_setinheritsched(&attributes, Int32(PTHREAD_EXPLICIT_SCHED))
+        pthread_attr_setschedpolicy(&attributes, OffLoopWorker.batchPolicy)
+        var parameters = sched_param(sched_priority: 0)
+        pthread_attr_setschedparam(&attributes, &parameters)
+        let body: @convention(c) (UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? = { raw in
+            // Below the loop's priority: the work here (an RSA key, a chain to verify) may take a core for hundreds
+            // of milliseconds, and the loop thread must still get one at once when a stream needs it.
+            // (On Linux, PRIO_PROCESS with id 0 is the calling thread alone.)
+            _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, OffLoopWorker.niceness)
+            let job = Unmanaged<AnyJob>.fromOpaque(raw!)
+            // Not reported (the worker is gone): nobody will take the thread's reference back, so drop it here.
+            if !job.takeUnretainedValue().execute() { job.release() }
+            return nil
+        }
+        var started = pthread_create(&thread, &attributes, body, context)
+        if started != 0 {
+            // A scheduling policy the environment refuses (a seccomp profile, say) is no reason to run on the loop.
+            started = pthread_create(&thread, nil, body, context)
+        }
         if started != 0 {
             // No thread: run it here rather than lose it (the caller still hears back on the next turn).
             if !job.execute() { Unmanaged.passUnretained(job as AnyJob).release() }

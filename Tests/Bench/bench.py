@@ -398,13 +398,13 @@ def measure_agent(workdir, state_dir, floor_idle_kb, floor_idle_split, floor_bre
         info_before = count_info_lines(agent.log_path)
         samples = [many.push(agent.pid) for _ in range(runs[10_000])]
         push_results[10_000] = samples
+        # What an on-call engineer reads per rotation at 10,000 streams (per-stream lines are debug).
+        emit("info_lines_per_rotation", (count_info_lines(agent.log_path) - info_before) / len(samples), "lines",
+             streams=10_000, rotations=len(samples))
         # One more rotation, profiled (perf, the loop thread): what runs between the SIGHUP and the last write.
         with Profile(agent.pid, thread=agent.pid) as profile:
             many.push(agent.pid)
         push_profile = profile.unavailable or profile.top()
-        # What an on-call engineer reads per rotation at 10,000 streams (per-stream lines are debug).
-        emit("info_lines_per_rotation", (count_info_lines(agent.log_path) - info_before) / len(samples), "lines",
-             streams=10_000, rotations=len(samples))
         many.close()
         clients.remove(many)
         for count in (1, 100, 1000):

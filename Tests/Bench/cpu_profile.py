@@ -43,7 +43,7 @@ class Profile:
             return
         self._process.send_signal(signal.SIGINT)
         self._process.wait(timeout=60)
-        script = subprocess.run(["perf", "script", "-i", self._data, "-F", "tid,ip,sym"], capture_output=True,
+        script = subprocess.run(["perf", "script", "-i", self._data, "-F", "tid,ip,sym,dso"], capture_output=True,
                                 text=True, timeout=300).stdout
         shutil.rmtree(self._dir, ignore_errors=True)
         for block in script.split("\n\n"):
@@ -51,7 +51,14 @@ class Profile:
             match = re.match(r"\s*(\d+)", lines[0]) if lines and lines[0].strip() else None
             if not match or (self.thread is not None and int(match.group(1)) != self.thread):
                 continue
-            self.samples.append([line.strip().split(None, 1)[1] for line in lines[1:] if len(line.split(None, 1)) > 1])
+            # Frames are "<ip> <symbol> (<dso>)"; the kernel's are left out (the loop's own code is what is asked).
+            stack = []
+            for line in lines[1:]:
+                parts = line.strip().split(None, 1)
+                if len(parts) < 2 or "kernel.kallsyms" in parts[1]:
+                    continue
+                stack.append(re.sub(r"\s+\([^()]*\)$", "", parts[1]))
+            self.samples.append(stack)
 
     def top(self, count: int = 15, ours: bool = True) -> list[tuple[float, str]]:
         """The `count` functions in the most samples (inclusive), as (percent of samples, demangled name). `ours`:
@@ -64,7 +71,8 @@ class Profile:
             for name in set(stack):
                 seen[name] += 1
         total = len(self.samples)
-        skip = re.compile(r"EventLoop|AgentMain|makeIssuer|Readiness|sds_agent_main|__libc_start|swift_image|^\[|^0x")
+        skip = re.compile(r"EventLoop|AgentMain|makeIssuer|Readiness|sds_agent_main|__libc_start|swift_image|^_start$"
+                          r"|^\[|^0x")
         ranked = [(n, name) for name, n in seen.most_common() if not (ours and skip.search(name))]
         top = ranked[:count]
         names = demangle([name for _, name in top])
