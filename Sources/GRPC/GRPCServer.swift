@@ -39,8 +39,8 @@ public enum GRPCSendResult: Sendable, Equatable {
 
 /// What a handler holding a call for long (a stream) hears, as one object instead of the four closures of
 /// `GRPCServerCall`: a held stream then costs one reference, not four closure contexts and the weak references in
-/// them. The call holds it strongly until the call ends (dropped with the closures, which breaks the cycle with a
-/// handler that holds its call).
+/// them. The call holds it weakly: its owner keeps it (the SDS service's table of open streams), so an object that
+/// holds its call is no cycle, however the call or its connection ends.
 public protocol GRPCServerCallEvents: AnyObject {
     /// A complete request message.
     func callReceived(_ message: [UInt8])
@@ -69,8 +69,8 @@ public final class GRPCServerCall {
     /// The stream's queue drained: the peer took everything sent so far. A good time to send more (SDS streams
     /// build their next, merged response here rather than queue one per change).
     public var onWritable: (() -> Void)?
-    /// Told every event, after the closure for it (if any).
-    public var events: (any GRPCServerCallEvents)?
+    /// Told every event, after the closure for it (if any). Weak: see `GRPCServerCallEvents`.
+    public weak var events: (any GRPCServerCallEvents)?
 
     weak var connection: GRPCServerConnection? {
         didSet { connectionID = connection.map(ObjectIdentifier.init) ?? connectionID }
@@ -124,8 +124,8 @@ public final class GRPCServerCall {
         events = nil
     }
 
-    // Each event: the closure, then the events object, each held in a local for the call so that a handler
-    // releasing them half-way (by ending the call) does not free what is running.
+    // Each event: the closure, then the events object, each held strongly in a local for the call so that a
+    // handler whose owner drops it half-way (by ending the call) does not free what is running.
     func deliver(_ message: [UInt8]) {
         if let onMessage { onMessage(message) }
         if let events { events.callReceived(message) }

@@ -198,8 +198,8 @@ public final class SecretDiscoveryService {
     }
 
     /// One open StreamSecrets or DeltaSecrets call and its stream machine. It is the call's events object: a held
-    /// stream costs this object and its machine, with no closure contexts or per-stream weak references (10,000
-    /// streams are held for hours between pushes).
+    /// stream costs this object and its machine, with no closure contexts (10,000 streams are held for hours
+    /// between pushes).
     final class StreamCall<Machine: SecretStreamMachine>: OpenStream, GRPCServerCallEvents {
         let call: GRPCServerCall
         var machine: Machine
@@ -225,8 +225,8 @@ public final class SecretDiscoveryService {
             service.perform(machine.cacheChanged(service.cache(for: aliases)), on: self)
         }
 
-        // The call holds this object strongly until the call ends (then drops it, which breaks the cycle with
-        // `call`); an event therefore always finds it alive, even one whose handling ends the call half-way.
+        // The call holds this object weakly and `streams` strongly; the call delivers each event from a strong
+        // local reference, so an event whose handling ends the call (and drops the stream) half-way finds it alive.
         @_specialize(where Machine == SotWStream)
         @_specialize(where Machine == DeltaStream)
         func callReceived(_ message: [UInt8]) { service?.received(message, on: self) }

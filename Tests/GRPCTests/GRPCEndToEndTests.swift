@@ -502,36 +502,39 @@ func bidiStreamingEchoesEachMessageAsItArrives(feedMode: InMemoryPair.FeedMode) 
     #expect(harness.server.bufferedRequestBytes == 0)
 }
 
-/// A held stream's events object hears every event and is released when the call ends (the cycle with its call
-/// is broken), whether the client cancels it or it finishes; its request headers are gone once the handler
-/// returned.
+/// A held stream's events object hears every event; the call holds it weakly, so an object that holds its call is
+/// no cycle: dropped by its owner, it is freed whether the call ended or not. Request headers are gone once the
+/// handler returned.
 final class EventsRecorder: GRPCServerCallEvents {
     let call: GRPCServerCall
-    var events: [String] = []
-    init(_ call: GRPCServerCall) { self.call = call }
+    let log: (String) -> Void
+    init(_ call: GRPCServerCall, log: @escaping (String) -> Void) {
+        self.call = call
+        self.log = log
+    }
     func callReceived(_ message: [UInt8]) {
-        events.append("message \(message.count)")
+        log("message \(message.count)")
         call.send(message)
     }
     func callHalfClosed() {
-        events.append("half-close")
+        log("half-close")
         call.finish(.ok)
     }
-    func callCancelled() { events.append("cancelled") }
-    func callWritable() { events.append("writable") }
+    func callCancelled() { log("cancelled") }
+    func callWritable() {}
 }
 
 @Test(arguments: [false, true])
-func eventsObjectHearsTheCallAndIsReleasedWithIt(cancel: Bool) throws {
-    weak var held: EventsRecorder?
+func eventsObjectHearsTheCallAndItsOwnerDecidesItsLifetime(cancel: Bool) throws {
+    var owners: [EventsRecorder] = []
     var log: [String] = []
     var metadataAfterHandler: [(String, String)]?
     var calls: [GRPCServerCall] = []
     let harness = Harness { router in
         router.register("/test.Events/Bidi") { call in
-            let recorder = EventsRecorder(call)
+            let recorder = EventsRecorder(call) { log.append($0) }
             call.events = recorder
-            held = recorder
+            owners.append(recorder)
             calls.append(call)
         }
     }
@@ -540,17 +543,19 @@ func eventsObjectHearsTheCallAndIsReleasedWithIt(cancel: Bool) throws {
     call.send([1, 2, 3])
     harness.pump()
     metadataAfterHandler = calls.first?.metadata
-    log = held?.events ?? []
-    #expect(log.first == "message 3")
+    #expect(log == ["message 3"])
     #expect(record.messages == [[1, 2, 3]])
-    #expect(held != nil, "the call holds its events object while it is open")
     if cancel {
         call.cancel()
     } else {
         call.closeSend()
     }
     harness.pump()
-    #expect(held == nil, "released when the call ended")
-    #expect(metadataAfterHandler?.isEmpty == true)
+    #expect(log.last == (cancel ? "cancelled" : "half-close"))
     if !cancel { #expect(record.status == .ok, "half-close reached the events object, which finished the call") }
+    #expect(metadataAfterHandler?.isEmpty == true)
+    weak let held = owners.first
+    owners.removeAll()
+    #expect(held == nil, "the call does not keep its events object alive")
+    #expect(calls.first?.events == nil)
 }
