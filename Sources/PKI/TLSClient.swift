@@ -103,6 +103,8 @@ public final class TLSClientContext {
                 let name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)
             else { return 0 }
             let context = Unmanaged<TLSClientContext>.fromOpaque(owner).takeUnretainedValue()
+            // Kept only where `offerSession` would use it: a SPIFFE peer's identity is checked on each connection.
+            guard context.wantedSPIFFEID == nil else { return 0 }
             context.remember(session, for: String(cString: name))
             return 1  // the context owns this reference now
         }

@@ -124,12 +124,14 @@ extension SotWStream: SecretStreamMachine {
     public static func wireBytes(_ response: DiscoveryResponse, sharing bodies: inout SharedResponseBodies)
         -> [UInt8]
     {
-        guard response.resources.count == 1, !response.versionInfo.isEmpty else { return response.wireBytes() }
-        var withoutNonce = response
-        withoutNonce.nonce = ""
         // Keyed by the version alone (no string built per stream): every SotW response here is of one type.
-        guard response.typeURL == SDS.secretTypeURL else { return response.wireBytes() }
-        var bytes = bodies.body(for: response.versionInfo) { withoutNonce.wireBytes() }
+        guard response.resources.count == 1, !response.versionInfo.isEmpty, response.typeURL == SDS.secretTypeURL
+        else { return response.wireBytes() }
+        var bytes = bodies.body(for: response.versionInfo) {
+            var withoutNonce = response
+            withoutNonce.nonce = ""
+            return withoutNonce.wireBytes()
+        }
         WireFieldWriter.appendString(response.nonce, field: 5, to: &bytes)
         return bytes
     }

@@ -72,27 +72,24 @@ public final class TLSServer {
                     return SSL_TLSEXT_ERR_NOACK
                 }, box.toOpaque())
         }
+        (ssl, networkIn, networkOut) = try Self.connection(on: ctx)
+    }
+
+    /// One server-side SSL on `ctx` over two memory BIOs (the SSL frees both).
+    private static func connection(on ctx: OpaquePointer) throws -> (OpaquePointer, OpaquePointer, OpaquePointer) {
         guard let ssl = SSL_new(ctx), let networkIn = BIO_new(BIO_s_mem()), let networkOut = BIO_new(BIO_s_mem())
         else { throw PKIError.openSSL("SSL_new") }
         SSL_set_bio(ssl, networkIn, networkOut)
         SSL_set_accept_state(ssl)
-        self.ssl = ssl
-        self.networkIn = networkIn
-        self.networkOut = networkOut
+        return (ssl, networkIn, networkOut)
     }
 
     /// A second connection on `other`'s context (its certificate, ALPN and session-ticket keys): what a client that
     /// resumes a session meets.
     public init(nextConnectionOf other: TLSServer) throws {
-        guard let ctx = SSL_get_SSL_CTX(other.ssl), let ssl = SSL_new(ctx), let networkIn = BIO_new(BIO_s_mem()),
-            let networkOut = BIO_new(BIO_s_mem())
-        else { throw PKIError.openSSL("SSL_new") }
-        SSL_set_bio(ssl, networkIn, networkOut)
-        SSL_set_accept_state(ssl)
-        self.ssl = ssl
-        self.networkIn = networkIn
-        self.networkOut = networkOut
-        self.sibling = other
+        guard let ctx = SSL_get_SSL_CTX(other.ssl) else { throw PKIError.openSSL("SSL_get_SSL_CTX") }
+        (ssl, networkIn, networkOut) = try Self.connection(on: ctx)
+        sibling = other
     }
 
     /// The handshake resumed an earlier session instead of a full one.
