@@ -4,6 +4,16 @@ public enum GRPCMessageFraming {
     /// The default bound on one message (grpc's default receive limit).
     public static let defaultMaxMessageBytes = 4 << 20
 
+    /// The prefix of an uncompressed message of `length` bytes (sent before the message's own bytes, which are then
+    /// queued without a copy). A length past 4 GiB cannot be queued anywhere here: the per-stream bound is far lower.
+    public static func prefix(length: Int) -> [UInt8] {
+        let length = UInt32(truncatingIfNeeded: length)
+        return [
+            0, UInt8(truncatingIfNeeded: length >> 24), UInt8(truncatingIfNeeded: length >> 16),
+            UInt8(truncatingIfNeeded: length >> 8), UInt8(truncatingIfNeeded: length),
+        ]
+    }
+
     /// Frames one uncompressed message.
     public static func frame(_ message: [UInt8]) -> [UInt8] {
         var out: [UInt8] = []

@@ -39,8 +39,10 @@ public enum GRPCSendResult: Sendable, Equatable {
 
 /// What a handler holding a call for long (a stream) hears, as one object instead of the four closures of
 /// `GRPCServerCall`: a held stream then costs one reference, not four closure contexts and the weak references in
-/// them. The call holds it weakly: its owner keeps it (the SDS service's table of open streams), so an object that
-/// holds its call is no cycle, however the call or its connection ends.
+/// them. The call holds it strongly until the call ends (`releaseCallbacks`: the stream closed, the connection was
+/// lost, or the connection object went away with calls still open), so an object that holds its call is a cycle
+/// only while the call is live. Not weak: a weakly referenced object carries a side table, and every retain and
+/// release of it takes the slow path (a fifth of a 10,000-stream push went there).
 public protocol GRPCServerCallEvents: AnyObject {
     /// A complete request message.
     func callReceived(_ message: [UInt8])
@@ -69,8 +71,8 @@ public final class GRPCServerCall {
     /// The stream's queue drained: the peer took everything sent so far. A good time to send more (SDS streams
     /// build their next, merged response here rather than queue one per change).
     public var onWritable: (() -> Void)?
-    /// Told every event, after the closure for it (if any). Weak: see `GRPCServerCallEvents`.
-    public weak var events: (any GRPCServerCallEvents)?
+    /// Told every event, after the closure for it (if any). Held until the call ends: see `GRPCServerCallEvents`.
+    public var events: (any GRPCServerCallEvents)?
 
     weak var connection: GRPCServerConnection? {
         didSet { connectionID = connection.map(ObjectIdentifier.init) ?? connectionID }
@@ -98,11 +100,12 @@ public final class GRPCServerCall {
     /// Bytes queued on this call's stream, not yet accepted by the peer's flow-control window.
     public var queuedBytes: Int { connection?.session.queuedBytes(streamID: streamID) ?? 0 }
 
-    /// Frames and queues one response message (response headers go first, once).
+    /// Frames and queues one response message (response headers go first, once). The message is `message` followed
+    /// by `tail`; both are queued as they are, not copied (a body shared by many streams, then a stream's own bytes).
     @discardableResult
-    public func send(_ message: [UInt8]) -> GRPCSendResult {
+    public func send(_ message: [UInt8], then tail: [UInt8] = []) -> GRPCSendResult {
         guard let connection else { return .closed }
-        return connection.send(message, on: self)
+        return connection.send(message, then: tail, on: self)
     }
 
     /// Asks the connection's owner to write what the connection has queued now, rather than when the current event
@@ -190,6 +193,12 @@ public final class GRPCServerConnection: H2SessionDelegate {
         self.maxBufferedRequestBytes = maxBufferedRequestBytes
         self.session = H2ServerSession(configuration: configuration)
         self.session.delegate = self
+    }
+
+    /// A connection dropped without `connectionLost()` (its owner gone, or a test's in-memory peer) still breaks its
+    /// calls' cycles with their handlers.
+    deinit {
+        for call in calls.values { call.releaseCallbacks() }
     }
 
     public var activeCallCount: Int { calls.count }
@@ -347,18 +356,18 @@ public final class GRPCServerConnection: H2SessionDelegate {
         }
     }
 
-    func send(_ message: [UInt8], on call: GRPCServerCall) -> GRPCSendResult {
+    func send(_ message: [UInt8], then tail: [UInt8], on call: GRPCServerCall) -> GRPCSendResult {
         var probe = call.state
         let action = probe.send()
         if action == .dropClosed { return .closed }
-        let framed = GRPCMessageFraming.frame(message)
+        let prefix = GRPCMessageFraming.prefix(length: message.count + tail.count)
         do throws(H2Error) {
             if action == .sendHeadersAndMessage {
                 try session.sendResponseHeaders(
                     streamID: call.streamID, headers: Self.responseHeaders, endStream: false)
             }
             call.state = probe
-            try session.sendData(streamID: call.streamID, bytes: framed)
+            try session.sendData(streamID: call.streamID, bytes: prefix, then: message, tail)
             return .queued
         } catch .wouldExceed {
             return .wouldExceed

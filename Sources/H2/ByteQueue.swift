@@ -1,31 +1,52 @@
-/// A FIFO of bytes read from the front without shifting on every read: the consumed prefix is
-/// dropped only once it outweighs the live part, so reads are amortised O(1) per byte.
+/// A FIFO of byte arrays, read from the front as one stream of bytes. Appending an array keeps it as it is (a
+/// reference, no copy): a push hands the same encoded secret to thousands of streams, and each stream's queue holds
+/// that one buffer plus its own few bytes (gRPC prefix, nonce) until nghttp2 copies them into a DATA frame.
 struct ByteQueue {
-    private var storage: [UInt8] = []
-    private var readIndex = 0
+    private var segments: [[UInt8]] = []
+    /// The first segment not yet fully read, and how far into it reading got.
+    private var head = 0
+    private var offset = 0
+    private(set) var count = 0
 
-    var count: Int { storage.count - readIndex }
+    mutating func append(_ bytes: [UInt8]) {
+        guard !bytes.isEmpty else { return }
+        segments.append(bytes)
+        count += bytes.count
+    }
 
-    mutating func append(_ bytes: UnsafeRawBufferPointer) {
-        storage.append(contentsOf: bytes)
+    /// The three in order, growing the list of segments once (a gRPC message is sent as prefix, body and tail).
+    mutating func append(_ first: [UInt8], _ second: [UInt8], _ third: [UInt8]) {
+        segments.reserveCapacity(segments.count - head + 3)
+        append(first)
+        append(second)
+        append(third)
     }
 
     mutating func read(into buffer: UnsafeMutablePointer<UInt8>, maxCount: Int) -> Int {
-        let n = min(maxCount, count)
-        guard n > 0 else { return 0 }
-        storage.withUnsafeBufferPointer { source in
-            buffer.update(from: source.baseAddress! + readIndex, count: n)
+        var written = 0
+        while written < maxCount, head < segments.count {
+            let n = segments[head].withUnsafeBufferPointer { source in
+                let n = min(maxCount - written, source.count - offset)
+                (buffer + written).update(from: source.baseAddress! + offset, count: n)
+                return n
+            }
+            written += n
+            offset += n
+            if offset == segments[head].count {
+                head += 1
+                offset = 0
+            }
         }
-        readIndex += n
-        if readIndex == storage.count {
-            // Drained: the storage goes too. A held stream sends one response an hour or so; keeping the buffer of
-            // the last one (1.2 KB for an SVID) was most of what each of 10,000 idle streams cost.
-            storage = []
-            readIndex = 0
-        } else if readIndex > storage.count / 2 {
-            storage.removeFirst(readIndex)
-            readIndex = 0
+        count -= written
+        if head == segments.count {
+            // Drained: the storage goes too. A held stream sends one response an hour or so; keeping the buffers of
+            // the last one was most of what each of 10,000 idle streams cost.
+            segments = []
+            head = 0
+        } else if head >= 16, head > segments.count / 2 {
+            segments.removeFirst(head)
+            head = 0
         }
-        return n
+        return written
     }
 }

@@ -57,12 +57,12 @@ public class H2Endpoint {
 
     /// Queues body bytes; they leave as the peer's flow-control window allows. Throws `.wouldExceed` if the
     /// stream's queue would pass `maxQueuedBytesPerStream` (nothing is queued then).
-    public func sendData(streamID: H2StreamID, bytes: [UInt8]) throws(H2Error) {
-        var failure: H2Error?
-        bytes.withUnsafeBytes { raw in
-            do throws(H2Error) { try core.sendData(streamID: streamID, bytes: raw) } catch { failure = error }
-        }
-        if let failure { throw failure }
+    /// The arrays are queued as they are, not copied: `then` and `last` follow `bytes` in the same piece of data
+    /// (a gRPC prefix, a body shared by many streams, a stream's own tail).
+    public func sendData(
+        streamID: H2StreamID, bytes: [UInt8], then: [UInt8] = [], _ last: [UInt8] = []
+    ) throws(H2Error) {
+        try core.sendData(streamID: streamID, bytes, then, last)
     }
 
     /// Hands `count` received DATA bytes of `streamID` back to flow control: the peer may send that much more.

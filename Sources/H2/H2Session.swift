@@ -229,19 +229,27 @@ final class H2SessionCore {
         outbound[streamID] = stream
     }
 
-    func sendData(streamID: H2StreamID, bytes: UnsafeRawBufferPointer) throws(H2Error) {
+    /// Queues `first`, `second` and `third` (in that order, as one piece of data: all or nothing), without copying
+    /// them: the queue keeps the arrays.
+    func sendData(streamID: H2StreamID, _ first: [UInt8], _ second: [UInt8], _ third: [UInt8]) throws(H2Error) {
         if let failure { throw failure }
-        guard var stream = outbound[streamID], stream.hasProvider else { throw .noSuchStream(streamID) }
-        guard case .open = stream.end else { throw .streamOutboundClosed(streamID) }
-        let limit = configuration.maxQueuedBytesPerStream
-        if stream.queue.count + bytes.count > limit {
-            throw .wouldExceed(queued: stream.queue.count, adding: bytes.count, limit: limit)
+        // Mutated in place (one lookup, and the stream's queue is not shared with a copy of it).
+        guard let index = outbound.index(forKey: streamID), outbound.values[index].hasProvider else {
+            throw .noSuchStream(streamID)
         }
-        stream.queue.append(bytes)
-        totalQueuedBytes += bytes.count
-        let wasParked = stream.parked
-        stream.parked = false
-        outbound[streamID] = stream
+        guard case .open = outbound.values[index].end else { throw .streamOutboundClosed(streamID) }
+        let limit = configuration.maxQueuedBytesPerStream
+        let queued = outbound.values[index].queue.count
+        let adding = first.count + second.count + third.count
+        if queued + adding > limit {
+            throw .wouldExceed(queued: queued, adding: adding, limit: limit)
+        }
+        totalQueuedBytes += adding
+        let wasParked = Self.update(&outbound.values[index]) { stream in
+            stream.queue.append(first, second, third)
+            defer { stream.parked = false }
+            return stream.parked
+        }
         if wasParked { _ = nghttp2_session_resume_data(session, streamID) }
     }
 
@@ -406,18 +414,22 @@ final class H2SessionCore {
     fileprivate func readOutbound(
         streamID: H2StreamID, buffer: UnsafeMutablePointer<UInt8>, length: Int, flags: inout UInt32
     ) -> Int {
-        guard var stream = outbound[streamID] else {
+        guard let index = outbound.index(forKey: streamID) else {
             return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
         }
-        let wasNonEmpty = stream.queue.count > 0
-        let written = stream.queue.read(into: buffer, maxCount: length)
+        // One access to the stream's entry for the read and what follows from it.
+        let (wasNonEmpty, written, isEmpty, end) = Self.update(&outbound.values[index]) { stream in
+            let wasNonEmpty = stream.queue.count > 0
+            let written = stream.queue.read(into: buffer, maxCount: length)
+            let isEmpty = stream.queue.count == 0
+            if isEmpty, written == 0, case .open = stream.end { stream.parked = true }
+            return (wasNonEmpty, written, isEmpty, stream.end)
+        }
         totalQueuedBytes -= written
-        if stream.queue.count == 0 {
-            switch stream.end {
+        if isEmpty {
+            switch end {
             case .open:
                 if written == 0 {
-                    stream.parked = true
-                    outbound[streamID] = stream
                     if wasNonEmpty { drainedStreams.append(streamID) }
                     return Int(NGHTTP2_ERR_DEFERRED.rawValue)
                 }
@@ -435,8 +447,14 @@ final class H2SessionCore {
             }
             if wasNonEmpty { drainedStreams.append(streamID) }
         }
-        outbound[streamID] = stream
         return written
+    }
+
+    /// Runs `body` on one stream's entry in place: a single access, where reading and writing fields of
+    /// `outbound.values[index]` one by one is an access (and an exclusivity check) each.
+    @inline(__always)
+    private static func update<R>(_ stream: inout OutboundStream, _ body: (inout OutboundStream) -> R) -> R {
+        body(&stream)
     }
 
     // MARK: C plumbing

@@ -225,8 +225,8 @@ public final class SecretDiscoveryService {
             service.perform(machine.cacheChanged(service.cache(for: aliases)), on: self)
         }
 
-        // The call holds this object weakly and `streams` strongly; the call delivers each event from a strong
-        // local reference, so an event whose handling ends the call (and drops the stream) half-way finds it alive.
+        // The call delivers each event from a strong local reference, so an event whose handling ends the call (and
+        // drops the stream) half-way finds it alive.
         @_specialize(where Machine == SotWStream)
         @_specialize(where Machine == DeltaStream)
         func callReceived(_ message: [UInt8]) { service?.received(message, on: self) }
@@ -330,7 +330,8 @@ public final class SecretDiscoveryService {
     @_specialize(where Machine == SotWStream)
     @_specialize(where Machine == DeltaStream)
     private func send<Machine: SecretStreamMachine>(_ response: Machine.Response, on stream: StreamCall<Machine>) {
-        switch stream.call.send(Machine.wireBytes(response, sharing: &sharedBodies)) {
+        let parts = Machine.wireParts(response, sharing: &sharedBodies)
+        switch stream.call.send(parts.body, then: parts.tail) {
         case .queued:
             stream.machine.responseAwaitsTransport()
             metrics.pushes += 1

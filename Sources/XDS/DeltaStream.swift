@@ -110,11 +110,12 @@ public struct DeltaStream: Sendable {
     }
 
     /// The transport took the response in flight: returns the response merging every change held since, if any.
-    public mutating func transportReady(_ cache: SecretCache) -> [Action] {
+    /// `cache` is only evaluated when a change is owed (a push drains thousands of streams that owe nothing).
+    public mutating func transportReady(_ cache: @autoclosure () -> SecretCache) -> [Action] {
         guard lifecycle.outbound.ready(), case .open(var session) = lifecycle.state else { return [] }
         lifecycle.state = .modifying
         defer { lifecycle.state = .open(session) }
-        return respondIfChanged(&session, cache: cache).map { [.send($0)] } ?? []
+        return respondIfChanged(&session, cache: cache()).map { [.send($0)] } ?? []
     }
 
     /// A request arrived on the stream.

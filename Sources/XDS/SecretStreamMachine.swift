@@ -38,7 +38,7 @@ public protocol SecretStreamMachine {
     mutating func receive(_ request: Request, cache: SecretCache) -> [Action]
     mutating func cacheChanged(_ cache: SecretCache) -> [Action]
     mutating func responseAwaitsTransport()
-    mutating func transportReady(_ cache: SecretCache) -> [Action]
+    mutating func transportReady(_ cache: @autoclosure () -> SecretCache) -> [Action]
 
     /// The node a request carries (the first one of a stream does).
     static func node(of request: Request) -> Node?
@@ -52,13 +52,24 @@ public protocol SecretStreamMachine {
     /// What a push log line says about `response`.
     static func pushFields(_ response: Response) -> [(String, StreamLogField)]
 
-    /// `response` encoded, from `bodies` when another stream already sent the same content.
-    static func wireBytes(_ response: Response, sharing bodies: inout SharedResponseBodies) -> [UInt8]
+    /// `response` encoded as `body` then `tail`: the body from `bodies` when another stream already sent the same
+    /// content (the same array, not a copy), the tail what is this stream's own (its nonce).
+    static func wireParts(_ response: Response, sharing bodies: inout SharedResponseBodies) -> (
+        body: [UInt8], tail: [UInt8]
+    )
 }
 
 extension SecretStreamMachine {
+    public static func wireParts(_ response: Response, sharing bodies: inout SharedResponseBodies) -> (
+        body: [UInt8], tail: [UInt8]
+    ) {
+        (response.wireBytes(), [])
+    }
+
+    /// `wireParts` as one array.
     public static func wireBytes(_ response: Response, sharing bodies: inout SharedResponseBodies) -> [UInt8] {
-        response.wireBytes()
+        let parts = wireParts(response, sharing: &bodies)
+        return parts.body + parts.tail
     }
 }
 
@@ -120,20 +131,22 @@ extension SotWStream: SecretStreamMachine {
 
     /// A one-resource response (Envoy's: one stream per secret) is its resource's version, type and bytes, then
     /// the stream's nonce: the version is the hash of the resource's bytes, so it keys the shared encoding. The
-    /// nonce is field 5, the last one set, so the bytes are exactly what encoding the whole response gives.
-    public static func wireBytes(_ response: DiscoveryResponse, sharing bodies: inout SharedResponseBodies)
-        -> [UInt8]
-    {
+    /// nonce is field 5, the last one set, so body then tail are exactly what encoding the whole response gives.
+    public static func wireParts(_ response: DiscoveryResponse, sharing bodies: inout SharedResponseBodies) -> (
+        body: [UInt8], tail: [UInt8]
+    ) {
         // Keyed by the version alone (no string built per stream): every SotW response here is of one type.
         guard response.resources.count == 1, !response.versionInfo.isEmpty, response.typeURL == SDS.secretTypeURL
-        else { return response.wireBytes() }
-        var bytes = bodies.body(for: response.versionInfo) {
+        else { return (response.wireBytes(), []) }
+        let body = bodies.body(for: response.versionInfo) {
             var withoutNonce = response
             withoutNonce.nonce = ""
             return withoutNonce.wireBytes()
         }
-        WireFieldWriter.appendString(response.nonce, field: 5, to: &bytes)
-        return bytes
+        var tail: [UInt8] = []
+        tail.reserveCapacity(response.nonce.utf8.count + 6)
+        WireFieldWriter.appendString(response.nonce, field: 5, to: &tail)
+        return (body, tail)
     }
 }
 

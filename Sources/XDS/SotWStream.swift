@@ -102,11 +102,12 @@ public struct SotWStream: Sendable {
     }
 
     /// The transport took the response in flight: returns the response merging every change held since, if any.
-    public mutating func transportReady(_ cache: SecretCache) -> [Action] {
+    /// `cache` is only evaluated when a change is owed (a push drains thousands of streams that owe nothing).
+    public mutating func transportReady(_ cache: @autoclosure () -> SecretCache) -> [Action] {
         guard lifecycle.outbound.ready(), case .open(var subscription) = lifecycle.state else { return [] }
         lifecycle.state = .modifying
         defer { lifecycle.state = .open(subscription) }
-        return respondIfChanged(&subscription, cache: cache).map { [$0] } ?? []
+        return respondIfChanged(&subscription, cache: cache()).map { [$0] } ?? []
     }
 
     /// A request arrived on the stream.

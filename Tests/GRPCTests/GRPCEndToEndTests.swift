@@ -502,9 +502,9 @@ func bidiStreamingEchoesEachMessageAsItArrives(feedMode: InMemoryPair.FeedMode) 
     #expect(harness.server.bufferedRequestBytes == 0)
 }
 
-/// A held stream's events object hears every event; the call holds it weakly, so an object that holds its call is
-/// no cycle: dropped by its owner, it is freed whether the call ended or not. Request headers are gone once the
-/// handler returned.
+/// A held stream's events object hears every event; the call holds it until the call ends, so an object that holds
+/// its call is a cycle only while the call lives: once the call ended, its owner alone decides its lifetime.
+/// Request headers are gone once the handler returned.
 final class EventsRecorder: GRPCServerCallEvents {
     let call: GRPCServerCall
     let log: (String) -> Void
@@ -558,4 +558,28 @@ func eventsObjectHearsTheCallAndItsOwnerDecidesItsLifetime(cancel: Bool) throws 
     owners.removeAll()
     #expect(held == nil, "the call does not keep its events object alive")
     #expect(calls.first?.events == nil)
+}
+
+/// A connection object dropped while a call is still open (no `connectionLost()`: its owner went away) releases the
+/// call's events object: the call-and-handler cycle does not outlive the connection (LeakSanitizer would see it).
+@Test func droppedConnectionReleasesItsOpenCallsEventsObjects() throws {
+    weak var heldRecorder: EventsRecorder?
+    weak var heldCall: GRPCServerCall?
+    do {
+        var harness: Harness? = Harness { router in
+            router.register("/test.Events/Bidi") { call in
+                let recorder = EventsRecorder(call) { _ in }
+                call.events = recorder
+                heldRecorder = recorder
+                heldCall = call
+            }
+        }
+        let call = try harness!.client.startCall(path: "/test.Events/Bidi")
+        call.send([1])
+        harness!.pump()
+        #expect(heldRecorder != nil, "the open call keeps its events object")
+        harness = nil
+    }
+    #expect(heldRecorder == nil)
+    #expect(heldCall == nil)
 }

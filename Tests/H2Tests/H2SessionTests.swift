@@ -448,3 +448,32 @@ private let rawRequestStart: [UInt8] = [0x83, 0x86, 0x84] + literal(":authority"
     fixture.pair.pump()
     #expect(fixture.server.prefaceReceived)
 }
+
+/// Data sent in parts (`bytes`, `then`, `last`: how gRPC sends a prefix, a shared body and a stream's own tail)
+/// arrives as their concatenation, in order, also when the peer's window splits DATA frames inside a part and
+/// across parts (65,535 bytes of window, ~300 KB sent).
+@Test func dataSentInPartsArrivesWholeAcrossFrameAndWindowBoundaries() throws {
+    let fixture = Fixture()
+    let server = fixture.server
+    fixture.serverEvents.onHeaders = { streamID, _, kind, _ in
+        guard kind == .request else { return }
+        try? server.sendResponseHeaders(streamID: streamID, headers: [H2Header(":status", "200")], endStream: false)
+    }
+    let streamID = try fixture.client.startRequest(headers: requestHeaders)
+    fixture.pair.pump()
+    var expected: [UInt8] = []
+    let shared = (0..<20_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+    for message in 0..<15 {
+        let prefix = [UInt8(message), 1, 2, 3, 4]
+        let tail = [UInt8](repeating: UInt8(200 + message), count: message)
+        try server.sendData(streamID: streamID, bytes: prefix, then: shared, tail)
+        expected += prefix + shared + tail
+        if message % 4 == 0 { fixture.pair.pump() }
+    }
+    try server.sendData(streamID: streamID, bytes: [], then: [], [])
+    try server.sendTrailers(streamID: streamID, trailers: [H2Header("grpc-status", "0")])
+    fixture.pair.pump()
+    #expect(fixture.clientEvents.body(of: streamID) == expected)
+    #expect(server.queuedBytes(streamID: streamID) == 0)
+    #expect(fixture.clientEvents.closeCode(of: streamID) == .noError)
+}

@@ -21,6 +21,15 @@ import XDS
         #expect(bodies.count == 1, "one body for three streams")
     }
 
+    @Test func streamsShareOneBodyBufferAndOwnOnlyTheirNonce() {
+        var bodies = SharedResponseBodies()
+        let first = SotWStream.wireParts(response("default", "v1", nonce: "1-1"), sharing: &bodies)
+        let second = SotWStream.wireParts(response("default", "v1", nonce: "2-1"), sharing: &bodies)
+        let firstAddress = first.body.withUnsafeBufferPointer { $0.baseAddress }
+        #expect(firstAddress == second.body.withUnsafeBufferPointer { $0.baseAddress }, "the same buffer, not a copy")
+        #expect(first.tail == [0x2a, 3] + Array("1-1".utf8), "field 5, length, the nonce")
+    }
+
     @Test func differentContentIsNotShared() throws {
         var bodies = SharedResponseBodies()
         let first = response("default", "v1", nonce: "1-1")
