@@ -29,11 +29,14 @@ public final class GRPCClientCall {
 
     public var isFinished: Bool { finishedStatus != nil }
 
+    /// Frames and queues one request message: `message` followed by `tail`, both queued as they are (not copied).
     @discardableResult
-    public func send(_ message: [UInt8]) -> GRPCSendResult {
+    public func send(_ message: [UInt8], then tail: [UInt8] = []) -> GRPCSendResult {
         guard let connection, !sendClosed, !isFinished else { return .closed }
         do throws(H2Error) {
-            try connection.session.sendData(streamID: streamID, bytes: GRPCMessageFraming.frame(message))
+            try connection.session.sendData(
+                streamID: streamID, bytes: GRPCMessageFraming.prefix(length: message.count + tail.count),
+                then: message, tail)
             return .queued
         } catch .wouldExceed {
             return .wouldExceed

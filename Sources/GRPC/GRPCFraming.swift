@@ -89,6 +89,23 @@ public struct GRPCMessageDecoder: Sendable {
         state = .failed(status)
     }
 
+    /// Fails the decoder (and throws) on a compressed or unknown flag, or a length past `maxMessageBytes`.
+    private mutating func checkPrefix(flag: UInt8, length: Int) throws(GRPCStatus) {
+        if flag != 0 {
+            let status = GRPCStatus(
+                flag == 1 ? .unimplemented : .internal,
+                flag == 1 ? "compressed messages not supported" : "invalid message flag \(flag)")
+            state = .failed(status)
+            throw status
+        }
+        if length > maxMessageBytes {
+            let status = GRPCStatus(
+                .resourceExhausted, "message of \(length) bytes exceeds the limit of \(maxMessageBytes)")
+            state = .failed(status)
+            throw status
+        }
+    }
+
     /// Consumes `bytes`, returning every message they complete.
     public mutating func feed(_ bytes: some Collection<UInt8>) throws(GRPCStatus) -> [[UInt8]] {
         var messages: [[UInt8]] = []
@@ -99,6 +116,27 @@ public struct GRPCMessageDecoder: Sendable {
                 throw status
             case .readPrefix(var prefix):
                 guard index != bytes.endIndex else { return messages }
+                if prefix.isEmpty, bytes.distance(from: index, to: bytes.endIndex) >= GRPCMessageFraming.prefixLength {
+                    // The usual case (a message arriving in one DATA frame): the prefix is read in place and a body
+                    // that is all here is taken in one copy, with nothing buffered in between.
+                    var cursor = index
+                    var header: (UInt8, Int) = (bytes[cursor], 0)
+                    for _ in 0..<4 {
+                        cursor = bytes.index(after: cursor)
+                        header.1 = header.1 << 8 | Int(bytes[cursor])
+                    }
+                    index = bytes.index(after: cursor)
+                    try checkPrefix(flag: header.0, length: header.1)
+                    let length = header.1
+                    if bytes.distance(from: index, to: bytes.endIndex) >= length {
+                        let end = bytes.index(index, offsetBy: length)
+                        messages.append(Array(bytes[index..<end]))
+                        index = end
+                    } else {
+                        state = .readBody(length: length, body: [])
+                    }
+                    continue
+                }
                 let take = min(
                     GRPCMessageFraming.prefixLength - prefix.count, bytes.distance(from: index, to: bytes.endIndex))
                 let end = bytes.index(index, offsetBy: take)
@@ -109,19 +147,7 @@ public struct GRPCMessageDecoder: Sendable {
                     return messages
                 }
                 let length = Int(prefix[1]) << 24 | Int(prefix[2]) << 16 | Int(prefix[3]) << 8 | Int(prefix[4])
-                if prefix[0] != 0 {
-                    let status = GRPCStatus(
-                        prefix[0] == 1 ? .unimplemented : .internal,
-                        prefix[0] == 1 ? "compressed messages not supported" : "invalid message flag \(prefix[0])")
-                    state = .failed(status)
-                    throw status
-                }
-                if length > maxMessageBytes {
-                    let status = GRPCStatus(
-                        .resourceExhausted, "message of \(length) bytes exceeds the limit of \(maxMessageBytes)")
-                    state = .failed(status)
-                    throw status
-                }
+                try checkPrefix(flag: prefix[0], length: length)
                 if length == 0 {
                     messages.append([])
                     state = .readPrefix(prefix: [])

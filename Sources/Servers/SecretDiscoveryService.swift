@@ -310,9 +310,12 @@ public final class SecretDiscoveryService {
 
     @_specialize(where Machine == SotWStream)
     @_specialize(where Machine == DeltaStream)
-    fileprivate func perform<Machine: SecretStreamMachine>(_ actions: [Machine.Action], on stream: StreamCall<Machine>)
-    {
-        for action in actions {
+    fileprivate func perform<Machine: SecretStreamMachine>(
+        _ actions: consuming [Machine.Action], on stream: StreamCall<Machine>
+    ) {
+        // Taken out of the array (moved, not copied: a response's strings and resources are not retained again).
+        if actions.count > 1 { actions.reverse() }
+        while let action = actions.popLast() {
             switch Machine.step(action) {
             case .send(let response):
                 send(response, on: stream)

@@ -47,7 +47,7 @@ public protocol SecretStreamMachine {
     /// secrets must be loaded for. `before` is `subscribedNames` before the request was received.
     func namesAsked(by request: Request, before: [String]) -> [String]?
 
-    static func step(_ action: Action) -> SecretStreamStep<Response>
+    static func step(_ action: consuming Action) -> SecretStreamStep<Response>
 
     /// What a push log line says about `response`.
     static func pushFields(_ response: Response) -> [(String, StreamLogField)]
@@ -82,6 +82,9 @@ public struct SharedResponseBodies: Sendable {
     public static let maxEntries = 16
     public static let maxBodyBytes = 64 * 1024
     private var bodies: [String: [UInt8]] = [:]
+    /// The body asked for last: a push asks for the same one once per stream, and comparing one key is cheaper
+    /// than hashing it.
+    private var last: (key: String, body: [UInt8])?
 
     public init() {}
 
@@ -89,11 +92,16 @@ public struct SharedResponseBodies: Sendable {
 
     /// The body stored under `key`, or `encode()`'s result (stored when it fits).
     public mutating func body(for key: String, encode: () -> [UInt8]) -> [UInt8] {
-        if let body = bodies[key] { return body }
+        if let last, last.key == key { return last.body }
+        if let body = bodies[key] {
+            last = (key, body)
+            return body
+        }
         let body = encode()
         guard body.count <= Self.maxBodyBytes else { return body }
         if bodies.count >= Self.maxEntries { bodies.removeAll(keepingCapacity: true) }
         bodies[key] = body
+        last = (key, body)
         return body
     }
 }
@@ -107,7 +115,7 @@ extension SotWStream: SecretStreamMachine {
         subscribedNames != before ? subscribedNames : nil
     }
 
-    public static func step(_ action: Action) -> SecretStreamStep<DiscoveryResponse> {
+    public static func step(_ action: consuming Action) -> SecretStreamStep<DiscoveryResponse> {
         switch action {
         case .send(let response):
             return .send(response)
@@ -160,7 +168,7 @@ extension DeltaStream: SecretStreamMachine {
             ? nil : request.resourceNamesSubscribe
     }
 
-    public static func step(_ action: Action) -> SecretStreamStep<DeltaDiscoveryResponse> {
+    public static func step(_ action: consuming Action) -> SecretStreamStep<DeltaDiscoveryResponse> {
         switch action {
         case .send(let response):
             return .send(response)

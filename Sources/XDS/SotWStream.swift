@@ -178,20 +178,34 @@ public struct SotWStream: Sendable {
         subscription.evaluatedRevision = cache.revision
         guard !subscription.names.isEmpty, lifecycle.outbound.mayRespond() else { return nil }
 
-        var resources: [AnyMessage] = []
-        var pairs: [(name: String, version: String)] = []
-        resources.reserveCapacity(subscription.names.count)
-        pairs.reserveCapacity(subscription.names.count)
-        for name in subscription.names {
-            guard let entry = cache.entry(named: name) else { return nil }  // hold until every name is there
-            resources.append(entry.resource)
-            pairs.append((name, entry.version))
+        let resources: [AnyMessage]
+        let digest: UInt64
+        /// The one resource's version; with several, `version_info` is the digest in hex (`sotwVersionInfo`).
+        let singleVersion: String?
+        if subscription.names.count == 1 {
+            // Envoy's case (one stream per secret), on every push: no list of pairs.
+            guard let entry = cache.entry(named: subscription.names[0]) else { return nil }
+            resources = [entry.resource]
+            digest = sotwDigest(name: subscription.names[0], version: entry.version)
+            singleVersion = entry.version
+        } else {
+            var all: [AnyMessage] = []
+            var pairs: [(name: String, version: String)] = []
+            all.reserveCapacity(subscription.names.count)
+            pairs.reserveCapacity(subscription.names.count)
+            for name in subscription.names {
+                guard let entry = cache.entry(named: name) else { return nil }  // hold until every name is there
+                all.append(entry.resource)
+                pairs.append((name, entry.version))
+            }
+            resources = all
+            digest = sotwDigest(pairs)
+            singleVersion = nil
         }
-        let digest = sotwDigest(pairs)
         if let sent = subscription.sent, sent.digest == digest { return nil }
 
         let nonce = lifecycle.nonces.next()
-        let versionInfo = sotwVersionInfo(pairs)
+        let versionInfo = singleVersion ?? sotwVersionInfo(digest: digest)
         subscription.sent = SentResponse(nonce: nonce, versionInfo: versionInfo, digest: digest)
         subscription.latestNonce = nonce
         return .send(

@@ -72,7 +72,12 @@ func uniqueNames(_ names: [String]) -> [String] {
 /// digits — deterministic, independent of request order, and changes whenever any member's content does.
 func sotwVersionInfo(_ versions: [(name: String, version: String)]) -> String {
     if versions.count == 1 { return versions[0].version }
-    let digits = String(sotwDigest(versions), radix: 16)
+    return sotwVersionInfo(digest: sotwDigest(versions))
+}
+
+/// A several-resource `version_info` from its pairs' `sotwDigest`.
+func sotwVersionInfo(digest: UInt64) -> String {
+    let digits = String(digest, radix: 16)
     return String(repeating: "0", count: 16 - digits.count) + digits
 }
 
@@ -81,10 +86,25 @@ func sotwVersionInfo(_ versions: [(name: String, version: String)]) -> String {
 func sotwDigest(_ versions: [(name: String, version: String)]) -> UInt64 {
     var hash: UInt64 = 0xcbf2_9ce4_8422_2325
     for pair in versions.count > 1 ? versions.sorted(by: { $0.name < $1.name }) : versions {
-        for byte in pair.name.utf8 { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
-        hash = (hash ^ 0x3d) &* 0x0000_0100_0000_01b3  // '='
-        for byte in pair.version.utf8 { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
-        hash = (hash ^ 0x00) &* 0x0000_0100_0000_01b3  // separator, so ("ab","c") != ("a","bc")
+        hash = sotwDigest(name: pair.name, version: pair.version, into: hash)
     }
     return hash
+}
+
+/// One `name=version` pair folded into `hash` (what `sotwDigest` does per pair; a one-name response, every push to
+/// an Envoy stream, calls this alone and builds no list of pairs).
+func sotwDigest(name: String, version: String, into hash: UInt64 = 0xcbf2_9ce4_8422_2325) -> UInt64 {
+    var hash = hash
+    fnv1a(name, into: &hash)
+    hash = (hash ^ 0x3d) &* 0x0000_0100_0000_01b3  // '='
+    fnv1a(version, into: &hash)
+    return (hash ^ 0x00) &* 0x0000_0100_0000_01b3  // separator, so ("ab","c") != ("a","bc")
+}
+
+/// Over the string's UTF-8 buffer (a loop over `utf8` costs several times more per byte).
+private func fnv1a(_ text: String, into hash: inout UInt64) {
+    var text = text
+    text.withUTF8 { bytes in
+        for byte in bytes { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+    }
 }

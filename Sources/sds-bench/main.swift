@@ -121,8 +121,12 @@ func openStream(on connection: BenchConnection, name: String, onVersion: @escapi
     let node = Node(id: "sds-bench", cluster: "bench")
     // The client's own cost is part of every push figure, so it reads only what an ACK needs (version and nonce,
     // by a scan of the top level) and writes the ACK field by field: a full decode and encode per response made
-    // this client, not the agent, the slower side at 10,000 streams.
-    call.onMessage = { [weak call] bytes in
+    // this client, not the agent, the slower side at 10,000 streams. The stream's own fields (its name and the
+    // type URL) are encoded once; each ACK adds its version and nonce (protobuf fields may come in any order).
+    var fixed: [UInt8] = []
+    WireFieldWriter.appendString(name, field: 3, to: &fixed)
+    WireFieldWriter.appendString(secretTypeURL, field: 4, to: &fixed)
+    call.onMessage = { [weak call, fixed] bytes in
         guard let call else { return }
         let version: String
         let nonce: String
@@ -132,12 +136,10 @@ func openStream(on connection: BenchConnection, name: String, onVersion: @escapi
             fail("malformed DiscoveryResponse: \(error)")
         }
         var ack: [UInt8] = []
-        ack.reserveCapacity(secretTypeURL.utf8.count + name.utf8.count + version.utf8.count + nonce.utf8.count + 16)
+        ack.reserveCapacity(version.utf8.count + nonce.utf8.count + 8)
         WireFieldWriter.appendString(version, field: 1, to: &ack)
-        WireFieldWriter.appendString(name, field: 3, to: &ack)
-        WireFieldWriter.appendString(secretTypeURL, field: 4, to: &ack)
         WireFieldWriter.appendString(nonce, field: 5, to: &ack)
-        call.send(ack)
+        call.send(fixed, then: ack)
         onVersion(version)
     }
     call.onFinish = { status, _ in fail("stream \(name) ended: \(status)") }
