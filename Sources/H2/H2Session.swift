@@ -39,6 +39,10 @@ final class H2SessionCore {
     let isServer: Bool
     let configuration: H2Configuration
     weak var delegate: (any H2SessionDelegate)?
+    /// `delegate`, loaded once for the callbacks of one `receive` or `takeOutput` (a weak load per frame was a
+    /// visible part of a 10,000-stream push); restored when a nested call ends.
+    private var activeDelegate: (any H2SessionDelegate)?
+    private var callbackDelegate: (any H2SessionDelegate)? { activeDelegate ?? delegate }
     private var session: OpaquePointer?
     private var outbound: [H2StreamID: OutboundStream] = [:]
     private var inbound: [H2StreamID: InboundStream] = [:]
@@ -118,6 +122,9 @@ final class H2SessionCore {
         guard let base = bytes.baseAddress, !bytes.isEmpty else { return }
         // A delegate may drop the last reference to the session's owner while nghttp2 is still on the stack.
         defer { withExtendedLifetime(self) {} }
+        let outerDelegate = activeDelegate
+        activeDelegate = delegate
+        defer { activeDelegate = outerDelegate }
         var remaining = bytes.count
         var cursor = base.assumingMemoryBound(to: UInt8.self)
         while remaining > 0 {
@@ -147,6 +154,9 @@ final class H2SessionCore {
     @discardableResult
     func takeOutput(into output: inout [UInt8], maxBytes: Int) -> Int {
         defer { withExtendedLifetime(self) {} }
+        let outerDelegate = activeDelegate
+        activeDelegate = delegate
+        defer { activeDelegate = outerDelegate }
         var taken = 0
         while taken < maxBytes, session != nil {
             var chunk: UnsafePointer<UInt8>?
@@ -178,7 +188,7 @@ final class H2SessionCore {
             let streams = drainedStreams
             drainedStreams.removeAll()
             for streamID in streams where outbound[streamID] != nil {
-                delegate?.h2OutboundQueueDrained(streamID: streamID)
+                callbackDelegate?.h2OutboundQueueDrained(streamID: streamID)
             }
         }
     }
@@ -343,7 +353,7 @@ final class H2SessionCore {
             inbound[streamID]?.headerListExceeded = true
             _ = nghttp2_submit_rst_stream(
                 session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, H2ErrorCode.enhanceYourCalm.rawValue)
-            delegate?.h2LimitExceeded(.headerListSize, streamID: streamID)
+            callbackDelegate?.h2LimitExceeded(.headerListSize, streamID: streamID)
             return
         }
         inbound[streamID]?.headerListBytes = size
@@ -359,15 +369,15 @@ final class H2SessionCore {
             stream.headerBlocks == 0 ? (isServer ? .request : .response) : .trailers
         stream.headerBlocks += 1
         inbound[streamID] = stream
-        delegate?.h2HeadersReceived(streamID: streamID, headers: headers, kind: kind, endStream: endStream)
+        callbackDelegate?.h2HeadersReceived(streamID: streamID, headers: headers, kind: kind, endStream: endStream)
     }
 
     fileprivate func onData(streamID: H2StreamID, bytes: UnsafeBufferPointer<UInt8>) {
-        delegate?.h2DataReceived(streamID: streamID, bytes: Array(bytes), endStream: false)
+        callbackDelegate?.h2DataReceived(streamID: streamID, bytes: Array(bytes), endStream: false)
     }
 
     fileprivate func onDataFrameEnd(streamID: H2StreamID) {
-        delegate?.h2DataReceived(streamID: streamID, bytes: [], endStream: true)
+        callbackDelegate?.h2DataReceived(streamID: streamID, bytes: [], endStream: true)
     }
 
     fileprivate func onStreamClose(streamID: H2StreamID, errorCode: UInt32) {
@@ -376,7 +386,7 @@ final class H2SessionCore {
         totalQueuedBytes -= removedOut?.queue.count ?? 0
         let knownOut = removedOut != nil
         if known || knownOut {
-            delegate?.h2StreamClosed(streamID: streamID, errorCode: H2ErrorCode(rawValue: errorCode))
+            callbackDelegate?.h2StreamClosed(streamID: streamID, errorCode: H2ErrorCode(rawValue: errorCode))
         }
     }
 
@@ -396,7 +406,7 @@ final class H2SessionCore {
     fileprivate func onInvalidFrame(streamID: H2StreamID, libraryError: Int32) {
         if libraryError == NGHTTP2_ERR_REFUSED_STREAM.rawValue {
             // HEADERS past SETTINGS_MAX_CONCURRENT_STREAMS: nghttp2 has queued RST_STREAM(REFUSED_STREAM).
-            delegate?.h2LimitExceeded(.concurrentStreams, streamID: streamID)
+            callbackDelegate?.h2LimitExceeded(.concurrentStreams, streamID: streamID)
         }
     }
 
@@ -407,7 +417,7 @@ final class H2SessionCore {
     }
 
     fileprivate func onGoAway(lastStreamID: H2StreamID, errorCode: UInt32) {
-        delegate?.h2GoAwayReceived(lastStreamID: lastStreamID, errorCode: H2ErrorCode(rawValue: errorCode))
+        callbackDelegate?.h2GoAwayReceived(lastStreamID: lastStreamID, errorCode: H2ErrorCode(rawValue: errorCode))
     }
 
     /// Fills `buffer` from the stream's queue; returns bytes written or a negative nghttp2 code.

@@ -242,10 +242,16 @@ public final class SecretDiscoveryService {
         @_specialize(where Machine == SotWStream)
         @_specialize(where Machine == DeltaStream)
         func callWritable() {
-            guard let service else { return }
-            service.perform(machine.transportReady(service.cache(for: aliases)), on: self)
+            // Most streams owe nothing when their response leaves (the cache view, and the service, are then not
+            // even looked at): a push drains every stream it reached.
+            let actions = machine.transportReady(service?.cache(for: aliases) ?? SecretDiscoveryService.noCache)
+            guard !actions.isEmpty, let service else { return }
+            service.perform(actions, on: self)
         }
     }
+
+    /// What a stream whose service is gone evaluates against: nothing is served (nothing can be sent either).
+    fileprivate static let noCache = SecretCache(classifier: { _ in .neverServed })
 
     /// Only one response per stream is ever in the transport, so the queue bound is only crossed by a single
     /// response larger than it.
