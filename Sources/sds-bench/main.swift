@@ -111,7 +111,7 @@ final class BenchConnection {
 }
 
 /// Opens a StreamSecrets stream for `name` and ACKs every response like Envoy; `onVersion` sees each version.
-func openStream(on connection: BenchConnection, name: String, onVersion: @escaping (String) -> Void) {
+func openStream(on connection: BenchConnection, name: String, onVersion: @escaping (UInt64) -> Void) {
     let call: GRPCClientCall
     do throws(GRPCStatus) {
         call = try connection.grpc.startCall(path: SecretDiscoveryServiceMethod.streamSecrets.path)
@@ -119,28 +119,24 @@ func openStream(on connection: BenchConnection, name: String, onVersion: @escapi
         fail("cannot start StreamSecrets: \(error)")
     }
     let node = Node(id: "sds-bench", cluster: "bench")
-    // The client's own cost is part of every push figure, so it reads only what an ACK needs (version and nonce,
-    // by a scan of the top level) and writes the ACK field by field: a full decode and encode per response made
-    // this client, not the agent, the slower side at 10,000 streams. The stream's own fields (its name and the
-    // type URL) are encoded once; each ACK adds its version and nonce (protobuf fields may come in any order).
+    // The client's own cost is part of every push figure, so it reads only what an ACK needs (the version and nonce
+    // entries, by a scan of the top level, copied as encoded) and builds no message: a full decode and encode per
+    // response made this client, not the agent, the slower side at 10,000 streams. The stream's own fields (its
+    // name and the type URL) are encoded once; each ACK adds the response's version and nonce entries (protobuf
+    // fields may come in any order). Versions are told apart by their digest.
     var fixed: [UInt8] = []
     WireFieldWriter.appendString(name, field: 3, to: &fixed)
     WireFieldWriter.appendString(secretTypeURL, field: 4, to: &fixed)
     call.onMessage = { [weak call, fixed] bytes in
         guard let call else { return }
-        let version: String
-        let nonce: String
+        let ack: (entries: [UInt8], versionDigest: UInt64)
         do throws(WireError) {
-            (version, nonce) = try DiscoveryResponse.versionAndNonce(wireBytes: bytes)
+            ack = try DiscoveryResponse.ackEntries(wireBytes: bytes)
         } catch {
             fail("malformed DiscoveryResponse: \(error)")
         }
-        var ack: [UInt8] = []
-        ack.reserveCapacity(version.utf8.count + nonce.utf8.count + 8)
-        WireFieldWriter.appendString(version, field: 1, to: &ack)
-        WireFieldWriter.appendString(nonce, field: 5, to: &ack)
-        call.send(fixed, then: ack)
-        onVersion(version)
+        call.send(fixed, then: ack.entries)
+        onVersion(ack.versionDigest)
     }
     call.onFinish = { status, _ in fail("stream \(name) ended: \(status)") }
     let request = DiscoveryRequest(node: node, resourceNames: [name], typeURL: secretTypeURL)
@@ -307,7 +303,7 @@ func runHold(_ arguments: Arguments) {
     let names = (arguments.values["names"] ?? "default").split(separator: ",").map(String.init)
     let timeout = arguments.double("timeout", default: 60)
     let loop = makeLoop()
-    var tracker = PushTracker(streamCount: streams)
+    var tracker = PushTracker<UInt64>(streamCount: streams)
     let start = monotonicNanos()
     var connections: [BenchConnection] = []
     var index = 0

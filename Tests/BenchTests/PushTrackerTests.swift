@@ -2,7 +2,7 @@ import Bench
 import Testing
 
 @Test func readyOnlyOnceEveryStreamAnswered() {
-    var tracker = PushTracker(streamCount: 2)
+    var tracker = PushTracker<String>(streamCount: 2)
     tracker.received(stream: 0, version: "1", at: 10)
     tracker.received(stream: 0, version: "1", at: 11)
     #expect(tracker.state == .waitingForFirst)
@@ -12,7 +12,7 @@ import Testing
 }
 
 @Test func pushCompletesWhenTheLastStreamHasANewVersion() {
-    var tracker = PushTracker(streamCount: 2)
+    var tracker = PushTracker<String>(streamCount: 2)
     tracker.received(stream: 0, version: "1", at: 0)
     tracker.received(stream: 1, version: "1", at: 0)
     let began = tracker.beginPush(at: 100)
@@ -28,7 +28,7 @@ import Testing
 }
 
 @Test func pushRefusedBeforeEveryStreamIsReady() {
-    var tracker = PushTracker(streamCount: 2)
+    var tracker = PushTracker<String>(streamCount: 2)
     tracker.received(stream: 0, version: "1", at: 0)
     let began = tracker.beginPush(at: 5)
     #expect(!began)

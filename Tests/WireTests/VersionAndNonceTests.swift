@@ -13,10 +13,31 @@ import Wire
         #expect(try DiscoveryResponse.versionAndNonce(wireBytes: []) == ("", ""))
     }
 
+    /// The entries copied into an ACK decode, with the stream's own fields, as the DiscoveryRequest Envoy would send;
+    /// the version digest tells versions apart.
+    @Test func ackEntriesMakeTheRequestEnvoyWouldSend() throws {
+        let response = DiscoveryResponse(
+            versionInfo: "331425d538433f94", resources: [AnyMessage(typeURL: "type.googleapis.com/x", value: [1, 2])],
+            typeURL: "type.googleapis.com/x", nonce: "12-3")
+        let ack = try DiscoveryResponse.ackEntries(wireBytes: response.wireBytes())
+        var fixed: [UInt8] = []
+        WireFieldWriter.appendString("default", field: 3, to: &fixed)
+        WireFieldWriter.appendString("type.googleapis.com/x", field: 4, to: &fixed)
+        let request = try DiscoveryRequest(wireBytes: fixed + ack.entries)
+        #expect(request.versionInfo == response.versionInfo)
+        #expect(request.responseNonce == response.nonce)
+        #expect(request.resourceNames == ["default"])
+        var next = response
+        next.versionInfo = "331425d538433f95"
+        #expect(try DiscoveryResponse.ackEntries(wireBytes: next.wireBytes()).versionDigest != ack.versionDigest)
+        #expect(try DiscoveryResponse.ackEntries(wireBytes: response.wireBytes()).versionDigest == ack.versionDigest)
+    }
+
     @Test func refusesWhatADecodeRefuses() {
         // A truncated length, a string field with invalid UTF-8, one with a NUL byte.
         for bytes: [UInt8] in [[0x0a, 0x05, 0x61], [0x0a, 0x02, 0xff, 0xfe], [0x2a, 0x02, 0x61, 0x00]] {
             #expect(throws: WireError.self) { try DiscoveryResponse.versionAndNonce(wireBytes: bytes) }
+            #expect(throws: WireError.self) { try DiscoveryResponse.ackEntries(wireBytes: bytes) }
             #expect(throws: WireError.self) { try DiscoveryResponse(wireBytes: bytes) }
         }
     }
