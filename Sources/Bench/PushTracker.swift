@@ -37,7 +37,7 @@ public struct PushTracker<Version: Equatable & Sendable>: Sendable {
 
     /// Records that `stream` received `version` at `nanos`.
     // Specialised for sds-bench's digests: unspecialised, this generic code tripled the client's bookkeeping cost.
-    @_specialize(exported: true, where Version == UInt64)
+    @_specialize(exported:true,where Version == UInt64)
     public mutating func received(stream: Int, version: Version, at nanos: UInt64) {
         if versions[stream] == nil { answeredCount += 1 }
         versions[stream] = version
@@ -63,7 +63,7 @@ public struct PushTracker<Version: Equatable & Sendable>: Sendable {
     /// A rotation is about to be triggered at `nanos`: from now on, every stream must see a new version.
     /// Returns false (and changes nothing) unless every stream is ready and no push is in flight.
     @discardableResult
-    @_specialize(exported: true, where Version == UInt64)
+    @_specialize(exported:true,where Version == UInt64)
     public mutating func beginPush(at nanos: UInt64) -> Bool {
         guard state == .ready else { return false }
         baseline = versions
