@@ -421,7 +421,7 @@ def measure_agent(workdir, state_dir, floor_idle_kb, floor_idle_split, floor_bre
 
         log("push_all: SIGHUP -> the last stream holds the new secret")
         push_results = {}
-        runs = {1: 9, 100: 9, 1000: 9, 10_000: 3}
+        runs = {1: 9, 100: 9, 1000: 15, 10_000: 7}
         info_before = count_info_lines(agent.log_path)
         samples = [many.push(agent.pid) for _ in range(runs[10_000])]
         push_results[10_000] = samples
