@@ -15,6 +15,14 @@ import Testing
         #expect(reparsed.algorithm == algorithm)
         #expect(reparsed.publicKey == key.publicKey)
         #expect(try PrivateKey(pkcs8DER: try key.pkcs8DER()).publicKey == key.publicKey)
+        // The PEM form is PKCS#8 in 64-character base64 lines, as OpenSSL's PEM writer lays it out.
+        let lines = try key.pkcs8PEM().split(separator: "\n").map(String.init)
+        #expect(lines.first == "-----BEGIN PRIVATE KEY-----" && lines.last == "-----END PRIVATE KEY-----")
+        let body = lines.dropFirst().dropLast()
+        #expect(body.dropLast().allSatisfy { $0.count == 64 } && (body.last?.count ?? 0) <= 64)
+        let url = Base64URL.encode(try key.pkcs8DER())
+        let base64 = url.replacing("-", with: "+").replacing("_", with: "/")
+        #expect(body.joined() == base64 + String(repeating: "=", count: (4 - base64.count % 4) % 4))
     }
 
     @Test(arguments: algorithms)
