@@ -310,38 +310,6 @@ public enum WireFieldWriter {
 }
 
 extension DiscoveryResponse {
-    /// `version_info` and `nonce` alone, read by scanning the top level (the resources are not decoded): what a
-    /// load client needs to ACK a response like Envoy, at a fraction of a full decode's cost. The same checks as a
-    /// decode for what it reads: a malformed top level or a string that is not UTF-8 is an error.
-    public static func versionAndNonce(wireBytes bytes: [UInt8]) throws(WireError) -> (version: String, nonce: String) {
-        try bytes.withUnsafeBytes { scanVersionAndNonce($0) }.get()
-    }
-
-    private static func scanVersionAndNonce(_ raw: UnsafeRawBufferPointer) -> Result<
-        (version: String, nonce: String), WireError
-    > {
-        var scanner = WireScanner(raw)
-        var version = ""
-        var nonce = ""
-        while true {
-            let next: WireScanner.Field?
-            do { next = try scanner.next() } catch {
-                return .failure(.malformed(message: "DiscoveryResponse: \(WireScanner.diagnose(raw))"))
-            }
-            guard let field = next else { break }
-            guard field.wireType == .lengthDelimited, field.number == 1 || field.number == 5 else { continue }
-            let payload = UnsafeRawBufferPointer(rebasing: raw[field.payload])
-            if let problem = WireValidation.stringProblem(payload) {
-                return .failure(.malformed(message: "DiscoveryResponse field \(field.number): \(problem)"))
-            }
-            let text = String(decoding: payload, as: UTF8.self)
-            if field.number == 1 { version = text } else { nonce = text }
-        }
-        return .success((version, nonce))
-    }
-}
-
-extension DiscoveryResponse {
     /// What an ACK of this response carries from it, without building a string: the encoded `version_info` and
     /// `nonce` entries, copied as they are (a DiscoveryRequest numbers them 1 and 5 too, so they are its
     /// `version_info` and `response_nonce`), and an FNV-1a digest of the version to tell one version from the next.

@@ -86,6 +86,16 @@ struct Fixture {
 
     var server: H2ServerSession { pair.server }
     var client: H2ClientSession { pair.client }
+
+    /// The server answers every request's headers with `:status 200` and keeps the stream open for data.
+    func answerRequestsWithStatus200() {
+        let server = self.server
+        serverEvents.onHeaders = { streamID, _, kind, _ in
+            guard kind == .request else { return }
+            try? server.sendResponseHeaders(
+                streamID: streamID, headers: [H2Header(":status", "200")], endStream: false)
+        }
+    }
 }
 
 @Test func serverQueuesSettingsAtCreationSoTheHandshakeCompletesAtOnce() {
@@ -101,10 +111,7 @@ struct Fixture {
 func requestResponseWithTrailersRoundTrips(feedMode: InMemoryPair.FeedMode) throws {
     let fixture = Fixture(feedMode: feedMode)
     let server = fixture.server
-    fixture.serverEvents.onHeaders = { streamID, _, kind, _ in
-        guard kind == .request else { return }
-        try? server.sendResponseHeaders(streamID: streamID, headers: [H2Header(":status", "200")], endStream: false)
-    }
+    fixture.answerRequestsWithStatus200()
     let streamID = try fixture.client.startRequest(headers: requestHeaders)
     try fixture.client.sendData(streamID: streamID, bytes: Array("hello".utf8))
     try fixture.client.closeSend(streamID: streamID)
@@ -183,10 +190,7 @@ func requestResponseWithTrailersRoundTrips(feedMode: InMemoryPair.FeedMode) thro
     configuration.initialWindowSize = 65_535
     let fixture = Fixture(configuration: configuration)
     let server = fixture.server
-    fixture.serverEvents.onHeaders = { streamID, _, kind, _ in
-        guard kind == .request else { return }
-        try? server.sendResponseHeaders(streamID: streamID, headers: [H2Header(":status", "200")], endStream: false)
-    }
+    fixture.answerRequestsWithStatus200()
     let streamID = try fixture.client.startRequest(headers: requestHeaders)
     fixture.pair.pump()
     fixture.pair.clientReads = false
@@ -455,10 +459,7 @@ private let rawRequestStart: [UInt8] = [0x83, 0x86, 0x84] + literal(":authority"
 @Test func dataSentInPartsArrivesWholeAcrossFrameAndWindowBoundaries() throws {
     let fixture = Fixture()
     let server = fixture.server
-    fixture.serverEvents.onHeaders = { streamID, _, kind, _ in
-        guard kind == .request else { return }
-        try? server.sendResponseHeaders(streamID: streamID, headers: [H2Header(":status", "200")], endStream: false)
-    }
+    fixture.answerRequestsWithStatus200()
     let streamID = try fixture.client.startRequest(headers: requestHeaders)
     fixture.pair.pump()
     var expected: [UInt8] = []
