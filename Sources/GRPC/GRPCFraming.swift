@@ -14,18 +14,9 @@ public enum GRPCMessageFraming {
         ]
     }
 
-    /// Frames one uncompressed message.
+    /// Frames one uncompressed message (prefix and message in one array).
     public static func frame(_ message: [UInt8]) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(prefixLength + message.count)
-        let length = UInt32(message.count)
-        out.append(0)
-        out.append(UInt8(truncatingIfNeeded: length >> 24))
-        out.append(UInt8(truncatingIfNeeded: length >> 16))
-        out.append(UInt8(truncatingIfNeeded: length >> 8))
-        out.append(UInt8(truncatingIfNeeded: length))
-        out.append(contentsOf: message)
-        return out
+        prefix(length: message.count) + message
     }
 }
 

@@ -14,9 +14,11 @@ struct ByteQueue {
         count += bytes.count
     }
 
-    /// The three in order, growing the list of segments once (a gRPC message is sent as prefix, body and tail).
+    /// The three in order (a gRPC message is sent as prefix, body and tail). An empty queue, a held stream's usual
+    /// state, allocates its list of segments once; a longer queue grows it as appends do (geometrically: reserving
+    /// three more each time would copy the list on every message).
     mutating func append(_ first: [UInt8], _ second: [UInt8], _ third: [UInt8]) {
-        segments.reserveCapacity(segments.count - head + 3)
+        if segments.isEmpty { segments.reserveCapacity(3) }
         append(first)
         append(second)
         append(third)

@@ -341,9 +341,9 @@ public final class IstioCAIssuer: Issuer {
                 do throws(IssuerError) {
                     let update = try IstioChain.validate(
                         chainPEMs: chainPEMs, key: key, expectedID: expectedID, fileRoots: fileRoots, now: now)
-                    // The encodings publishing needs (SDS: PEM; the Workload API: DER), made here, not on the loop.
+                    // The encodings publishing needs, made here, not on the loop: the PEM (SDS) is made from the DER
+                    // (the Workload API), and both are kept.
                     _ = try? update.svid.privateKey.pkcs8PEM()
-                    _ = try? update.svid.privateKey.pkcs8DER()
                     return .success(update)
                 } catch {
                     return .failure(error)

@@ -50,11 +50,11 @@ public struct KeyAlgorithm: Sendable, Hashable, CustomStringConvertible {
 /// sharing a handle between threads sound (OpenSSL documents EVP_PKEY as safe for concurrent read use).
 final class EVPKeyHandle: @unchecked Sendable {
     let pointer: OpaquePointer
-    /// The key's PKCS#8 PEM once made (OpenSSL 3.0's encoder takes ~0.3 ms for RSA): made on the worker that
+    /// The key's PKCS#8 DER once made (OpenSSL 3.0's encoder takes ~0.3 ms for RSA): made on the worker that
     /// produced the key, read on the loop after the hand-over (which orders the two), never written concurrently.
-    var cachedPKCS8PEM: String?
-    /// Its PKCS#8 DER once made (the Workload API serves it), under the same rule.
     var cachedPKCS8DER: [UInt8]?
+    /// Its PEM (base64 of the DER) once made, under the same rule.
+    var cachedPKCS8PEM: String?
 
     init(taking pointer: OpaquePointer) {
         self.pointer = pointer

@@ -484,12 +484,9 @@ public final class SecretDiscoveryService {
 /// not a security boundary (the content itself is what Envoy validates).
 enum ContentHash {
     static func hex(_ bytes: [UInt8]) -> String {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in bytes {
-            hash ^= UInt64(byte)
-            hash &*= 0x0000_0100_0000_01b3
-        }
-        let text = String(hash, radix: 16)
+        var hash = FNV1a()
+        hash.add(bytes)
+        let text = String(hash.value, radix: 16)
         return String(repeating: "0", count: 16 - text.count) + text
     }
 }

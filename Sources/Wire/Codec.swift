@@ -313,14 +313,15 @@ extension DiscoveryResponse {
     /// What an ACK of this response carries from it, without building a string: the encoded `version_info` and
     /// `nonce` entries, copied as they are (a DiscoveryRequest numbers them 1 and 5 too, so they are its
     /// `version_info` and `response_nonce`), and an FNV-1a digest of the version to tell one version from the next.
-    /// The same checks as `versionAndNonce`: a malformed top level or a string that is not UTF-8 is an error.
+    /// The same checks as a decode for what it reads: a malformed top level or a string that is not UTF-8 is an
+    /// error.
     public static func ackEntries(wireBytes bytes: [UInt8]) throws(WireError) -> (
         entries: [UInt8], versionDigest: UInt64
     ) {
         try bytes.withUnsafeBytes { raw -> Result<([UInt8], UInt64), WireError> in
             var scanner = WireScanner(raw)
             var entries: [UInt8] = []
-            var digest: UInt64 = 0xcbf2_9ce4_8422_2325
+            var digest = FNV1a()
             while true {
                 let start = scanner.offset
                 let next: WireScanner.Field?
@@ -336,10 +337,10 @@ extension DiscoveryResponse {
                 if entries.isEmpty { entries.reserveCapacity(64) }
                 entries.append(contentsOf: UnsafeRawBufferPointer(rebasing: raw[start..<scanner.offset]))
                 if field.number == 1 {
-                    for byte in payload { digest = (digest ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+                    digest.add(payload)
                 }
             }
-            return .success((entries, digest))
+            return .success((entries, digest.value))
         }.get()
     }
 }

@@ -12,6 +12,8 @@
 //   log, `.protocolError` → finish the call with INVALID_ARGUMENT and the error's description.
 // - Streams never answer with an error for a name they cannot serve (Envoy would back off ~30 s); they hold.
 
+internal import Wire
+
 /// Constants of the Secret Discovery Service.
 public enum SDS {
     /// The only resource type SDS serves: `type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret`.
@@ -84,27 +86,23 @@ func sotwVersionInfo(digest: UInt64) -> String {
 /// FNV-1a 64 of the `name=version` pairs, in name order: equal for equal sets of pairs. What a SotW stream keeps of
 /// its last response to tell whether the next would differ (8 bytes, not a dictionary per stream).
 func sotwDigest(_ versions: [(name: String, version: String)]) -> UInt64 {
-    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+    var hash = FNV1a()
     for pair in versions.count > 1 ? versions.sorted(by: { $0.name < $1.name }) : versions {
-        hash = sotwDigest(name: pair.name, version: pair.version, into: hash)
+        add(name: pair.name, version: pair.version, to: &hash)
     }
-    return hash
+    return hash.value
 }
 
-/// One `name=version` pair folded into `hash` (what `sotwDigest` does per pair; a one-name response, every push to
-/// an Envoy stream, calls this alone and builds no list of pairs).
-func sotwDigest(name: String, version: String, into hash: UInt64 = 0xcbf2_9ce4_8422_2325) -> UInt64 {
-    var hash = hash
-    fnv1a(name, into: &hash)
-    hash = (hash ^ 0x3d) &* 0x0000_0100_0000_01b3  // '='
-    fnv1a(version, into: &hash)
-    return (hash ^ 0x00) &* 0x0000_0100_0000_01b3  // separator, so ("ab","c") != ("a","bc")
+/// `sotwDigest` of one pair: a one-name response, every push to an Envoy stream, builds no list of pairs.
+func sotwDigest(name: String, version: String) -> UInt64 {
+    var hash = FNV1a()
+    add(name: name, version: version, to: &hash)
+    return hash.value
 }
 
-/// Over the string's UTF-8 buffer (a loop over `utf8` costs several times more per byte).
-private func fnv1a(_ text: String, into hash: inout UInt64) {
-    var text = text
-    text.withUTF8 { bytes in
-        for byte in bytes { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
-    }
+private func add(name: String, version: String, to hash: inout FNV1a) {
+    hash.add(name)
+    hash.add(UInt8(ascii: "="))
+    hash.add(version)
+    hash.add(0)  // separator, so ("ab","c") != ("a","bc")
 }
