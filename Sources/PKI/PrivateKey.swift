@@ -132,8 +132,25 @@ public struct PrivateKey: Sendable {
         self.algorithm = algorithm
     }
 
+    /// A P-256 key from its parts through the EC key manager (see `P256KeyEncoding`); nil if OpenSSL refuses the
+    /// point, which the caller then hands to OpenSSL's own parser for its error.
+    private static func p256(_ parts: P256KeyEncoding.Parts, pkcs8DER: [UInt8]?) -> PrivateKey? {
+        PKIError.clearErrorQueue()
+        guard let key = sds_EC_P256_from_raw(parts.scalar, parts.point) else {
+            PKIError.clearErrorQueue()
+            return nil
+        }
+        let handle = EVPKeyHandle(taking: key)
+        handle.cachedPKCS8DER = pkcs8DER ?? P256KeyEncoding.pkcs8(parts)
+        return PrivateKey(handle: handle, algorithm: .ecdsaP256)
+    }
+
     /// Parses a PKCS#8 `PrivateKeyInfo` in DER (what the Workload API carries). Trailing bytes are an error.
     public init(pkcs8DER der: [UInt8]) throws {
+        if let parts = P256KeyEncoding.parts(pkcs8: der), let key = Self.p256(parts, pkcs8DER: nil) {
+            self = key
+            return
+        }
         PKIError.clearErrorQueue()
         let info: OpaquePointer? = der.withUnsafeBufferPointer { buffer in
             var cursor = buffer.baseAddress
@@ -153,6 +170,14 @@ public struct PrivateKey: Sendable {
     /// Parses a PEM private key: PKCS#8 (`PRIVATE KEY`), SEC1 (`EC PRIVATE KEY`, what `openssl ecparam
     /// -genkey` writes) or PKCS#1 (`RSA PRIVATE KEY`), so operator-supplied keys load too. Encrypted keys are rejected.
     public init(pem: String) throws {
+        if let block = P256KeyEncoding.firstKeyBlock(pem: pem),
+            let parts = block.isPKCS8
+                ? P256KeyEncoding.parts(pkcs8: block.der) : P256KeyEncoding.parts(sec1: block.der[...]),
+            let key = Self.p256(parts, pkcs8DER: nil)
+        {
+            self = key
+            return
+        }
         PKIError.clearErrorQueue()
         let bio = try MemoryBIO(bytes: Array(pem.utf8))
         // A nil password callback would make OpenSSL prompt on the terminal for encrypted keys; refuse instead.
@@ -170,6 +195,30 @@ public struct PrivateKey: Sendable {
     /// PKCS#8 `PrivateKeyInfo`, DER.
     public func pkcs8DER() throws -> [UInt8] {
         if let cached = handle.cachedPKCS8DER { return cached }
+        if algorithm == .ecdsaP256, let parts = rawP256Parts() {
+            let der = P256KeyEncoding.pkcs8(parts)
+            handle.cachedPKCS8DER = der
+            return der
+        }
+        return try encoderPKCS8DER()
+    }
+
+    /// The scalar and uncompressed point of a P-256 key; nil if OpenSSL holds the point in another form.
+    private func rawP256Parts() -> P256KeyEncoding.Parts? {
+        var scalar = [UInt8](repeating: 0, count: P256KeyEncoding.scalarLength)
+        var point = [UInt8](repeating: 0, count: P256KeyEncoding.pointLength)
+        var pointLength = 0
+        guard sds_EC_raw_parts(handle.pointer, &scalar, scalar.count, &point, point.count, &pointLength) == 1,
+            pointLength == P256KeyEncoding.pointLength, point[0] == 0x04
+        else {
+            PKIError.clearErrorQueue()
+            return nil
+        }
+        return P256KeyEncoding.Parts(scalar: scalar, point: point)
+    }
+
+    /// PKCS#8 DER through OpenSSL's encoder (every key that is not P-256; tests compare the P-256 path with it).
+    func encoderPKCS8DER() throws -> [UInt8] {
         guard let info = EVP_PKEY2PKCS8(handle.pointer) else { throw PKIError.openSSL("encoding a key as PKCS#8") }
         defer { PKCS8_PRIV_KEY_INFO_free(info) }
         let length = i2d_PKCS8_PRIV_KEY_INFO(info, nil)
