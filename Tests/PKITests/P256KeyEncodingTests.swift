@@ -1,5 +1,5 @@
-@testable import PKI
 import Testing
+@testable import PKI
 
 /// The P-256 key path that skips OpenSSL's decoder and encoder frameworks must load exactly what OpenSSL loads,
 /// write exactly what OpenSSL writes, and leave every other shape to OpenSSL. Fixtures were made with the
