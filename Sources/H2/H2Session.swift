@@ -3,14 +3,21 @@ internal import CNGHTTP2
 /// Shared engine of `H2ServerSession` and `H2ClientSession`: owns one `nghttp2_session`, driven as a pure byte
 /// transducer (`nghttp2_session_mem_recv` in, `nghttp2_session_mem_send` out), no sockets.
 ///
-/// Outbound data of every stream goes through a per-stream queue read by one deferred data provider:
+/// Outbound data of every stream goes through a per-stream queue read by a data provider:
 ///
 /// ```
 ///   sendData ──► queue ──(read callback, bounded by peer window)──► DATA frames
-///                  │ empty & not finished → NGHTTP2_ERR_DEFERRED (parked)
+///                  │ emptied & not finished → EOF + NO_END_STREAM: the provider detaches after that frame
+///                  │ sendData with no provider attached → nghttp2_submit_data (attach one again)
+///                  │ asked while already empty & not finished → NGHTTP2_ERR_DEFERRED (parked)
 ///                  │ sendData on parked stream → nghttp2_session_resume_data
 ///                  └ empty & finished → EOF (+ trailers, or END_STREAM on the last DATA)
 /// ```
+///
+/// Detaching once a message is out, rather than parking, is what a push is made of (one message per stream, then
+/// nothing for an hour): nghttp2 then asks once per message, not twice (the second answer being DEFERRED), and
+/// keeps no deferred item per idle stream. nghttp2 detaches an EOF item before `nghttp2_session_mem_send`
+/// returns, so a later `sendData` can always attach a new one.
 final class H2SessionCore {
     /// What the stream's outbound side does once its queue is empty.
     enum OutboundEnd {
@@ -23,8 +30,10 @@ final class H2SessionCore {
         var queue: ByteQueue = ByteQueue()
         var end: OutboundEnd = .open
         var parked = false
-        /// The data provider is attached (response/request submitted with a body).
+        /// The stream has a body side (response/request submitted with a body).
         var hasProvider = false
+        /// A data provider is attached in nghttp2 (it detaches after the frame that empties the queue).
+        var attached = false
     }
 
     struct InboundStream {
@@ -216,6 +225,7 @@ final class H2SessionCore {
         }
         var stream = OutboundStream()
         stream.hasProvider = !endStream
+        stream.attached = !endStream
         stream.end = endStream ? .endStream : .open
         outbound[streamID] = stream
         return streamID
@@ -235,6 +245,7 @@ final class H2SessionCore {
         }
         guard rc == 0 else { throw .sessionFailed(code: rc, reason: Self.describe(rc)) }
         stream.hasProvider = !endStream
+        stream.attached = !endStream
         if endStream { stream.end = .endStream }
         outbound[streamID] = stream
     }
@@ -243,24 +254,57 @@ final class H2SessionCore {
     /// them: the queue keeps the arrays.
     func sendData(streamID: H2StreamID, _ first: [UInt8], _ second: [UInt8], _ third: [UInt8]) throws(H2Error) {
         if let failure { throw failure }
-        // Mutated in place (one lookup, and the stream's queue is not shared with a copy of it).
-        guard let index = outbound.index(forKey: streamID), outbound.values[index].hasProvider else {
-            throw .noSuchStream(streamID)
-        }
-        guard case .open = outbound.values[index].end else { throw .streamOutboundClosed(streamID) }
+        guard let index = outbound.index(forKey: streamID) else { throw .noSuchStream(streamID) }
         let limit = configuration.maxQueuedBytesPerStream
-        let queued = outbound.values[index].queue.count
         let adding = first.count + second.count + third.count
-        if queued + adding > limit {
-            throw .wouldExceed(queued: queued, adding: adding, limit: limit)
-        }
-        totalQueuedBytes += adding
-        let wasParked = Self.update(&outbound.values[index]) { stream in
+        // One access to the stream's entry for the checks and the append (reading its fields one by one copied the
+        // whole entry, queue included, for each).
+        let outcome = Self.update(&outbound.values[index]) { stream -> SendOutcome in
+            guard stream.hasProvider else { return .noSuchStream }
+            guard case .open = stream.end else { return .closed }
+            let queued = stream.queue.count
+            if queued + adding > limit { return .wouldExceed(queued: queued) }
             stream.queue.append(first, second, third)
-            defer { stream.parked = false }
-            return stream.parked
+            defer {
+                stream.parked = false
+                stream.attached = true
+            }
+            return .queued(wasParked: stream.parked, wasAttached: stream.attached)
         }
-        if wasParked { _ = nghttp2_session_resume_data(session, streamID) }
+        switch outcome {
+        case .noSuchStream: throw .noSuchStream(streamID)
+        case .closed: throw .streamOutboundClosed(streamID)
+        case .wouldExceed(let queued): throw .wouldExceed(queued: queued, adding: adding, limit: limit)
+        case .queued(let wasParked, let wasAttached):
+            totalQueuedBytes += adding
+            if wasParked {
+                _ = nghttp2_session_resume_data(session, streamID)
+            } else if !wasAttached {
+                try attachProvider(streamID: streamID)
+            }
+        }
+    }
+
+    private enum SendOutcome {
+        case noSuchStream
+        case closed
+        case wouldExceed(queued: Int)
+        case queued(wasParked: Bool, wasAttached: Bool)
+    }
+
+    /// Attaches a data provider to a stream whose previous one detached (see the type's comment).
+    private func attachProvider(streamID: H2StreamID) throws(H2Error) {
+        var provider = Self.dataProvider()
+        // END_STREAM allows the provider's EOF to end the stream (as a request's or response's own provider does);
+        // NO_END_STREAM on every EOF that does not end it keeps it open.
+        let rc = nghttp2_submit_data(session, UInt8(NGHTTP2_FLAG_END_STREAM.rawValue), streamID, &provider)
+        guard rc == 0 else {
+            // Not expected (nghttp2 detached the last provider before its send returned); the session cannot
+            // deliver this stream's data in order any more, so it fails rather than drop or reorder bytes.
+            let error = H2Error.sessionFailed(code: rc, reason: Self.describe(rc))
+            fail(error)
+            throw error
+        }
     }
 
     func finishOutbound(streamID: H2StreamID, trailers: [H2Header]?) throws(H2Error) {
@@ -269,9 +313,23 @@ final class H2SessionCore {
         guard case .open = stream.end else { throw .streamOutboundClosed(streamID) }
         stream.end = trailers.map { .trailers($0) } ?? .endStream
         let wasParked = stream.parked
+        let wasAttached = stream.attached
         stream.parked = false
+        // Without a provider the queue is empty (data attaches one): trailers go straight out; a plain end needs a
+        // provider for its empty END_STREAM DATA frame.
+        stream.attached = wasAttached || trailers == nil
         outbound[streamID] = stream
-        if wasParked { _ = nghttp2_session_resume_data(session, streamID) }
+        if wasParked {
+            _ = nghttp2_session_resume_data(session, streamID)
+        } else if !wasAttached {
+            if let trailers {
+                let rc = withNameValues(trailers) { nva, count in nghttp2_submit_trailer(session, streamID, nva, count)
+                }
+                guard rc == 0 else { throw .sessionFailed(code: rc, reason: Self.describe(rc)) }
+            } else {
+                try attachProvider(streamID: streamID)
+            }
+        }
     }
 
     func resetStream(streamID: H2StreamID, errorCode: H2ErrorCode) throws(H2Error) {
@@ -443,6 +501,9 @@ final class H2SessionCore {
                     if wasNonEmpty { drainedStreams.append(streamID) }
                     return Int(NGHTTP2_ERR_DEFERRED.rawValue)
                 }
+                // This frame empties the queue: the provider detaches after it (the next data attaches one).
+                flags |= NGHTTP2_DATA_FLAG_EOF.rawValue | NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
+                outbound.values[index].attached = false
             case .endStream:
                 flags |= NGHTTP2_DATA_FLAG_EOF.rawValue
             case .trailers(let trailers):

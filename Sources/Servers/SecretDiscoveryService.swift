@@ -268,6 +268,16 @@ public final class SecretDiscoveryService {
     @_specialize(where Machine == SotWStream)
     @_specialize(where Machine == DeltaStream)
     fileprivate func received<Machine: SecretStreamMachine>(_ bytes: [UInt8], on stream: StreamCall<Machine>) {
+        if let echo = stream.machine.plainAcknowledgement(bytes) {
+            if logger.logLevel <= .debug {
+                let fields: [(String, StreamLogField)] = [
+                    ("nonce", .text(echo.nonceText)), ("version", .text(echo.versionInfoText)),
+                    ("names", .names(stream.machine.subscribedNames)),
+                ]
+                logger.debug("ack", metadata: Self.metadata(stream: stream.id, fields))
+            }
+            return
+        }
         let key = ObjectIdentifier(stream.call)
         let request: Machine.Request
         do { request = try Machine.Request(wireBytes: bytes) } catch {

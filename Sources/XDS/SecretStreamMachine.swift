@@ -40,6 +40,10 @@ public protocol SecretStreamMachine {
     mutating func responseAwaitsTransport()
     mutating func transportReady(_ cache: @autoclosure () -> SecretCache) -> [Action]
 
+    /// Whether `bytes` is a request that only acknowledges the stream's latest response and changes nothing (see
+    /// `DiscoveryRequestEcho`), checked without decoding it; nil for anything else, which takes `receive`.
+    func plainAcknowledgement(_ bytes: [UInt8]) -> DiscoveryRequestEcho?
+
     /// The node a request carries (the first one of a stream does).
     static func node(of request: Request) -> Node?
 
@@ -60,6 +64,8 @@ public protocol SecretStreamMachine {
 }
 
 extension SecretStreamMachine {
+    public func plainAcknowledgement(_ bytes: [UInt8]) -> DiscoveryRequestEcho? { nil }
+
     public static func wireParts(_ response: Response, sharing bodies: inout SharedResponseBodies) -> (
         body: [UInt8], tail: [UInt8]
     ) {

@@ -163,6 +163,17 @@ public struct SotWStream: Sendable {
         }
     }
 
+    /// `receive`'s answer to an ACK of the latest response that keeps the names and carries no node and no error
+    /// (what nearly every request on an open stream is), told from the request's bytes: such a request changes
+    /// nothing, and `receive` would return only the `.ack` to log. Nil for every other request.
+    public func plainAcknowledgement(_ bytes: [UInt8]) -> DiscoveryRequestEcho? {
+        guard case .open(let subscription) = lifecycle.state, let latestNonce = subscription.latestNonce,
+            let echo = DiscoveryRequestEcho(wireBytes: bytes), echo.echoes(nonce: latestNonce),
+            echo.typeURLIsAbsentOr(SDS.secretTypeURL), echo.names(equal: subscription.names)
+        else { return nil }
+        return echo
+    }
+
     /// The cache changed (the service calls this for every stream after each effective `set` or `remove`).
     public mutating func cacheChanged(_ cache: SecretCache) -> [Action] {
         guard case .open(var subscription) = lifecycle.state, subscription.evaluatedRevision != cache.revision else {

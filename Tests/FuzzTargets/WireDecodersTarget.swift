@@ -28,11 +28,26 @@ enum WireDecodersTarget {
         check(JWTBundlesResponse.self, input)
         check(ValidateJWTSVIDRequest.self, input)
         check(ValidateJWTSVIDResponse.self, input)
+        checkEcho(input)
         // Envoy's responses carry Secrets packed in Any: the unpack path too.
         if let any = try? AnyMessage(wireBuffer: input, limit: AnyMessage.defaultDecodeLimit) {
             _ = try? any.unpack(Secret.self)
             _ = try? any.unpack(SPIFFECertValidatorConfig.self)
         }
+    }
+
+    /// What the SDS service reads without decoding (an ACK's echo) must be what a decode reads.
+    private static func checkEcho(_ input: UnsafeRawBufferPointer) {
+        let bytes = Array(input)
+        guard let echo = DiscoveryRequestEcho(wireBytes: bytes) else { return }
+        guard let request = try? DiscoveryRequest(wireBytes: bytes) else {
+            fatalError("an echo that does not decode: \(bytes)")
+        }
+        guard request.node == nil, request.errorDetail == nil, request.resourceNames.count <= 1,
+            echo.names(equal: request.resourceNames), echo.nonceText == request.responseNonce,
+            echo.versionInfoText == request.versionInfo, echo.typeURLIsAbsentOr(request.typeURL),
+            request.typeURL.isEmpty || !echo.typeURLIsAbsentOr(request.typeURL + "x")
+        else { fatalError("an echo that reads otherwise than the decode: \(request)") }
     }
 
     private static func check<M: WireMessage>(_ type: M.Type, _ input: UnsafeRawBufferPointer) {
