@@ -1,24 +1,35 @@
 /// A FIFO of byte arrays, read from the front as one stream of bytes. Appending an array keeps it as it is (a
 /// reference, no copy): a push hands the same encoded secret to thousands of streams, and each stream's queue holds
 /// that one buffer plus its own few bytes (gRPC prefix, nonce) until nghttp2 copies them into a DATA frame.
+///
+/// The first three segments (one gRPC message: prefix, body, tail) are held inline, so queueing a message on an
+/// empty queue (a push: every stream's queue is empty between rotations) allocates nothing; further segments go to
+/// `overflow`. A drained queue holds no array at all.
 struct ByteQueue {
-    private var segments: [[UInt8]] = []
-    /// The first segment not yet fully read, and how far into it reading got.
+    private var first: [UInt8] = []
+    private var second: [UInt8] = []
+    private var third: [UInt8] = []
+    private var overflow: [[UInt8]] = []
+    /// Segments held (read or not), the first one not yet fully read, and how far into it reading got.
+    private var segmentCount = 0
     private var head = 0
     private var offset = 0
     private(set) var count = 0
 
     mutating func append(_ bytes: [UInt8]) {
         guard !bytes.isEmpty else { return }
-        segments.append(bytes)
+        switch segmentCount {
+        case 0: first = bytes
+        case 1: second = bytes
+        case 2: third = bytes
+        default: overflow.append(bytes)
+        }
+        segmentCount += 1
         count += bytes.count
     }
 
-    /// The three in order (a gRPC message is sent as prefix, body and tail). An empty queue, a held stream's usual
-    /// state, allocates its list of segments once; a longer queue grows it as appends do (geometrically: reserving
-    /// three more each time would copy the list on every message).
+    /// The three in order (a gRPC message is sent as prefix, body and tail).
     mutating func append(_ first: [UInt8], _ second: [UInt8], _ third: [UInt8]) {
-        if segments.isEmpty { segments.reserveCapacity(3) }
         append(first)
         append(second)
         append(third)
@@ -26,29 +37,68 @@ struct ByteQueue {
 
     mutating func read(into buffer: UnsafeMutablePointer<UInt8>, maxCount: Int) -> Int {
         var written = 0
-        while written < maxCount, head < segments.count {
-            let n = segments[head].withUnsafeBufferPointer { source in
+        while written < maxCount, head < segmentCount {
+            let (n, length) = withSegment(head) { source in
                 let n = min(maxCount - written, source.count - offset)
                 (buffer + written).update(from: source.baseAddress! + offset, count: n)
-                return n
+                return (n, source.count)
             }
             written += n
             offset += n
-            if offset == segments[head].count {
+            if offset == length {
+                release(head)
                 head += 1
                 offset = 0
             }
         }
         count -= written
-        if head == segments.count {
+        if head == segmentCount {
             // Drained: the storage goes too. A held stream sends one response an hour or so; keeping the buffers of
             // the last one was most of what each of 10,000 idle streams cost.
-            segments = []
+            overflow = []
+            segmentCount = 0
             head = 0
-        } else if head >= 16, head > segments.count / 2 {
-            segments.removeFirst(head)
-            head = 0
+        } else if head >= 16, head > segmentCount / 2 {
+            compact()
         }
         return written
+    }
+
+    private func withSegment<R>(_ index: Int, _ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {
+        switch index {
+        case 0: first.withUnsafeBufferPointer(body)
+        case 1: second.withUnsafeBufferPointer(body)
+        case 2: third.withUnsafeBufferPointer(body)
+        default: overflow[index - 3].withUnsafeBufferPointer(body)
+        }
+    }
+
+    private func segment(_ index: Int) -> [UInt8] {
+        switch index {
+        case 0: first
+        case 1: second
+        case 2: third
+        default: overflow[index - 3]
+        }
+    }
+
+    /// Drops a fully read segment's array (an inline one at once; the overflow's at the next compaction or drain).
+    private mutating func release(_ index: Int) {
+        switch index {
+        case 0: first = []
+        case 1: second = []
+        case 2: third = []
+        default: break
+        }
+    }
+
+    /// Moves the unread segments to the front (a long queue read from the front for a while).
+    private mutating func compact() {
+        let unread = (head..<segmentCount).map(segment)
+        let (savedOffset, savedCount) = (offset, count)
+        self = ByteQueue()
+        for segment in unread { append(segment) }
+        offset = savedOffset
+        count = savedCount
     }
 }

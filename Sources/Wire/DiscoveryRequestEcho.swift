@@ -5,9 +5,9 @@
 ///
 /// Reading one builds nothing: the fields stay ranges of the request's bytes, to be compared with what the stream
 /// holds. Anything else (a node, an `error_detail`, several names, an unknown or repeated field, a field of the
-/// wrong wire type, a malformed top level) is not an echo: `init` returns nil and the caller decodes the request
-/// fully, with that path's checks and errors. What an echo does not compare, its `version_info`, passes the same
-/// string checks as a decode.
+/// wrong wire type, a malformed top level, a string a decode would refuse) is not an echo: `init` returns nil and
+/// the caller decodes the request fully, with that path's checks and errors. Every echo decodes (the fuzz target
+/// `wire-decoders` checks that it reads what the decode reads).
 public struct DiscoveryRequestEcho {
     public let bytes: [UInt8]
     private let versionInfo: Range<Int>
@@ -26,11 +26,13 @@ public struct DiscoveryRequestEcho {
                 let next: WireScanner.Field?
                 do { next = try scanner.next() } catch { return false }
                 guard let field = next else { return true }
-                guard field.wireType == .lengthDelimited else { return false }
+                // Every field is a string a decode checks (no NUL, valid UTF-8): an echo is a request that decodes.
+                guard field.wireType == .lengthDelimited,
+                    WireValidation.stringProblem(UnsafeRawBufferPointer(rebasing: raw[field.payload])) == nil
+                else { return false }
                 switch field.number {
                 case 1:
-                    let text = UnsafeRawBufferPointer(rebasing: raw[field.payload])
-                    guard versionInfo == nil, WireValidation.stringProblem(text) == nil else { return false }
+                    guard versionInfo == nil else { return false }
                     versionInfo = field.payload
                 case 3:
                     guard name == nil else { return false }

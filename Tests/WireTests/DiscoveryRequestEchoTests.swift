@@ -38,6 +38,8 @@ import Wire
             ("a version of the wrong wire type", nonce + [0x08, 0x01]),
             ("a version that is not UTF-8", nonce + field(1, [0xc3, 0x28])),
             ("a version with a NUL", nonce + field(1, [0x31, 0x00])),
+            ("a nonce with a NUL (found by fuzzing: it does not decode)", field(5, [0x0a, 0x00])),
+            ("a name that is not UTF-8", nonce + field(3, [0xff])),
             ("a length past the end", nonce + [0x0a, 0x05, 0x31]),
             ("a truncated tag", nonce + [0x80]),
         ]
