@@ -157,6 +157,9 @@ public final class GRPCServerConnection: H2SessionDelegate {
     public let router: GRPCRouter
     public let maxMessageBytes: Int
     private var calls: [H2StreamID: GRPCServerCall] = [:]
+    /// The last message prefix made, shared by the next message of the same length (a push sends one length to
+    /// every stream of a connection: one 5-byte array instead of one each).
+    private var lastPrefix: (length: Int, bytes: [UInt8])?
     private(set) public var isDraining = false
     /// Bound on the partial request messages held across all calls of this connection: each call may hold one
     /// message up to `maxMessageBytes`, and this caps their sum, so a peer cannot hold `maxMessageBytes` times
@@ -360,7 +363,14 @@ public final class GRPCServerConnection: H2SessionDelegate {
         var probe = call.state
         let action = probe.send()
         if action == .dropClosed { return .closed }
-        let prefix = GRPCMessageFraming.prefix(length: message.count + tail.count)
+        let length = message.count + tail.count
+        let prefix: [UInt8]
+        if let last = lastPrefix, last.length == length {
+            prefix = last.bytes
+        } else {
+            prefix = GRPCMessageFraming.prefix(length: length)
+            lastPrefix = (length, prefix)
+        }
         do throws(H2Error) {
             if action == .sendHeadersAndMessage {
                 try session.sendResponseHeaders(

@@ -166,6 +166,15 @@ final class H2SessionCore {
         let outerDelegate = activeDelegate
         activeDelegate = delegate
         defer { activeDelegate = outerDelegate }
+        // Sized once from what the queues hold (plus a DATA frame header per ~1 KB and room for control frames),
+        // capped at this call's share: a push's output grew from empty by doubling, copying each chunk ~7 times.
+        if output.isEmpty, totalQueuedBytes > 0 {
+            // Both bounded before adding (`maxBytes` may be .max: "everything").
+            let cap = min(maxBytes, Self.maxReservation) + Self.maxFrameBytes
+            let queued = min(totalQueuedBytes, Self.maxReservation)
+            let expected = min(queued + queued / 128 + 512, cap)
+            if output.capacity < expected { output.reserveCapacity(expected) }
+        }
         var taken = 0
         while taken < maxBytes, session != nil {
             var chunk: UnsafePointer<UInt8>?
@@ -183,6 +192,12 @@ final class H2SessionCore {
         notifyDrained()
         return taken
     }
+
+    /// One DATA frame as nghttp2 packs them (16 KiB of payload unless told otherwise, plus the header): how far a
+    /// `takeOutput` may run past `maxBytes`. Only sizes a reservation.
+    private static let maxFrameBytes = 16_384 + 9
+    /// No reservation beyond this (a caller asking for everything gets the rest by growth).
+    private static let maxReservation = 1 << 20
 
     var wantsRead: Bool { failure == nil && nghttp2_session_want_read(session) != 0 }
     var wantsWrite: Bool { nghttp2_session_want_write(session) != 0 }

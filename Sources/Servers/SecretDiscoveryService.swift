@@ -222,7 +222,9 @@ public final class SecretDiscoveryService {
         @_specialize(where Machine == SotWStream)
         @_specialize(where Machine == DeltaStream)
         func cacheChanged(in service: SecretDiscoveryService) {
-            service.perform(machine.cacheChanged(service.cache(for: aliases)), on: self)
+            if let response = machine.responseToCacheChange(service.cache(for: aliases)) {
+                service.send(response, on: self)
+            }
         }
 
         // The call delivers each event from a strong local reference, so an event whose handling ends the call (and
@@ -348,7 +350,9 @@ public final class SecretDiscoveryService {
 
     @_specialize(where Machine == SotWStream)
     @_specialize(where Machine == DeltaStream)
-    private func send<Machine: SecretStreamMachine>(_ response: Machine.Response, on stream: StreamCall<Machine>) {
+    fileprivate func send<Machine: SecretStreamMachine>(
+        _ response: Machine.Response, on stream: StreamCall<Machine>
+    ) {
         let parts = Machine.wireParts(response, sharing: &sharedBodies)
         switch stream.call.send(parts.body, then: parts.tail) {
         case .queued:

@@ -170,12 +170,17 @@ public struct DeltaStream: Sendable {
 
     /// The cache changed (the service calls this for every stream after each effective `set` or `remove`).
     public mutating func cacheChanged(_ cache: SecretCache) -> [Action] {
+        responseToCacheChange(cache).map { [.send($0)] } ?? []
+    }
+
+    /// `cacheChanged`'s one possible action, the response, without a list around it (a push asks every stream).
+    public mutating func responseToCacheChange(_ cache: SecretCache) -> DeltaDiscoveryResponse? {
         guard case .open(var session) = lifecycle.state, session.evaluatedRevision != cache.revision else {
-            return []
+            return nil
         }
         lifecycle.state = .modifying
         defer { lifecycle.state = .open(session) }
-        return respondIfChanged(&session, cache: cache).map { [.send($0)] } ?? []
+        return respondIfChanged(&session, cache: cache)
     }
 
     /// A response with what changed for the client across its subscriptions, or nil when nothing did.

@@ -34,10 +34,15 @@ public struct SecretCache: Sendable {
         /// The owner's content version (equal content ⇒ equal version).
         public var version: String
         /// The packed `Secret`, as it goes into responses.
-        public var resource: AnyMessage
+        public var resource: AnyMessage {
+            didSet { asResources = [resource] }
+        }
+        /// `[resource]`, made once: a one-name SotW response on every stream of a push is exactly this list.
+        public private(set) var asResources: [AnyMessage]
         public init(version: String, resource: AnyMessage) {
             self.version = version
             self.resource = resource
+            self.asResources = [resource]
         }
     }
 
@@ -91,7 +96,8 @@ public struct SecretCache: Sendable {
         return view
     }
 
-    private func stored(_ name: String) -> Entry? { entries[aliases[name] ?? name] }
+    /// (The service's own cache has no aliases: no second hash of the name for it.)
+    private func stored(_ name: String) -> Entry? { entries[aliases.isEmpty ? name : aliases[name] ?? name] }
 
     /// The cached secret called `name`, if any.
     public func entry(named name: String) -> Entry? { stored(name) }

@@ -37,6 +37,8 @@ public protocol SecretStreamMachine {
 
     mutating func receive(_ request: Request, cache: SecretCache) -> [Action]
     mutating func cacheChanged(_ cache: SecretCache) -> [Action]
+    /// `cacheChanged` when all it can return is a response: that response, or nil.
+    mutating func responseToCacheChange(_ cache: SecretCache) -> Response?
     mutating func responseAwaitsTransport()
     mutating func transportReady(_ cache: @autoclosure () -> SecretCache) -> [Action]
 

@@ -176,12 +176,18 @@ public struct SotWStream: Sendable {
 
     /// The cache changed (the service calls this for every stream after each effective `set` or `remove`).
     public mutating func cacheChanged(_ cache: SecretCache) -> [Action] {
+        responseToCacheChange(cache).map { [.send($0)] } ?? []
+    }
+
+    /// `cacheChanged`'s one possible action, the response, without a list around it (a push asks every stream).
+    public mutating func responseToCacheChange(_ cache: SecretCache) -> DiscoveryResponse? {
         guard case .open(var subscription) = lifecycle.state, subscription.evaluatedRevision != cache.revision else {
-            return []
+            return nil
         }
         lifecycle.state = .modifying
         defer { lifecycle.state = .open(subscription) }
-        return respondIfChanged(&subscription, cache: cache).map { [$0] } ?? []
+        guard case .send(let response)? = respondIfChanged(&subscription, cache: cache) else { return nil }
+        return response
     }
 
     /// A response with every subscribed name, if all are cached and their versions differ from the last response.
@@ -196,7 +202,7 @@ public struct SotWStream: Sendable {
         if subscription.names.count == 1 {
             // Envoy's case (one stream per secret), on every push: no list of pairs.
             guard let entry = cache.entry(named: subscription.names[0]) else { return nil }
-            resources = [entry.resource]
+            resources = entry.asResources
             digest = sotwDigest(name: subscription.names[0], version: entry.version)
             singleVersion = entry.version
         } else {
