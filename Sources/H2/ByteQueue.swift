@@ -38,10 +38,15 @@ struct ByteQueue {
     mutating func read(into buffer: UnsafeMutablePointer<UInt8>, maxCount: Int) -> Int {
         var written = 0
         while written < maxCount, head < segmentCount {
-            let (n, length) = withSegment(head) { source in
-                let n = min(maxCount - written, source.count - offset)
-                (buffer + written).update(from: source.baseAddress! + offset, count: n)
-                return (n, source.count)
+            // The segment is passed by value to a static copy: a closure reading `self` inside a method of `self`
+            // copied the whole queue (its four arrays retained and released) for every segment.
+            let (start, room, destination) = (offset, maxCount - written, buffer + written)
+            let (n, length): (Int, Int)
+            switch head {
+            case 0: (n, length) = Self.copy(first, from: start, room: room, to: destination)
+            case 1: (n, length) = Self.copy(second, from: start, room: room, to: destination)
+            case 2: (n, length) = Self.copy(third, from: start, room: room, to: destination)
+            default: (n, length) = Self.copy(overflow[head - 3], from: start, room: room, to: destination)
             }
             written += n
             offset += n
@@ -64,12 +69,14 @@ struct ByteQueue {
         return written
     }
 
-    private func withSegment<R>(_ index: Int, _ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {
-        switch index {
-        case 0: first.withUnsafeBufferPointer(body)
-        case 1: second.withUnsafeBufferPointer(body)
-        case 2: third.withUnsafeBufferPointer(body)
-        default: overflow[index - 3].withUnsafeBufferPointer(body)
+    /// Copies up to `room` bytes of `segment` from `start`; returns how many, and the segment's length.
+    private static func copy(
+        _ segment: [UInt8], from start: Int, room: Int, to destination: UnsafeMutablePointer<UInt8>
+    ) -> (copied: Int, length: Int) {
+        segment.withUnsafeBufferPointer { source in
+            let n = min(room, source.count - start)
+            destination.update(from: source.baseAddress! + start, count: n)
+            return (n, source.count)
         }
     }
 

@@ -167,7 +167,15 @@ public final class SecretDiscoveryService {
         var byConnection: [ObjectIdentifier?: [any OpenStream]] = [:]
         for stream in streams.values { byConnection[stream.call.connectionID, default: []].append(stream) }
         for group in byConnection.values {
-            for stream in group { stream.cacheChanged(in: self) }
+            for stream in group {
+                // SotW (Envoy's streams) called on its concrete type: through the existential, the generic entry
+                // built Optional<Response>'s metadata for every stream before reaching the specialized code.
+                if let sotw = stream as? StreamCall<SotWStream> {
+                    sotw.cacheChanged(in: self)
+                } else {
+                    stream.cacheChanged(in: self)
+                }
+            }
             group.last?.call.flushConnection()
         }
         var answered: [ObjectIdentifier] = []

@@ -320,6 +320,26 @@ public enum WireFieldWriter {
         bytes.append(contentsOf: utf8)
     }
 
+    /// `value` as the length-delimited field `number`, alone in an array of exactly its size (a stream's nonce,
+    /// appended to a shared body on every push); empty for an empty string.
+    public static func stringField(_ value: String, field number: UInt32) -> [UInt8] {
+        var value = value
+        return value.withUTF8 { utf8 in
+            // One-byte tag and length, the usual case, written in place; anything longer the general way.
+            guard !utf8.isEmpty, number < 16, utf8.count < 128 else {
+                var bytes: [UInt8] = []
+                appendString(String(decoding: utf8, as: UTF8.self), field: number, to: &bytes)
+                return bytes
+            }
+            return [UInt8](unsafeUninitializedCapacity: utf8.count + 2) { buffer, count in
+                buffer[0] = UInt8(number << 3 | 2)
+                buffer[1] = UInt8(utf8.count)
+                _ = UnsafeMutableBufferPointer(rebasing: buffer[2...]).initialize(fromContentsOf: utf8)
+                count = utf8.count + 2
+            }
+        }
+    }
+
     static func appendVarint(_ value: UInt64, to bytes: inout [UInt8]) {
         var rest = value
         while rest >= 0x80 {

@@ -98,6 +98,13 @@ public struct SharedResponseBodies: Sendable {
 
     public var count: Int { bodies.count }
 
+    /// The body asked for last, if it was `key` (checked before `body(for:encode:)`, whose closure would capture
+    /// the response for every stream of a push).
+    public func lastBody(for key: String) -> [UInt8]? {
+        guard let last, last.key == key else { return nil }
+        return last.body
+    }
+
     /// The body stored under `key`, or `encode()`'s result (stored when it fits).
     public mutating func body(for key: String, encode: () -> [UInt8]) -> [UInt8] {
         if let last, last.key == key { return last.body }
@@ -154,15 +161,14 @@ extension SotWStream: SecretStreamMachine {
         // Keyed by the version alone (no string built per stream): every SotW response here is of one type.
         guard response.resources.count == 1, !response.versionInfo.isEmpty, response.typeURL == SDS.secretTypeURL
         else { return (response.wireBytes(), []) }
-        let body = bodies.body(for: response.versionInfo) {
-            var withoutNonce = response
-            withoutNonce.nonce = ""
-            return withoutNonce.wireBytes()
-        }
-        var tail: [UInt8] = []
-        tail.reserveCapacity(response.nonce.utf8.count + 6)
-        WireFieldWriter.appendString(response.nonce, field: 5, to: &tail)
-        return (body, tail)
+        let body =
+            bodies.lastBody(for: response.versionInfo)
+            ?? bodies.body(for: response.versionInfo) {
+                var withoutNonce = response
+                withoutNonce.nonce = ""
+                return withoutNonce.wireBytes()
+            }
+        return (body, WireFieldWriter.stringField(response.nonce, field: 5))
     }
 }
 

@@ -30,3 +30,21 @@ import Testing
         #expect(nul.withUnsafeBytes { WireValidation.stringProblem($0) } == "string contains a NUL byte")
     }
 }
+
+/// The in-place single-field encoding is byte for byte the general one, at every length and field number.
+@Suite struct StringFieldTests {
+    @Test func matchesTheGeneralEncoding() {
+        for length in [0, 1, 7, 127, 128, 300] {
+            let value = String(repeating: "n", count: length)
+            for field: UInt32 in [1, 5, 15, 16, 300] {
+                var general: [UInt8] = []
+                WireFieldWriter.appendString(value, field: field, to: &general)
+                #expect(WireFieldWriter.stringField(value, field: field) == general, "\(length) \(field)")
+            }
+        }
+        // Multi-byte UTF-8 counts bytes, not characters.
+        var general: [UInt8] = []
+        WireFieldWriter.appendString("nöncé-7", field: 5, to: &general)
+        #expect(WireFieldWriter.stringField("nöncé-7", field: 5) == general)
+    }
+}
