@@ -87,9 +87,24 @@ enum P256KeyEncoding {
         }
         let end = Array("-----END \(isPKCS8 ? "PRIVATE KEY" : "EC PRIVATE KEY")-----".utf8)
         let body = utf8[(lineEnd + 1)...]
-        guard let endStart = body.firstRange(of: end)?.lowerBound else { return nil }
+        guard let endStart = Self.firstIndex(of: end, in: body) else { return nil }
         guard let der = Base64Strict.decode(body[..<endStart]) else { return nil }
         return (der, isPKCS8)
+    }
+}
+
+extension P256KeyEncoding {
+    /// Where `needle` first starts in `haystack` (a plain scan: the standard library's `firstRange(of:)` lives in
+    /// _StringProcessing, whose generic searcher cost ~0.4 MB of resident code for this one call).
+    fileprivate static func firstIndex(of needle: [UInt8], in haystack: ArraySlice<UInt8>) -> Int? {
+        guard let first = needle.first, haystack.count >= needle.count else { return nil }
+        var index = haystack.startIndex
+        let last = haystack.endIndex - needle.count
+        while index <= last {
+            if haystack[index] == first, haystack[index..<(index + needle.count)].elementsEqual(needle) { return index }
+            index += 1
+        }
+        return nil
     }
 }
 
