@@ -361,7 +361,11 @@ extension DiscoveryResponse {
     ) {
         try bytes.withUnsafeBytes { raw -> Result<([UInt8], UInt64), WireError> in
             var scanner = WireScanner(raw)
-            var entries: [UInt8] = []
+            // The entries' ranges first, then one array of their exact size (a response has one of each; more are
+            // kept in order, as protobuf's last-one-wins reads them).
+            var first: Range<Int>?
+            var second: Range<Int>?
+            var more: [Range<Int>] = []
             var digest = FNV1a()
             while true {
                 let start = scanner.offset
@@ -375,11 +379,28 @@ extension DiscoveryResponse {
                 if let problem = WireValidation.stringProblem(payload) {
                     return .failure(.malformed(message: "DiscoveryResponse field \(field.number): \(problem)"))
                 }
-                if entries.isEmpty { entries.reserveCapacity(64) }
-                entries.append(contentsOf: UnsafeRawBufferPointer(rebasing: raw[start..<scanner.offset]))
+                let entry = start..<scanner.offset
+                if first == nil {
+                    first = entry
+                } else if second == nil {
+                    second = entry
+                } else {
+                    more.append(entry)
+                }
                 if field.number == 1 {
                     digest.add(payload)
                 }
+            }
+            let total = (first?.count ?? 0) + (second?.count ?? 0) + more.reduce(0) { $0 + $1.count }
+            let entries = [UInt8](unsafeUninitializedCapacity: total) { buffer, count in
+                func copy(_ range: Range<Int>) {
+                    let target = UnsafeMutableBufferPointer(rebasing: buffer[count..<(count + range.count)])
+                    UnsafeMutableRawBufferPointer(target).copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[range]))
+                    count += range.count
+                }
+                if let first { copy(first) }
+                if let second { copy(second) }
+                for range in more { copy(range) }
             }
             return .success((entries, digest.value))
         }.get()

@@ -25,6 +25,19 @@ import Wire
         #expect(try DiscoveryResponse.ackEntries(wireBytes: []).entries.isEmpty)
     }
 
+    /// Repeated entries (protobuf keeps the last) are all copied, in order, so the ACK decodes to what the response
+    /// decodes to.
+    @Test func repeatedEntriesKeepTheirOrder() throws {
+        var bytes: [UInt8] = []
+        for (field, value) in [(1, "v1"), (5, "n1"), (1, "v2"), (4, "t"), (5, "n2"), (1, "v3")] {
+            WireFieldWriter.appendString(value, field: UInt32(field), to: &bytes)
+        }
+        let response = try DiscoveryResponse(wireBytes: bytes)
+        let request = try DiscoveryRequest(wireBytes: DiscoveryResponse.ackEntries(wireBytes: bytes).entries)
+        #expect(request.versionInfo == response.versionInfo && request.versionInfo == "v3")
+        #expect(request.responseNonce == response.nonce && request.responseNonce == "n2")
+    }
+
     @Test func refusesWhatADecodeRefuses() {
         // A truncated length, a string field with invalid UTF-8, one with a NUL byte.
         for bytes: [UInt8] in [[0x0a, 0x05, 0x61], [0x0a, 0x02, 0xff, 0xfe], [0x2a, 0x02, 0x61, 0x00]] {
