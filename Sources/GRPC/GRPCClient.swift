@@ -35,7 +35,7 @@ public final class GRPCClientCall {
         guard let connection, !sendClosed, !isFinished else { return .closed }
         do throws(H2Error) {
             try connection.session.sendData(
-                streamID: streamID, bytes: GRPCMessageFraming.prefix(length: message.count + tail.count),
+                streamID: streamID, bytes: connection.prefixes.prefix(length: message.count + tail.count),
                 then: message, tail)
             return .queued
         } catch .wouldExceed {
@@ -82,6 +82,7 @@ public final class GRPCClientConnection: H2SessionDelegate {
     public let scheme: String
     public let maxMessageBytes: Int
     private var calls: [H2StreamID: GRPCClientCall] = [:]
+    var prefixes = GRPCMessageFraming.Cache()
     /// Set when the server sent GOAWAY: new calls are refused.
     public private(set) var goAwayReceived = false
 
@@ -153,7 +154,7 @@ public final class GRPCClientConnection: H2SessionDelegate {
         }
     }
 
-    public func h2DataReceived(streamID: H2StreamID, bytes: [UInt8], endStream: Bool) {
+    public func h2DataReceived(streamID: H2StreamID, bytes: UnsafeBufferPointer<UInt8>, endStream: Bool) {
         // Decoded (within the message bound) or dropped before this returns: hand the bytes back to flow control.
         defer { session.consume(streamID: streamID, count: bytes.count) }
         guard let call = calls[streamID] else { return }

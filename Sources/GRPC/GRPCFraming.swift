@@ -6,6 +6,19 @@ public enum GRPCMessageFraming {
 
     /// The prefix of an uncompressed message of `length` bytes (sent before the message's own bytes, which are then
     /// queued without a copy). A length past 4 GiB cannot be queued anywhere here: the per-stream bound is far lower.
+    /// The last prefix made, handed out again for the next message of the same length: a push (or the load client's
+    /// ACKs) sends one length on every stream of a connection, so one 5-byte array serves them all.
+    struct Cache {
+        private var last: (length: Int, bytes: [UInt8])?
+
+        mutating func prefix(length: Int) -> [UInt8] {
+            if let last, last.length == length { return last.bytes }
+            let bytes = GRPCMessageFraming.prefix(length: length)
+            last = (length, bytes)
+            return bytes
+        }
+    }
+
     public static func prefix(length: Int) -> [UInt8] {
         let length = UInt32(truncatingIfNeeded: length)
         return [

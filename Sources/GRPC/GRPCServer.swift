@@ -157,9 +157,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
     public let router: GRPCRouter
     public let maxMessageBytes: Int
     private var calls: [H2StreamID: GRPCServerCall] = [:]
-    /// The last message prefix made, shared by the next message of the same length (a push sends one length to
-    /// every stream of a connection: one 5-byte array instead of one each).
-    private var lastPrefix: (length: Int, bytes: [UInt8])?
+    private var prefixes = GRPCMessageFraming.Cache()
     private(set) public var isDraining = false
     /// Bound on the partial request messages held across all calls of this connection: each call may hold one
     /// message up to `maxMessageBytes`, and this caps their sum, so a peer cannot hold `maxMessageBytes` times
@@ -279,11 +277,13 @@ public final class GRPCServerConnection: H2SessionDelegate {
             }
             handler?(call)
             call.metadata = []
-            if endStream { h2DataReceived(streamID: streamID, bytes: [], endStream: true) }
+            if endStream {
+                h2DataReceived(streamID: streamID, bytes: UnsafeBufferPointer(start: nil, count: 0), endStream: true)
+            }
         }
     }
 
-    public func h2DataReceived(streamID: H2StreamID, bytes: [UInt8], endStream: Bool) {
+    public func h2DataReceived(streamID: H2StreamID, bytes: UnsafeBufferPointer<UInt8>, endStream: Bool) {
         // Every byte is processed before this returns (buffered in the call's decoder, within its bound, or dropped),
         // so it is handed back to flow control at once.
         defer { session.consume(streamID: streamID, count: bytes.count) }
@@ -363,14 +363,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
         var probe = call.state
         let action = probe.send()
         if action == .dropClosed { return .closed }
-        let length = message.count + tail.count
-        let prefix: [UInt8]
-        if let last = lastPrefix, last.length == length {
-            prefix = last.bytes
-        } else {
-            prefix = GRPCMessageFraming.prefix(length: length)
-            lastPrefix = (length, prefix)
-        }
+        let prefix = prefixes.prefix(length: message.count + tail.count)
         do throws(H2Error) {
             if action == .sendHeadersAndMessage {
                 try session.sendResponseHeaders(

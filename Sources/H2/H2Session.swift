@@ -446,11 +446,12 @@ final class H2SessionCore {
     }
 
     fileprivate func onData(streamID: H2StreamID, bytes: UnsafeBufferPointer<UInt8>) {
-        callbackDelegate?.h2DataReceived(streamID: streamID, bytes: Array(bytes), endStream: false)
+        callbackDelegate?.h2DataReceived(streamID: streamID, bytes: bytes, endStream: false)
     }
 
     fileprivate func onDataFrameEnd(streamID: H2StreamID) {
-        callbackDelegate?.h2DataReceived(streamID: streamID, bytes: [], endStream: true)
+        callbackDelegate?.h2DataReceived(
+            streamID: streamID, bytes: UnsafeBufferPointer(start: nil, count: 0), endStream: true)
     }
 
     fileprivate func onStreamClose(streamID: H2StreamID, errorCode: UInt32) {

@@ -72,10 +72,12 @@ public enum H2HeaderBlockKind: Sendable, Equatable {
 /// caused by our own frames, from inside `takeOutput`). The delegate may call back into the session.
 public protocol H2SessionDelegate: AnyObject {
     func h2HeadersReceived(streamID: H2StreamID, headers: [H2Header], kind: H2HeaderBlockKind, endStream: Bool)
-    /// `bytes` may be empty when only the end-of-stream flag arrives. Flow control follows consumption: call
+    /// `bytes` may be empty when only the end-of-stream flag arrives. They are nghttp2's, valid only during the
+    /// call: copy what must outlive it (a gRPC decoder copies a message once, into the message it delivers; the
+    /// session no longer copies every DATA chunk into an array first). Flow control follows consumption: call
     /// `consume(streamID:count:)` on the session once the bytes are processed, or the peer stops being allowed
     /// to send (after the stream's, then the connection's, window).
-    func h2DataReceived(streamID: H2StreamID, bytes: [UInt8], endStream: Bool)
+    func h2DataReceived(streamID: H2StreamID, bytes: UnsafeBufferPointer<UInt8>, endStream: Bool)
     /// The stream is gone: `errorCode` is `.noError` for a normal close, else the RST_STREAM code
     /// (sent or received) or the connection's failure.
     func h2StreamClosed(streamID: H2StreamID, errorCode: H2ErrorCode)

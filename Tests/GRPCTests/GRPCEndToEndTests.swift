@@ -375,7 +375,7 @@ func bidiStreamingEchoesEachMessageAsItArrives(feedMode: InMemoryPair.FeedMode) 
                 endStream: false)
             try? session.sendData(streamID: streamID, bytes: GRPCMessageFraming.frame([7]))
         }
-        func h2DataReceived(streamID: H2StreamID, bytes: [UInt8], endStream: Bool) {}
+        func h2DataReceived(streamID: H2StreamID, bytes: UnsafeBufferPointer<UInt8>, endStream: Bool) {}
         func h2StreamClosed(streamID: H2StreamID, errorCode: H2ErrorCode) {}
     }
     let delegate = TrailerlessServer()

@@ -26,8 +26,8 @@ final class RecordingDelegate: H2SessionDelegate {
         onHeaders?(streamID, headers, kind, endStream)
     }
 
-    func h2DataReceived(streamID: H2StreamID, bytes: [UInt8], endStream: Bool) {
-        events.append(.data(streamID, bytes, endStream: endStream))
+    func h2DataReceived(streamID: H2StreamID, bytes: UnsafeBufferPointer<UInt8>, endStream: Bool) {
+        events.append(.data(streamID, Array(bytes), endStream: endStream))
         if consumesData { session?.consume(streamID: streamID, count: bytes.count) }
     }
 
