@@ -6,6 +6,14 @@ public enum GRPCMessageFraming {
 
     /// The prefix of an uncompressed message of `length` bytes (sent before the message's own bytes, which are then
     /// queued without a copy). A length past 4 GiB cannot be queued anywhere here: the per-stream bound is far lower.
+    public static func prefix(length: Int) -> [UInt8] {
+        let length = UInt32(truncatingIfNeeded: length)
+        return [
+            0, UInt8(truncatingIfNeeded: length >> 24), UInt8(truncatingIfNeeded: length >> 16),
+            UInt8(truncatingIfNeeded: length >> 8), UInt8(truncatingIfNeeded: length),
+        ]
+    }
+
     /// The last prefix made, handed out again for the next message of the same length: a push (or the load client's
     /// ACKs) sends one length on every stream of a connection, so one 5-byte array serves them all.
     struct Cache {
@@ -17,14 +25,6 @@ public enum GRPCMessageFraming {
             last = (length, bytes)
             return bytes
         }
-    }
-
-    public static func prefix(length: Int) -> [UInt8] {
-        let length = UInt32(truncatingIfNeeded: length)
-        return [
-            0, UInt8(truncatingIfNeeded: length >> 24), UInt8(truncatingIfNeeded: length >> 16),
-            UInt8(truncatingIfNeeded: length >> 8), UInt8(truncatingIfNeeded: length),
-        ]
     }
 
     /// Frames one uncompressed message (prefix and message in one array).

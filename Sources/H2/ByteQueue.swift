@@ -39,7 +39,8 @@ struct ByteQueue {
         var written = 0
         while written < maxCount, head < segmentCount {
             // The segment is passed by value to a static copy: a closure reading `self` inside a method of `self`
-            // copied the whole queue (its four arrays retained and released) for every segment.
+            // copied the whole queue (its four arrays retained and released) for every segment. The stored
+            // property goes straight in (through `segment(_:)` it was retained and released once more each).
             let (start, room, destination) = (offset, maxCount - written, buffer + written)
             let (n, length): (Int, Int)
             switch head {
@@ -73,6 +74,7 @@ struct ByteQueue {
     private static func copy(
         _ segment: [UInt8], from start: Int, room: Int, to destination: UnsafeMutablePointer<UInt8>
     ) -> (copied: Int, length: Int) {
+        // Never empty: `append` keeps no empty segment, so the base address exists.
         segment.withUnsafeBufferPointer { source in
             let n = min(room, source.count - start)
             destination.update(from: source.baseAddress! + start, count: n)

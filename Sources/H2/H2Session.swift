@@ -338,13 +338,17 @@ final class H2SessionCore {
             _ = nghttp2_session_resume_data(session, streamID)
         } else if !wasAttached {
             if let trailers {
-                let rc = withNameValues(trailers) { nva, count in nghttp2_submit_trailer(session, streamID, nva, count)
-                }
-                guard rc == 0 else { throw .sessionFailed(code: rc, reason: Self.describe(rc)) }
+                try submitTrailers(trailers, streamID: streamID)
             } else {
                 try attachProvider(streamID: streamID)
             }
         }
+    }
+
+    /// The stream's trailers (HEADERS with END_STREAM), after whatever DATA is already queued in nghttp2.
+    private func submitTrailers(_ trailers: [H2Header], streamID: H2StreamID) throws(H2Error) {
+        let rc = withNameValues(trailers) { nva, count in nghttp2_submit_trailer(session, streamID, nva, count) }
+        guard rc == 0 else { throw .sessionFailed(code: rc, reason: Self.describe(rc)) }
     }
 
     func resetStream(streamID: H2StreamID, errorCode: H2ErrorCode) throws(H2Error) {
@@ -524,11 +528,10 @@ final class H2SessionCore {
                 flags |= NGHTTP2_DATA_FLAG_EOF.rawValue
             case .trailers(let trailers):
                 flags |= NGHTTP2_DATA_FLAG_EOF.rawValue | NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
-                let rc = withNameValues(trailers) { nva, count in
-                    nghttp2_submit_trailer(session, streamID, nva, count)
-                }
-                if rc != 0 {
-                    callbackError = .sessionFailed(code: rc, reason: Self.describe(rc))
+                do throws(H2Error) {
+                    try submitTrailers(trailers, streamID: streamID)
+                } catch {
+                    callbackError = error
                     return Int(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue)
                 }
             }

@@ -88,12 +88,35 @@ enum P256KeyEncoding {
         let end = Array("-----END \(isPKCS8 ? "PRIVATE KEY" : "EC PRIVATE KEY")-----".utf8)
         let body = utf8[(lineEnd + 1)...]
         guard let endStart = Self.firstIndex(of: end, in: body) else { return nil }
-        guard let der = Base64Strict.decode(body[..<endStart]) else { return nil }
+        guard let der = Self.base64(body[..<endStart]) else { return nil }
         return (der, isPKCS8)
     }
 }
 
 extension P256KeyEncoding {
+    /// A PEM body: standard base64, padded, line breaks anywhere, nothing else (`Base64URL.decode` once line breaks
+    /// and padding are taken off and the two alphabet letters swapped; it refuses any other character). Keys are a
+    /// few hundred bytes, read from files their readers already bounded.
+    fileprivate static func base64(_ body: ArraySlice<UInt8>) -> [UInt8]? {
+        var url: [UInt8] = []
+        url.reserveCapacity(body.count)
+        var padding = 0
+        for byte in body {
+            switch byte {
+            case UInt8(ascii: "\n"), UInt8(ascii: "\r"): continue
+            case UInt8(ascii: "="): padding += 1
+            // Data after padding, or a URL-alphabet letter, is not standard base64.
+            case _ where padding > 0, UInt8(ascii: "-"), UInt8(ascii: "_"): return nil
+            case UInt8(ascii: "+"): url.append(UInt8(ascii: "-"))
+            case UInt8(ascii: "/"): url.append(UInt8(ascii: "_"))
+            default: url.append(byte)
+            }
+        }
+        // Whole quanta only, padding included.
+        guard padding <= 2, (url.count + padding) % 4 == 0 else { return nil }
+        return Base64URL.decode(Substring(decoding: url, as: UTF8.self))
+    }
+
     /// Where `needle` first starts in `haystack` (a plain scan: the standard library's `firstRange(of:)` lives in
     /// _StringProcessing, whose generic searcher cost ~0.4 MB of resident code for this one call).
     fileprivate static func firstIndex(of needle: [UInt8], in haystack: ArraySlice<UInt8>) -> Int? {
@@ -105,48 +128,6 @@ extension P256KeyEncoding {
             index += 1
         }
         return nil
-    }
-}
-
-/// Standard base64 with padding, line breaks allowed between any characters, nothing else; a bounded input (keys
-/// are a few hundred bytes; the caller's text is what it read from a file it already bounded).
-private enum Base64Strict {
-    static func decode(_ text: ArraySlice<UInt8>) -> [UInt8]? {
-        var out: [UInt8] = []
-        out.reserveCapacity(text.count * 3 / 4)
-        var accumulator: UInt32 = 0
-        var bits = 0
-        var characters = 0
-        var padding = 0
-        for byte in text {
-            let value: UInt32
-            switch byte {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"): value = UInt32(byte - UInt8(ascii: "A"))
-            case UInt8(ascii: "a")...UInt8(ascii: "z"): value = UInt32(byte - UInt8(ascii: "a")) + 26
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = UInt32(byte - UInt8(ascii: "0")) + 52
-            case UInt8(ascii: "+"): value = 62
-            case UInt8(ascii: "/"): value = 63
-            case UInt8(ascii: "="):
-                padding += 1
-                continue
-            case UInt8(ascii: "\n"), UInt8(ascii: "\r"): continue
-            default: return nil
-            }
-            // Data after padding is not base64.
-            guard padding == 0 else { return nil }
-            characters += 1
-            accumulator = accumulator << 6 | value
-            bits += 6
-            if bits >= 8 {
-                bits -= 8
-                out.append(UInt8(truncatingIfNeeded: accumulator >> UInt32(bits)))
-            }
-        }
-        // Whole quanta only: the characters and the padding make a multiple of four, and no stray bits are set.
-        guard (characters + padding) % 4 == 0, padding <= 2, accumulator & ((1 << UInt32(bits)) - 1) == 0 else {
-            return nil
-        }
-        return out
     }
 }
 

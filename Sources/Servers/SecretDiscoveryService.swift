@@ -519,10 +519,9 @@ enum ContentHash {
 protocol OpenStream: AnyObject {
     var call: GRPCServerCall { get }
     var mode: String { get }
-    /// Lets the machine react to a cache change (through the service's generic `perform`).
+    /// Lets the machine react to a cache change: the response it builds, if any, is sent.
     func cacheChanged(in service: SecretDiscoveryService)
-    /// This stream as a SotW call, when it is one: a push calls those on their concrete type. (A class-to-class
-    /// cast inside the generic class; casting the existential instead pulled ~0.4 MB of the runtime's general
-    /// casting code into memory.)
+    /// This stream as a SotW call, when it is one: a push calls those on their concrete type (through this
+    /// protocol, the generic entry built `Optional<Response>` metadata for every stream).
     var asSotW: SecretDiscoveryService.StreamCall<SotWStream>? { get }
 }

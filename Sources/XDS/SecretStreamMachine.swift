@@ -107,7 +107,7 @@ public struct SharedResponseBodies: Sendable {
 
     /// The body stored under `key`, or `encode()`'s result (stored when it fits).
     public mutating func body(for key: String, encode: () -> [UInt8]) -> [UInt8] {
-        if let last, last.key == key { return last.body }
+        if let body = lastBody(for: key) { return body }
         if let body = bodies[key] {
             last = (key, body)
             return body
