@@ -81,7 +81,7 @@ public final class GRPCClientConnection: H2SessionDelegate {
     /// `:scheme`: `http` over plaintext, `https` over TLS.
     public let scheme: String
     public let maxMessageBytes: Int
-    private var calls: [H2StreamID: GRPCClientCall] = [:]
+    private var calls: [H2StreamKey: GRPCClientCall] = [:]
     var prefixes = GRPCMessageFraming.Cache()
     /// Set when the server sent GOAWAY: new calls are refused.
     public private(set) var goAwayReceived = false
@@ -117,7 +117,7 @@ public final class GRPCClientConnection: H2SessionDelegate {
         }
         let call = GRPCClientCall(streamID: streamID, path: path, maxMessageBytes: maxMessageBytes)
         call.connection = self
-        calls[streamID] = call
+        calls[H2StreamKey(streamID)] = call
         return call
     }
 
@@ -129,14 +129,14 @@ public final class GRPCClientConnection: H2SessionDelegate {
     }
 
     func complete(_ call: GRPCClientCall, status: GRPCStatus, trailers: [(String, String)]) {
-        calls.removeValue(forKey: call.streamID)
+        calls.removeValue(forKey: H2StreamKey(call.streamID))
         call.complete(status: status, trailers: trailers)
     }
 
     // MARK: H2SessionDelegate
 
     public func h2HeadersReceived(streamID: H2StreamID, headers: [H2Header], kind: H2HeaderBlockKind, endStream: Bool) {
-        guard let call = calls[streamID] else { return }
+        guard let call = calls[H2StreamKey(streamID)] else { return }
         let fields = headers.filter { !$0.name.hasPrefix(":") }.map { ($0.name, $0.value) }
         switch kind {
         case .response, .request:
@@ -157,7 +157,7 @@ public final class GRPCClientConnection: H2SessionDelegate {
     public func h2DataReceived(streamID: H2StreamID, bytes: UnsafeBufferPointer<UInt8>, endStream: Bool) {
         // Decoded (within the message bound) or dropped before this returns: hand the bytes back to flow control.
         defer { session.consume(streamID: streamID, count: bytes.count) }
-        guard let call = calls[streamID] else { return }
+        guard let call = calls[H2StreamKey(streamID)] else { return }
         do throws(GRPCStatus) {
             for message in try call.decoder.feed(bytes) {
                 call.onMessage?(message)
@@ -176,7 +176,7 @@ public final class GRPCClientConnection: H2SessionDelegate {
     }
 
     public func h2StreamClosed(streamID: H2StreamID, errorCode: H2ErrorCode) {
-        guard let call = calls.removeValue(forKey: streamID) else { return }
+        guard let call = calls.removeValue(forKey: H2StreamKey(streamID)) else { return }
         let status =
             errorCode == .refusedStream
             ? GRPCStatus(.unavailable, "stream refused") : GRPCStatus(.cancelled, "stream reset (\(errorCode))")
@@ -188,7 +188,7 @@ public final class GRPCClientConnection: H2SessionDelegate {
     }
 
     public func h2OutboundQueueDrained(streamID: H2StreamID) {
-        calls[streamID]?.onWritable?()
+        calls[H2StreamKey(streamID)]?.onWritable?()
     }
 
     /// A status for a response that carried none of its own: grpc-status if present, else derived from :status

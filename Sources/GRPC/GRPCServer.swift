@@ -156,7 +156,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
     public let session: H2ServerSession
     public let router: GRPCRouter
     public let maxMessageBytes: Int
-    private var calls: [H2StreamID: GRPCServerCall] = [:]
+    private var calls: [H2StreamKey: GRPCServerCall] = [:]
     private var prefixes = GRPCMessageFraming.Cache()
     private(set) public var isDraining = false
     /// Bound on the partial request messages held across all calls of this connection: each call may hold one
@@ -268,7 +268,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
                 timeout = parsed
             }
             call.connection = self
-            calls[streamID] = call
+            calls[H2StreamKey(streamID)] = call
             if let timeout, timeout.seconds <= Self.longestHonouredTimeout, let scheduler {
                 call.cancelDeadline = scheduler(timeout.seconds) { [weak self, weak call] in
                     guard let self, let call else { return }
@@ -287,7 +287,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
         // Every byte is processed before this returns (buffered in the call's decoder, within its bound, or dropped),
         // so it is handed back to flow control at once.
         defer { session.consume(streamID: streamID, count: bytes.count) }
-        guard let call = calls[streamID] else { return }
+        guard let call = calls[H2StreamKey(streamID)] else { return }
         if !bytes.isEmpty {
             let messages: [[UInt8]]
             let heldBefore = call.decoder.bufferCapacity
@@ -320,7 +320,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
     }
 
     public func h2StreamClosed(streamID: H2StreamID, errorCode: H2ErrorCode) {
-        guard let call = calls.removeValue(forKey: streamID) else { return }
+        guard let call = calls.removeValue(forKey: H2StreamKey(streamID)) else { return }
         bufferedRequestBytes -= call.decoder.bufferCapacity
         call.cancelDeadline?()
         if call.state.streamClosed() == .notifyCancelled { call.deliverCancel() }
@@ -328,7 +328,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
     }
 
     public func h2OutboundQueueDrained(streamID: H2StreamID) {
-        calls[streamID]?.deliverWritable()
+        calls[H2StreamKey(streamID)]?.deliverWritable()
     }
 
     public func h2LimitExceeded(_ limit: H2Limit, streamID: H2StreamID) {
@@ -340,7 +340,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
     /// The client's deadline passed before the handler finished: DEADLINE_EXCEEDED, and the handler hears the call
     /// is over (`onCancel`), as for any end it did not choose.
     private func deadlineExpired(_ call: GRPCServerCall, timeout: GRPCTimeout) {
-        guard calls[call.streamID] === call else { return }
+        guard calls[H2StreamKey(call.streamID)] === call else { return }
         let finish = call.state.finish(GRPCStatus(.deadlineExceeded, "deadline exceeded (grpc-timeout \(timeout))"))
         guard finish != .none else { return }
         perform(finish, on: call)

@@ -53,8 +53,8 @@ final class H2SessionCore {
     private var activeDelegate: (any H2SessionDelegate)?
     private var callbackDelegate: (any H2SessionDelegate)? { activeDelegate ?? delegate }
     private var session: OpaquePointer?
-    private var outbound: [H2StreamID: OutboundStream] = [:]
-    private var inbound: [H2StreamID: InboundStream] = [:]
+    private var outbound: [H2StreamKey: OutboundStream] = [:]
+    private var inbound: [H2StreamKey: InboundStream] = [:]
     private var drainedStreams: [H2StreamID] = []
     /// Sum of every stream's queue, kept as it changes so the connection's budget check is O(1).
     private(set) var totalQueuedBytes = 0
@@ -211,7 +211,9 @@ final class H2SessionCore {
         while !drainedStreams.isEmpty {
             let streams = drainedStreams
             drainedStreams.removeAll()
-            for streamID in streams where outbound[streamID] != nil {
+            // `index(forKey:)`, not `outbound[…] != nil`: that copies the stream's entry out (its queue's arrays
+            // retained and released) only to compare it with nil.
+            for streamID in streams where outbound.index(forKey: H2StreamKey(streamID)) != nil {
                 callbackDelegate?.h2OutboundQueueDrained(streamID: streamID)
             }
         }
@@ -242,13 +244,16 @@ final class H2SessionCore {
         stream.hasProvider = !endStream
         stream.attached = !endStream
         stream.end = endStream ? .endStream : .open
-        outbound[streamID] = stream
+        outbound[H2StreamKey(streamID)] = stream
         return streamID
     }
 
     func submitResponse(streamID: H2StreamID, headers: [H2Header], endStream: Bool) throws(H2Error) {
         if let failure { throw failure }
-        guard var stream = outbound[streamID] ?? (inbound[streamID] != nil ? OutboundStream() : nil) else {
+        guard
+            var stream = outbound[H2StreamKey(streamID)]
+                ?? (inbound[H2StreamKey(streamID)] != nil ? OutboundStream() : nil)
+        else {
             throw .noSuchStream(streamID)
         }
         guard !stream.hasProvider, case .open = stream.end else { throw .streamOutboundClosed(streamID) }
@@ -262,14 +267,14 @@ final class H2SessionCore {
         stream.hasProvider = !endStream
         stream.attached = !endStream
         if endStream { stream.end = .endStream }
-        outbound[streamID] = stream
+        outbound[H2StreamKey(streamID)] = stream
     }
 
     /// Queues `first`, `second` and `third` (in that order, as one piece of data: all or nothing), without copying
     /// them: the queue keeps the arrays.
     func sendData(streamID: H2StreamID, _ first: [UInt8], _ second: [UInt8], _ third: [UInt8]) throws(H2Error) {
         if let failure { throw failure }
-        guard let index = outbound.index(forKey: streamID) else { throw .noSuchStream(streamID) }
+        guard let index = outbound.index(forKey: H2StreamKey(streamID)) else { throw .noSuchStream(streamID) }
         let limit = configuration.maxQueuedBytesPerStream
         let adding = first.count + second.count + third.count
         // One access to the stream's entry for the checks and the append (reading its fields one by one copied the
@@ -324,7 +329,7 @@ final class H2SessionCore {
 
     func finishOutbound(streamID: H2StreamID, trailers: [H2Header]?) throws(H2Error) {
         if let failure { throw failure }
-        guard var stream = outbound[streamID], stream.hasProvider else { throw .noSuchStream(streamID) }
+        guard var stream = outbound[H2StreamKey(streamID)], stream.hasProvider else { throw .noSuchStream(streamID) }
         guard case .open = stream.end else { throw .streamOutboundClosed(streamID) }
         stream.end = trailers.map { .trailers($0) } ?? .endStream
         let wasParked = stream.parked
@@ -333,7 +338,7 @@ final class H2SessionCore {
         // Without a provider the queue is empty (data attaches one): trailers go straight out; a plain end needs a
         // provider for its empty END_STREAM DATA frame.
         stream.attached = wasAttached || trailers == nil
-        outbound[streamID] = stream
+        outbound[H2StreamKey(streamID)] = stream
         if wasParked {
             _ = nghttp2_session_resume_data(session, streamID)
         } else if !wasAttached {
@@ -355,11 +360,11 @@ final class H2SessionCore {
         if let failure { throw failure }
         let rc = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, errorCode.rawValue)
         guard rc == 0 else { throw .sessionFailed(code: rc, reason: Self.describe(rc)) }
-        if var stream = outbound[streamID] {
+        if var stream = outbound[H2StreamKey(streamID)] {
             // Nothing queued will be sent any more; release it now rather than at close.
             totalQueuedBytes -= stream.queue.count
             stream.queue = ByteQueue()
-            outbound[streamID] = stream
+            outbound[H2StreamKey(streamID)] = stream
         }
     }
 
@@ -398,7 +403,10 @@ final class H2SessionCore {
         _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
     }
 
-    func queuedBytes(streamID: H2StreamID) -> Int { outbound[streamID]?.queue.count ?? 0 }
+    func queuedBytes(streamID: H2StreamID) -> Int {
+        guard let index = outbound.index(forKey: H2StreamKey(streamID)) else { return 0 }
+        return outbound.values[index].queue.count
+    }
     var openStreamCount: Int { Set(outbound.keys).union(inbound.keys).count }
 
     /// How many bytes the peer currently lets us send on the stream (min of stream and connection windows).
@@ -411,9 +419,9 @@ final class H2SessionCore {
     // MARK: Callback bodies (called from C; never throw)
 
     fileprivate func onBeginHeaders(streamID: H2StreamID) {
-        if inbound[streamID] == nil { inbound[streamID] = InboundStream() }
-        inbound[streamID]?.headers.removeAll()
-        inbound[streamID]?.headerListBytes = 0
+        if inbound[H2StreamKey(streamID)] == nil { inbound[H2StreamKey(streamID)] = InboundStream() }
+        inbound[H2StreamKey(streamID)]?.headers.removeAll()
+        inbound[H2StreamKey(streamID)]?.headerListBytes = 0
     }
 
     /// Collects one header field, bounded by `maxHeaderListSize`: HPACK lets a few bytes on the wire name kilobytes
@@ -421,31 +429,33 @@ final class H2SessionCore {
     /// (ENHANCE_YOUR_CALM, which gRPC clients map to RESOURCE_EXHAUSTED) and nothing more of it is kept.
     fileprivate func onHeader(streamID: H2StreamID, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>)
     {
-        guard inbound[streamID]?.headerListExceeded == false, let used = inbound[streamID]?.headerListBytes else {
+        guard inbound[H2StreamKey(streamID)]?.headerListExceeded == false,
+            let used = inbound[H2StreamKey(streamID)]?.headerListBytes
+        else {
             return
         }
         let size = used + name.count + value.count + 32
         guard size <= Int(configuration.maxHeaderListSize) else {
-            inbound[streamID]?.headers = []
-            inbound[streamID]?.headerListExceeded = true
+            inbound[H2StreamKey(streamID)]?.headers = []
+            inbound[H2StreamKey(streamID)]?.headerListExceeded = true
             _ = nghttp2_submit_rst_stream(
                 session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, H2ErrorCode.enhanceYourCalm.rawValue)
             callbackDelegate?.h2LimitExceeded(.headerListSize, streamID: streamID)
             return
         }
-        inbound[streamID]?.headerListBytes = size
-        inbound[streamID]?.headers.append(
+        inbound[H2StreamKey(streamID)]?.headerListBytes = size
+        inbound[H2StreamKey(streamID)]?.headers.append(
             H2Header(String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
     }
 
     fileprivate func onHeadersFrame(streamID: H2StreamID, endStream: Bool) {
-        guard var stream = inbound[streamID], !stream.headerListExceeded else { return }
+        guard var stream = inbound[H2StreamKey(streamID)], !stream.headerListExceeded else { return }
         let headers = stream.headers
         stream.headers = []
         let kind: H2HeaderBlockKind =
             stream.headerBlocks == 0 ? (isServer ? .request : .response) : .trailers
         stream.headerBlocks += 1
-        inbound[streamID] = stream
+        inbound[H2StreamKey(streamID)] = stream
         callbackDelegate?.h2HeadersReceived(streamID: streamID, headers: headers, kind: kind, endStream: endStream)
     }
 
@@ -459,8 +469,8 @@ final class H2SessionCore {
     }
 
     fileprivate func onStreamClose(streamID: H2StreamID, errorCode: UInt32) {
-        let known = inbound.removeValue(forKey: streamID) != nil
-        let removedOut = outbound.removeValue(forKey: streamID)
+        let known = inbound.removeValue(forKey: H2StreamKey(streamID)) != nil
+        let removedOut = outbound.removeValue(forKey: H2StreamKey(streamID))
         totalQueuedBytes -= removedOut?.queue.count ?? 0
         let knownOut = removedOut != nil
         if known || knownOut {
@@ -502,7 +512,7 @@ final class H2SessionCore {
     fileprivate func readOutbound(
         streamID: H2StreamID, buffer: UnsafeMutablePointer<UInt8>, length: Int, flags: inout UInt32
     ) -> Int {
-        guard let index = outbound.index(forKey: streamID) else {
+        guard let index = outbound.index(forKey: H2StreamKey(streamID)) else {
             return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
         }
         // One access to the stream's entry for the read and what follows from it.

@@ -331,11 +331,11 @@ public enum WireFieldWriter {
                 appendString(String(decoding: utf8, as: UTF8.self), field: number, to: &bytes)
                 return bytes
             }
-            return [UInt8](unsafeUninitializedCapacity: utf8.count + 2) { buffer, count in
+            return filledBytes(count: utf8.count + 2) { buffer in
                 buffer[0] = UInt8(number << 3 | 2)
                 buffer[1] = UInt8(utf8.count)
-                _ = UnsafeMutableBufferPointer(rebasing: buffer[2...]).initialize(fromContentsOf: utf8)
-                count = utf8.count + 2
+                UnsafeMutableRawBufferPointer(UnsafeMutableBufferPointer(rebasing: buffer[2...])).copyMemory(
+                    from: UnsafeRawBufferPointer(utf8))
             }
         }
     }
@@ -392,7 +392,8 @@ extension DiscoveryResponse {
                 }
             }
             let total = (first?.count ?? 0) + (second?.count ?? 0) + more.reduce(0) { $0 + $1.count }
-            let entries = [UInt8](unsafeUninitializedCapacity: total) { buffer, count in
+            let entries = filledBytes(count: total) { buffer in
+                var count = 0
                 func copy(_ range: Range<Int>) {
                     let target = UnsafeMutableBufferPointer(rebasing: buffer[count..<(count + range.count)])
                     UnsafeMutableRawBufferPointer(target).copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[range]))
@@ -404,5 +405,19 @@ extension DiscoveryResponse {
             }
             return .success((entries, digest.value))
         }.get()
+    }
+}
+
+/// `count` bytes written by `body` (which must write every one), as a new array of exactly that size. Not
+/// `Array(unsafeUninitializedCapacity:)` nor `Array(repeating:count:)`: both allocate through the standard library's
+/// unspecialized `_allocateBufferUninitialized`, which looks up the array storage's metadata on every call (~600
+/// instructions); an array made from a buffer takes the specialized path. Written on the stack first (the heap
+/// past the standard library's stack threshold). The hot callers are a stream's nonce field on every push and the
+/// load client's ACK.
+@inline(__always)
+func filledBytes(count: Int, _ body: (UnsafeMutableBufferPointer<UInt8>) -> Void) -> [UInt8] {
+    withUnsafeTemporaryAllocation(of: UInt8.self, capacity: count) { buffer in
+        body(buffer)
+        return Array(UnsafeBufferPointer(buffer))
     }
 }
