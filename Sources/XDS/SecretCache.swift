@@ -32,17 +32,33 @@ public struct SecretCache: Sendable {
     /// One cached secret.
     public struct Entry: Sendable, Equatable {
         /// The owner's content version (equal content ⇒ equal version).
-        public var version: String
+        public var version: String {
+            didSet { storedDigest = nil }
+        }
         /// The packed `Secret`, as it goes into responses.
         public var resource: AnyMessage {
             didSet { asResources = [resource] }
         }
         /// `[resource]`, made once: a one-name SotW response on every stream of a push is exactly this list.
         public private(set) var asResources: [AnyMessage]
+        /// `sotwDigest(name:version:)` under the name the cache stores this entry as, made once by `set`: a push
+        /// needs it for every stream holding the name (~230 instructions each).
+        fileprivate var storedDigest: (name: String, digest: UInt64)?
+
         public init(version: String, resource: AnyMessage) {
             self.version = version
             self.resource = resource
             self.asResources = [resource]
+        }
+
+        /// The one-resource SotW digest of this entry answered as `name` (see `sotwDigest(name:version:)`).
+        func sotwDigest(answeredAs name: String) -> UInt64 {
+            if let storedDigest, storedDigest.name == name { return storedDigest.digest }
+            return XDS.sotwDigest(name: name, version: version)
+        }
+
+        public static func == (lhs: Entry, rhs: Entry) -> Bool {
+            lhs.version == rhs.version && lhs.resource == rhs.resource
         }
     }
 
@@ -69,7 +85,9 @@ public struct SecretCache: Sendable {
     @discardableResult
     public mutating func set(name: String, version: String, resource: AnyMessage) -> Bool {
         if let current = entries[name], current.version == version { return false }
-        entries[name] = Entry(version: version, resource: resource)
+        var entry = Entry(version: version, resource: resource)
+        entry.storedDigest = (name, XDS.sotwDigest(name: name, version: version))
+        entries[name] = entry
         revision += 1
         return true
     }

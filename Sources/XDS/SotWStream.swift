@@ -165,8 +165,9 @@ public struct SotWStream: Sendable {
 
     /// `receive`'s answer to an ACK of the latest response that keeps the names and carries no node and no error
     /// (what nearly every request on an open stream is), told from the request's bytes: such a request changes
-    /// nothing, and `receive` would return only the `.ack` to log. Nil for every other request.
-    public func plainAcknowledgement(_ bytes: [UInt8]) -> DiscoveryRequestEcho? {
+    /// nothing, and `receive` would return only the `.ack` to log. Nil for every other request. (`mutating` only to
+    /// be called in place: see `SecretStreamMachine`.)
+    public mutating func plainAcknowledgement(_ bytes: [UInt8]) -> DiscoveryRequestEcho? {
         guard case .open(let subscription) = lifecycle.state, let latestNonce = subscription.latestNonce,
             let echo = DiscoveryRequestEcho(wireBytes: bytes), echo.echoes(nonce: latestNonce),
             echo.typeURLIsAbsentOr(SDS.secretTypeURL), echo.names(equal: subscription.names)
@@ -203,7 +204,7 @@ public struct SotWStream: Sendable {
             // Envoy's case (one stream per secret), on every push: no list of pairs.
             guard let entry = cache.entry(named: subscription.names[0]) else { return nil }
             resources = entry.asResources
-            digest = sotwDigest(name: subscription.names[0], version: entry.version)
+            digest = entry.sotwDigest(answeredAs: subscription.names[0])
             singleVersion = entry.version
         } else {
             var all: [AnyMessage] = []

@@ -38,7 +38,8 @@ import XDS
             for (label, request) in cases {
                 var received = stream
                 let actions = received.receive(request, cache: cache)
-                let plain = stream.plainAcknowledgement(request.wireBytes())
+                var asked = stream
+                let plain = asked.plainAcknowledgement(request.wireBytes())
                 let onlyTheAck =
                     actions == [.ack(nonce: response.nonce, versionInfo: request.versionInfo, resourceNames: names)]
                     && received.subscribedNames == stream.subscribedNames && received.node == stream.node
@@ -57,7 +58,7 @@ import XDS
     }
 
     @Test func aStreamThatHasNotAnsweredTakesNoShortcut() {
-        let stream = SotWStream()
+        var stream = SotWStream()
         #expect(stream.plainAcknowledgement(sotwRequest(["default"], version: "v1", nonce: "1").wireBytes()) == nil)
     }
 }

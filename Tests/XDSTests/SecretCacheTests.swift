@@ -1,6 +1,6 @@
 import Testing
 import Wire
-import XDS
+@testable import XDS
 
 @Suite struct SecretCacheTests {
     @Test func setReportsChangeAndBumpsRevisionOnlyForNewContent() {
@@ -51,5 +51,18 @@ import XDS
         cache.invalidate()
         #expect(cache.revision == 2)
         #expect(cache.version(of: "default") == "v1")
+    }
+
+    /// The digest a push takes from the entry (made once when it was stored) is the one a stream would compute for
+    /// the name it asked for, under the stored name, an alias, and after the version changed.
+    @Test func anEntrysDigestIsTheOneComputedForTheNameAskedFor() throws {
+        var cache = emptyCache()
+        cache.put("default", "v1")
+        var entry = try #require(cache.entry(named: "default"))
+        #expect(entry.sotwDigest(answeredAs: "default") == sotwDigest(name: "default", version: "v1"))
+        #expect(entry.sotwDigest(answeredAs: "ALL") == sotwDigest(name: "ALL", version: "v1"))
+        #expect(entry.sotwDigest(answeredAs: "default") != sotwDigest(name: "default", version: "v2"))
+        entry.version = "v2"
+        #expect(entry.sotwDigest(answeredAs: "default") == sotwDigest(name: "default", version: "v2"))
     }
 }

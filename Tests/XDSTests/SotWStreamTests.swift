@@ -255,3 +255,15 @@ import XDS
         #expect(stream.node == node)
     }
 }
+
+/// Nonces are the prefix and the counter in decimal, whatever the counter's width.
+@Suite struct NonceSequenceTests {
+    @Test(arguments: [0, 1, 9, 10, 99, 100, 12_345, UInt64(UInt32.max), UInt64.max - 1, UInt64.max])
+    func aNonceIsThePrefixAndTheCounter(start: UInt64) {
+        for prefix in ["", "7-", "a-much-longer-prefix-than-fifteen-bytes-"] {
+            var nonces = NonceSequence(prefix: prefix, start: start)
+            #expect(nonces.next() == prefix + String(start))
+            #expect(nonces.next() == prefix + String(start &+ 1))
+        }
+    }
+}
