@@ -289,7 +289,7 @@ public final class GRPCServerConnection: H2SessionDelegate {
         defer { session.consume(streamID: streamID, count: bytes.count) }
         guard let call = calls[H2StreamKey(streamID)] else { return }
         if !bytes.isEmpty {
-            let messages: [[UInt8]]
+            let messages: GRPCDecodedMessages
             let heldBefore = call.decoder.bufferCapacity
             do throws(GRPCStatus) {
                 messages = try call.decoder.feed(bytes)
