@@ -215,4 +215,3 @@ public struct GRPCDecodedMessages: Sequence, Sendable {
 
     public func makeIterator() -> Iterator { Iterator(first: first, rest: rest.makeIterator()) }
 }
-
