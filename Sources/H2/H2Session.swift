@@ -208,13 +208,19 @@ final class H2SessionCore {
     }
 
     private func notifyDrained() {
+        // Loaded once, not per stream (each load retains and releases it); held for the loop, so a delegate that
+        // drops its session half-way is still there for the streams left.
+        guard !drainedStreams.isEmpty, let delegate = callbackDelegate else {
+            drainedStreams.removeAll()
+            return
+        }
         while !drainedStreams.isEmpty {
             let streams = drainedStreams
             drainedStreams.removeAll()
             // `index(forKey:)`, not `outbound[…] != nil`: that copies the stream's entry out (its queue's arrays
             // retained and released) only to compare it with nil.
             for streamID in streams where outbound.index(forKey: H2StreamKey(streamID)) != nil {
-                callbackDelegate?.h2OutboundQueueDrained(streamID: streamID)
+                delegate.h2OutboundQueueDrained(streamID: streamID)
             }
         }
     }
