@@ -202,16 +202,19 @@ public struct GRPCDecodedMessages: Sequence, Sendable {
 
     public struct Iterator: IteratorProtocol {
         fileprivate var first: [UInt8]?
-        fileprivate var rest: IndexingIterator<[[UInt8]]>
+        fileprivate var rest: [[UInt8]]
+        fileprivate var index = 0
 
         public mutating func next() -> [UInt8]? {
             if let message = first {
                 first = nil
                 return message
             }
-            return rest.next()
+            guard index < rest.count else { return nil }
+            defer { index += 1 }
+            return rest[index]
         }
     }
 
-    public func makeIterator() -> Iterator { Iterator(first: first, rest: rest.makeIterator()) }
+    public func makeIterator() -> Iterator { Iterator(first: first, rest: rest) }
 }

@@ -43,7 +43,14 @@ public struct SecretCache: Sendable {
         public private(set) var asResources: [AnyMessage]
         /// `sotwDigest(name:version:)` under the name the cache stores this entry as, made once by `set`: a push
         /// needs it for every stream holding the name (~230 instructions each).
-        fileprivate var storedDigest: (name: String, digest: UInt64)?
+        fileprivate var storedDigest: StoredDigest?
+
+        /// A struct, not a tuple: a tuple's type metadata is made at run time (the runtime's demangler, cold code
+        /// paged in for it).
+        fileprivate struct StoredDigest: Sendable {
+            var name: String
+            var digest: UInt64
+        }
 
         public init(version: String, resource: AnyMessage) {
             self.version = version
@@ -86,7 +93,7 @@ public struct SecretCache: Sendable {
     public mutating func set(name: String, version: String, resource: AnyMessage) -> Bool {
         if let current = entries[name], current.version == version { return false }
         var entry = Entry(version: version, resource: resource)
-        entry.storedDigest = (name, XDS.sotwDigest(name: name, version: version))
+        entry.storedDigest = Entry.StoredDigest(name: name, digest: XDS.sotwDigest(name: name, version: version))
         entries[name] = entry
         revision += 1
         return true
