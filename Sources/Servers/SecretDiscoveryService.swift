@@ -164,16 +164,21 @@ public final class SecretDiscoveryService {
         // Connection by connection, each written as soon as its streams have their responses: the first Envoys
         // read and apply theirs while the responses of the others are still being built (on two cores, the two
         // overlap instead of adding up).
+        // One copy of the cache for the push (a copy per stream retained and released its tables), taken again if
+        // the cache changed under the loop (a stream's end releasing an on-demand name can remove one): a stream is
+        // never answered from a cache older than one it was already answered from.
+        var current = cache
         var byConnection: [ObjectIdentifier?: [any OpenStream]] = [:]
         for stream in streams.values { byConnection[stream.call.connectionID, default: []].append(stream) }
         for group in byConnection.values {
             for stream in group {
+                if cache.revision != current.revision { current = cache }
                 // SotW (Envoy's streams) called on its concrete type: through the existential, the generic entry
                 // built Optional<Response>'s metadata for every stream before reaching the specialized code.
                 if let sotw = stream.asSotW {
-                    sotw.cacheChanged(in: self)
+                    sotw.cacheChanged(in: self, cache: current)
                 } else {
-                    stream.cacheChanged(in: self)
+                    stream.cacheChanged(in: self, cache: current)
                 }
             }
             group.last?.call.flushConnection()
@@ -231,10 +236,16 @@ public final class SecretDiscoveryService {
 
         @_specialize(where Machine == SotWStream)
         @_specialize(where Machine == DeltaStream)
-        func cacheChanged(in service: SecretDiscoveryService) {
-            if let response = machine.responseToCacheChange(service.cache(for: aliases)) {
-                service.send(response, on: self)
+        func cacheChanged(in service: SecretDiscoveryService, cache: SecretCache) {
+            // The push's one copy of the cache, passed on as it is: `service.cache(for:)` made a copy (its tables
+            // retained and released) for every stream.
+            let response: Machine.Response?
+            if aliases.isEmpty {
+                response = machine.responseToCacheChange(cache)
+            } else {
+                response = machine.responseToCacheChange(cache.viewing(aliases))
             }
+            if let response { service.send(response, on: self) }
         }
 
         // The call delivers each event from a strong local reference, so an event whose handling ends the call (and
@@ -520,7 +531,8 @@ protocol OpenStream: AnyObject {
     var call: GRPCServerCall { get }
     var mode: String { get }
     /// Lets the machine react to a cache change: the response it builds, if any, is sent.
-    func cacheChanged(in service: SecretDiscoveryService)
+    /// `cache` is the service's, taken once for the whole push.
+    func cacheChanged(in service: SecretDiscoveryService, cache: SecretCache)
     /// This stream as a SotW call, when it is one: a push calls those on their concrete type (through this
     /// protocol, the generic entry built `Optional<Response>` metadata for every stream).
     var asSotW: SecretDiscoveryService.StreamCall<SotWStream>? { get }

@@ -112,9 +112,8 @@ public struct DeltaStream: Sendable {
     /// The transport took the response in flight: returns the response merging every change held since, if any.
     /// `cache` is only evaluated when a change is owed (a push drains thousands of streams that owe nothing).
     public mutating func transportReady(_ cache: @autoclosure () -> SecretCache) -> [Action] {
-        guard lifecycle.outbound.ready(), case .open(var session) = lifecycle.state else { return [] }
-        lifecycle.state = .modifying
-        defer { lifecycle.state = .open(session) }
+        guard lifecycle.outbound.ready(), var session = lifecycle.takePayload() else { return [] }
+        defer { lifecycle.payload = session }
         return respondIfChanged(&session, cache: cache()).map { [.send($0)] } ?? []
     }
 
@@ -164,7 +163,7 @@ public struct DeltaStream: Sendable {
         if !request.resourceNamesSubscribe.isEmpty, let response = respondIfChanged(&session, cache: cache) {
             actions.append(.send(response))
         }
-        lifecycle.state = .open(session)
+        lifecycle.open(with: session)
         return actions
     }
 
@@ -175,11 +174,10 @@ public struct DeltaStream: Sendable {
 
     /// `cacheChanged`'s one possible action, the response, without a list around it (a push asks every stream).
     public mutating func responseToCacheChange(_ cache: SecretCache) -> DeltaDiscoveryResponse? {
-        guard case .open(var session) = lifecycle.state, session.evaluatedRevision != cache.revision else {
-            return nil
-        }
-        lifecycle.state = .modifying
-        defer { lifecycle.state = .open(session) }
+        guard lifecycle.isOpen, lifecycle.payload?.evaluatedRevision != cache.revision,
+            var session = lifecycle.takePayload()
+        else { return nil }
+        defer { lifecycle.payload = session }
         return respondIfChanged(&session, cache: cache)
     }
 

@@ -104,9 +104,8 @@ public struct SotWStream: Sendable {
     /// The transport took the response in flight: returns the response merging every change held since, if any.
     /// `cache` is only evaluated when a change is owed (a push drains thousands of streams that owe nothing).
     public mutating func transportReady(_ cache: @autoclosure () -> SecretCache) -> [Action] {
-        guard lifecycle.outbound.ready(), case .open(var subscription) = lifecycle.state else { return [] }
-        lifecycle.state = .modifying
-        defer { lifecycle.state = .open(subscription) }
+        guard lifecycle.outbound.ready(), var subscription = lifecycle.takePayload() else { return [] }
+        defer { lifecycle.payload = subscription }
         return respondIfChanged(&subscription, cache: cache()).map { [$0] } ?? []
     }
 
@@ -123,11 +122,11 @@ public struct SotWStream: Sendable {
             // Whatever nonce or version a first request carries belongs to an earlier stream: start afresh.
             var subscription = Subscription(names: uniqueNames(request.resourceNames))
             let action = respondIfChanged(&subscription, cache: cache)
-            lifecycle.state = .open(subscription)
+            lifecycle.open(with: subscription)
             return action.map { [$0] } ?? []
 
         case .open(var subscription):
-            defer { lifecycle.state = .open(subscription) }
+            defer { lifecycle.payload = subscription }
             if request.responseNonce.isEmpty {
                 // A new subscription on this stream: answer it as if nothing had been sent.
                 subscription.names = uniqueNames(request.resourceNames)
@@ -168,9 +167,9 @@ public struct SotWStream: Sendable {
     /// nothing, and `receive` would return only the `.ack` to log. Nil for every other request. (`mutating` only to
     /// be called in place: see `SecretStreamMachine`.)
     public mutating func plainAcknowledgement(_ bytes: [UInt8]) -> DiscoveryRequestEcho? {
-        guard case .open(let subscription) = lifecycle.state, let latestNonce = subscription.latestNonce,
+        guard lifecycle.isOpen, let latestNonce = lifecycle.payload?.latestNonce,
             let echo = DiscoveryRequestEcho(wireBytes: bytes), echo.echoes(nonce: latestNonce),
-            echo.typeURLIsAbsentOr(SDS.secretTypeURL), echo.names(equal: subscription.names)
+            echo.typeURLIsAbsentOr(SDS.secretTypeURL), let names = lifecycle.payload?.names, echo.names(equal: names)
         else { return nil }
         return echo
     }
@@ -182,11 +181,10 @@ public struct SotWStream: Sendable {
 
     /// `cacheChanged`'s one possible action, the response, without a list around it (a push asks every stream).
     public mutating func responseToCacheChange(_ cache: SecretCache) -> DiscoveryResponse? {
-        guard case .open(var subscription) = lifecycle.state, subscription.evaluatedRevision != cache.revision else {
-            return nil
-        }
-        lifecycle.state = .modifying
-        defer { lifecycle.state = .open(subscription) }
+        guard lifecycle.isOpen, lifecycle.payload?.evaluatedRevision != cache.revision,
+            var subscription = lifecycle.takePayload()
+        else { return nil }
+        defer { lifecycle.payload = subscription }
         guard case .send(let response)? = respondIfChanged(&subscription, cache: cache) else { return nil }
         return response
     }

@@ -4,23 +4,26 @@ internal import Wire
 /// its nonces, the client's node and the latest NACK.
 ///
 /// ```
-///   ┌──────────────────────┐  admit: type_url ok   ┌───────────────┐  admit: type_url ok (payload taken out,
-///   │ awaitingFirstRequest ├──────────────────────▶│ open(payload) │◀─┐  state `modifying` until put back)
-///   └──────────┬───────────┘                       └──────┬────────┘──┘
-///              │ admit: bad type_url                      │ admit: bad type_url
-///              ▼                                          │
-///   ┌──────────────────────┐◀─────────────────────────────┘
+///   ┌──────────────────────┐  admit: type_url ok   ┌──────┐  admit: type_url ok (payload taken out, nil
+///   │ awaitingFirstRequest ├──────────────────────▶│ open │◀─┐  until the event puts it back)
+///   └──────────┬───────────┘                       └──┬───┘──┘
+///              │ admit: bad type_url                  │ admit: bad type_url
+///              ▼                                      │
+///   ┌──────────────────────┐◀─────────────────────────┘
 ///   │ failed(error)        │  admit: ignored
 ///   └──────────────────────┘
 /// ```
+///
+/// The payload is kept beside the state, not in it: an event takes it out (`takePayload`, a move), mutates it with its
+/// storage uniquely referenced (copy-on-write does not copy), and puts it back. In the state enum, generic over the
+/// payload, every event copied the payload out and destroyed it through the runtime's value witnesses: ~700
+/// instructions a stream on each push and ACK.
 struct StreamLifecycle<Payload: Sendable>: Sendable {
     enum State: Sendable {
         case awaitingFirstRequest
-        case open(Payload)
+        /// `payload` holds the stream's payload (nil only while an event has it out).
+        case open
         case failed(XDSProtocolError)
-        /// Held only while an event mutates the payload taken out of `.open`, so the payload's storage is
-        /// uniquely referenced and mutating it does not copy (copy-on-write).
-        case modifying
     }
 
     /// What a request meets on arrival.
@@ -31,11 +34,13 @@ struct StreamLifecycle<Payload: Sendable>: Sendable {
         case rejected(XDSProtocolError)
         /// The first request of the stream; the state is still `awaitingFirstRequest`.
         case first
-        /// A follow-up request: the payload, taken out of the state (now `modifying`) to be mutated and put back.
+        /// A follow-up request: the payload, taken out to be mutated and put back (`payload = …`).
         case open(Payload)
     }
 
-    var state: State = .awaitingFirstRequest
+    private(set) var state: State = .awaitingFirstRequest
+    /// The stream's payload while it is open; nil otherwise, and while an event has taken it out.
+    var payload: Payload?
     var nonces: NonceSequence
     /// The client's node, from the first request that carried one (Istio sends it only on the first message).
     var node: Node?
@@ -48,10 +53,9 @@ struct StreamLifecycle<Payload: Sendable>: Sendable {
         self.nonces = nonces
     }
 
-    /// The payload while the stream is open.
-    var payload: Payload? {
-        if case .open(let payload) = state { return payload }
-        return nil
+    var isOpen: Bool {
+        if case .open = state { return true }
+        return false
     }
 
     /// The error that failed the stream, if one did.
@@ -60,24 +64,39 @@ struct StreamLifecycle<Payload: Sendable>: Sendable {
         return nil
     }
 
+    /// Opens the stream with its first payload.
+    mutating func open(with payload: Payload) {
+        state = .open
+        self.payload = payload
+    }
+
+    /// The open stream's payload, moved out for an event to mutate and put back (`payload = …`); nil when the stream
+    /// is not open.
+    mutating func takePayload() -> Payload? {
+        guard case .open = state else { return nil }
+        guard let taken = payload.take() else {
+            preconditionFailure("an SDS stream re-entered while handling an event")
+        }
+        return taken
+    }
+
     /// The checks every request passes first, in both protocols: the type URL (a bad one fails the stream), then
     /// the node is kept if none was yet.
     mutating func admit(typeURL: String, node requestNode: Node?) -> Admission {
         let isFirstRequest: Bool
         switch state {
         case .failed: return .ignored
-        case .modifying: preconditionFailure("an SDS stream re-entered while handling an event")
         case .awaitingFirstRequest: isFirstRequest = true
         case .open: isFirstRequest = false
         }
         if let error = checkTypeURL(typeURL, isFirstRequest: isFirstRequest) {
             state = .failed(error)
+            payload = nil
             return .rejected(error)
         }
         if node == nil { node = requestNode }
-        guard case .open(let payload) = state else { return .first }
-        state = .modifying
-        return .open(payload)
+        guard let taken = takePayload() else { return .first }
+        return .open(taken)
     }
 }
 
