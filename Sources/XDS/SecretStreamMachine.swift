@@ -45,8 +45,8 @@ public protocol SecretStreamMachine {
     /// Whether `bytes` is a request that only acknowledges the stream's latest response and changes nothing (see
     /// `DiscoveryRequestEcho`), checked without decoding it; nil for anything else, which takes `receive`.
     /// Changes nothing; `mutating` so that a call on a machine stored in a class (each open stream's) is made in
-    /// place: a non-mutating call copies the whole machine first, every field retained and then released, ~350
-    /// instructions an ACK.
+    /// place: a non-mutating call copies the whole machine first, every field retained and then released (the
+    /// change saved ~660 instructions an ACK).
     mutating func plainAcknowledgement(_ bytes: [UInt8]) -> DiscoveryRequestEcho?
 
     /// The node a request carries (the first one of a stream does).

@@ -9,10 +9,10 @@ resident text close to what runs.
 
 How: the release agent (debug info stripped, as valgrind 3.19 cannot read Swift's DWARF 5) runs under
 `valgrind --tool=callgrind` first as one Envoy's agent (two held streams, a `/metrics` scrape, a rotation, on the
-local CA), then once per issuer (local CA, istiod against the fake istiod, a SPIRE-like Workload
-API upstream against its fake) while `hot_path_workload.run` drives every served API and a rotation. Every function
-with a cost in any run is written, run by run and in first-run order within one, to
-Sources/sds-agent/symbol-order.txt (one symbol a line): the Envoy-only agent's code first and together.
+local CA), then once per issuer (local CA, istiod against the fake istiod, a SPIRE-like Workload API upstream against
+its fake) while `hot_path_workload.run` drives every served API and a rotation. Every function with a cost in any run
+is written, run by run and in first-run order within one, to Sources/sds-agent/symbol-order.txt (one symbol a line):
+the Envoy-only agent's code first and together.
 A stale file still links (unknown symbols are ignored); regenerate it after large changes and compare `make bench`.
 """
 from __future__ import annotations
