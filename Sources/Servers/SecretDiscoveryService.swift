@@ -166,13 +166,14 @@ public final class SecretDiscoveryService {
         // overlap instead of adding up).
         // One copy of the cache for the push (a copy per stream retained and released its tables), taken again if
         // the cache changed under the loop (a stream's end releasing an on-demand name can remove one): a stream is
-        // never answered from a cache older than one it was already answered from.
-        var current = cache
+        // never answered from a cache older than one it was already answered from. The copy remembers its last
+        // lookup: every stream holding `default` asks for it in turn.
+        var current = cache.rememberingLastLookup()
         var byConnection: [ObjectIdentifier?: [any OpenStream]] = [:]
         for stream in streams.values { byConnection[stream.call.connectionID, default: []].append(stream) }
         for group in byConnection.values {
             for stream in group {
-                if cache.revision != current.revision { current = cache }
+                if cache.revision != current.revision { current = cache.rememberingLastLookup() }
                 // SotW (Envoy's streams) called on its concrete type: through the existential, the generic entry
                 // built Optional<Response>'s metadata for every stream before reaching the specialized code.
                 if let sotw = stream.asSotW {

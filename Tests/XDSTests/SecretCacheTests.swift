@@ -65,4 +65,28 @@ import Wire
         entry.version = "v2"
         #expect(entry.sotwDigest(answeredAs: "default") == sotwDigest(name: "default", version: "v2"))
     }
+    /// A push's copy answers from its last lookup only while it is the same name in the same content: other names,
+    /// aliases, absent names and a change made through the copy are looked up afresh, and the service's own cache
+    /// is untouched by the copy's changes.
+    @Test func aPushCopyRemembersOnlyWhatIsStillTrue() throws {
+        var cache = emptyCache()
+        cache.put("default", "v1")
+        cache.put("ROOTCA", "r1")
+        var push = cache.rememberingLastLookup()
+        #expect(push.entry(named: "default")?.version == "v1")
+        #expect(push.entry(named: "default")?.version == "v1")
+        #expect(push.entry(named: "ROOTCA")?.version == "r1")
+        #expect(push.entry(named: "missing") == nil)
+        #expect(push.entry(named: "default")?.version == "v1")
+        let view = push.viewing(["ALL": "ROOTCA"])
+        #expect(view.entry(named: "ALL")?.version == "r1")
+        #expect(view.entry(named: "default")?.version == "v1")
+        push.put("default", "v2")
+        #expect(push.entry(named: "default")?.version == "v2")
+        push.remove(name: "default")
+        #expect(push.entry(named: "default") == nil)
+        #expect(cache.entry(named: "default")?.version == "v1")
+        cache.put("default", "v3")
+        #expect(cache.rememberingLastLookup().entry(named: "default")?.version == "v3")
+    }
 }
