@@ -169,8 +169,10 @@ public final class SecretDiscoveryService {
         // never answered from a cache older than one it was already answered from. The copy remembers its last
         // lookup: every stream holding `default` asks for it in turn.
         var current = cache.rememberingLastLookup()
-        var byConnection: [ObjectIdentifier?: [any OpenStream]] = [:]
-        for stream in streams.values { byConnection[stream.call.connectionID, default: []].append(stream) }
+        var byConnection: [ConnectionKey: [any OpenStream]] = [:]
+        for stream in streams.values {
+            byConnection[ConnectionKey(stream.call.connectionID), default: []].append(stream)
+        }
         for group in byConnection.values {
             for stream in group {
                 if cache.revision != current.revision { current = cache.rememberingLastLookup() }
@@ -189,6 +191,27 @@ public final class SecretDiscoveryService {
         for key in answered {
             heldFetches.removeValue(forKey: key)
             holdNames([], for: key)
+        }
+    }
+
+    /// A connection as the push's grouping key, hashed with one 64-bit finalizer round over its address and the
+    /// table's seed instead of SipHash: the push groups every stream by it (~170 instructions a stream less). The
+    /// addresses are the allocator's, not chosen by a client.
+    private struct ConnectionKey: Hashable {
+        let id: ObjectIdentifier?
+
+        init(_ id: ObjectIdentifier?) { self.id = id }
+
+        func hash(into hasher: inout Hasher) { hasher.combine(id) }
+
+        func _rawHashValue(seed: Int) -> Int {
+            var x = UInt64(UInt(bitPattern: id.map { Int(bitPattern: $0) } ?? 0)) ^ UInt64(bitPattern: Int64(seed))
+            x ^= x >> 33
+            x &*= 0xff51_afd7_ed55_8ccd
+            x ^= x >> 33
+            x &*= 0xc4ce_b9fe_1a85_ec53
+            x ^= x >> 33
+            return Int(bitPattern: UInt(x))
         }
     }
 
