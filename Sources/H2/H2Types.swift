@@ -14,10 +14,15 @@ public struct H2StreamKey: Hashable, Sendable {
 
     public func hash(into hasher: inout Hasher) { hasher.combine(id) }
 
-    /// What `Dictionary` and `Set` hash with (MurmurHash3's fmix64 over the ID and the seed).
+    /// What `Dictionary` and `Set` hash with (`finalizerHash` of the ID).
     @inline(__always)
-    public func _rawHashValue(seed: Int) -> Int {
-        var x = UInt64(UInt32(bitPattern: id)) ^ UInt64(bitPattern: Int64(seed))
+    public func _rawHashValue(seed: Int) -> Int { Self.finalizerHash(UInt64(UInt32(bitPattern: id)), seed: seed) }
+
+    /// MurmurHash3's fmix64 over `value` and a table's per-process seed: one round instead of SipHash, for keys
+    /// that are a number only (stream IDs, object addresses) looked up several times a stream on every push.
+    @inline(__always)
+    public static func finalizerHash(_ value: UInt64, seed: Int) -> Int {
+        var x = value ^ UInt64(bitPattern: Int64(seed))
         x ^= x >> 33
         x &*= 0xff51_afd7_ed55_8ccd
         x ^= x >> 33
