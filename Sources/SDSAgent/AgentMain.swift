@@ -73,15 +73,20 @@ public enum AgentMain {
     }
 
     /// The process environment as a dictionary (no Foundation).
-    public static func processEnvironment() -> [String: String] {
-        var result: [String: String] = [:]
-        var pointer = environ
-        while let entry = pointer.pointee {
-            let text = String(cString: entry)
-            if let eq = text.firstIndex(of: "=") {
-                result[String(text[..<eq])] = String(text[text.index(after: eq)...])
-            }
-            pointer += 1
+    public static func processEnvironment() -> [String: String] { environment(environ) }
+
+    /// `entries` (`NAME=value` C strings, nil-terminated, as `environ`) as a table; a later duplicate wins.
+    static func environment(_ entries: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> [String: String] {
+        // Split at the first "=" of each entry's bytes, in a table sized once: `String.firstIndex(of:)` walks
+        // Characters (grapheme breaking) and the table grew by rehashing, ~11,000 instructions a variable at
+        // start-up. Invalid UTF-8 is repaired as `String(cString:)` does.
+        var count = 0
+        while entries[count] != nil { count += 1 }
+        var result = [String: String](minimumCapacity: count)
+        for index in 0..<count {
+            guard let entry = entries[index], let equals = strchr(entry, 0x3D) else { continue }
+            let name = UnsafeRawBufferPointer(start: entry, count: entry.distance(to: equals))
+            result[String(decoding: name, as: UTF8.self)] = String(cString: equals + 1)
         }
         return result
     }

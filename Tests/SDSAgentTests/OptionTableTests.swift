@@ -192,4 +192,19 @@ import Testing
             #expect(!error.description.contains("\n"))
         }
     }
+    /// The environment is split at each entry's first "=" (values may hold more), entries without one are skipped,
+    /// a later duplicate wins, and the process's own table reads as getenv does.
+    @Test func theEnvironmentSplitsAtTheFirstEquals() {
+        let texts = ["A=1", "SDS_URL=https://x/?a=b=c", "EMPTY=", "NOEQUALS", "A=2", "=lead", "U=\u{e9}t\u{e9}"]
+        let entries = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: texts.count + 1)
+        defer { entries.deallocate() }
+        for (index, text) in texts.enumerated() { entries[index] = strdup(text) }
+        entries[texts.count] = nil
+        defer { for index in texts.indices { free(entries[index]) } }
+        let table = AgentMain.environment(entries)
+        #expect(table == ["A": "2", "SDS_URL": "https://x/?a=b=c", "EMPTY": "", "": "lead", "U": "\u{e9}t\u{e9}"])
+        let own = AgentMain.processEnvironment()
+        #expect(!own.isEmpty)
+        for (name, value) in own { #expect(getenv(name).map { String(cString: $0) } == value) }
+    }
 }
