@@ -91,13 +91,23 @@ public final class FileIdentityIssuer: Issuer {
     }
 
     private func load() {
+        // The files are read one by one through their paths; a kubelet-style `..data` swap between two reads would
+        // pair one version's certificate with the next version's key. Where every path resolves before and after
+        // the reads is compared: if any moved, the set read is no set at all, neither served nor reported, and it is
+        // read again (the swap's own events would schedule that too).
+        let before = Self.resolved(paths.all)
         let contents: CredentialFiles.Contents
+        let readError: SystemError?
         do {
             contents = CredentialFiles.Contents(
                 svid: try Self.read(paths.svid), key: try paths.key.map(Self.read), bundle: try Self.read(paths.bundle))
+            readError = nil
         } catch {
-            return report("cannot read the credential files: \(error)")
+            contents = CredentialFiles.Contents(svid: [], key: nil, bundle: [])
+            readError = error
         }
+        guard Self.resolved(paths.all) == before else { return scheduleLoad() }
+        if let readError { return report("cannot read the credential files: \(readError)") }
         let credential: CredentialFiles.Credential
         do throws(CredentialFiles.Refusal) {
             credential = try CredentialFiles.credential(contents, expectedID: expectedID, now: clock.now())
@@ -132,6 +142,11 @@ public final class FileIdentityIssuer: Issuer {
         guard message != lastRefusal else { return }
         lastRefusal = message
         callbacks.report(IssuerError(kind: .issuanceFailed, message: "credential files: \(message)"))
+    }
+
+    /// Each path with every symlink resolved (nil where it does not resolve now).
+    private static func resolved(_ paths: [String]) -> [String?] {
+        paths.map { try? Files.realPath($0) }
     }
 
     private static func read(_ path: String) throws(SystemError) -> [UInt8] {
