@@ -96,18 +96,16 @@ public final class FileIdentityIssuer: Issuer {
         // the reads is compared: if any moved, the set read is no set at all, neither served nor reported, and it is
         // read again (the swap's own events would schedule that too).
         let before = Self.resolved(paths.all)
-        let contents: CredentialFiles.Contents
-        let readError: SystemError?
-        do {
-            contents = CredentialFiles.Contents(
+        let read = Result { () throws(SystemError) in
+            CredentialFiles.Contents(
                 svid: try Self.read(paths.svid), key: try paths.key.map(Self.read), bundle: try Self.read(paths.bundle))
-            readError = nil
-        } catch {
-            contents = CredentialFiles.Contents(svid: [], key: nil, bundle: [])
-            readError = error
         }
         guard Self.resolved(paths.all) == before else { return scheduleLoad() }
-        if let readError { return report("cannot read the credential files: \(readError)") }
+        let contents: CredentialFiles.Contents
+        switch read {
+        case .success(let read): contents = read
+        case .failure(let error): return report("cannot read the credential files: \(error)")
+        }
         let credential: CredentialFiles.Credential
         do throws(CredentialFiles.Refusal) {
             credential = try CredentialFiles.credential(contents, expectedID: expectedID, now: clock.now())
