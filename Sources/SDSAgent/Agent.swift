@@ -485,7 +485,8 @@ public final class Agent {
             "rotated",
             metadata: [
                 "spiffe_id": "\(update.svid.spiffeID)", "serial": "\(update.svid.leaf.serialHex)",
-                "not_after": "\(update.svid.notAfter)", "reason": "\(reason.rawValue)", "names": "\(changed)",
+                "not_after": "\(update.svid.notAfter)", "reason": "\(reason.rawValue)",
+                "names": "\(LogOutput.listValue(changed))",
                 "streams": "\(service.openStreamCount)", "pushed": "\(metrics.pushes - pushesBefore)",
                 "duration_ms": "\((elapsed * 1_000_000).rounded() / 1000)",
             ])

@@ -92,6 +92,23 @@ public struct LogOutput: LogHandler {
 
     static func jsonString(_ text: String) -> String { JSONValue.quoted(text) }
 
+    /// A list of names as a metadata value, exactly as `"\(names)"` writes it (`["a", "b"]`) without going through
+    /// `debugDescription`'s reflection: 260,000 instructions for the first one, on the path to the first SVID.
+    static func listValue(_ names: [String]) -> String {
+        var text = "["
+        for (index, name) in names.enumerated() {
+            if index > 0 { text += ", " }
+            // Printable ASCII other than a quote or backslash is written as is; anything else is escaped as Swift does.
+            if name.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") })
+            {
+                text += "\"" + name + "\""
+            } else {
+                text += name.debugDescription
+            }
+        }
+        return text + "]"
+    }
+
     /// RFC 3339 UTC with milliseconds.
     static func timestamp() -> String {
         var ts = timespec()

@@ -120,6 +120,14 @@ import Transport
         #expect(LogOutput.textValue("c1\u{9B}") == #""c1\u009b""#)
     }
 
+    @Test func aListOfNamesReadsAsSwiftWritesIt() {
+        let lists: [[String]] = [
+            [], ["default"], ["default", "spiffe://example.org/ns/a/sa/b", "ROOTCA", "ALL"],
+            ["q\"uote", "back\\slash", "line\nbreak", "tab\t", "nul\u{0}", "é", "emoji \u{1F600}", "c1\u{9B}", ""],
+        ]
+        for names in lists { #expect(LogOutput.listValue(names) == "\(names)") }
+    }
+
     @Test func messagesKeepSpacesButNotLineBreaks() {
         #expect(LogOutput.textMessage("connection opened") == "connection opened")
         #expect(LogOutput.textMessage("two\nlines") == #""two\nlines""#)
