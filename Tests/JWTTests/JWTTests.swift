@@ -283,6 +283,26 @@ private func keys(_ keys: JWTSigningKey...) -> [String: PublicKey] {
         }
     }
 
+    @Test func theKeyFileReadsBackWhatWasWritten() throws {
+        let key = JWTSigningKey(
+            kid: "k=1é", privateKey: try PrivateKey.generate(), createdAt: now, notAfter: now + 6000)
+        let decoded = try JWTSigningKeys.decode(try JWTSigningKeys.encode(key), path: "jwt.key")
+        #expect(decoded.kid == key.kid && decoded.createdAt == now && decoded.notAfter == now + 6000)
+        #expect(decoded.privateKey.publicKey == key.privateKey.publicKey)
+        // Fields are what precedes the PEM block; a line without `=` is skipped, and the PEM is required.
+        let text = String(decoding: try JWTSigningKeys.encode(key), as: UTF8.self)
+        let pem = String(text[text.range(of: "-----BEGIN")!.lowerBound...])
+        let noted = try JWTSigningKeys.decode(
+            Array("# note\nkid=a\ncreated_at=1\nnot_after=2\n\(pem)".utf8), path: "jwt.key")
+        #expect(noted.kid == "a" && noted.createdAt.secondsSinceEpoch == 1 && noted.notAfter.secondsSinceEpoch == 2)
+        for broken in [
+            "kid=a\ncreated_at=1\nnot_after=2\n", "kid=\ncreated_at=1\nnot_after=2\n\(pem)", "kid=a\n\(pem)",
+        ] {
+            #expect(throws: JWTSVIDError.self) { try JWTSigningKeys.decode(Array(broken.utf8), path: "jwt.key") }
+        }
+        #expect(throws: JWTSVIDError.self) { try JWTSigningKeys.decode([0xFF, 0x0A], path: "jwt.key") }
+    }
+
     @Test func damagedFileIsAOneLineError() throws {
         let dir = tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -14,6 +14,21 @@ import Testing
         }
     }
 
+    @Test func aCompressedPointGivesTheSameCoordinates() throws {
+        // The coordinates are copied from the uncompressed point; a compressed one is read as numbers. Both agree.
+        let key = try PrivateKey.generate()
+        let spki = key.publicKey.spkiDER
+        #expect(spki.count == 91 && spki[26] == 0x04)
+        let point = Array(spki[26...])
+        let compressed: [UInt8] =
+            [0x30, 0x39, 0x30, 0x13, 0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01, 0x06, 0x08]
+            + [0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07, 0x03, 0x22, 0x00]
+            + [point[64] & 1 == 1 ? 0x03 : 0x02] + point[1...32]
+        let parameters = try PublicKey(spkiDER: compressed).jwkParameters()
+        #expect(parameters == .ec(curve: "P-256", x: Array(point[1...32]), y: Array(point[33...])))
+        #expect(try key.publicKey.jwkParameters() == parameters)
+    }
+
     @Test func rsaKeysGiveAMinimalModulusAndExponent() throws {
         let parameters = try PrivateKey.generate(.rsa(bits: 2048)).publicKey.jwkParameters()
         guard case .rsa(let modulus, let exponent) = parameters else {
