@@ -16,6 +16,9 @@ import XDS
 public final class SecretDiscoveryService {
     public private(set) var cache: SecretCache
     private let logger: Logger
+    /// Whether per-stream lines (push, ack) are logged: read once, as asking `logger.logLevel` on each of 10,000
+    /// pushes copies its handler (the logger is a constant, so its level cannot change under the service).
+    private let logsPerStream: Bool
     /// Open StreamSecrets and DeltaSecrets calls.
     private var streams: [ObjectIdentifier: any OpenStream] = [:]
     private var heldFetches: [ObjectIdentifier: (call: GRPCServerCall, request: DiscoveryRequest)] = [:]
@@ -69,6 +72,7 @@ public final class SecretDiscoveryService {
         self.warnings = WarningLimiter(logger: logger, now: monotonicNow)
         self.cache = SecretCache(classifier: classifier)
         self.logger = logger
+        self.logsPerStream = logger.logLevel <= .debug
         self.metrics = metrics
         self.metricLabel = metricLabel
     }
@@ -311,7 +315,7 @@ public final class SecretDiscoveryService {
     @_specialize(where Machine == DeltaStream)
     fileprivate func received<Machine: SecretStreamMachine>(_ bytes: [UInt8], on stream: StreamCall<Machine>) {
         if let echo = stream.machine.plainAcknowledgement(bytes) {
-            if logger.logLevel <= .debug {
+            if logsPerStream {
                 let fields: [(String, StreamLogField)] = [
                     ("nonce", .text(echo.nonceText)), ("version", .text(echo.versionInfoText)),
                     ("names", .names(stream.machine.subscribedNames)),
@@ -400,7 +404,7 @@ public final class SecretDiscoveryService {
             metrics.pushes += 1
             // Per stream at debug: a rotation at 10,000 streams is one info line (the agent's), not 10,000; and
             // its fields are not even built unless debug is on.
-            if logger.logLevel <= .debug {
+            if logsPerStream {
                 var metadata = Self.metadata(stream: stream.id, Machine.pushFields(response))
                 metadata["mode"] = "\(Machine.mode)"
                 logger.debug("push", metadata: metadata)
