@@ -356,14 +356,9 @@ public struct Certificate: Sendable, Hashable, CustomStringConvertible {
                 PKIError.clearErrorQueue()
                 return false
             }
-            var point = [UInt8](repeating: 0, count: 133)
-            var length = 0
-            guard sds_EVP_PKEY_encoded_public_key(privateKey.handle.pointer, &point, point.count, &length) == 1 else {
-                PKIError.clearErrorQueue()
-                return false
-            }
+            guard let point = privateKey.handle.encodedPublicKey() else { return false }
             let certified = UnsafeBufferPointer(start: data, count: Int(bits.pointee.length))
-            return certified.elementsEqual(point.prefix(length))
+            return certified.elementsEqual(point)
         }
     }
 }

@@ -46,15 +46,9 @@ extension PublicKey {
             // coordinates already padded: a copy, where reading them as numbers (OSSL_PKEY_PARAM_EC_PUB_X / _Y) costs
             // ~100,000 instructions each in OpenSSL 3.0. Any other form is read as numbers.
             let coordinate = Int(size)
-            var point = [UInt8](repeating: 0, count: 1 + 2 * coordinate)
-            var length = 0
-            if sds_EVP_PKEY_encoded_public_key(pointer, &point, point.count, &length) == 1, length == point.count,
-                point[0] == 0x04
-            {
-                return .ec(
-                    curve: curve, x: Array(point[1...coordinate]), y: Array(point[(1 + coordinate)...]))
+            if let point = handle.encodedPublicKey(), point.count == 1 + 2 * coordinate, point[0] == 0x04 {
+                return .ec(curve: curve, x: Array(point[1...coordinate]), y: Array(point[(1 + coordinate)...]))
             }
-            PKIError.clearErrorQueue()
             return .ec(curve: curve, x: try paddedBytes("qx", size: size), y: try paddedBytes("qy", size: size))
         default:
             throw PKIError(operation: "a \(typeDescription) key has no JWK form here (EC and RSA have)")

@@ -87,6 +87,18 @@ final class EVPKeyHandle: @unchecked Sendable {
         }
     }
 
+    /// An EC key's encoded public point, in the form OpenSSL holds it (uncompressed for every key we make or read in
+    /// our own shapes); nil for other keys or on failure. 133 bytes fit P-521's uncompressed point, the largest.
+    func encodedPublicKey() -> [UInt8]? {
+        var point = [UInt8](repeating: 0, count: 133)
+        var length = 0
+        guard sds_EVP_PKEY_encoded_public_key(pointer, &point, point.count, &length) == 1 else {
+            PKIError.clearErrorQueue()
+            return nil
+        }
+        return Array(point.prefix(length))
+    }
+
     func publicKeyDER() -> [UInt8] {
         let length = i2d_PUBKEY(pointer, nil)
         guard length > 0 else { return [] }
