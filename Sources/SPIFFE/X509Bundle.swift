@@ -25,4 +25,18 @@ public struct X509Bundle: Sendable, Hashable {
 
     /// DER certificates concatenated (the Workload API's `bundle`).
     public var der: [UInt8] { Certificate.concatenatedDER(certificates) }
+
+    /// Whether `der` is exactly this bundle's certificates, concatenated in order: compared in place, without
+    /// building the concatenation.
+    public func isEncoded(as der: [UInt8]) -> Bool {
+        var offset = 0
+        for certificate in certificates {
+            let own = certificate.der
+            guard der.count - offset >= own.count, der[offset..<offset + own.count].elementsEqual(own) else {
+                return false
+            }
+            offset += own.count
+        }
+        return offset == der.count
+    }
 }

@@ -250,7 +250,8 @@ public struct WorkloadAPIClientStateMachine {
         let chosen: (svid: X509SVID, bundle: X509Bundle)
         do throws(IssuerError) {
             chosen = try UpstreamIdentity.svid(
-                from: response, wanted: wantedID, now: now, fallbackBundles: bundleStreamBundles ?? [:])
+                from: response, wanted: wantedID, now: now, fallbackBundles: bundleStreamBundles ?? [:],
+                reusing: current.map { [$0.bundle] } ?? [])
         } catch {
             // Keep the stream: SPIRE sends the next state when it changes. Keep the last good SVID.
             return reportOnce(error)
@@ -263,7 +264,8 @@ public struct WorkloadAPIClientStateMachine {
             lastReported = nil
         }
         current = chosen
-        let parsed = UpstreamIdentity.bundles(response.federatedBundles)
+        let parsed = UpstreamIdentity.bundles(
+            response.federatedBundles, reusing: parsedBundles(preferring: svidStreamBundles))
         svidStreamBundles = parsed.bundles
         return deliverIfChanged(now: now) + reportProblems(parsed.problems)
     }
@@ -273,9 +275,22 @@ public struct WorkloadAPIClientStateMachine {
     /// was delivered again with new bundles).
     public mutating func received(_ response: X509BundlesResponse, attempt: Int, now: Timestamp) -> [Action] {
         guard self.attempt == attempt else { return [] }
-        let parsed = UpstreamIdentity.bundles(response.bundles)
+        let parsed = UpstreamIdentity.bundles(
+            response.bundles, reusing: parsedBundles(preferring: bundleStreamBundles ?? [:]))
         bundleStreamBundles = parsed.bundles
         return deliverIfChanged(now: now) + reportProblems(parsed.problems)
+    }
+
+    /// Every bundle held now, for `UpstreamIdentity.bundles` to take instead of parsing the same bytes again (SPIRE
+    /// sends each bundle on both streams); `first`'s entries, the same stream's last message, win.
+    private func parsedBundles(preferring first: [TrustDomain: X509Bundle]) -> [TrustDomain: X509Bundle] {
+        var all = first
+        for (trustDomain, bundle) in svidStreamBundles where all[trustDomain] == nil { all[trustDomain] = bundle }
+        for (trustDomain, bundle) in bundleStreamBundles ?? [:] where all[trustDomain] == nil {
+            all[trustDomain] = bundle
+        }
+        if let current, all[current.bundle.trustDomain] == nil { all[current.bundle.trustDomain] = current.bundle }
+        return all
     }
 
     private mutating func reportProblems(_ problems: [String]) -> [Action] {
