@@ -103,6 +103,13 @@ class WorkloadAPIState:
             self.generation += 1
             self.cond.notify_all()
 
+    def set_federated_many(self, bundles: dict[str, bytes]):
+        """Replaces every federated bundle at once: one change, one message on each stream."""
+        with self.cond:
+            self.federated = dict(bundles)
+            self.generation += 1
+            self.cond.notify_all()
+
     def set_has_identity(self, value: bool):
         with self.cond:
             self.has_identity = value
@@ -269,6 +276,9 @@ class WorkloadAPIServer:
 
     def set_federated(self, trust_domain: str, der: bytes | None):
         self.state.set_federated(trust_domain, der)
+
+    def set_federated_many(self, bundles: dict[str, bytes]):
+        self.state.set_federated_many(bundles)
 
     def set_has_identity(self, value: bool):
         self.state.set_has_identity(value)
