@@ -46,19 +46,20 @@ public enum IdentitySecrets {
         ]
         let ownDomain = svid.spiffeID.trustDomain
         let crl = crlPEM.map { DataSource.inlineBytes(Array($0.utf8)) }
-        for bundle in update.bundles {
+        // Each bundle's PEM once: it goes into three secrets, and a federation may hold 2,048 certificates.
+        let pems = update.bundles.map { Array($0.pem.utf8) }
+        for (bundle, pem) in zip(update.bundles, pems) {
             let own = bundle.trustDomain == ownDomain
             let context = Secret.Kind.validationContext(
                 CertificateValidationContext(
-                    trustedCA: .inlineBytes(Array(bundle.pem.utf8)), crl: own ? crl : nil,
+                    trustedCA: .inlineBytes(pem), crl: own ? crl : nil,
                     onlyVerifyLeafCertCRL: own && crl != nil))
             secrets.append(Secret(name: bundle.trustDomain.idString, kind: context))
             if bundle.trustDomain == ownDomain { secrets.append(Secret(name: naming.bundle, kind: context)) }
         }
         let validator = SPIFFECertValidatorConfig(
-            trustDomains: update.bundles.map {
-                SPIFFECertValidatorConfig.TrustDomain(
-                    name: $0.trustDomain.name, trustBundle: .inlineBytes(Array($0.pem.utf8)))
+            trustDomains: zip(update.bundles, pems).map {
+                SPIFFECertValidatorConfig.TrustDomain(name: $0.trustDomain.name, trustBundle: .inlineBytes($1))
             })
         secrets.append(
             Secret(
@@ -73,7 +74,7 @@ public enum IdentitySecrets {
             name: naming.allBundles,
             kind: .validationContext(
                 CertificateValidationContext(
-                    trustedCA: .inlineBytes(Array(update.bundles.map(\.pem).joined().utf8)))))
+                    trustedCA: .inlineBytes(Array(pems.joined())))))
         return (secrets, [plainVariantKey(naming.allBundles): plain])
     }
 }

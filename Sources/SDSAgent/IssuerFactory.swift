@@ -84,7 +84,7 @@ struct IssuerFactory {
 
     /// The SPIRE Workload API client for this configuration (`--issuer workload-api`).
     func workloadAPI() throws -> any Issuer {
-        WorkloadAPIIssuer.make(
+        try WorkloadAPIIssuer.make(
             upstreamSocket: configuration.upstreamSocket, spiffeID: configuration.spiffeID,
             loop: loop, scheduler: EventLoopScheduler(loop: loop), clock: clock)
     }

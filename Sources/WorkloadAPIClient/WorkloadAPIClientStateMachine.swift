@@ -243,16 +243,82 @@ public struct WorkloadAPIClientStateMachine {
 
     // MARK: Messages
 
-    /// An X509SVIDResponse arrived on `attempt`'s connection.
+    /// What parsing a message needs from the machine, taken when the parse starts: the parse itself
+    /// (`UpstreamIdentity`, certificate decoding and checks, ~0.1 ms a certificate in OpenSSL 3.0) can then run off
+    /// the event loop, and its result is handed back with `received(_:attempt:now:)`.
+    public struct ParseContext: Sendable {
+        let wantedID: SPIFFEID?
+        let bundleStreamBundles: [TrustDomain: X509Bundle]
+        let ownBundle: X509Bundle?
+        let svidStreamParsed: [TrustDomain: X509Bundle]
+        let bundleStreamParsed: [TrustDomain: X509Bundle]
+    }
+
+    /// The context for parsing the next message; take it when the parse starts, after the previous message was
+    /// handed back, so each message can reuse what the one before it brought.
+    public var parseContext: ParseContext {
+        ParseContext(
+            wantedID: wantedID, bundleStreamBundles: bundleStreamBundles ?? [:], ownBundle: current?.bundle,
+            svidStreamParsed: parsedBundles(preferring: svidStreamBundles),
+            bundleStreamParsed: parsedBundles(preferring: bundleStreamBundles ?? [:]))
+    }
+
+    /// An X509SVIDResponse, parsed: its chosen SVID with its own bundle (or why there is none) and its federated
+    /// bundles.
+    public struct ParsedX509SVIDResponse: Sendable {
+        let chosen: Result<(svid: X509SVID, bundle: X509Bundle), IssuerError>
+        let federated: (bundles: [TrustDomain: X509Bundle], problems: [String])
+    }
+
+    /// An X509BundlesResponse, parsed.
+    public struct ParsedX509BundlesResponse: Sendable {
+        let bundles: [TrustDomain: X509Bundle]
+        let problems: [String]
+    }
+
+    /// Parses `response` (pure, any thread).
+    public static func parse(_ response: X509SVIDResponse, context: ParseContext, now: Timestamp)
+        -> ParsedX509SVIDResponse
+    {
+        let chosen: Result<(svid: X509SVID, bundle: X509Bundle), IssuerError>
+        do throws(IssuerError) {
+            chosen = .success(
+                try UpstreamIdentity.svid(
+                    from: response, wanted: context.wantedID, now: now, fallbackBundles: context.bundleStreamBundles,
+                    reusing: context.ownBundle.map { [$0] } ?? []))
+        } catch {
+            chosen = .failure(error)
+        }
+        // Not needed when the SVID is unusable (the message is then only reported).
+        let federated =
+            if case .success = chosen {
+                UpstreamIdentity.bundles(response.federatedBundles, reusing: context.svidStreamParsed)
+            } else {
+                (bundles: [TrustDomain: X509Bundle](), problems: [String]())
+            }
+        return ParsedX509SVIDResponse(chosen: chosen, federated: federated)
+    }
+
+    /// Parses `response` (pure, any thread).
+    public static func parse(_ response: X509BundlesResponse, context: ParseContext) -> ParsedX509BundlesResponse {
+        let parsed = UpstreamIdentity.bundles(response.bundles, reusing: context.bundleStreamParsed)
+        return ParsedX509BundlesResponse(bundles: parsed.bundles, problems: parsed.problems)
+    }
+
+    /// An X509SVIDResponse arrived on `attempt`'s connection: parsed here, on the caller's thread.
     public mutating func received(_ response: X509SVIDResponse, attempt: Int, now: Timestamp) -> [Action] {
+        guard self.attempt == attempt else { return [] }
+        return received(Self.parse(response, context: parseContext, now: now), attempt: attempt, now: now)
+    }
+
+    /// An X509SVIDResponse of `attempt`'s connection, parsed (`parse(_:context:now:)`).
+    public mutating func received(_ response: ParsedX509SVIDResponse, attempt: Int, now: Timestamp) -> [Action] {
         guard self.attempt == attempt else { return [] }
         answeredAttempt = attempt
         let chosen: (svid: X509SVID, bundle: X509Bundle)
-        do throws(IssuerError) {
-            chosen = try UpstreamIdentity.svid(
-                from: response, wanted: wantedID, now: now, fallbackBundles: bundleStreamBundles ?? [:],
-                reusing: current.map { [$0.bundle] } ?? [])
-        } catch {
+        switch response.chosen {
+        case .success(let value): chosen = value
+        case .failure(let error):
             // Keep the stream: SPIRE sends the next state when it changes. Keep the last good SVID.
             return reportOnce(error)
         }
@@ -264,21 +330,23 @@ public struct WorkloadAPIClientStateMachine {
             lastReported = nil
         }
         current = chosen
-        let parsed = UpstreamIdentity.bundles(
-            response.federatedBundles, reusing: parsedBundles(preferring: svidStreamBundles))
-        svidStreamBundles = parsed.bundles
-        return deliverIfChanged(now: now) + reportProblems(parsed.problems)
+        svidStreamBundles = response.federated.bundles
+        return deliverIfChanged(now: now) + reportProblems(response.federated.problems)
     }
 
-    /// An X509BundlesResponse arrived on `attempt`'s connection. The SVID it is delivered with was checked when it
-    /// arrived; `now` checks it again, since the bundles may come after it expired (found by fuzzing: an expired SVID
-    /// was delivered again with new bundles).
+    /// An X509BundlesResponse arrived on `attempt`'s connection: parsed here, on the caller's thread. The SVID it is
+    /// delivered with was checked when it arrived; `now` checks it again, since the bundles may come after it
+    /// expired (found by fuzzing: an expired SVID was delivered again with new bundles).
     public mutating func received(_ response: X509BundlesResponse, attempt: Int, now: Timestamp) -> [Action] {
         guard self.attempt == attempt else { return [] }
-        let parsed = UpstreamIdentity.bundles(
-            response.bundles, reusing: parsedBundles(preferring: bundleStreamBundles ?? [:]))
-        bundleStreamBundles = parsed.bundles
-        return deliverIfChanged(now: now) + reportProblems(parsed.problems)
+        return received(Self.parse(response, context: parseContext), attempt: attempt, now: now)
+    }
+
+    /// An X509BundlesResponse of `attempt`'s connection, parsed (`parse(_:context:)`).
+    public mutating func received(_ response: ParsedX509BundlesResponse, attempt: Int, now: Timestamp) -> [Action] {
+        guard self.attempt == attempt else { return [] }
+        bundleStreamBundles = response.bundles
+        return deliverIfChanged(now: now) + reportProblems(response.problems)
     }
 
     /// Every bundle held now, for `UpstreamIdentity.bundles` to take instead of parsing the same bytes again (SPIRE

@@ -17,6 +17,12 @@ public import Wire
 /// bytes between the socket and the nghttp2 session, decodes messages and runs the retry and first-response
 /// timers.
 ///
+/// Each X.509 message is parsed (certificates, keys, chain checks) off the event loop when the issuer has a worker:
+/// OpenSSL 3.0 spends ~0.1 ms on every certificate, and a message may hold 2,048 of them, all resent at each SPIRE
+/// rotation. One parse runs at a time, in arrival order, each with what the one before it brought (so unchanged
+/// bundles are taken over, not parsed again); a message arriving meanwhile waits, and only the latest of each stream
+/// waits (each is the stream's whole state).
+///
 /// `rotateNow()` is a hint (SPIRE decides when to rotate): while connected it does nothing; while waiting to
 /// reconnect it reconnects at once.
 public final class WorkloadAPIIssuer: Issuer {
@@ -35,6 +41,12 @@ public final class WorkloadAPIIssuer: Issuer {
     /// Armed for each connection until it sends its first X509SVIDResponse (see `firstResponseTimeout`).
     private var firstResponseTimer: (timer: any ScheduledTimer, attempt: Int)?
     private var connection: UpstreamConnection?
+    /// Where messages are parsed; nil parses them on the loop, inside the callback that decoded them.
+    private let worker: OffLoopWorker?
+    /// A parse is under way (its result has not been handed to the machine yet).
+    private var parsing = false
+    /// Decoded messages waiting for the parse under way: at most one per stream, in arrival order.
+    private var waiting: [(message: DecodedMessage, attempt: Int)] = []
 
     /// - Parameters:
     ///   - spiffeID: the SVID to relay when the workload has several; nil relays the first one offered.
@@ -42,6 +54,7 @@ public final class WorkloadAPIIssuer: Issuer {
     ///     down, reported and retried. The Workload API spec has SPIRE answer the first FetchX509SVID
     ///     message immediately, so silence this long means a wedged peer, not a slow one.
     ///   - connectTimeout: seconds a connect that did not complete at once may take before it counts as failed.
+    ///   - worker: where X.509 messages are parsed; nil parses them on the loop (tests).
     ///   - randomUnit: uniform samples in [0, 1) for backoff jitter (injected for tests).
     ///   - dial: starts connecting to the socket and must never block (injected for tests; the default is a
     ///     non-blocking Unix-socket connect: a full listen backlog fails at once with EAGAIN and is retried with
@@ -49,7 +62,7 @@ public final class WorkloadAPIIssuer: Issuer {
     public init(
         socket: UnixSocketAddress, spiffeID: SPIFFEID?, loop: EventLoop, scheduler: any Scheduler,
         clock: any WallClock, backoff: Backoff = Backoff(), firstResponseTimeout: Double = 10,
-        connectTimeout: Double = WorkloadAPIIssuer.defaultConnectTimeout,
+        connectTimeout: Double = WorkloadAPIIssuer.defaultConnectTimeout, worker: OffLoopWorker? = nil,
         randomUnit: @escaping () -> Double = { Double.random(in: 0..<1) },
         dial: @escaping (UnixSocketAddress) throws(SystemError) -> UnixConnectStart = {
             (address) throws(SystemError) in try startUnixConnect(address)
@@ -62,6 +75,7 @@ public final class WorkloadAPIIssuer: Issuer {
         self.randomUnit = randomUnit
         self.dial = dial
         self.connectTimeout = connectTimeout
+        self.worker = worker
         self.machine = WorkloadAPIClientStateMachine(
             upstream: socket.path, wantedID: spiffeID, backoff: backoff, firstResponseTimeout: firstResponseTimeout)
     }
@@ -69,12 +83,14 @@ public final class WorkloadAPIIssuer: Issuer {
     /// A local socket connects at once or fails at once; one still pending after this long is wedged.
     public static let defaultConnectTimeout = 5.0
 
-    /// What the agent calls for `--issuer workload-api`.
+    /// What the agent calls for `--issuer workload-api`: messages parsed on a worker.
     public static func make(
         upstreamSocket: UnixSocketAddress, spiffeID: SPIFFEID?, loop: EventLoop, scheduler: any Scheduler,
         clock: any WallClock
-    ) -> WorkloadAPIIssuer {
-        WorkloadAPIIssuer(socket: upstreamSocket, spiffeID: spiffeID, loop: loop, scheduler: scheduler, clock: clock)
+    ) throws(SystemError) -> WorkloadAPIIssuer {
+        WorkloadAPIIssuer(
+            socket: upstreamSocket, spiffeID: spiffeID, loop: loop, scheduler: scheduler, clock: clock,
+            worker: try OffLoopWorker(loop: loop))
     }
 
     /// Where the client is (for diagnostics and tests).
@@ -118,6 +134,8 @@ public final class WorkloadAPIIssuer: Issuer {
     public func stop() {
         perform(machine.stop())
         callbacks.stop()
+        worker?.cancelAll()
+        waiting.removeAll()
     }
 
     // MARK: Actions
@@ -261,20 +279,59 @@ public final class WorkloadAPIIssuer: Issuer {
     // MARK: Events from the connection
 
     fileprivate func received(_ message: [UInt8], on stream: WorkloadAPIStream, attempt: Int) {
+        let decoded: DecodedMessage
         do throws(WireError) {
             switch stream {
-            case .x509SVID:
-                let response = try X509SVIDResponse(wireBytes: message)
-                perform(machine.received(response, attempt: attempt, now: clock.now()))
-            case .x509Bundles:
-                let response = try X509BundlesResponse(wireBytes: message)
-                perform(machine.received(response, attempt: attempt, now: clock.now()))
+            case .x509SVID: decoded = .svid(try X509SVIDResponse(wireBytes: message))
+            case .x509Bundles: decoded = .bundles(try X509BundlesResponse(wireBytes: message))
             }
         } catch {
             perform(
                 machine.malformedMessage(
                     attempt: attempt, stream: stream, reason: "\(error)", randomUnit: randomUnit()))
+            return
         }
+        if let index = waiting.firstIndex(where: { $0.message.stream == stream }) {
+            waiting[index] = (decoded, attempt)
+        } else {
+            waiting.append((decoded, attempt))
+        }
+        parseNext()
+    }
+
+    /// Starts parsing the oldest waiting message, unless a parse is under way; its result goes to the machine
+    /// (which ignores it if its connection is gone by then), then the next one starts.
+    private func parseNext() {
+        while !parsing, machine.state != .stopped, !waiting.isEmpty {
+            let (message, attempt) = waiting.removeFirst()
+            guard machine.attempt == attempt else { continue }
+            let context = machine.parseContext
+            let now = clock.now()
+            parsing = true
+            switch message {
+            case .svid(let response):
+                parse({ WorkloadAPIClientStateMachine.parse(response, context: context, now: now) }) {
+                    [weak self] parsed in
+                    guard let self else { return }
+                    self.parsing = false
+                    self.perform(self.machine.received(parsed, attempt: attempt, now: self.clock.now()))
+                    self.parseNext()
+                }
+            case .bundles(let response):
+                parse({ WorkloadAPIClientStateMachine.parse(response, context: context) }) { [weak self] parsed in
+                    guard let self else { return }
+                    self.parsing = false
+                    self.perform(self.machine.received(parsed, attempt: attempt, now: self.clock.now()))
+                    self.parseNext()
+                }
+            }
+        }
+    }
+
+    private func parse<Parsed: Sendable>(
+        _ work: @escaping @Sendable () -> Parsed, then completion: @escaping (Parsed) -> Void
+    ) {
+        if let worker { worker.run(work, then: completion) } else { completion(work()) }
     }
 
     fileprivate func ended(_ stream: WorkloadAPIStream, status: GRPCStatus, attempt: Int) {
@@ -283,6 +340,19 @@ public final class WorkloadAPIIssuer: Issuer {
 
     fileprivate func lost(attempt: Int, reason: String) {
         perform(machine.connectionLost(attempt: attempt, reason: reason, randomUnit: randomUnit()))
+    }
+}
+
+/// An X.509 message decoded from the wire, waiting to be parsed.
+enum DecodedMessage {
+    case svid(X509SVIDResponse)
+    case bundles(X509BundlesResponse)
+
+    var stream: WorkloadAPIStream {
+        switch self {
+        case .svid: .x509SVID
+        case .bundles: .x509Bundles
+        }
     }
 }
 

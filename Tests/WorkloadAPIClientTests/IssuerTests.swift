@@ -178,7 +178,7 @@ final class Recorder {
         let issuer = WorkloadAPIIssuer(
             socket: try UnixSocketAddress("unix://\(socketPath)"),
             spiffeID: try SPIFFEID(parsing: Self.workloadID), loop: loop, scheduler: EventLoopScheduler(loop: loop),
-            clock: SystemWallClock(),
+            clock: SystemWallClock(), worker: try OffLoopWorker(loop: loop),  // as the agent runs it
             dial: { (address) throws(SystemError) -> UnixConnectStart in
                 dials += 1
                 return try startUnixConnect(address)
