@@ -248,19 +248,30 @@ public struct WorkloadAPIClientStateMachine {
     /// the event loop, and its result is handed back with `received(_:attempt:now:)`.
     public struct ParseContext: Sendable {
         let wantedID: SPIFFEID?
-        let bundleStreamBundles: [TrustDomain: X509Bundle]
+        let svidStreamBundles: [TrustDomain: X509Bundle]
+        let bundleStreamBundles: [TrustDomain: X509Bundle]?
         let ownBundle: X509Bundle?
-        let svidStreamParsed: [TrustDomain: X509Bundle]
-        let bundleStreamParsed: [TrustDomain: X509Bundle]
+
+        /// Every bundle held, for `UpstreamIdentity.bundles` to take instead of parsing the same bytes again (SPIRE
+        /// sends each bundle on both streams); `first`'s entries, the same stream's last message, win. Built by the
+        /// parse, off the loop.
+        func held(preferring first: [TrustDomain: X509Bundle]) -> [TrustDomain: X509Bundle] {
+            var all = first
+            for (trustDomain, bundle) in svidStreamBundles where all[trustDomain] == nil { all[trustDomain] = bundle }
+            for (trustDomain, bundle) in bundleStreamBundles ?? [:] where all[trustDomain] == nil {
+                all[trustDomain] = bundle
+            }
+            if let ownBundle, all[ownBundle.trustDomain] == nil { all[ownBundle.trustDomain] = ownBundle }
+            return all
+        }
     }
 
     /// The context for parsing the next message; take it when the parse starts, after the previous message was
     /// handed back, so each message can reuse what the one before it brought.
     public var parseContext: ParseContext {
         ParseContext(
-            wantedID: wantedID, bundleStreamBundles: bundleStreamBundles ?? [:], ownBundle: current?.bundle,
-            svidStreamParsed: parsedBundles(preferring: svidStreamBundles),
-            bundleStreamParsed: parsedBundles(preferring: bundleStreamBundles ?? [:]))
+            wantedID: wantedID, svidStreamBundles: svidStreamBundles, bundleStreamBundles: bundleStreamBundles,
+            ownBundle: current?.bundle)
     }
 
     /// An X509SVIDResponse, parsed: its chosen SVID with its own bundle (or why there is none) and its federated
@@ -284,7 +295,8 @@ public struct WorkloadAPIClientStateMachine {
         do throws(IssuerError) {
             chosen = .success(
                 try UpstreamIdentity.svid(
-                    from: response, wanted: context.wantedID, now: now, fallbackBundles: context.bundleStreamBundles,
+                    from: response, wanted: context.wantedID, now: now,
+                    fallbackBundles: context.bundleStreamBundles ?? [:],
                     reusing: context.ownBundle.map { [$0] } ?? []))
         } catch {
             chosen = .failure(error)
@@ -292,7 +304,8 @@ public struct WorkloadAPIClientStateMachine {
         // Not needed when the SVID is unusable (the message is then only reported).
         let federated =
             if case .success = chosen {
-                UpstreamIdentity.bundles(response.federatedBundles, reusing: context.svidStreamParsed)
+                UpstreamIdentity.bundles(
+                    response.federatedBundles, reusing: context.held(preferring: context.svidStreamBundles))
             } else {
                 (bundles: [TrustDomain: X509Bundle](), problems: [String]())
             }
@@ -301,7 +314,8 @@ public struct WorkloadAPIClientStateMachine {
 
     /// Parses `response` (pure, any thread).
     public static func parse(_ response: X509BundlesResponse, context: ParseContext) -> ParsedX509BundlesResponse {
-        let parsed = UpstreamIdentity.bundles(response.bundles, reusing: context.bundleStreamParsed)
+        let parsed = UpstreamIdentity.bundles(
+            response.bundles, reusing: context.held(preferring: context.bundleStreamBundles ?? [:]))
         return ParsedX509BundlesResponse(bundles: parsed.bundles, problems: parsed.problems)
     }
 
@@ -347,18 +361,6 @@ public struct WorkloadAPIClientStateMachine {
         guard self.attempt == attempt else { return [] }
         bundleStreamBundles = response.bundles
         return deliverIfChanged(now: now) + reportProblems(response.problems)
-    }
-
-    /// Every bundle held now, for `UpstreamIdentity.bundles` to take instead of parsing the same bytes again (SPIRE
-    /// sends each bundle on both streams); `first`'s entries, the same stream's last message, win.
-    private func parsedBundles(preferring first: [TrustDomain: X509Bundle]) -> [TrustDomain: X509Bundle] {
-        var all = first
-        for (trustDomain, bundle) in svidStreamBundles where all[trustDomain] == nil { all[trustDomain] = bundle }
-        for (trustDomain, bundle) in bundleStreamBundles ?? [:] where all[trustDomain] == nil {
-            all[trustDomain] = bundle
-        }
-        if let current, all[current.bundle.trustDomain] == nil { all[current.bundle.trustDomain] = current.bundle }
-        return all
     }
 
     private mutating func reportProblems(_ problems: [String]) -> [Action] {

@@ -311,21 +311,23 @@ public final class WorkloadAPIIssuer: Issuer {
             switch message {
             case .svid(let response):
                 parse({ WorkloadAPIClientStateMachine.parse(response, context: context, now: now) }) {
-                    [weak self] parsed in
-                    guard let self else { return }
-                    self.parsing = false
-                    self.perform(self.machine.received(parsed, attempt: attempt, now: self.clock.now()))
-                    self.parseNext()
+                    [weak self] parsed in self?.parsed { $0.received(parsed, attempt: attempt, now: $1) }
                 }
             case .bundles(let response):
                 parse({ WorkloadAPIClientStateMachine.parse(response, context: context) }) { [weak self] parsed in
-                    guard let self else { return }
-                    self.parsing = false
-                    self.perform(self.machine.received(parsed, attempt: attempt, now: self.clock.now()))
-                    self.parseNext()
+                    self?.parsed { $0.received(parsed, attempt: attempt, now: $1) }
                 }
             }
         }
+    }
+
+    /// A parse's result, handed to the machine by `apply` (with the time now); then the next parse starts.
+    private func parsed(
+        _ apply: (inout WorkloadAPIClientStateMachine, Timestamp) -> [WorkloadAPIClientStateMachine.Action]
+    ) {
+        parsing = false
+        perform(apply(&machine, clock.now()))
+        parseNext()
     }
 
     private func parse<Parsed: Sendable>(
