@@ -40,10 +40,10 @@ import WorkloadAPIClient
 /// failed, respond, call failed, cannot send, the timer fires, time passes, rotateNow, stop, a stale answer.
 ///
 /// Invariants: no crash or trap; every update delivered is valid at the time of delivery, for the wanted ID, and
-/// chains to its own bundle (istiod: certifies the CSR's key); what the issuer holds as current is always the last
-/// update delivered — a bad response never replaces it; timer delays are finite and non-negative; nothing is
-/// delivered or reported after `stop()`; each relayed call is answered exactly once; every socket handed to the
-/// issuer is closed once it stopped.
+/// chains to its own bundle (istiod: certifies the key the machine took for the round); what the issuer holds as
+/// current is always the last update delivered — a bad response never replaces it; timer delays are finite and
+/// non-negative; nothing is delivered or reported after `stop()`; each relayed call is answered exactly once; every
+/// socket handed to the issuer is closed once it stopped.
 enum IssuerResponsesTarget {
     /// Whether `finish` checks that the issuer closed every socket it was given (see there). The fuzzer's entry
     /// point turns it on.
@@ -639,6 +639,11 @@ enum IssuerResponsesTarget {
         var timer: (any ScheduledTimer)?
         var timerDelay: Double?
         var keyRound = 0
+        /// The key the machine took for the round under way: what a delivered certificate must certify. Usually the
+        /// CSR key of the fixture, whose leaves the answers hold; at times the other key (found by fuzzing: the
+        /// check assumed the CSR key, and a leaf for the other key, correctly delivered after the machine was given
+        /// that key, failed it).
+        var roundKey: PrivateKey?
         var inFlight: (round: Int, try: Int) = (0, 0)
         var delivered: IdentityUpdate?
         let expectedID: SPIFFEID
@@ -688,7 +693,8 @@ enum IssuerResponsesTarget {
                     invariant(machine.state != .stopped, "an update delivered after stop()")
                     let svid = update.svid
                     invariant(svid.spiffeID == expectedID, "delivered \(svid.spiffeID)")
-                    invariant(svid.leaf.publicKeyMatches(fixture.csrKey), "delivered a certificate for another key")
+                    guard let roundKey else { fatalError("delivered before any key was taken") }
+                    invariant(svid.leaf.publicKeyMatches(roundKey), "delivered a certificate for another key")
                     invariant(svid.notBefore <= now && now <= svid.notAfter, "delivered a certificate not valid now")
                     guard let bundle = update.bundles.first else { fatalError("delivered without a bundle") }
                     do { try svid.verify(against: bundle, at: now) } catch {
@@ -709,7 +715,10 @@ enum IssuerResponsesTarget {
             switch op % 10 {
             case 0:
                 let key = input.byte() < 0xF0 ? fixture.csrKey : fixture.otherKey
-                perform(machine.keyReady(round: keyRound, key: key, csrPEM: "-----BEGIN CERTIFICATE REQUEST-----"))
+                let actions = machine.keyReady(round: keyRound, key: key, csrPEM: "-----BEGIN CERTIFICATE REQUEST-----")
+                // Taken only if the machine was waiting for this round's key (it then sends the CSR).
+                if actions.contains(where: { if case .sendCSR = $0 { true } else { false } }) { roundKey = key }
+                perform(actions)
             case 1: perform(machine.keyFailed(round: keyRound, reason: "fuzz", now: now, randomUnit: unit))
             case 2: respond(round: inFlight.round, try: inFlight.try, unit: unit, &input)
             case 3:
