@@ -13,6 +13,10 @@ public import Transport
 ///
 ///     file event / fetch ──▶ ≤ 1 MiB ──▶ SPIFFEBundle.parse ──▶ BundleRefreshPolicy.refusal ──▶ onChange
 ///                                                     └── refused: logged once; the last good bundle stays
+///
+/// An endpoint's document is parsed on the worker: OpenSSL 3.0 spends ~0.1 ms on each certificate, and a bundle may
+/// hold 512, ~60 ms in which the loop would answer no one, at every refresh. A file's is parsed on the loop: the
+/// operator writes it, and it is read when it changes.
 public final class FederatedBundles {
     public let sources: [FederationSource]
     private let logger: Logger
@@ -36,6 +40,8 @@ public final class FederatedBundles {
     private var fetchers: [TrustDomain: BundleEndpointFetcher] = [:]
     private var timers: [TrustDomain: EventLoop.Timer] = [:]
     private var failures: [TrustDomain: Int] = [:]
+    /// Set by `stop()`: a parse still on the worker then hands back nothing.
+    private var stopped = false
 
     /// `worker` resolves endpoint host names off the loop (needed only with endpoint sources); `bootstrap` holds the
     /// roots an https_spiffe endpoint is first verified with.
@@ -98,11 +104,30 @@ public final class FederatedBundles {
     /// Returns whether the served bundle changed; `onChange` runs then when `notify` is set.
     @discardableResult
     func deliver(_ bytes: [UInt8], for source: FederationSource, notify: Bool = true) -> Bool {
+        accept(Self.parse(bytes, for: source.trustDomain), for: source, notify: notify)
+    }
+
+    private static func parse(_ bytes: [UInt8], for trustDomain: TrustDomain) -> Result<
+        SPIFFEBundle, SPIFFEBundle.ParseError
+    > {
+        do throws(SPIFFEBundle.ParseError) {
+            return .success(try SPIFFEBundle.parse(bytes, trustDomain: trustDomain))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// A source's document, parsed (or why it does not parse): checked, and served if accepted. Returns whether the
+    /// served bundle changed; `onChange` runs then when `notify` is set.
+    @discardableResult
+    private func accept(
+        _ parsed: Result<SPIFFEBundle, SPIFFEBundle.ParseError>, for source: FederationSource, notify: Bool = true
+    ) -> Bool {
         let trustDomain = source.trustDomain
         let bundle: SPIFFEBundle
-        do throws(SPIFFEBundle.ParseError) {
-            bundle = try SPIFFEBundle.parse(bytes, trustDomain: trustDomain)
-        } catch {
+        switch parsed {
+        case .success(let parsed): bundle = parsed
+        case .failure(let error):
             refuse(source, "\(error)")
             return false
         }
@@ -172,11 +197,13 @@ public final class FederatedBundles {
         let domain = source.trustDomain
         switch result {
         case .success(let bytes):
-            deliver(bytes, for: source)
-            // A refused document is not retried sooner: the endpoint answered, and asking again at once would get
-            // the same answer. The refresh follows the bundle served (or the default hint without one).
             failures[domain] = nil
-            scheduleFetch(source, after: policy.refreshDelay(hint: bundles[domain]?.refreshHint))
+            guard let worker else { return }
+            worker.run({ Self.parse(bytes, for: domain) }) { [weak self] parsed in
+                guard let self, !self.stopped else { return }
+                self.accept(parsed, for: source)
+                self.scheduleRefresh(source)
+            }
         case .failure(let error):
             let count = (failures[domain] ?? 0) + 1
             failures[domain] = count
@@ -189,8 +216,16 @@ public final class FederatedBundles {
         }
     }
 
+    /// The next fetch of an endpoint that answered. A refused document is not retried sooner: the endpoint
+    /// answered, and asking again at once would get the same answer. The refresh follows the bundle served (or the
+    /// default hint without one).
+    private func scheduleRefresh(_ source: FederationSource) {
+        scheduleFetch(source, after: policy.refreshDelay(hint: bundles[source.trustDomain]?.refreshHint))
+    }
+
     /// Stops every fetch and timer (shutdown).
     public func stop() {
+        stopped = true
         for timer in timers.values { timer.cancel() }
         timers.removeAll()
         for fetcher in fetchers.values { fetcher.cancel() }

@@ -97,6 +97,46 @@ def test_a_changed_endpoint_bundle_reaches_sds_and_py_spiffe_within_one_refresh_
         endpoint.close()
 
 
+def test_a_large_endpoint_bundle_never_stalls_the_event_loop(sds_agent_bin, short_dir, monkeypatch):
+    """OpenSSL 3.0 spends ~0.1 ms on each certificate. An endpoint's bundle of 512 roots (the most one may hold),
+    parsed on the agent's event loop, would hold every PING for tens of milliseconds, and again at every refresh,
+    changed or not. The agent parses endpoint documents on a worker thread: the loop keeps answering PINGs in
+    milliseconds while the bundle arrives and while it is fetched again."""
+    from loop_probe import ProcessLoopProbe
+
+    endpoint = BundleEndpointServer(DOMAIN_B, profile="web")
+    factory = ProcessFactory("agent", [str(sds_agent_bin)], short_dir)
+    try:
+        first = endpoint.root.cert
+        endpoint.set_bundle([first], sequence=1, refresh_hint=HINT)
+        monkeypatch.setenv("SSL_CERT_FILE", str(endpoint.ca_pem_path))
+        agent = start_agent(factory, short_dir, endpoint.url())
+        large = [first] + [new_root(f"root {i}").cert for i in range(511)]
+        with SecretStream(agent.socket_path, delta=False) as stream, ProcessLoopProbe(agent.socket_path) as probe:
+            stream.send(resource_names=[NAME])
+            assert stream_bundle(stream, timeout=20) == [first.serial_number]
+            wait_for(lambda: probe.count() > 50, 10, "the loop probe to start")
+
+            endpoint.set_bundle(large, sequence=2, refresh_hint=HINT)
+            assert stream_bundle(stream, timeout=HINT + SLACK) == [c.serial_number for c in large]
+            # The same document fetched again: parsed again (unchanged, nothing pushed).
+            seen = endpoint.request_count()
+            wait_for(lambda: endpoint.request_count() > seen, HINT + SLACK, "the agent to fetch the bundle again")
+            # The window closes once the loop has answered 200 more PINGs (the parse runs after the request).
+            last = probe.mark()
+            wait_for(lambda: probe.count() > last + 200, 10, "200 more PINGs after the last fetch")
+            assert stream.silent(window=0.5), "nothing is pushed for an unchanged bundle"
+        assert probe.error is None, probe.error
+        worst = max(probe.rtts)
+        print(f"\nloop probe: {len(probe.rtts)} PINGs, max {worst * 1000:.1f} ms while a bundle of 512 roots "
+              f"arrived and was fetched again")
+        assert worst < 0.020, f"the loop stalled {worst * 1000:.1f} ms"
+        agent.check_alive()
+    finally:
+        factory.stop_all()
+        endpoint.close()
+
+
 def test_an_endpoint_presenting_another_spiffe_id_is_never_trusted(sds_agent_bin, short_dir):
     endpoint = BundleEndpointServer(DOMAIN_B, profile="spiffe")
     factory = ProcessFactory("agent", [str(sds_agent_bin)], short_dir)
