@@ -33,6 +33,8 @@ SLACK = 3.0
 RESTART_AFTER_PUBLISH = 10
 # The whole rotation takes ROOT_TTL from the agent's start; this bounds the loop (with Envoy start-up and polls).
 ROTATION_DEADLINE = ROOT_TTL + 45
+# Two requests (one per Envoy pair) and two fetches a turn, as fast as they go: ~400 requests a second here.
+MAX_REQUESTS = 1_000_000
 
 
 def served_roots(socket_path) -> list[x509.Certificate]:
@@ -77,7 +79,10 @@ def test_root_rotates_with_overlap_while_two_envoy_pairs_keep_doing_mtls(agent_f
         new_root = None
         last_old_leaf: x509.Certificate | None = None
         done_at = None
-        while time.monotonic() - started < ROTATION_DEADLINE and requests < 50_000:
+        # The deadline ends the loop; the request count is only a backstop, far above what the deadline allows. At
+        # 50,000 it ended a run on a fast host (~500 requests a second) at ~100 s, between the switch (90 s) and the
+        # retirement (110 s), which read as a rotation that never came.
+        while time.monotonic() - started < ROTATION_DEADLINE and requests < MAX_REQUESTS:
             for api_type, pair in pairs.items():
                 seen = pair.request()
                 requests += 1
@@ -117,7 +122,8 @@ def test_root_rotates_with_overlap_while_two_envoy_pairs_keep_doing_mtls(agent_f
             assert len(roots) <= 2
 
         assert done_at is not None, (
-            f"rotation not seen within {ROTATION_DEADLINE}s: published={published_at} switched={switched_at} "
+            f"rotation not seen within {time.monotonic() - started:.0f}s and {requests} requests (bounds "
+            f"{ROTATION_DEADLINE}s, {MAX_REQUESTS}): published={published_at} switched={switched_at} "
             f"retired={retired_at}\n{agent.log_tail()}")
         assert failures == [], f"{len(failures)} of {requests} requests failed: {failures[:10]}"
         assert restarted_at is not None and restarted_at < switched_at, (restarted_at, switched_at)
