@@ -173,6 +173,24 @@ enum AgentOpsTarget {
     static let healthServices = ["", "envoy.service.secret.v3.SecretDiscoveryService", "grpc.health.v1.Health", "x"]
     static let clockSteps: [Double] = [0, 0.001, 0.1, 1, 30, 3600, 86_400, 10_000_000]
 
+    /// The resource names a request message for `method` names, decoded as the server decodes it (none if it does
+    /// not decode, or for other methods).
+    static func names(inRaw bytes: [UInt8], for method: Method) -> [[UInt8]] {
+        switch method {
+        case .streamSecrets, .fetchSecrets:
+            guard let request = try? DiscoveryRequest(wireBytes: bytes) else { return [] }
+            return request.resourceNames.map { Array($0.utf8) }
+        case .deltaSecrets:
+            guard let request = try? DeltaDiscoveryRequest(wireBytes: bytes) else { return [] }
+            let names =
+                request.resourceNamesSubscribe + request.resourceNamesUnsubscribe
+                + Array(request.initialResourceVersions.keys)
+            return names.map { Array($0.utf8) }
+        default:
+            return []
+        }
+    }
+
     // MARK: - The harness
 
     /// One client call and what it saw.
@@ -468,7 +486,12 @@ enum AgentOpsTarget {
                 guard let connection = connection(input.byte()), let call = call(input.byte(), on: connection) else {
                     return
                 }
-                call.grpc.send(input.lengthPrefixed())
+                let bytes = input.lengthPrefixed()
+                // Names a raw request carries, when it decodes, are asked for as a well-formed request's are (found
+                // by fuzzing: two bytes subscribed a Delta stream to "", and the server rightly answered that ""
+                // does not exist, which the check took for a name never asked for).
+                call.requested.formUnion(AgentOpsTarget.names(inRaw: bytes, for: call.method))
+                call.grpc.send(bytes)
             case 14:
                 guard let connection = connection(input.byte()) else { return }
                 let delta = input.bool()
