@@ -488,8 +488,8 @@ enum AgentOpsTarget {
                 }
                 let bytes = input.lengthPrefixed()
                 // Names a raw request carries, when it decodes, are asked for as a well-formed request's are (found
-                // by fuzzing: two bytes subscribed a Delta stream to "", and the server rightly answered that ""
-                // does not exist, which the check took for a name never asked for).
+                // by fuzzing: a raw request subscribed a Delta stream to "", and the server rightly answered that
+                // "" does not exist, which the check took for a name never asked for).
                 call.requested.formUnion(AgentOpsTarget.names(inRaw: bytes, for: call.method))
                 call.grpc.send(bytes)
             case 14:
